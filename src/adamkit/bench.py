@@ -1,0 +1,115 @@
+"""Side-by-side timing of one optimizer step (``adamkit bench`` and benchmarks/).
+
+Every contestant steps the same parameters and gradients with its own state;
+contestants are interleaved round by round so machine noise hits them alike,
+and the figure reported is the median over the timed rounds, as a ratio to
+torch's fused step measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import adamkit
+
+# GPT-2 small (124.4M parameters in 148 tensors), as listed in ANCHORS.md.
+_GPT2_BLOCK = [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,), (768, 3072), (3072,), (3072, 768), (768,)]
+CASES: dict[str, Callable[[], list[tuple[int, ...]]]] = {
+    "gpt2": lambda: [(50257, 768), (1024, 768)] + _GPT2_BLOCK * 12 + [(768,), (768,)],
+    "many-small": lambda: [(1000,)] * 20_000,
+    "tiny": lambda: [(32, 64), (32,), (10, 32), (10,)],
+    "quick": lambda: [(4096, 256), (256,)] + [(256, 768), (768,), (256, 256), (256,), (256, 1024), (1024,), (1024, 256), (256,)] * 4,
+}
+
+
+@dataclass
+class Contestant:
+    name: str
+    step: Callable[[], None]
+
+
+def make_params(shapes: list[tuple[int, ...]], seed: int = 0) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        param = torch.nn.Parameter(torch.randn(shape, generator=generator) * 0.02)
+        param.grad = torch.randn(shape, generator=generator) * 1e-3
+        params.append(param)
+    return params
+
+
+def torch_contestants(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> list[Contestant]:
+    contestants = []
+    for name, kwargs in (
+        ("torch for-loop", dict(foreach=False)),
+        ("torch foreach", dict(foreach=True)),
+        ("torch fused", dict(fused=True)),
+    ):
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
+        contestants.append(Contestant(name, optimizer.step))
+    return contestants
+
+
+def adamkit_contestants(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> list[Contestant]:
+    optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return [Contestant("adamkit", optimizer.step)]
+
+
+def run_case(
+    case: str,
+    steps: int = 10,
+    warmup: int = 3,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    skip: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """Median seconds per step for each contestant on ``case``."""
+    params = make_params(CASES[case]())
+    contestants = [
+        c for c in adamkit_contestants(params, lr, weight_decay) + torch_contestants(params, lr, weight_decay) if c.name not in skip
+    ]
+    times: dict[str, list[float]] = {c.name: [] for c in contestants}
+    for round_index in range(warmup + steps):
+        for contestant in contestants:
+            gc.disable()
+            start = time.perf_counter()
+            contestant.step()
+            elapsed = time.perf_counter() - start
+            gc.enable()
+            if round_index >= warmup:
+                times[contestant.name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def format_table(case: str, medians: dict[str, float], reference: str = "torch fused") -> str:
+    base = medians.get(reference)
+    lines = [f"case {case}: median step time (ratio to {reference}, same run)", f"{'contestant':<24}{'median ms':>12}{'ratio':>9}"]
+    for name, seconds in medians.items():
+        ratio = f"{seconds / base:9.3f}" if base else f"{'-':>9}"
+        lines.append(f"{name:<24}{seconds * 1e3:12.3f}{ratio}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--case", choices=sorted(CASES), action="append", help="shape set to time (repeatable; default: quick)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per contestant after warm-up (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise SystemExit(f"adamkit bench: --steps must be >= 1, got {args.steps}")
+    for case in args.case or ["quick"]:
+        medians = run_case(case, steps=args.steps, warmup=args.warmup)
+        print(format_table(case, medians))
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of this process so far: {peak_mib:.0f} MiB\n")
+    return 0

@@ -1,0 +1,50 @@
+"""The ``adamkit`` command line: ``adamkit bench`` and ``adamkit reproduce``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    return bench.main(args)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import cli as reproduce_cli
+
+    return reproduce_cli.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adamkit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    from . import bench
+
+    bench_parser = commands.add_parser("bench", help="time one optimizer step: adamkit vs torch.optim")
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(handler=_bench)
+
+    try:
+        from .reproduce import cli as reproduce_cli
+    except ImportError:  # the reproduce package is optional at import time of the CLI
+        reproduce_cli = None
+    if reproduce_cli is not None:
+        reproduce_parser = commands.add_parser(
+            "reproduce", help="run the papers' experiments and write a report with a verdict per claim"
+        )
+        reproduce_cli.add_arguments(reproduce_parser)
+        reproduce_parser.set_defaults(handler=_reproduce)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The Adam-family update rule: the one place where the math lives.
+
+Every execution path (the per-tensor loop below, the flat fused kernel, the
+low-precision codecs) consumes the same :class:`StepScalars`, computed once per
+step and parameter group by :func:`step_scalars`. The per-element contract is
+
+    p   <- p * decay                                  (AdamW, L&H Alg. 2 line 12)
+    g   <- (-g if maximize) + l2 * p                  (Adam + L2, K&B Alg. 1 with g += wd*p)
+    m   <- beta1 * m + (1 - beta1) * g                (K&B Alg. 1, m_t)
+    v   <- beta2 * v + (1 - beta2) * g^2              (K&B Alg. 1, v_t)
+    vmax<- max(vmax, v)                               (Reddi et al. Alg. 2, torch convention)
+    p   <- p - step_size * m / (sqrt(v or vmax) / bias_correction2_sqrt + eps)
+
+which is Kingma & Ba's Algorithm 1 in the form torch uses (eps added after the
+bias-corrected square root). :func:`adam_update_` implements it with torch ops
+in the same order as ``torch.optim.Adam``'s for-loop, so float32 results track
+torch's rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["StepScalars", "step_scalars", "adam_update_"]
+
+
+@dataclass(frozen=True)
+class StepScalars:
+    """Per-step constants shared by every element of every tensor at one step count."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    l2: float  # coupled L2 coefficient added to the gradient (0 for decoupled decay)
+    decay: float  # multiplicative decoupled decay applied to p (1.0 for none)
+    step_size: float  # lr / (1 - beta1^t), or lr without bias correction
+    bias_correction2_sqrt: float  # sqrt(1 - beta2^t), or 1 without bias correction
+    maximize: bool
+    amsgrad: bool
+
+
+def step_scalars(
+    *,
+    step: float,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    decoupled_lr: bool,
+    initial_lr: float | None,
+    bias_correction: bool,
+    maximize: bool,
+    amsgrad: bool,
+) -> StepScalars:
+    """Compute the per-step constants for step number ``step`` (1-based)."""
+    if bias_correction:
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        step_size = lr / bias_correction1
+    else:
+        # Reddi et al. / pre-correction form: m_t / sqrt(v_t) used as is.
+        bias_correction2_sqrt = 1.0
+        step_size = lr
+    l2 = 0.0
+    decay = 1.0
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            if decoupled_lr:
+                # Paper form: p <- p (1 - eta_t * lambda) with eta_t = lr_t / lr_0
+                # the schedule multiplier, independent of the base learning rate.
+                decay = 1 - weight_decay * (lr / initial_lr)
+            else:
+                # torch / optax form: p <- p (1 - lr_t * lambda).
+                decay = 1 - lr * weight_decay
+        else:
+            l2 = weight_decay
+    return StepScalars(
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        l2=l2,
+        decay=decay,
+        step_size=step_size,
+        bias_correction2_sqrt=bias_correction2_sqrt,
+        maximize=maximize,
+        amsgrad=amsgrad,
+    )
+
+
+def adam_update_(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    s: StepScalars,
+) -> None:
+    """Apply one Adam-family step to one tensor, in place (the reference path)."""
+    if param.is_complex():
+        # Real and imaginary parts are independent coordinates, as in torch.
+        param, grad, exp_avg, exp_avg_sq = (torch.view_as_real(t) for t in (param, grad, exp_avg, exp_avg_sq))
+        if max_exp_avg_sq is not None:
+            max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
+    if s.maximize:
+        grad = -grad
+    if s.decay != 1.0:
+        param.mul_(s.decay)
+    if s.l2 != 0:
+        grad = grad.add(param, alpha=s.l2)
+    exp_avg.lerp_(grad, 1 - s.beta1)
+    exp_avg_sq.mul_(s.beta2).addcmul_(grad, grad, value=1 - s.beta2)
+    second_moment = exp_avg_sq
+    if s.amsgrad:
+        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        second_moment = max_exp_avg_sq
+    denom = (second_moment.sqrt() / s.bias_correction2_sqrt).add_(s.eps)
+    param.addcdiv_(exp_avg, denom, value=-s.step_size)
+
+
+def step_bound(lr: float, beta1: float, beta2: float, step: int) -> float:
+    """Rigorous bound on |delta p| for one step with eps >= 0 and no weight decay.
+
+    By Cauchy-Schwarz, |m_t| <= (1-beta1) sqrt(sum beta1^(2(t-i))/beta2^(t-i)) sqrt(sum beta2^(t-i) g_i^2),
+    so |m_hat|/sqrt(v_hat) <= (1-beta1)/(1-beta1^t) * sqrt((1-beta2^t)/(1-beta2)) * sqrt((1-r^t)/(1-r))
+    with r = beta1^2/beta2 < 1; the bound equals lr at t = 1.
+    """
+    r = beta1 * beta1 / beta2
+    geometric = step if r == 1 else (1 - r**step) / (1 - r)
+    return (
+        lr
+        * (1 - beta1)
+        / (1 - beta1**step)
+        * math.sqrt((1 - beta2**step) / (1 - beta2))
+        * math.sqrt(geometric)
+    )

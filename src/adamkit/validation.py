@@ -1,0 +1,131 @@
+"""Argument checking: every hyperparameter and parameter list, with errors that
+name the argument and the offending value. Nothing here mutates anything."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_hyperparameters",
+    "check_param_list",
+    "as_float",
+]
+
+
+def as_float(value: Any) -> float:
+    """A Python float from a number or a one-element tensor."""
+    if isinstance(value, Tensor):
+        return float(value.item())
+    return float(value)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not (
+        isinstance(value, numbers.Real) or (isinstance(value, Tensor) and value.numel() == 1)
+    ):
+        if isinstance(value, Tensor):
+            raise ValueError(f"Invalid {name}: a tensor {name} must have exactly one element, got shape {tuple(value.shape)}")
+        raise TypeError(f"Invalid {name}: expected a real number, got {value!r} of type {type(value).__name__}")
+    if isinstance(value, Tensor) and (value.is_complex() or not (value.is_floating_point() or value.dtype in _INT_DTYPES)):
+        raise TypeError(f"Invalid {name}: expected a real-valued tensor, got dtype {value.dtype}")
+    number = as_float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"Invalid {name}: {value!r} (must be finite)")
+    return number
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _non_negative(name: str, value: Any) -> float:
+    number = _number(name, value)
+    if number < 0:
+        raise ValueError(f"Invalid {name}: {value!r} (must be >= 0)")
+    return number
+
+
+def _flag(name: str, value: Any, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if not isinstance(value, bool):
+        expected = "True, False or None" if allow_none else "True or False"
+        raise TypeError(f"Invalid {name}: expected {expected}, got {value!r}")
+
+
+def check_hyperparameters(group: dict[str, Any]) -> None:
+    """Validate one param group's (or the defaults') hyperparameters."""
+    lr = _non_negative("lr", group["lr"])
+    if isinstance(group["lr"], Tensor) and group["lr"].dim() != 0:
+        raise ValueError(f"Invalid lr: a tensor lr must be 0-dimensional, got shape {tuple(group['lr'].shape)}")
+    betas = group["betas"]
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"Invalid betas: expected a pair (beta1, beta2), got {betas!r}")
+    for index, beta in enumerate(betas):
+        number = _number(f"beta{index + 1}", beta)
+        if not 0.0 <= number < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta!r} (betas must be in [0, 1)), got betas={betas!r}")
+    _non_negative("eps", group["eps"])
+    _non_negative("weight_decay", group["weight_decay"])
+    for name in ("amsgrad", "maximize", "bias_correction", "decoupled_weight_decay", "decoupled_lr"):
+        _flag(name, group[name])
+    for name in ("foreach", "fused"):
+        _flag(name, group.get(name), allow_none=True)
+    for name in ("capturable", "differentiable"):
+        if group.get(name, False) is not False:
+            raise ValueError(
+                f"Invalid {name}: {group[name]!r}; adamkit supports only {name}=False "
+                "(it is accepted for signature compatibility with torch.optim)"
+            )
+    if group["decoupled_lr"]:
+        if not group["decoupled_weight_decay"]:
+            raise ValueError(
+                "Invalid decoupled_lr: True requires decoupled weight decay (AdamW, or decoupled_weight_decay=True)"
+            )
+        initial_lr = _number("initial_lr", group.get("initial_lr", lr))
+        if initial_lr <= 0:
+            raise ValueError(
+                f"Invalid lr: {group['lr']!r}; decoupled_lr=True measures the schedule as lr_t / lr_0 and needs lr_0 > 0"
+            )
+
+
+def check_param_list(params: Any, where: str = "params") -> list:
+    """Turn ``params`` into a list, checking it is an iterable (not a lone tensor)."""
+    if isinstance(params, Tensor):
+        raise TypeError(
+            f"Invalid {where}: expected an iterable of Tensors or dicts, got a single Tensor of shape "
+            f"{tuple(params.shape)}; wrap it in a list"
+        )
+    if isinstance(params, (str, bytes, dict)) or not isinstance(params, Iterable):
+        raise TypeError(f"Invalid {where}: expected an iterable of Tensors or dicts, got {params!r}")
+    return list(params)
+
+
+def check_group_params(params: list[Any], seen: set[int]) -> None:
+    """Each parameter is a distinct, leaf, floating-point (or complex) tensor."""
+    local: set[int] = set()
+    for index, param in enumerate(params):
+        if not isinstance(param, Tensor):
+            raise TypeError(f"Invalid params[{index}]: expected a torch.Tensor, got {type(param).__name__}")
+        if not (param.is_floating_point() or param.is_complex()):
+            raise TypeError(
+                f"Invalid params[{index}]: dtype {param.dtype} is not floating point; "
+                "Adam can only optimize floating-point (or complex) tensors"
+            )
+        if not param.is_leaf and param.requires_grad:
+            raise ValueError(f"Invalid params[{index}]: can't optimize a non-leaf Tensor (shape {tuple(param.shape)})")
+        if param.is_sparse:
+            raise TypeError(f"Invalid params[{index}]: sparse parameters are not supported")
+        key = id(param)
+        if key in local:
+            raise ValueError(f"Invalid params[{index}]: the same parameter (shape {tuple(param.shape)}) appears twice in one group")
+        if key in seen:
+            raise ValueError(
+                f"Invalid params[{index}]: parameter of shape {tuple(param.shape)} already belongs to another param group"
+            )
+        local.add(key)
