@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import functional, state_dicts, validation
+from . import flat, functional, kernels, state_dicts, validation
 
 __all__ = ["Adam", "AdamW", "AMSGrad"]
 
@@ -70,6 +70,7 @@ class _AdamFamily(Optimizer):
         if len(params) == 0:
             raise ValueError("Invalid params: the optimizer got an empty parameter list")
         super().__init__(params, defaults)
+        self._flat_groups: dict[int, flat.FlatGroup] = {}
 
     # -- param groups -----------------------------------------------------------------
 
@@ -92,10 +93,24 @@ class _AdamFamily(Optimizer):
         param_group = {**param_group, "params": params}
         merged = {**self.defaults, **param_group}
         validation.check_hyperparameters(merged)
+        if merged["fused"] is True:
+            self._check_fused(tensors)
         if merged["decoupled_lr"] and "initial_lr" not in param_group:
             lr = merged["lr"]
             param_group["initial_lr"] = lr.clone() if isinstance(lr, Tensor) else lr
         super().add_param_group(param_group)
+
+    @staticmethod
+    def _check_fused(params: list[Tensor]) -> None:
+        """fused=True promises the flat fused kernel: refuse what it cannot run."""
+        if not kernels.available():
+            kernels.build.load_library()  # raises KernelBuildError with the compiler's message
+        for index, param in enumerate(params):
+            if param.device.type != "cpu" or param.dtype not in kernels.SUPPORTED_DTYPES:
+                raise ValueError(
+                    f"Invalid params[{index}]: fused=True supports CPU tensors of dtype "
+                    f"{[str(d) for d in kernels.SUPPORTED_DTYPES]}, got {param.dtype} on {param.device}; use fused=None"
+                )
 
     def _group_defaults(self) -> dict[str, Any]:
         """Values for group keys that a torch.optim checkpoint may lack."""
@@ -107,6 +122,7 @@ class _AdamFamily(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._flat_groups = {}
         for group in self.param_groups:
             for key, value in self._group_defaults().items():
                 group.setdefault(key, value)
@@ -127,12 +143,16 @@ class _AdamFamily(Optimizer):
         optimizer exactly as it was.
         """
         state_dicts.check_state_dict(self, state_dict, self._group_defaults())
-        old_state, old_groups = self.state, self.param_groups
+        old_state, old_groups, flat_groups = self.state, self.param_groups, self._flat_groups
         try:
             super().load_state_dict(state_dict)
         except BaseException:
-            self.state, self.param_groups = old_state, old_groups
+            self.state, self.param_groups, self._flat_groups = old_state, old_groups, flat_groups
             raise
+        # Keep the flat buffers (no reallocation); the next step copies the loaded state in.
+        self._flat_groups = flat_groups
+        for flat_group in flat_groups.values():
+            flat_group.state_stale = True
 
     # -- the step ---------------------------------------------------------------------
 
@@ -154,8 +174,8 @@ class _AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
+        for index, group in enumerate(self.param_groups):
+            self._step_group(index, group)
         return loss
 
     def _group_scalars(self, group: dict[str, Any]) -> Callable[[float], functional.StepScalars]:
@@ -182,10 +202,25 @@ class _AdamFamily(Optimizer):
 
         return scalars_for
 
-    def _step_group(self, group: dict[str, Any]) -> None:
+    def _step_group(self, index: int, group: dict[str, Any]) -> None:
         scalars_for = self._group_scalars(group)
-        amsgrad = group["amsgrad"]
-        for param in group["params"]:
+        params = group["params"]
+        if self._uses_flat_path(group):
+            flat_group = self._flat_groups.get(index)
+            if flat_group is None or not flat_group.valid_for(group):
+                flat_group = self._flat_groups[index] = flat.FlatGroup(group, self.state)
+            elif flat_group.state_stale:
+                flat_group.refresh_state(self.state)
+            for bucket in flat_group.buckets:
+                bucket.step(scalars_for)
+            params = flat_group.leftovers
+        self._loop_step(params, group["amsgrad"], scalars_for)
+
+    def _loop_step(
+        self, params: list[Tensor], amsgrad: bool, scalars_for: Callable[[float], functional.StepScalars]
+    ) -> None:
+        """The reference path: one functional update per tensor, as torch's for-loop."""
+        for param in params:
             grad = param.grad
             if grad is None:
                 continue
@@ -204,6 +239,38 @@ class _AdamFamily(Optimizer):
                 state.get("max_exp_avg_sq") if amsgrad else None,
                 scalars_for(state["step"].item()),
             )
+
+    @staticmethod
+    def _uses_flat_path(group: dict[str, Any]) -> bool:
+        # fused=None (default) picks the flat fused kernel when it can be built here.
+        return group["fused"] is True or (group["fused"] is None and kernels.available())
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset gradients.
+
+        Parameters on the flat path keep their ``.grad`` as a view of the flat
+        gradient buffer, which is zeroed whatever ``set_to_none`` says: that is
+        what lets autograd write gradients into the buffer without a copy. Other
+        parameters follow torch (``set_to_none=True`` sets ``.grad`` to None).
+        """
+        for index, group in enumerate(self.param_groups):
+            flat_group = self._flat_groups.get(index)
+            params = group["params"]
+            if flat_group is not None and flat_group.valid_for(group):
+                for bucket in flat_group.buckets:
+                    bucket.zero_grad()
+                params = flat_group.leftovers
+            for param in params:
+                if param.grad is None:
+                    continue
+                if set_to_none:
+                    param.grad = None
+                else:
+                    if param.grad.grad_fn is not None:
+                        param.grad.detach_()
+                    else:
+                        param.grad.requires_grad_(False)
+                    param.grad.zero_()
 
 
 class Adam(_AdamFamily):

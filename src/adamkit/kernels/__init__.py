@@ -1,0 +1,94 @@
+"""Fused CPU kernels on flat buffers, called through ctypes (the GIL is released)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from ..functional import StepScalars
+from .build import KernelBuildError, load_library
+
+__all__ = ["adam_flat_", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+class _AdamScalars(ctypes.Structure):
+    _fields_ = [
+        ("beta1", ctypes.c_double),
+        ("beta2", ctypes.c_double),
+        ("eps", ctypes.c_double),
+        ("l2", ctypes.c_double),
+        ("decay", ctypes.c_double),
+        ("step_size", ctypes.c_double),
+        ("bias_correction2_sqrt", ctypes.c_double),
+        ("maximize", ctypes.c_int32),
+        ("amsgrad", ctypes.c_int32),
+    ]
+
+
+_POINTER_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.POINTER(_AdamScalars), ctypes.c_int]
+
+
+def _library() -> ctypes.CDLL:
+    library = load_library()
+    if not getattr(library, "_adamkit_typed", False):
+        for name in ("adam_flat_f32", "adam_flat_f64"):
+            getattr(library, name).argtypes = _POINTER_ARGS
+            getattr(library, name).restype = None
+        library.floor_flat_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int]
+        library.floor_flat_f32.restype = None
+        library._adamkit_typed = True
+    return library
+
+
+def available() -> bool:
+    """Whether the fused kernel can be built and loaded here."""
+    try:
+        _library()
+    except KernelBuildError:
+        return False
+    return True
+
+
+def _address(tensor: Tensor, start: int) -> int:
+    return tensor.data_ptr() + start * tensor.element_size()
+
+
+def adam_flat_(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    s: StepScalars,
+    start: int = 0,
+    end: int | None = None,
+) -> None:
+    """One fused Adam-family step on elements [start, end) of contiguous 1-D buffers."""
+    end = param.numel() if end is None else end
+    if end <= start:
+        return
+    kernel = {torch.float32: "adam_flat_f32", torch.float64: "adam_flat_f64"}[param.dtype]
+    scalars = _AdamScalars(
+        s.beta1, s.beta2, s.eps, s.l2, s.decay, s.step_size, s.bias_correction2_sqrt, int(s.maximize), int(s.amsgrad)
+    )
+    getattr(_library(), kernel)(
+        _address(param, start),
+        _address(grad, start),
+        _address(exp_avg, start),
+        _address(exp_avg_sq, start),
+        _address(max_exp_avg_sq, start) if s.amsgrad else None,
+        end - start,
+        ctypes.byref(scalars),
+        torch.get_num_threads(),
+    )
+
+
+def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
+    """The bytes-only floor: reads p, g, m, v and writes p, m, v with trivial arithmetic."""
+    _library().floor_flat_f32(
+        param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), param.numel(), torch.get_num_threads()
+    )
