@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 import adamkit
+from adamkit import kernels
 
 # GPT-2 small (124.4M parameters in 148 tensors), as listed in ANCHORS.md.
 _GPT2_BLOCK = [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,), (768, 3072), (3072,), (3072, 768), (768,)]
@@ -59,8 +60,18 @@ def torch_contestants(params: list[torch.nn.Parameter], lr: float, weight_decay:
 
 
 def adamkit_contestants(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> list[Contestant]:
-    optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return [Contestant("adamkit", optimizer.step)]
+    contestants = []
+    for name, kwargs in (("adamkit", {}), ("adamkit loop path", dict(fused=False))):
+        optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
+        contestants.append(Contestant(name, optimizer.step))
+    return contestants
+
+
+def floor_contestant(params: list[torch.nn.Parameter]) -> Contestant:
+    """The bytes-only floor: one pass over flat p, g, m, v buffers of the same total size."""
+    total = sum(p.numel() for p in params)
+    buffers = [torch.zeros(total) for _ in range(4)]
+    return Contestant("bytes-only floor", lambda: kernels.floor_flat_(*buffers))
 
 
 def run_case(
@@ -73,9 +84,9 @@ def run_case(
 ) -> dict[str, float]:
     """Median seconds per step for each contestant on ``case``."""
     params = make_params(CASES[case]())
-    contestants = [
-        c for c in adamkit_contestants(params, lr, weight_decay) + torch_contestants(params, lr, weight_decay) if c.name not in skip
-    ]
+    everyone = adamkit_contestants(params, lr, weight_decay) + torch_contestants(params, lr, weight_decay)
+    everyone.append(floor_contestant(params))
+    contestants = [c for c in everyone if c.name not in skip]
     times: dict[str, list[float]] = {c.name: [] for c in contestants}
     for round_index in range(warmup + steps):
         for contestant in contestants:
@@ -102,13 +113,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", choices=sorted(CASES), action="append", help="shape set to time (repeatable; default: quick)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per contestant after warm-up (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+    parser.add_argument("--skip", action="append", default=[], help="contestant to leave out (repeatable), e.g. 'torch for-loop'")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise SystemExit(f"adamkit bench: --steps must be >= 1, got {args.steps}")
     for case in args.case or ["quick"]:
-        medians = run_case(case, steps=args.steps, warmup=args.warmup)
+        medians = run_case(case, steps=args.steps, warmup=args.warmup, skip=tuple(args.skip))
         print(format_table(case, medians))
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of this process so far: {peak_mib:.0f} MiB\n")

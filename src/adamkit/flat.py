@@ -101,6 +101,9 @@ class FlatBucket:
                 self._adopt_grad(param, grad_view, param.grad)
             self.grad_views.append(grad_view)
         self.param_ptrs = list(map(_data_ptr, params))
+        self.kernel = kernels.adam_flat_caller(
+            self.param_buffer, self.grad_buffer, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq
+        )
         self.adopt_state(state)
 
     def _slice(self, buffer: Tensor, index: int) -> Tensor:
@@ -130,7 +133,11 @@ class FlatBucket:
             if "step" in old and old["step"] is not new["step"]:
                 new["step"].fill_(float(old["step"]))
             state[param] = new
-        self.uniform_steps = bool((self.steps == self.steps[0]).all())
+        self._note_steps(self.steps.tolist())
+
+    def _note_steps(self, steps: list[float]) -> None:
+        # A Python mirror of the common step count saves a tensor read per step.
+        self.uniform_step = steps[0] if len(set(steps)) == 1 else None
 
     def in_place(self) -> bool:
         """False if some parameter's .data no longer lives in this bucket."""
@@ -145,13 +152,11 @@ class FlatBucket:
 
     def step(self, scalars_for: Callable[[float], StepScalars]) -> None:
         grads = list(map(_get_grad, self.params))
-        if self.uniform_steps and all(map(operator.is_, grads, self.grad_views)):
-            # The common case: every gradient already sits in the buffer.
+        if self.uniform_step is not None and all(map(operator.is_, grads, self.grad_views)):
+            # The common case: every gradient already sits in the buffer, one kernel call.
             self.steps.add_(1)
-            scalars = scalars_for(float(self.steps[0]))
-            kernels.adam_flat_(
-                self.param_buffer, self.grad_buffer, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq, scalars
-            )
+            self.uniform_step += 1
+            self.kernel(kernels.pack_scalars(scalars_for(self.uniform_step)), 0, self.offsets[-1])
             return
         present = []
         for index, (param, grad, grad_view) in enumerate(zip(self.params, grads, self.grad_views)):
@@ -160,27 +165,18 @@ class FlatBucket:
                 present.append(index)
         if not present:
             return
-        index_tensor = torch.tensor(present)
-        self.steps.index_add_(0, index_tensor, torch.ones(len(present)))
+        self.steps.index_add_(0, torch.tensor(present), torch.ones(len(present)))
         steps = self.steps.tolist()
         # Runs of consecutive present params with equal step counts share one kernel call.
         run_start = present[0]
         for position, index in enumerate(present):
             following = present[position + 1] if position + 1 < len(present) else None
             if following != index + 1 or steps[following] != steps[index]:
-                kernels.adam_flat_(
-                    self.param_buffer,
-                    self.grad_buffer,
-                    self.exp_avg,
-                    self.exp_avg_sq,
-                    self.max_exp_avg_sq,
-                    scalars_for(steps[index]),
-                    start=self.offsets[run_start],
-                    end=self.offsets[index + 1],
-                )
+                scalars = kernels.pack_scalars(scalars_for(steps[index]))
+                self.kernel(scalars, self.offsets[run_start], self.offsets[index + 1])
                 if following is not None:
                     run_start = following
-        self.uniform_steps = len(set(steps)) == 1
+        self._note_steps(steps)
 
 
 class FlatGroup:

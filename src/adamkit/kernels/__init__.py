@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -10,9 +11,10 @@ from torch import Tensor
 from ..functional import StepScalars
 from .build import KernelBuildError, load_library
 
-__all__ = ["adam_flat_", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES"]
+__all__ = ["adam_flat_", "adam_flat_caller", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_KERNELS = {torch.float32: "adam_flat_f32", torch.float64: "adam_flat_f64"}
 
 
 class _AdamScalars(ctypes.Structure):
@@ -53,8 +55,37 @@ def available() -> bool:
     return True
 
 
-def _address(tensor: Tensor, start: int) -> int:
-    return tensor.data_ptr() + start * tensor.element_size()
+def _address(tensor: Tensor | None, start: int) -> int | None:
+    return None if tensor is None else tensor.data_ptr() + start * tensor.element_size()
+
+
+def pack_scalars(s: StepScalars) -> _AdamScalars:
+    """The kernel's view of the per-step constants (build once per step, reuse per call)."""
+    return _AdamScalars(
+        s.beta1, s.beta2, s.eps, s.l2, s.decay, s.step_size, s.bias_correction2_sqrt, int(s.maximize), int(s.amsgrad)
+    )
+
+
+def adam_flat_caller(
+    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Tensor | None
+) -> Callable[[_AdamScalars, int, int], None]:
+    """Bind the kernel to fixed contiguous 1-D buffers; call it with (scalars, start, end)."""
+    function = getattr(_library(), _KERNELS[param.dtype])
+    buffers = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    element_size = param.element_size()
+    bases = [_address(t, 0) for t in buffers]
+    byref = ctypes.byref
+
+    def call(scalars: _AdamScalars, start: int, end: int) -> None:
+        if end <= start:
+            return
+        if scalars.amsgrad and bases[4] is None:
+            raise ValueError("amsgrad step requested but no max_exp_avg_sq buffer was bound")
+        shift = start * element_size
+        p, g, m, v, vmax = (None if base is None else base + shift for base in bases)
+        function(p, g, m, v, vmax, end - start, byref(scalars), torch.get_num_threads())
+
+    return call
 
 
 def adam_flat_(
@@ -68,23 +99,8 @@ def adam_flat_(
     end: int | None = None,
 ) -> None:
     """One fused Adam-family step on elements [start, end) of contiguous 1-D buffers."""
-    end = param.numel() if end is None else end
-    if end <= start:
-        return
-    kernel = {torch.float32: "adam_flat_f32", torch.float64: "adam_flat_f64"}[param.dtype]
-    scalars = _AdamScalars(
-        s.beta1, s.beta2, s.eps, s.l2, s.decay, s.step_size, s.bias_correction2_sqrt, int(s.maximize), int(s.amsgrad)
-    )
-    getattr(_library(), kernel)(
-        _address(param, start),
-        _address(grad, start),
-        _address(exp_avg, start),
-        _address(exp_avg_sq, start),
-        _address(max_exp_avg_sq, start) if s.amsgrad else None,
-        end - start,
-        ctypes.byref(scalars),
-        torch.get_num_threads(),
-    )
+    call = adam_flat_caller(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if s.amsgrad else None)
+    call(pack_scalars(s), start, param.numel() if end is None else end)
 
 
 def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
