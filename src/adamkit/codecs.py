@@ -1,0 +1,332 @@
+"""Storage formats for optimizer state and bf16 parameters: the one place they are defined.
+
+Low precision is a storage layer around the unchanged fp32 math of
+:mod:`adamkit.functional`: a step decodes the stored state to float32, runs the
+one update rule, and encodes the result back. The fused C++ kernel
+(``kernels/adam_kernel.cpp``) implements the same encodings bit for bit; the
+torch versions here serve the loop path, state-dict conversion and tests.
+
+Formats (names accepted as strings or torch dtypes):
+
+* ``float32`` - the plain layout.
+* ``bfloat16`` - round to nearest even (torch's ``.to(torch.bfloat16)``).
+* ``int8`` - blockwise 8-bit floats: each parameter's flattened elements are cut
+  into blocks of :data:`BLOCK_SIZE` (the last one may be short), each block stores
+  its absmax as a float32 and one byte per element. The byte is a small float
+  ("minifloat": exponent and mantissa bits, like bitsandbytes' dynamic map, but
+  encoded with integer arithmetic instead of a table search, so the kernel stays
+  vectorised). ``exp_avg`` may be negative and uses a signed code (1 sign, 4
+  exponent, 3 mantissa bits); ``exp_avg_sq`` is non-negative and spans many decades,
+  so it uses an unsigned code with all 8 bits for magnitude and a wide range (5
+  exponent, 3 mantissa bits: about ten decades below the block's absmax), and a
+  non-zero v never rounds to zero (a zero v would turn a step into m / eps).
+  The choice was measured: ``benchmarks/choose_int8_codes.py`` (RESULTS_LOWPREC.md).
+  Blocks start at each parameter's first element, so the stored state does not
+  depend on how parameters are packed into flat buffers or sharded.
+  Tensors with fewer than :data:`INT8_MIN_NUMEL` elements keep float32 state for an
+  int8 moment (as bitsandbytes does): their state is negligible in size, and
+  biases / norm gains are where 8-bit state hurts most.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "STATE_DTYPES",
+    "PARAM_ROUNDINGS",
+    "BLOCK_SIZE",
+    "INT8_MIN_NUMEL",
+    "MiniFloat",
+    "EXP_AVG_CODE",
+    "EXP_AVG_SQ_CODE",
+    "resolve_state_dtypes",
+    "check_param_rounding",
+    "storage_for",
+    "num_blocks",
+    "quantize",
+    "dequantize",
+    "encode",
+    "decode",
+    "round_to_bf16",
+    "stream_id",
+    "random_bits",
+]
+
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+PARAM_ROUNDINGS = ("nearest", "stochastic", "kahan")
+BLOCK_SIZE = 256
+INT8_MIN_NUMEL = 4096
+_TORCH_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.int8: "int8"}
+_MASK32 = 0xFFFFFFFF
+
+
+# -- argument handling -------------------------------------------------------------------
+
+
+def _state_dtype_name(argument: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.dtype):
+        if value not in _TORCH_NAMES:
+            raise ValueError(f"Invalid {argument}: {value}; expected one of {list(STATE_DTYPES)}")
+        return _TORCH_NAMES[value]
+    if isinstance(value, str):
+        name = value.removeprefix("torch.")
+        if name not in STATE_DTYPES:
+            raise ValueError(f"Invalid {argument}: {value!r}; expected one of {list(STATE_DTYPES)}")
+        return name
+    raise TypeError(f"Invalid {argument}: {value!r} of type {type(value).__name__}; expected one of {list(STATE_DTYPES)}")
+
+
+def resolve_state_dtypes(state_dtype: Any, exp_avg_dtype: Any, exp_avg_sq_dtype: Any) -> tuple[str | None, str | None]:
+    """Canonical names for the two moments' storage (None: like the parameter, as torch)."""
+    shorthand = _state_dtype_name("state_dtype", state_dtype)
+    first = _state_dtype_name("exp_avg_dtype", exp_avg_dtype)
+    second = _state_dtype_name("exp_avg_sq_dtype", exp_avg_sq_dtype)
+    if shorthand is not None:
+        for argument, name in (("exp_avg_dtype", first), ("exp_avg_sq_dtype", second)):
+            if name is not None and name != shorthand:
+                raise ValueError(
+                    f"Invalid {argument}: {name!r} conflicts with state_dtype={shorthand!r}; "
+                    "give state_dtype alone or the per-moment dtypes alone"
+                )
+        first = second = shorthand
+    return first, second
+
+
+def check_param_rounding(value: Any) -> None:
+    if value not in PARAM_ROUNDINGS:
+        raise ValueError(f"Invalid param_rounding: {value!r}; expected one of {list(PARAM_ROUNDINGS)}")
+
+
+def check_rounding_seed(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise ValueError(f"Invalid rounding_seed: {value!r}; expected an int in [0, 2**64)")
+
+
+def check_param_supports(index: int, param: Tensor, exp_avg_dtype: str | None, exp_avg_sq_dtype: str | None) -> None:
+    """Low-precision state is defined for real float32 and bfloat16 parameters only."""
+    for argument, name in (("exp_avg_dtype", exp_avg_dtype), ("exp_avg_sq_dtype", exp_avg_sq_dtype)):
+        if name is None or (name == "float32" and param.dtype == torch.float32):
+            continue
+        if param.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(
+                f"Invalid {argument}: {name!r} for params[{index}] of dtype {param.dtype}; low-precision state "
+                "supports float32 and bfloat16 parameters only (leave it unset for this parameter's group)"
+            )
+
+
+def storage_for(requested: str | None, param: Tensor) -> str:
+    """The storage one moment of ``param`` actually uses under a requested dtype."""
+    if requested is None:
+        return _TORCH_NAMES.get(param.dtype, str(param.dtype).removeprefix("torch."))
+    if requested == "int8" and param.numel() < INT8_MIN_NUMEL:
+        return "float32"
+    return requested
+
+
+def num_blocks(numel: int) -> int:
+    return -(-numel // BLOCK_SIZE)
+
+
+# -- the int8 minifloat codes --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MiniFloat:
+    """An 8-bit float code for values in a block scaled to [-top, top] (or [0, top]).
+
+    Magnitude codes have ``exponent_bits`` and ``mantissa_bits`` (bias 2^E - 1, so the
+    largest code is ``top = 2 - 2^-M`` and the block's absmax maps to it exactly),
+    with subnormals below 2^(1 - bias); signed codes put the sign in bit 7.
+    """
+
+    exponent_bits: int
+    mantissa_bits: int
+    signed: bool
+    keep_nonzero: bool = False  # a non-zero value gets at least the smallest level
+
+    @property
+    def bias(self) -> int:
+        return 2**self.exponent_bits - 1
+
+    @property
+    def max_code(self) -> int:
+        return 2 ** (self.exponent_bits + self.mantissa_bits) - 1
+
+    @property
+    def top(self) -> float:
+        return 2.0 - 2.0**-self.mantissa_bits
+
+    def values(self) -> Tensor:
+        """All magnitude levels, indexed by magnitude code (float64, exact)."""
+        codes = torch.arange(self.max_code + 1, dtype=torch.float64)
+        exponent, fraction = torch.div(codes, 2**self.mantissa_bits, rounding_mode="floor"), codes % 2**self.mantissa_bits
+        normal = torch.exp2(exponent - self.bias) * (1 + fraction / 2**self.mantissa_bits)
+        subnormal = fraction * 2.0 ** (1 - self.bias - self.mantissa_bits)
+        return torch.where(exponent == 0, subnormal, normal)
+
+
+EXP_AVG_CODE = MiniFloat(exponent_bits=4, mantissa_bits=3, signed=True)
+EXP_AVG_SQ_CODE = MiniFloat(exponent_bits=5, mantissa_bits=3, signed=False, keep_nonzero=True)
+_INV_TOP_LIMIT = 2.0**126  # caps top/absmax for subnormal absmax so no product overflows
+
+
+def _magnitude_code(r: Tensor, code: MiniFloat) -> Tensor:
+    """Nearest code (ties away from zero) for float32 r in [0, top]; exact integer arithmetic."""
+    m = code.mantissa_bits
+    bits = r.view(torch.int32).to(torch.int64)
+    normal = ((bits + (1 << (22 - m))) >> (23 - m)) - ((127 - code.bias) << m)
+    subnormal = torch.floor(r * 2.0 ** (code.bias + m - 1) + 0.5).to(torch.int64)
+    magnitude = torch.where(r < 2.0 ** (1 - code.bias), subnormal, normal)
+    return magnitude.clamp_(0, code.max_code)
+
+
+def _magnitude_value(magnitude: Tensor, code: MiniFloat) -> Tensor:
+    """float32 value of magnitude codes (int64)."""
+    m = code.mantissa_bits
+    normal = ((magnitude + ((127 - code.bias) << m)) << (23 - m)).to(torch.int32).view(torch.float32)
+    subnormal = magnitude.to(torch.float32) * 2.0 ** (1 - code.bias - m)
+    return torch.where(magnitude < 2**m, subnormal, normal)
+
+
+def _blocks(flat: Tensor) -> Tensor:
+    padding = num_blocks(flat.numel()) * BLOCK_SIZE - flat.numel()
+    return torch.nn.functional.pad(flat, (0, padding)).view(-1, BLOCK_SIZE)
+
+
+def _encode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
+    """top / absmax per block (0 for an all-zero block; capped so subnormal blocks stay finite)."""
+    return torch.where(absmax > 0, code.top / absmax, torch.zeros_like(absmax)).clamp_(max=_INV_TOP_LIMIT)
+
+
+def _decode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
+    """The exact float32 inverse operation of the encode scale: 1 / (top / absmax)."""
+    inverse = _encode_scale(absmax, code)
+    return torch.where(inverse > 0, 1.0 / inverse, torch.zeros_like(inverse))
+
+
+def quantize(x: Tensor, code: MiniFloat) -> tuple[Tensor, Tensor]:
+    """float32 tensor -> (uint8 codes of x's shape, float32 absmax per block)."""
+    flat = x.detach().reshape(-1).to(torch.float32)
+    blocks = _blocks(flat)
+    absmax = blocks.abs().amax(dim=1) if flat.numel() else torch.zeros(0)
+    inverse = _encode_scale(absmax, code)
+    r = torch.clamp(blocks.abs() * inverse[:, None], max=code.top)
+    codes = _magnitude_code(r, code)
+    if code.keep_nonzero:
+        codes = torch.where(blocks != 0, codes.clamp(min=1), codes)
+    if code.signed:
+        codes |= torch.signbit(blocks).to(torch.int64) << 7
+    return codes.reshape(-1)[: flat.numel()].to(torch.uint8).view(x.shape), absmax
+
+
+def dequantize(codes: Tensor, absmax: Tensor, code: MiniFloat) -> Tensor:
+    """(uint8 codes, float32 absmax per block) -> float32 tensor of the codes' shape."""
+    flat = codes.reshape(-1).to(torch.int64)
+    blocks = _blocks(flat)
+    magnitude = blocks & code.max_code
+    values = _magnitude_value(magnitude, code) * _decode_scale(absmax, code)[:, None]
+    if code.signed:
+        values = torch.where((blocks >> 7).bool(), -values, values)
+    return values.reshape(-1)[: flat.numel()].view(codes.shape)
+
+
+# -- moments: encode/decode by storage name -------------------------------------------------
+
+_MOMENT_CODES = {"exp_avg": EXP_AVG_CODE, "exp_avg_sq": EXP_AVG_SQ_CODE, "max_exp_avg_sq": EXP_AVG_SQ_CODE}
+
+
+def absmax_key(key: str) -> str:
+    """State key of the per-block absmax that goes with an int8 moment."""
+    return f"{key}_absmax"
+
+
+def encode(key: str, value: Tensor, storage: str) -> dict[str, Tensor]:
+    """State entries for moment ``key`` holding float32 ``value`` in ``storage``."""
+    if storage == "int8":
+        codes, absmax = quantize(value, _MOMENT_CODES[key])
+        return {key: codes, absmax_key(key): absmax}
+    return {key: value.to(getattr(torch, storage)).clone(memory_format=torch.contiguous_format)}
+
+
+def decode(key: str, entries: dict[str, Any], storage: str) -> Tensor:
+    """float32 value of moment ``key`` from state entries stored in ``storage``."""
+    if storage == "int8":
+        return dequantize(entries[key], entries[absmax_key(key)], _MOMENT_CODES[key])
+    return entries[key].to(torch.float32)
+
+
+def entries_match(key: str, entries: dict[str, Any], storage: str, param: Tensor) -> str | None:
+    """None if ``entries`` hold moment ``key`` in ``storage`` for ``param``, else why not."""
+    tensor = entries.get(key)
+    if not isinstance(tensor, Tensor):
+        return f"{key!r} is missing or not a tensor"
+    if tuple(tensor.shape) != tuple(param.shape):
+        return f"{key!r} has shape {tuple(tensor.shape)}, the parameter {tuple(param.shape)}"
+    if storage == "int8":
+        absmax = entries.get(absmax_key(key))
+        if tensor.dtype != torch.uint8:
+            return f"{key!r} has dtype {tensor.dtype}, int8 state stores uint8 codes"
+        if not isinstance(absmax, Tensor) or absmax.dtype != torch.float32 or tuple(absmax.shape) != (num_blocks(param.numel()),):
+            return f"{absmax_key(key)!r} must be a float32 tensor of shape ({num_blocks(param.numel())},)"
+        return None
+    if tensor.dtype != getattr(torch, storage):
+        return f"{key!r} has dtype {tensor.dtype}, expected {storage}"
+    return None
+
+
+# -- bf16 parameters -----------------------------------------------------------------------
+
+
+def _mix32(x: Tensor | int) -> Any:
+    """A 32-bit integer hash (lowbias32 by C. Wellons); same constants as the C++ kernel."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def stream_id(group_index: int, position: int) -> int:
+    """Identifies one parameter's random stream: its group and its position in the group."""
+    return ((group_index << 20) ^ position) & _MASK32
+
+
+def block_key(seed: int, step: int, stream: int) -> int:
+    key = _mix32(seed & _MASK32)
+    key = _mix32(key ^ (seed >> 32))
+    key = _mix32(key ^ (step & _MASK32))
+    return _mix32(key ^ stream)
+
+
+def random_bits(seed: int, step: int, stream: int, numel: int) -> Tensor:
+    """16 random bits per element, a pure function of (seed, step, stream, element index)."""
+    key = block_key(seed, step, stream)
+    index = torch.arange(numel, dtype=torch.int64) & _MASK32
+    return _mix32(index ^ key) & 0xFFFF
+
+
+def round_to_bf16(x: Tensor, rounding: str, seed: int = 0, step: int = 0, stream: int = 0) -> Tensor:
+    """float32 -> bfloat16 by round-to-nearest-even or unbiased stochastic rounding.
+
+    Stochastic: add 16 uniform random bits below bf16's last place and truncate, so
+    x rounds up with probability equal to its distance from the lower neighbour.
+    """
+    if rounding != "stochastic":
+        return x.to(torch.bfloat16)
+    bits = x.reshape(-1).view(torch.int32).to(torch.int64) & _MASK32
+    rounded = ((bits + random_bits(seed, step, stream, x.numel())) >> 16) & 0xFFFF
+    result = torch.where(rounded >= 0x8000, rounded - 0x10000, rounded).to(torch.int16).view(torch.bfloat16)
+    result = torch.where(torch.isnan(x.reshape(-1)), x.reshape(-1).to(torch.bfloat16), result)
+    return result.view(x.shape)
+
+
+def step_bound_factor(code: MiniFloat) -> float:
+    """Largest relative rounding error of a normal-range code (half a step of the mantissa)."""
+    return 2.0 ** -(code.mantissa_bits + 1)
