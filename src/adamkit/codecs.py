@@ -68,7 +68,8 @@ _MASK32 = 0xFFFFFFFF
 # -- argument handling -------------------------------------------------------------------
 
 
-def _state_dtype_name(argument: str, value: Any) -> str | None:
+def state_dtype_name(argument: str, value: Any) -> str | None:
+    """Canonical storage name for a state dtype given as a string or torch dtype (None stays None)."""
     if value is None:
         return None
     if isinstance(value, torch.dtype):
@@ -85,9 +86,9 @@ def _state_dtype_name(argument: str, value: Any) -> str | None:
 
 def resolve_state_dtypes(state_dtype: Any, exp_avg_dtype: Any, exp_avg_sq_dtype: Any) -> tuple[str | None, str | None]:
     """Canonical names for the two moments' storage (None: like the parameter, as torch)."""
-    shorthand = _state_dtype_name("state_dtype", state_dtype)
-    first = _state_dtype_name("exp_avg_dtype", exp_avg_dtype)
-    second = _state_dtype_name("exp_avg_sq_dtype", exp_avg_sq_dtype)
+    shorthand = state_dtype_name("state_dtype", state_dtype)
+    first = state_dtype_name("exp_avg_dtype", exp_avg_dtype)
+    second = state_dtype_name("exp_avg_sq_dtype", exp_avg_sq_dtype)
     if shorthand is not None:
         for argument, name in (("exp_avg_dtype", first), ("exp_avg_sq_dtype", second)):
             if name is not None and name != shorthand:

@@ -37,7 +37,7 @@ def _eligible(param: Tensor) -> bool:
     return (
         type(param) in (Tensor, torch.nn.Parameter)
         and param.device.type == "cpu"
-        and param.dtype in kernels.SUPPORTED_DTYPES
+        and param.dtype in kernels.FLAT_PARAM_DTYPES
         and param.is_contiguous()
         and param.requires_grad
         and param.numel() > 0
@@ -87,9 +87,7 @@ class FlatBucket:
         total, dtype = self.offsets[-1], params[0].dtype
         self.param_buffer = torch.empty(total, dtype=dtype)
         self.grad_buffer = torch.zeros(total, dtype=dtype)
-        self.exp_avg = torch.zeros(total, dtype=dtype)
-        self.exp_avg_sq = torch.zeros(total, dtype=dtype)
-        self.max_exp_avg_sq = torch.zeros(total, dtype=dtype) if amsgrad else None
+        self._allocate_state(total, dtype)
         self.steps = torch.zeros(len(params), dtype=torch.float32)
         self.grad_views: list[Tensor] = []
         for index, param in enumerate(params):
@@ -101,10 +99,19 @@ class FlatBucket:
                 self._adopt_grad(param, grad_view, param.grad)
             self.grad_views.append(grad_view)
         self.param_ptrs = list(map(_data_ptr, params))
-        self.kernel = kernels.adam_flat_caller(
+        self.kernel = self._bind_kernel()
+        self.adopt_state(state)
+
+    def _allocate_state(self, total: int, dtype: torch.dtype) -> None:
+        self.exp_avg = torch.zeros(total, dtype=dtype)
+        self.exp_avg_sq = torch.zeros(total, dtype=dtype)
+        self.max_exp_avg_sq = torch.zeros(total, dtype=dtype) if self.amsgrad else None
+
+    def _bind_kernel(self) -> Callable[[Any, int, int], None]:
+        """The kernel, called as kernel(packed scalars, start, end) on element offsets."""
+        return kernels.adam_flat_caller(
             self.param_buffer, self.grad_buffer, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq
         )
-        self.adopt_state(state)
 
     def _slice(self, buffer: Tensor, index: int) -> Tensor:
         return buffer[self.offsets[index] : self.offsets[index + 1]].view(self.params[index].shape)
@@ -182,19 +189,29 @@ class FlatBucket:
 class FlatGroup:
     """The flat buckets and the loop-path leftovers of one param group."""
 
-    def __init__(self, group: dict[str, Any], state: dict[Tensor, dict[str, Any]]) -> None:
+    def __init__(self, group: dict[str, Any], state: dict[Tensor, dict[str, Any]], group_index: int = 0) -> None:
+        from . import flat_lowprec  # low-precision layouts get their own buckets
+
         self.source = group["params"]
         self.count = len(self.source)
         self.amsgrad = group["amsgrad"]
+        self.storage_settings = flat_lowprec.settings_of(group)
         by_dtype, self.leftovers = partition_params(self.source)
-        self.buckets = [FlatBucket(params, state, self.amsgrad) for params in by_dtype.values()]
+        self.buckets = [
+            bucket
+            for params in by_dtype.values()
+            for bucket in flat_lowprec.buckets_for(group, group_index, params, state, self.amsgrad)
+        ]
         self.state_stale = False
 
     def valid_for(self, group: dict[str, Any]) -> bool:
+        from . import flat_lowprec
+
         return (
             group["params"] is self.source
             and len(self.source) == self.count
             and group["amsgrad"] == self.amsgrad
+            and flat_lowprec.settings_of(group) == self.storage_settings
             and all(bucket.in_place() for bucket in self.buckets)
         )
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import flat, functional, kernels, state_dicts, validation
+from . import flat, functional, kernels, lowprec, state_dicts, validation
 
 __all__ = ["Adam", "AdamW", "AMSGrad"]
 
@@ -49,7 +49,13 @@ class _AdamFamily(Optimizer):
         fused: bool | None,
         capturable: bool,
         differentiable: bool,
+        state_dtype: Any = None,
+        exp_avg_dtype: Any = None,
+        exp_avg_sq_dtype: Any = None,
+        param_rounding: str = "nearest",
+        rounding_seed: int = 0,
     ) -> None:
+        exp_avg_dtype, exp_avg_sq_dtype = lowprec.codecs.resolve_state_dtypes(state_dtype, exp_avg_dtype, exp_avg_sq_dtype)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -64,8 +70,14 @@ class _AdamFamily(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             bias_correction=bias_correction,
             decoupled_lr=decoupled_lr,
+            # Low-precision storage (lowprec.py): per-moment state dtypes, bf16 param rounding.
+            exp_avg_dtype=exp_avg_dtype,
+            exp_avg_sq_dtype=exp_avg_sq_dtype,
+            param_rounding=param_rounding,
+            rounding_seed=rounding_seed,
         )
         validation.check_hyperparameters(defaults)
+        lowprec.check_group(defaults)
         params = validation.check_param_list(params)
         if len(params) == 0:
             raise ValueError("Invalid params: the optimizer got an empty parameter list")
@@ -93,6 +105,9 @@ class _AdamFamily(Optimizer):
         param_group = {**param_group, "params": params}
         merged = {**self.defaults, **param_group}
         validation.check_hyperparameters(merged)
+        lowprec.check_group(merged)
+        lowprec.check_params(tensors, merged)
+        param_group.update(lowprec.canonical_settings(param_group))
         if merged["fused"] is True:
             self._check_fused(tensors)
         if merged["decoupled_lr"] and "initial_lr" not in param_group:
@@ -106,16 +121,17 @@ class _AdamFamily(Optimizer):
         if not kernels.available():
             kernels.build.load_library()  # raises KernelBuildError with the compiler's message
         for index, param in enumerate(params):
-            if param.device.type != "cpu" or param.dtype not in kernels.SUPPORTED_DTYPES:
+            if param.device.type != "cpu" or param.dtype not in kernels.FLAT_PARAM_DTYPES:
                 raise ValueError(
                     f"Invalid params[{index}]: fused=True supports CPU tensors of dtype "
-                    f"{[str(d) for d in kernels.SUPPORTED_DTYPES]}, got {param.dtype} on {param.device}; use fused=None"
+                    f"{[str(d) for d in kernels.FLAT_PARAM_DTYPES]}, got {param.dtype} on {param.device}; use fused=None"
                 )
 
     def _group_defaults(self) -> dict[str, Any]:
         """Values for group keys that a torch.optim checkpoint may lack."""
         return {
             **_ADAMKIT_GROUP_DEFAULTS,
+            **lowprec.GROUP_DEFAULTS,
             "amsgrad": self.defaults.get("amsgrad", False),
             "decoupled_weight_decay": self.defaults.get("decoupled_weight_decay", False),
         }
@@ -136,19 +152,27 @@ class _AdamFamily(Optimizer):
 
     # -- checkpoints ------------------------------------------------------------------
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], *, convert_state_dtypes: bool = False) -> None:
         """Load a checkpoint of this class or of ``torch.optim.Adam/AdamW``.
 
         Everything is validated first; a rejected state dict leaves the
-        optimizer exactly as it was.
+        optimizer exactly as it was. State storage (``exp_avg_dtype``,
+        ``exp_avg_sq_dtype``, ``param_rounding``, ``rounding_seed``) stays this
+        optimizer's: a checkpoint stored differently (say float32 state into an
+        int8 optimizer) is refused unless ``convert_state_dtypes=True``, which
+        quantizes or dequantizes it.
         """
         state_dicts.check_state_dict(self, state_dict, self._group_defaults())
+        converted = lowprec.prepare_load(self, state_dict, self._group_defaults(), convert_state_dtypes)
         old_state, old_groups, flat_groups = self.state, self.param_groups, self._flat_groups
         try:
             super().load_state_dict(state_dict)
         except BaseException:
             self.state, self.param_groups, self._flat_groups = old_state, old_groups, flat_groups
             raise
+        for old_group, group in zip(old_groups, self.param_groups):
+            group.update({key: old_group.get(key, default) for key, default in lowprec.GROUP_DEFAULTS.items()})
+        self.state.update(converted)  # torch's loader casts state to the param dtype; use ours
         # Keep the flat buffers (no reallocation); the next step copies the loaded state in.
         self._flat_groups = flat_groups
         for flat_group in flat_groups.values():
@@ -208,12 +232,13 @@ class _AdamFamily(Optimizer):
         if self._uses_flat_path(group):
             flat_group = self._flat_groups.get(index)
             if flat_group is None or not flat_group.valid_for(group):
-                flat_group = self._flat_groups[index] = flat.FlatGroup(group, self.state)
+                flat_group = self._flat_groups[index] = flat.FlatGroup(group, self.state, index)
             elif flat_group.state_stale:
                 flat_group.refresh_state(self.state)
             for bucket in flat_group.buckets:
                 bucket.step(scalars_for)
             params = flat_group.leftovers
+        params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
         self._loop_step(params, group["amsgrad"], scalars_for)
 
     def _loop_step(
@@ -299,6 +324,11 @@ class Adam(_AdamFamily):
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
+        state_dtype: Any = None,
+        exp_avg_dtype: Any = None,
+        exp_avg_sq_dtype: Any = None,
+        param_rounding: str = "nearest",
+        rounding_seed: int = 0,
     ) -> None:
         super().__init__(
             params,
@@ -315,6 +345,11 @@ class Adam(_AdamFamily):
             fused=fused,
             capturable=capturable,
             differentiable=differentiable,
+            state_dtype=state_dtype,
+            exp_avg_dtype=exp_avg_dtype,
+            exp_avg_sq_dtype=exp_avg_sq_dtype,
+            param_rounding=param_rounding,
+            rounding_seed=rounding_seed,
         )
 
 
@@ -344,6 +379,11 @@ class AdamW(_AdamFamily):
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
+        state_dtype: Any = None,
+        exp_avg_dtype: Any = None,
+        exp_avg_sq_dtype: Any = None,
+        param_rounding: str = "nearest",
+        rounding_seed: int = 0,
     ) -> None:
         super().__init__(
             params,
@@ -360,6 +400,11 @@ class AdamW(_AdamFamily):
             fused=fused,
             capturable=capturable,
             differentiable=differentiable,
+            state_dtype=state_dtype,
+            exp_avg_dtype=exp_avg_dtype,
+            exp_avg_sq_dtype=exp_avg_sq_dtype,
+            param_rounding=param_rounding,
+            rounding_seed=rounding_seed,
         )
 
 
@@ -388,6 +433,11 @@ class AMSGrad(_AdamFamily):
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
+        state_dtype: Any = None,
+        exp_avg_dtype: Any = None,
+        exp_avg_sq_dtype: Any = None,
+        param_rounding: str = "nearest",
+        rounding_seed: int = 0,
     ) -> None:
         super().__init__(
             params,
@@ -404,4 +454,9 @@ class AMSGrad(_AdamFamily):
             fused=fused,
             capturable=capturable,
             differentiable=differentiable,
+            state_dtype=state_dtype,
+            exp_avg_dtype=exp_avg_dtype,
+            exp_avg_sq_dtype=exp_avg_sq_dtype,
+            param_rounding=param_rounding,
+            rounding_seed=rounding_seed,
         )

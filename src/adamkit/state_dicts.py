@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import validation
+from . import lowprec, validation
 
 __all__ = ["check_state_dict", "STATE_KEYS"]
 
@@ -105,9 +105,11 @@ def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any, group_de
         if not isinstance(param_state, dict):
             raise TypeError(f"{where}: expected a dict, got {type(param_state).__name__}")
         param, group = params_by_id[param_id]
-        unknown = set(param_state) - set(STATE_KEYS)
+        unknown = set(param_state) - set(STATE_KEYS) - set(lowprec.EXTRA_STATE_KEYS)
         if unknown:
-            raise KeyError(f"{where}: unexpected keys {sorted(map(str, unknown))}; expected {list(STATE_KEYS)}")
+            raise KeyError(
+                f"{where}: unexpected keys {sorted(map(str, unknown))}; expected {list(STATE_KEYS + lowprec.EXTRA_STATE_KEYS)}"
+            )
         required = ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
         for key in required:
             if key not in param_state:
@@ -115,4 +117,6 @@ def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any, group_de
         _check_step(where, param_state["step"])
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             if key in param_state:
+                if isinstance(param_state[key], Tensor) and param_state[key].dtype == torch.uint8:
+                    continue  # int8 codes: lowprec.prepare_load checks them against the recorded dtypes
                 _check_moment(where, key, param_state[key], param)

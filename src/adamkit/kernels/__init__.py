@@ -11,9 +11,11 @@ from torch import Tensor
 from ..functional import StepScalars
 from .build import KernelBuildError, load_library
 
-__all__ = ["adam_flat_", "adam_flat_caller", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES"]
+__all__ = ["adam_flat_", "adam_flat_caller", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES", "FLAT_PARAM_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
+# bfloat16 params take the low-precision kernel (kernels/lowprec.py): fp32 math, rounded writes.
+FLAT_PARAM_DTYPES = SUPPORTED_DTYPES + (torch.bfloat16,)
 _KERNELS = {torch.float32: "adam_flat_f32", torch.float64: "adam_flat_f64"}
 
 

@@ -54,8 +54,12 @@ def _compiler() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def load_library() -> ctypes.CDLL:
-    """Return the compiled kernel library, compiling it if it is not cached yet."""
+def load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Return the compiled kernel library, compiling it if it is not cached yet.
+
+    ``defines`` (``NAME=VALUE`` strings) select a variant: each low-precision
+    storage mode is its own small library, built the first time it is used.
+    """
     import torch  # noqa: F401  (loads torch's libgomp first so the kernel shares it)
 
     here = Path(__file__).parent
@@ -65,8 +69,9 @@ def load_library() -> ctypes.CDLL:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as error:
         raise KernelBuildError(f"the C++ compiler {compiler!r} does not run: {error}") from error
+    flags = [*FLAGS, *(f"-D{define}" for define in defines)]
     key = hashlib.sha256(
-        source_text + " ".join(FLAGS).encode() + version.encode() + _cpu_fingerprint().encode()
+        source_text + " ".join(flags).encode() + version.encode() + _cpu_fingerprint().encode()
     ).hexdigest()[:20]
     target = cache_dir() / f"adam_kernel-{key}.so"
     if not target.exists():
@@ -74,7 +79,7 @@ def load_library() -> ctypes.CDLL:
         # Compile to a private name, then rename: concurrent builders never see a half-written file.
         fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        command = [compiler, *FLAGS, *(str(here / name) for name in SOURCES), "-o", partial]
+        command = [compiler, *flags, *(str(here / name) for name in SOURCES), "-o", partial]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(partial)

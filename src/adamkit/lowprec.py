@@ -1,0 +1,276 @@
+"""Low-precision optimizer state and bf16 parameters: per-parameter layouts, the loop path,
+and checkpoint conversion.
+
+A parameter's *layout* says how its step is stored: the parameter dtype, the storage
+of ``exp_avg`` and of ``exp_avg_sq``/``max_exp_avg_sq`` (see :mod:`adamkit.codecs`),
+and how an fp32 result is written back to a bfloat16 parameter. Every layout runs
+the one update rule, :func:`adamkit.functional.adam_update_`, on float32 values:
+decode -> update -> encode. The flat path (``flat_lowprec.py``) does the same in
+one fused kernel pass.
+
+Group keys (recorded in ``state_dict()['param_groups']``):
+``exp_avg_dtype``, ``exp_avg_sq_dtype`` (None: like the parameter, torch's layout),
+``param_rounding`` ("nearest", "stochastic", "kahan"; bfloat16 parameters only) and
+``rounding_seed``. Extra per-parameter state keys: ``<moment>_absmax`` (int8 moments)
+and ``kahan_comp`` (Kahan rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from . import codecs, functional
+
+__all__ = ["GROUP_DEFAULTS", "Layout", "layout_for", "loop_step", "prepare_load", "EXTRA_STATE_KEYS"]
+
+GROUP_DEFAULTS: dict[str, Any] = {
+    "exp_avg_dtype": None,
+    "exp_avg_sq_dtype": None,
+    "param_rounding": "nearest",
+    "rounding_seed": 0,
+}
+MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+EXTRA_STATE_KEYS = tuple(codecs.absmax_key(key) for key in MOMENT_KEYS) + ("kahan_comp",)
+_BF16 = torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one parameter's step is stored (a low-precision layout; None means torch's)."""
+
+    param_dtype: torch.dtype
+    exp_avg: str  # storage of exp_avg
+    exp_avg_sq: str  # storage of exp_avg_sq and max_exp_avg_sq
+    rounding: str  # how a bf16 parameter receives its fp32 result ("nearest" for fp32 params)
+
+    def storage(self, key: str) -> str:
+        return self.exp_avg if key == "exp_avg" else self.exp_avg_sq
+
+    @property
+    def kahan(self) -> bool:
+        return self.param_dtype == _BF16 and self.rounding == "kahan"
+
+
+def check_group(group: dict[str, Any]) -> None:
+    """Validate the low-precision group keys (as far as the group has them)."""
+    for key in ("exp_avg_dtype", "exp_avg_sq_dtype"):
+        if key in group:
+            codecs.state_dtype_name(key, group[key])
+    if "param_rounding" in group:
+        codecs.check_param_rounding(group["param_rounding"])
+    if "rounding_seed" in group:
+        codecs.check_rounding_seed(group["rounding_seed"])
+
+
+def check_params(params: list[Tensor], group: dict[str, Any]) -> None:
+    """Refuse low-precision state for parameter dtypes it is not defined for."""
+    settings = canonical_settings(group)
+    for index, param in enumerate(params):
+        codecs.check_param_supports(index, param, settings.get("exp_avg_dtype"), settings.get("exp_avg_sq_dtype"))
+
+
+def canonical_settings(group: dict[str, Any]) -> dict[str, Any]:
+    """The group's dtype keys as canonical names (torch dtypes become strings)."""
+    return {key: codecs.state_dtype_name(key, group[key]) for key in ("exp_avg_dtype", "exp_avg_sq_dtype") if key in group}
+
+
+def settings_of(group: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(group.get(key, default) for key, default in GROUP_DEFAULTS.items())
+
+
+def _plain_storage(param: Tensor) -> str:
+    return str(param.dtype).removeprefix("torch.")
+
+
+def layout_for(group: dict[str, Any], param: Tensor) -> Layout | None:
+    """The parameter's low-precision layout, or None for torch's plain layout."""
+    exp_avg = codecs.storage_for(group.get("exp_avg_dtype"), param)
+    exp_avg_sq = codecs.storage_for(group.get("exp_avg_sq_dtype"), param)
+    if param.dtype == _BF16:
+        # bf16 parameters: the update is computed in fp32 and rounded once.
+        return Layout(_BF16, exp_avg, exp_avg_sq, group.get("param_rounding", "nearest"))
+    if param.dtype == torch.float32 and (exp_avg, exp_avg_sq) != ("float32", "float32"):
+        return Layout(torch.float32, exp_avg, exp_avg_sq, "nearest")
+    return None
+
+
+def moment_keys(amsgrad: bool) -> tuple[str, ...]:
+    return MOMENT_KEYS if amsgrad else MOMENT_KEYS[:2]
+
+
+def stored_as(key: str, entries: dict[str, Any]) -> str:
+    """The storage a moment's state entries are in, read off their dtypes."""
+    tensor = entries[key]
+    if tensor.dtype == torch.uint8 and codecs.absmax_key(key) in entries:
+        return "int8"
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _storage_of(layout: Layout | None, key: str, param: Tensor) -> str:
+    return layout.storage(key) if layout is not None else _plain_storage(param)
+
+
+def conform_state_(state: dict[str, Any], param: Tensor, layout: Layout | None, amsgrad: bool) -> None:
+    """Create or convert (dequantize -> quantize) ``state`` to ``layout``, in place."""
+    if not state:
+        if layout is None:
+            return  # the plain path creates torch's state itself
+        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    for key in moment_keys(amsgrad):
+        target = _storage_of(layout, key, param)
+        if key in state and codecs.entries_match(key, state, target, param) is None:
+            continue
+        if key in state:
+            value = codecs.decode(key, state, stored_as(key, state))
+        else:
+            value = torch.zeros(param.shape, dtype=torch.float32)
+        state.pop(codecs.absmax_key(key), None)
+        state.update(codecs.encode(key, value, target))
+    if layout is not None and layout.kahan:
+        if not isinstance(state.get("kahan_comp"), Tensor) or state["kahan_comp"].shape != param.shape:
+            state["kahan_comp"] = torch.zeros(param.shape, dtype=_BF16)
+    else:
+        state.pop("kahan_comp", None)
+
+
+def update_(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    layout: Layout,
+    amsgrad: bool,
+    scalars: functional.StepScalars,
+    seed: int,
+    stream: int,
+) -> None:
+    """One step of one parameter in a low-precision layout: decode, the fp32 update, encode."""
+    keys = moment_keys(amsgrad)
+    moments = {key: codecs.decode(key, state, layout.storage(key)) for key in keys}
+    work = param.detach().to(torch.float32)  # fp32 params: the parameter itself, updated in place
+    if layout.kahan:
+        work = work + state["kahan_comp"].to(torch.float32)
+    functional.adam_update_(
+        work, grad.to(torch.float32), moments["exp_avg"], moments["exp_avg_sq"], moments.get("max_exp_avg_sq"), scalars
+    )
+    for key in keys:
+        if layout.storage(key) == "float32":
+            continue  # decoded in place
+        for name, tensor in codecs.encode(key, moments[key], layout.storage(key)).items():
+            state[name].copy_(tensor)
+    if layout.param_dtype == _BF16:
+        step = int(state["step"].item())
+        rounded = codecs.round_to_bf16(work, layout.rounding, seed, step, stream)
+        param.copy_(rounded)
+        if layout.kahan:
+            state["kahan_comp"].copy_((work - rounded.to(torch.float32)).to(_BF16))
+
+
+def loop_step(
+    optimizer_state: dict[Tensor, dict[str, Any]],
+    group: dict[str, Any],
+    group_index: int,
+    params: list[Tensor],
+    scalars_for: Callable[[float], functional.StepScalars],
+) -> list[Tensor]:
+    """The loop path for low-precision layouts; returns the params left for the plain loop."""
+    amsgrad = group["amsgrad"]
+    positions = {id(p): index for index, p in enumerate(group["params"])}
+    plain = []
+    for param in params:
+        layout = layout_for(group, param)
+        state = optimizer_state[param] if param in optimizer_state else None
+        if layout is None:
+            if state:
+                conform_state_(state, param, None, amsgrad)
+            plain.append(param)
+            continue
+        grad = param.grad
+        if grad is None:
+            continue
+        if grad.is_sparse:
+            raise RuntimeError(f"sparse gradients are not supported with low-precision state (parameter of shape {tuple(param.shape)})")
+        state = optimizer_state[param]
+        conform_state_(state, param, layout, amsgrad)
+        state["step"] += 1
+        update_(
+            param,
+            grad,
+            state,
+            layout,
+            amsgrad,
+            scalars_for(state["step"].item()),
+            group.get("rounding_seed", 0),
+            codecs.stream_id(group_index, positions[id(param)]),
+        )
+    return plain
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+
+def _quantized_entries_ok(where: str, key: str, entries: dict[str, Any]) -> None:
+    absmax = entries[codecs.absmax_key(key)]
+    if not bool(torch.isfinite(absmax).all()) or bool((absmax < 0).any()):
+        raise ValueError(f"{where}[{codecs.absmax_key(key)!r}]: block absmax must be finite and >= 0")
+
+
+def prepare_load(
+    optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], group_defaults: dict[str, Any], convert: bool
+) -> dict[Tensor, dict[str, Any]]:
+    """Check a checkpoint's storage against this optimizer's layouts and build the state to install.
+
+    Runs before anything is loaded (after ``state_dicts.check_state_dict``). Returns the
+    per-parameter state, already in this optimizer's layouts, for every parameter whose
+    saved or target layout is low precision (torch's loader would cast those tensors to
+    the parameter's dtype). A storage mismatch raises unless ``convert``.
+    """
+    prepared: dict[Tensor, dict[str, Any]] = {}
+    for index, (saved, group) in enumerate(zip(state_dict["param_groups"], optimizer.param_groups)):
+        where_group = f"state_dict['param_groups'][{index}]"
+        saved_settings = {**GROUP_DEFAULTS, **{key: saved[key] for key in GROUP_DEFAULTS if key in saved}}
+        try:
+            check_group(saved_settings)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where_group}: {error}") from None
+        saved_settings.update(canonical_settings(saved_settings))
+        amsgrad = {**group_defaults, **saved}["amsgrad"]
+        for param_id, param in zip(saved["params"], group["params"]):
+            entries = state_dict["state"].get(param_id)
+            if entries is None:
+                continue
+            where = f"state_dict['state'][{param_id!r}]"
+            source, target = layout_for(saved_settings, param), layout_for(group, param)
+            if source is None and target is None and not any(key in entries for key in EXTRA_STATE_KEYS):
+                continue
+            new: dict[str, Any] = {"step": torch.as_tensor(entries["step"], dtype=torch.float32).clone()}
+            for key in moment_keys(amsgrad):
+                if key not in entries:
+                    continue
+                have, want = _storage_of(source, key, param), _storage_of(target, key, param)
+                problem = codecs.entries_match(key, entries, have, param)
+                if problem is not None:
+                    raise ValueError(f"{where}: {problem}, but {where_group} records {key} stored as {have!r}")
+                if have == "int8":
+                    _quantized_entries_ok(where, key, entries)
+                if have == want:
+                    names = (key, codecs.absmax_key(key)) if have == "int8" else (key,)
+                    new.update({name: entries[name].detach().clone() for name in names})
+                    continue
+                if not convert:
+                    setting = "exp_avg_dtype" if key == "exp_avg" else "exp_avg_sq_dtype"
+                    raise ValueError(
+                        f"{where_group} stores {key} as {have!r} but this optimizer keeps it as {want!r}; "
+                        f"call load_state_dict(state_dict, convert_state_dtypes=True) to convert it, "
+                        f"or construct the optimizer with {setting}={have!r}"
+                    )
+                new.update(codecs.encode(key, codecs.decode(key, entries, have), want))
+            if target is not None and target.kahan:
+                comp = entries.get("kahan_comp")
+                valid = isinstance(comp, Tensor) and comp.dtype == _BF16 and comp.shape == param.shape
+                new["kahan_comp"] = comp.detach().clone() if valid else torch.zeros(param.shape, dtype=_BF16)
+            prepared[param] = new
+    return prepared
