@@ -179,11 +179,11 @@ _INV_TOP_LIMIT = 2.0**126  # caps top/absmax for subnormal absmax so no product 
 
 
 def _magnitude_code(r: Tensor, code: MiniFloat) -> Tensor:
-    """Nearest code (ties away from zero) for float32 r in [0, top]; exact integer arithmetic."""
+    """Nearest code (ties away from zero) for float32 r in [0, top], as the C++ kernel does it."""
     m = code.mantissa_bits
     bits = r.view(torch.int32).to(torch.int64)
     normal = ((bits + (1 << (22 - m))) >> (23 - m)) - ((127 - code.bias) << m)
-    subnormal = torch.floor(r * 2.0 ** (code.bias + m - 1) + 0.5).to(torch.int64)
+    subnormal = torch.floor(r.double() * 2.0 ** (code.bias + m - 1) + 0.5).to(torch.int64)
     magnitude = torch.where(r < 2.0 ** (1 - code.bias), subnormal, normal)
     return magnitude.clamp_(0, code.max_code)
 

@@ -159,13 +159,20 @@ struct MiniFloat {
     return inverse > 0 ? 1.0f / inverse : 0.0f;
   }
   static uint8_t encode(float x, float inverse) {
-    float r = std::fabs(x) * inverse;
-    r = r > kTop ? kTop : r;
-    const int32_t normal = int32_t((bits_of(r) + (1u << (22 - M))) >> (23 - M)) - ((127 - kBias) << M);
-    const int32_t subnormal = int32_t(r * pow2(kBias + M - 1) + 0.5f);
-    int32_t code = r < pow2(1 - kBias) ? subnormal : normal;
+    // r >= 0 (or NaN), so comparing its bits as integers orders it; integer selects vectorise
+    uint32_t r_bits = bits_of(std::fabs(x) * inverse);
+    r_bits = r_bits > bits_of(kTop) ? bits_of(kTop) : r_bits;  // NaN saturates to the top code
+    const int32_t normal = int32_t((r_bits + (1u << (22 - M))) >> (23 - M)) - ((127 - kBias) << M);
+    // Subnormal codes: r 2^(B+M-1) rounded half up, by shifting r's significand (integer ops only,
+    // which GCC if-converts and vectorises; float arithmetic here would keep the loop scalar).
+    const int32_t exponent = int32_t(r_bits >> 23);
+    const uint32_t significand = (r_bits & 0x7FFFFFu) | (exponent ? 0x800000u : 0u);
+    int32_t shift = (151 - kBias - M) - (exponent ? exponent : 1);
+    shift = shift < 1 ? 1 : (shift > 31 ? 31 : shift);
+    const int32_t subnormal = int32_t((significand + (1u << (shift - 1))) >> shift);
+    int32_t code = r_bits < bits_of(pow2(1 - kBias)) ? subnormal : normal;
     code = code < 0 ? 0 : (code > kMaxCode ? kMaxCode : code);
-    if (KEEP_NONZERO && x != 0.0f && code == 0) code = 1;  // a non-zero v never decodes to 0
+    if (KEEP_NONZERO) code |= int32_t((x != 0.0f) & (code == 0));  // a non-zero v never decodes to 0
     if (SIGNED) code |= int32_t(bits_of(x) >> 31) << 7;
     return uint8_t(code);
   }
@@ -173,8 +180,9 @@ struct MiniFloat {
     const uint32_t code = SIGNED ? (byte & 0x7Fu) : byte;
     const float normal = float_of((code + uint32_t((127 - kBias) << M)) << (23 - M));
     const float subnormal = float(int32_t(code)) * pow2(1 - kBias - M);
-    const float magnitude = (code < (1u << M) ? subnormal : normal) * scale;
-    return (SIGNED && (byte & 0x80u)) ? -magnitude : magnitude;
+    const uint32_t is_subnormal = code < (1u << M) ? ~0u : 0u;  // a bit-mask blend, so GCC vectorises
+    const float magnitude = float_of((bits_of(subnormal) & is_subnormal) | (bits_of(normal) & ~is_subnormal)) * scale;
+    return SIGNED ? float_of(bits_of(magnitude) | (uint32_t(byte & 0x80u) << 24)) : magnitude;  // sign bit
   }
 };
 using ExpAvgCode = MiniFloat<4, 3, true, false>;   // codecs.EXP_AVG_CODE
@@ -210,7 +218,10 @@ struct Int8Moment {
   void finish_block(float* absmax, int64_t block, int64_t base, int64_t n, const float* stage) const {
     float peak = 0.0f;
 #pragma omp simd reduction(max : peak)
-    for (int64_t j = 0; j < n; ++j) peak = std::fmax(peak, std::fabs(stage[j]));
+    for (int64_t j = 0; j < n; ++j) {
+      const float magnitude = std::fabs(stage[j]);
+      peak = magnitude > peak ? magnitude : peak;
+    }
     const float inverse = Code::encode_scale(peak);
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) data[base + j] = Code::encode(stage[j], inverse);
@@ -226,7 +237,7 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, 
   const float grad_sign = s.maximize ? -1.0f : 1.0f;
   const float decay = float(s.decay), l2 = float(s.l2);
   const float lerp_weight = float(1.0 - s.beta1), lerp_complement = float(s.beta1);
-  const bool lerp_from_start = (1.0 - s.beta1) < 0.5;
+  const uint32_t lerp_mask = (1.0 - s.beta1) < 0.5 ? ~0u : 0u;  // torch's lerp picks the stabler form
   const float beta2 = float(s.beta2), one_minus_beta2 = float(1.0 - s.beta2);
   const float bias_correction2_sqrt = float(s.bias_correction2_sqrt), eps = float(s.eps);
   const float neg_step_size = float(-s.step_size);
@@ -260,8 +271,10 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, 
       const float old_m = m.load(i), old_v = v.load(i);
       float x = param_value * decay;                                    // AdamW: p <- p (1 - lr wd)
       const float grad = grad_value * grad_sign + l2 * x;               // Adam + L2: g <- g + wd p
-      const float exp_avg = lerp_from_start ? old_m + lerp_weight * (grad - old_m)  // m_t
-                                            : grad - (grad - old_m) * lerp_complement;
+      // m_t as torch's lerp; both forms computed so the choice is a blend, not a branch
+      const float from_start = old_m + lerp_weight * (grad - old_m);
+      const float from_end = grad - (grad - old_m) * lerp_complement;
+      const float exp_avg = float_of((bits_of(from_start) & lerp_mask) | (bits_of(from_end) & ~lerp_mask));  // m_t
       const float exp_avg_sq = old_v * beta2 + one_minus_beta2 * grad * grad;       // v_t
       float second = exp_avg_sq;
       if (AMSGRAD) {                                                    // v_max <- max(v_max, v_t)
