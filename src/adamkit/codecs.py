@@ -233,6 +233,7 @@ def dequantize(codes: Tensor, absmax: Tensor, code: MiniFloat) -> Tensor:
     blocks = _blocks(flat)
     magnitude = blocks & code.max_code
     values = _magnitude_value(magnitude, code) * _decode_scale(absmax, code)[:, None]
+    values = values.clamp_(max=torch.finfo(torch.float32).max)  # a block at float32 max stays finite
     if code.signed:
         values = torch.where((blocks >> 7).bool(), -values, values)
     return values.reshape(-1)[: flat.numel()].view(codes.shape)

@@ -181,7 +181,9 @@ struct MiniFloat {
     const float normal = float_of((code + uint32_t((127 - kBias) << M)) << (23 - M));
     const float subnormal = float(int32_t(code)) * pow2(1 - kBias - M);
     const uint32_t is_subnormal = code < (1u << M) ? ~0u : 0u;  // a bit-mask blend, so GCC vectorises
-    const float magnitude = float_of((bits_of(subnormal) & is_subnormal) | (bits_of(normal) & ~is_subnormal)) * scale;
+    uint32_t magnitude_bits = bits_of(float_of((bits_of(subnormal) & is_subnormal) | (bits_of(normal) & ~is_subnormal)) * scale);
+    magnitude_bits = magnitude_bits > 0x7F7FFFFFu ? 0x7F7FFFFFu : magnitude_bits;  // a block at float32 max stays finite
+    const float magnitude = float_of(magnitude_bits);
     return SIGNED ? float_of(bits_of(magnitude) | (uint32_t(byte & 0x80u) << 24)) : magnitude;  // sign bit
   }
 };
