@@ -1,0 +1,296 @@
+"""Low-precision state and bf16 parameters through the optimizers: paths agree, the step
+stays bounded, rounding modes behave as defined, checkpoints round-trip, bad input is refused."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import adamkit
+from adamkit import codecs
+from adamkit.functional import step_bound
+
+MODES = [
+    dict(state_dtype="bfloat16"),
+    dict(state_dtype="int8"),
+    dict(exp_avg_dtype="int8", exp_avg_sq_dtype="bfloat16"),
+    dict(exp_avg_dtype="float32", exp_avg_sq_dtype="int8"),
+]
+SHAPES = [(70, 100), (300,), (5000,), (1,)]  # int8 applies to the first and third only (>= 4096 elements)
+
+
+def make_params(dtype=torch.float32, seed=0, shapes=SHAPES):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype)) for shape in shapes]
+
+
+def run(params, steps=6, grad_seed=1, **kwargs):
+    optimizer = adamkit.AdamW(params, lr=1e-2, **kwargs)
+    generator = torch.Generator().manual_seed(grad_seed)
+    for _ in range(steps):
+        for param in params:
+            param.grad = (torch.randn(param.shape, generator=generator) * torch.rand(1, generator=generator) * 10).to(param.dtype)
+        optimizer.step()
+    return optimizer
+
+
+def mostly_close(a, b, rtol, atol, share=1e-3, bound=1e-3):
+    """All but a ``share`` of elements within rtol/atol, and every element within ``bound``.
+
+    The two paths run the same fp32 math, but the C++ compiler may fuse a multiply-add
+    where torch does not; a last-bit difference can then move a bf16 place or an int8
+    code by one level, which changes one later step by a few percent (<< lr = 1e-2).
+    """
+    a, b = a.detach().double(), b.detach().double()
+    far = (a - b).abs() > rtol * b.abs() + atol
+    assert float(far.double().mean()) <= share
+    assert float((a - b).abs().max()) <= max(bound, atol)
+
+
+def assert_same_state(first, second, params_first, params_second, rtol=4 * 2**-23):
+    for p, q in zip(params_first, params_second):
+        place = float(q.detach().abs().max()) * 2**-7 if q.dtype == torch.bfloat16 else 0.0
+        mostly_close(p, q, rtol, 1e-7, bound=1e-3 + place)  # bf16 params: one place either way
+        for key, value in first.state[p].items():
+            other = second.state[q][key]
+            if key == "kahan_comp":  # the low bits themselves: compare what p + compensation represents
+                mostly_close(p.float() + value.float(), q.float() + other.float(), 2**-14, 1e-7)
+            elif value.dtype == torch.uint8:
+                differ = (value.int() - other.int()).abs()
+                assert int(differ.max()) <= 1 and float((differ > 0).float().mean()) < 1e-3, key
+            else:
+                bf16 = value.dtype == torch.bfloat16
+                mostly_close(value, other, 2**-7 if bf16 else 1e-5, 1e-9, bound=float(other.abs().max()) * 2**-6)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{v}" for v in m.values()))
+def test_flat_kernel_and_loop_path_agree(mode, amsgrad):
+    flat_params, loop_params = make_params(), make_params()
+    flat = run(flat_params, amsgrad=amsgrad, **mode)
+    loop = run(loop_params, amsgrad=amsgrad, fused=False, **mode)
+    assert any(type(b).__name__ == "LowPrecisionBucket" for b in flat._flat_groups[0].buckets)
+    assert_same_state(flat, loop, flat_params, loop_params)
+
+
+@pytest.mark.parametrize("rounding", codecs.PARAM_ROUNDINGS)
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_bf16_params_flat_and_loop_agree(rounding, state_dtype):
+    flat_params, loop_params = make_params(torch.bfloat16), make_params(torch.bfloat16)
+    flat = run(flat_params, param_rounding=rounding, state_dtype=state_dtype, rounding_seed=3)
+    loop = run(loop_params, param_rounding=rounding, state_dtype=state_dtype, rounding_seed=3, fused=False)
+    assert all(p.dtype == torch.bfloat16 for p in flat_params)
+    assert_same_state(flat, loop, flat_params, loop_params, rtol=2**-8)
+
+
+def test_int8_state_does_not_depend_on_packing():
+    """Blocks are per parameter: the same parameter stepped alone or packed among others."""
+    alone = make_params(shapes=[(5000,)])
+    packed = make_params(seed=5, shapes=[(333,), (4097,)]) + make_params(shapes=[(5000,)])
+    first = run(alone, state_dtype="int8")
+    optimizer = adamkit.AdamW(packed, lr=1e-2, state_dtype="int8")
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        grad = torch.randn(5000, generator=generator) * torch.rand(1, generator=generator) * 10
+        for param in packed[:2]:
+            param.grad = torch.randn(param.shape)
+        packed[2].grad = grad
+        optimizer.step()
+    assert torch.equal(first.state[alone[0]]["exp_avg"], optimizer.state[packed[2]]["exp_avg"])
+    assert torch.equal(first.state[alone[0]]["exp_avg_sq_absmax"], optimizer.state[packed[2]]["exp_avg_sq_absmax"])
+
+
+def test_small_tensors_keep_float32_state_for_int8():
+    params = make_params()
+    optimizer = run(params, steps=1, state_dtype="int8")
+    for param in params:
+        state = optimizer.state[param]
+        expected = torch.uint8 if param.numel() >= codecs.INT8_MIN_NUMEL else torch.float32
+        assert state["exp_avg"].dtype == expected and state["exp_avg_sq"].dtype == expected
+        assert ("exp_avg_absmax" in state) == (expected == torch.uint8)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("mode", MODES[1:3], ids=["int8", "int8-bf16"])
+def test_step_stays_within_the_core_bound(mode, fused):
+    """|delta p| <= functional.step_bound (Cauchy-Schwarz) up to the codes' rounding:
+    m is off by at most 2^-4 relative and v by 2^-4 (sqrt: 1/sqrt(1 - 2^-4)), so 1.1x."""
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.zeros(8192))
+    optimizer = adamkit.Adam([param], lr=1.0, betas=(0.9, 0.999), eps=1e-8, fused=fused, **mode)
+    for step in range(1, 120):
+        scale = 1e3 if step == 1 else torch.exp(torch.randn(1) * 4).item()
+        grad = torch.randn(8192) * scale
+        grad[:256] = 0.0 if step > 1 else grad[:256]  # a block whose v decays towards zero
+        grad[256:512] = 1e-30 * torch.randn(256)  # a block of denormal-sized squares
+        param.grad = grad
+        before = param.detach().clone()
+        optimizer.step()
+        delta = (param.detach() - before).abs()
+        assert bool(torch.isfinite(param).all())
+        assert float(delta.max()) <= 1.1 * step_bound(1.0, 0.9, 0.999, step), step
+        state = optimizer.state[param]
+        v = codecs.decode("exp_avg_sq", state, "int8" if state["exp_avg_sq"].dtype == torch.uint8 else "bfloat16")
+        assert bool((v >= 0).all())
+
+
+def test_nearest_rounding_loses_small_updates_stochastic_does_not():
+    """A bf16 parameter at 1.0 with lr * update = 1e-4 (well under half a bf16 place, 2^-9)."""
+    steps, size, lr = 200, 20_000, 1e-4
+    results = {}
+    for rounding in ("nearest", "stochastic", "kahan"):
+        param = torch.nn.Parameter(torch.ones(size, dtype=torch.bfloat16))
+        optimizer = adamkit.Adam([param], lr=lr, param_rounding=rounding, rounding_seed=11)
+        for _ in range(steps):
+            param.grad = torch.ones(size, dtype=torch.bfloat16)  # Adam's update is then exactly lr
+            optimizer.step()
+        results[rounding] = param.detach().double()
+    assert bool((results["nearest"] == 1.0).all()), "nearest rounding should never move the parameter"
+    expected = 1.0 - steps * lr
+    # Each step adds an independent rounding error with variance <= place^2 / 4, place <= 2^-8 below 1.
+    standard_error = (steps * (2.0**-8) ** 2 / 4 / size) ** 0.5
+    assert abs(results["stochastic"].mean().item() - expected) < 5 * standard_error
+    assert results["stochastic"].std().item() > 0  # it really is random per element
+    # Kahan: parameter plus compensation tracks the exact sum.
+    assert abs(results["kahan"].mean().item() - expected) < 2.0**-8
+
+
+def test_stochastic_rounding_reproduces_with_the_seed():
+    def final(seed):
+        params = make_params(torch.bfloat16, shapes=[(4096,)])
+        run(params, param_rounding="stochastic", rounding_seed=seed, state_dtype="bfloat16")
+        return params[0].detach().clone()
+
+    assert torch.equal(final(5), final(5))
+    assert not torch.equal(final(5), final(6))
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+def saved(optimizer):
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{v}" for v in m.values()))
+def test_low_precision_checkpoint_round_trips_exactly(mode):
+    params = make_params()
+    optimizer = run(params, **mode)
+    state_dict = saved(optimizer)
+    assert state_dict["param_groups"][0]["exp_avg_dtype"] == optimizer.param_groups[0]["exp_avg_dtype"]
+    clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    restored = adamkit.AdamW(clone, lr=1e-2, **mode)
+    restored.load_state_dict(state_dict)
+    generator = torch.Generator().manual_seed(9)
+    for _ in range(2):
+        for p, q in zip(params, clone):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        restored.step()
+    for p, q in zip(params, clone):
+        assert torch.equal(p, q)
+        for key, value in optimizer.state[p].items():
+            assert torch.equal(value, restored.state[q][key]), key
+
+
+def test_int8_state_bytes_per_parameter():
+    params = [torch.nn.Parameter(torch.zeros(768, 3072))]
+    optimizer = run(params, steps=1, state_dtype="int8")
+    state = optimizer.state_dict()["state"][0]
+    moment_bytes = sum(t.numel() * t.element_size() for k, t in state.items() if k != "step")
+    assert moment_bytes / params[0].numel() == pytest.approx(2 + 2 * 4 / codecs.BLOCK_SIZE)
+
+
+def test_float32_checkpoint_converts_into_int8_and_back():
+    params = make_params()
+    reference = torch.optim.AdamW(params, lr=1e-2)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        reference.step()
+    torch_checkpoint = saved(reference)
+    quantized = adamkit.AdamW(params, lr=1e-2, state_dtype="int8", fused=False)
+    with pytest.raises(ValueError, match="convert_state_dtypes=True"):
+        quantized.load_state_dict(torch_checkpoint)
+    assert len(quantized.state) == 0  # nothing changed
+    quantized.load_state_dict(torch_checkpoint, convert_state_dtypes=True)
+    big = params[0]
+    codes, absmax = codecs.quantize(reference.state[big]["exp_avg"], codecs.EXP_AVG_CODE)
+    assert torch.equal(quantized.state[big]["exp_avg"], codes)
+    assert torch.equal(quantized.state[big]["exp_avg_absmax"], absmax)
+    assert quantized.state[params[1]]["exp_avg"].dtype == torch.float32  # small tensor: float32 kept
+
+    back = adamkit.AdamW(params, lr=1e-2, fused=False)
+    low_checkpoint = saved(quantized)
+    with pytest.raises(ValueError, match="stores exp_avg as 'int8'"):
+        back.load_state_dict(low_checkpoint)
+    back.load_state_dict(low_checkpoint, convert_state_dtypes=True)
+    dequantized = codecs.dequantize(codes, absmax, codecs.EXP_AVG_CODE)
+    assert torch.equal(back.state[big]["exp_avg"], dequantized)
+    torch.testing.assert_close(dequantized, reference.state[big]["exp_avg"], rtol=2**-4, atol=1e-6)
+    again = torch.optim.AdamW(params, lr=1e-2)
+    again.load_state_dict(back.state_dict())  # and torch takes it back
+    assert torch.equal(again.state[big]["exp_avg"], dequantized)
+
+
+def test_checkpoint_whose_tensors_contradict_its_dtypes_is_refused():
+    params = make_params()
+    optimizer = run(params, state_dtype="int8")
+    state_dict = saved(optimizer)
+    state_dict["state"][0]["exp_avg"] = state_dict["state"][0]["exp_avg"].float()
+    before = {k: v.clone() for k, v in optimizer.state[params[0]].items()}
+    with pytest.raises(ValueError, match="exp_avg"):
+        optimizer.load_state_dict(state_dict)
+    for key, value in before.items():
+        assert torch.equal(optimizer.state[params[0]][key], value)
+    state_dict = saved(optimizer)
+    state_dict["state"][0]["exp_avg_sq_absmax"] = state_dict["state"][0]["exp_avg_sq_absmax"][:3]
+    with pytest.raises(ValueError, match="exp_avg_sq_absmax"):
+        optimizer.load_state_dict(state_dict)
+    state_dict = saved(optimizer)
+    state_dict["state"][0]["exp_avg_sq_absmax"][0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        optimizer.load_state_dict(state_dict)
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(state_dtype="float8"), "Invalid state_dtype: 'float8'"),
+        (dict(exp_avg_dtype="int4"), "Invalid exp_avg_dtype: 'int4'"),
+        (dict(state_dtype="int8", exp_avg_sq_dtype="bfloat16"), "conflicts with state_dtype"),
+        (dict(param_rounding="up"), "Invalid param_rounding: 'up'"),
+        (dict(rounding_seed=-1), "Invalid rounding_seed: -1"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        adamkit.AdamW(make_params(), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.complex64])
+def test_low_precision_state_for_unsupported_param_dtypes_is_refused(dtype):
+    param = torch.nn.Parameter(torch.zeros(8, dtype=dtype))
+    with pytest.raises(ValueError, match="exp_avg_dtype: 'int8'"):
+        adamkit.Adam([param], state_dtype="int8")
+    adamkit.Adam([param])  # the default layout is fine
+
+
+def test_group_level_dtypes_and_torch_dtype_spelling():
+    first, second = make_params(shapes=[(5000,)]), make_params(shapes=[(5000,)])
+    optimizer = adamkit.AdamW([{"params": first, "exp_avg_sq_dtype": torch.int8}, {"params": second}], state_dtype="bfloat16")
+    assert optimizer.param_groups[0]["exp_avg_sq_dtype"] == "int8"
+    assert optimizer.param_groups[1]["exp_avg_sq_dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="exp_avg_dtype"):
+        optimizer.add_param_group({"params": make_params(shapes=[(3,)]), "exp_avg_dtype": "int2"})
+    assert len(optimizer.param_groups) == 2
