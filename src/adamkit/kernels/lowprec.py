@@ -88,4 +88,10 @@ def floor_lowprec_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Ten
         param.element_size(),
         exp_avg.element_size(),
     )
-    return lambda: function(*args, torch.get_num_threads())
+    buffers = (param, grad, exp_avg, exp_avg_sq)  # the closure keeps the memory alive
+
+    def one_pass() -> None:
+        function(*args, torch.get_num_threads())
+
+    one_pass.buffers = buffers
+    return one_pass

@@ -1,0 +1,132 @@
+"""Step time of adamkit's low-precision modes, each next to its own bytes-only floor.
+
+AdamW on GPT-2-small shapes (or another adamkit.bench case). In one process,
+round by round, it times torch's fused fp32 step (the reference), adamkit fp32,
+adamkit with bf16 m and v, with int8 m and v, and with bf16 params + bf16 state +
+stochastic rounding (plus torch fused on bf16 params and bitsandbytes' AdamW8bit
+when installed), and one bytes-only floor pass per mode: the same element reads
+and writes with trivial arithmetic (fp32 28 B/param; bf16 state 20; int8 state 16
+plus scales; all bf16 14). Every contestant has its own parameters and state.
+Also reports int8 state bytes per parameter, measured from the state dict.
+
+    PYTHONPATH=src python benchmarks/bench_lowprec.py --case gpt2 [--steps 10 --warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+import torch
+
+import adamkit
+from adamkit import bench
+from adamkit.kernels import floor_flat_
+from adamkit.kernels.lowprec import floor_lowprec_
+
+LR, WEIGHT_DECAY = 1e-3, 1e-2
+
+
+def params_for(shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32) -> list[torch.nn.Parameter]:
+    params = bench.make_params(shapes)
+    if dtype == torch.float32:
+        return params
+    converted = []
+    for param in params:
+        low = torch.nn.Parameter(param.detach().to(dtype))
+        low.grad = param.grad.to(dtype)
+        converted.append(low)
+    return converted
+
+
+def floor(total: int, param_dtype: torch.dtype, state_dtype: torch.dtype) -> bench.Contestant:
+    p, g = torch.zeros(total, dtype=param_dtype), torch.zeros(total, dtype=param_dtype)
+    m, v = torch.zeros(total, dtype=state_dtype), torch.zeros(total, dtype=state_dtype)
+    if param_dtype == state_dtype == torch.float32:
+        return lambda: floor_flat_(p, g, m, v)
+    return floor_lowprec_(p, g, m, v)
+
+
+def contestants(shapes: list[tuple[int, ...]], skip: tuple[str, ...]) -> tuple[list[bench.Contestant], dict[str, float]]:
+    total = sum(torch.Size(shape).numel() for shape in shapes)
+    entries: list[tuple[str, object]] = []
+    notes: dict[str, float] = {}
+
+    def add(name: str, make) -> None:
+        if name not in skip:
+            entries.append((name, make()))
+
+    add("torch fused fp32", lambda: torch.optim.AdamW(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY, fused=True).step)
+    add("adamkit fp32", lambda: adamkit.AdamW(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY).step)
+    add("floor fp32 (28 B)", lambda: floor(total, torch.float32, torch.float32))
+    add("adamkit bf16 m,v", lambda: adamkit.AdamW(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY, state_dtype="bfloat16").step)
+    add("floor bf16 m,v (20 B)", lambda: floor(total, torch.float32, torch.bfloat16))
+    int8 = adamkit.AdamW(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY, state_dtype="int8")
+    add("adamkit int8 m,v", lambda: int8.step)
+    add("floor int8 m,v (16 B)", lambda: floor(total, torch.float32, torch.uint8))
+    add(
+        "adamkit bf16 p,m,v sr",
+        lambda: adamkit.AdamW(
+            params_for(shapes, torch.bfloat16), lr=LR, weight_decay=WEIGHT_DECAY, param_rounding="stochastic"
+        ).step,
+    )
+    add("floor bf16 p,g,m,v (14 B)", lambda: floor(total, torch.bfloat16, torch.bfloat16))
+    add(
+        "torch fused bf16 p (no sr)",
+        lambda: torch.optim.AdamW(params_for(shapes, torch.bfloat16), lr=LR, weight_decay=WEIGHT_DECAY, fused=True).step,
+    )
+    try:
+        import bitsandbytes  # noqa: F401  (benchmark environment only, not a dependency)
+
+        add(
+            "bitsandbytes AdamW8bit",
+            lambda: bitsandbytes.optim.AdamW8bit(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY).step,
+        )
+    except ImportError:
+        notes["bitsandbytes missing"] = 1.0
+    # int8 state bytes per parameter, measured from a state dict after one step.
+    int8.step()
+    state = int8.state_dict()["state"]
+    state_bytes = sum(t.numel() * t.element_size() for s in state.values() for k, t in s.items() if k != "step")
+    notes["int8 state bytes/param"] = state_bytes / total
+    return [bench.Contestant(name, step) for name, step in entries], notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bench.add_arguments(parser)
+    args = parser.parse_args()
+    case = (args.case or ["gpt2"])[0]
+    everyone, notes = contestants(bench.CASES[case](), tuple(args.skip))
+    times: dict[str, list[float]] = {c.name: [] for c in everyone}
+    for round_index in range(args.warmup + args.steps):
+        for contestant in everyone:
+            gc.disable()
+            start = time.perf_counter()
+            contestant.step()
+            elapsed = time.perf_counter() - start
+            gc.enable()
+            if round_index >= args.warmup:
+                times[contestant.name].append(elapsed)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(bench.format_table(case, medians, reference="torch fused fp32"))
+    print("\nmode ratios to their own bytes floor:")
+    for mode, floor_name in (
+        ("adamkit fp32", "floor fp32 (28 B)"),
+        ("adamkit bf16 m,v", "floor bf16 m,v (20 B)"),
+        ("adamkit int8 m,v", "floor int8 m,v (16 B)"),
+        ("adamkit bf16 p,m,v sr", "floor bf16 p,g,m,v (14 B)"),
+    ):
+        if mode in medians and floor_name in medians:
+            print(f"  {mode:<26} {medians[mode] / medians[floor_name]:6.3f} x {floor_name}")
+    if "bitsandbytes AdamW8bit" in medians and "adamkit int8 m,v" in medians:
+        print(f"  bitsandbytes AdamW8bit / adamkit int8: {medians['bitsandbytes AdamW8bit'] / medians['adamkit int8 m,v']:.1f} x")
+    for name, value in notes.items():
+        print(f"{name}: {value:.4f}")
+    print(f"threads: {torch.get_num_threads()}")
+
+
+if __name__ == "__main__":
+    main()
