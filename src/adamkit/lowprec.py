@@ -169,6 +169,11 @@ def update_(
             state["kahan_comp"].copy_((work - rounded.to(torch.float32)).to(_BF16))
 
 
+def _not_plain(state: dict[str, Any], param: Tensor) -> bool:
+    exp_avg = state.get("exp_avg")
+    return (isinstance(exp_avg, Tensor) and exp_avg.dtype != param.dtype) or any(key in state for key in EXTRA_STATE_KEYS)
+
+
 def loop_step(
     optimizer_state: dict[Tensor, dict[str, Any]],
     group: dict[str, Any],
@@ -184,8 +189,8 @@ def loop_step(
         layout = layout_for(group, param)
         state = optimizer_state[param] if param in optimizer_state else None
         if layout is None:
-            if state:
-                conform_state_(state, param, None, amsgrad)
+            if state and _not_plain(state, param):
+                conform_state_(state, param, None, amsgrad)  # e.g. after a group's dtype was changed
             plain.append(param)
             continue
         grad = param.grad
