@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -207,9 +208,10 @@ def _encode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
 
 
 def _decode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
-    """The exact float32 inverse operation of the encode scale: 1 / (top / absmax)."""
+    """1 / (top / absmax) in float32, capped below float32 max / top so no level overflows."""
     inverse = _encode_scale(absmax, code)
-    return torch.where(inverse > 0, 1.0 / inverse, torch.zeros_like(inverse))
+    cap = float(np.nextafter(np.float32(np.float64(torch.finfo(torch.float32).max) / code.top), np.float32(0)))
+    return torch.where(inverse > 0, 1.0 / inverse, torch.zeros_like(inverse)).clamp_(max=cap)
 
 
 def quantize(x: Tensor, code: MiniFloat) -> tuple[Tensor, Tensor]:
@@ -233,7 +235,6 @@ def dequantize(codes: Tensor, absmax: Tensor, code: MiniFloat) -> Tensor:
     blocks = _blocks(flat)
     magnitude = blocks & code.max_code
     values = _magnitude_value(magnitude, code) * _decode_scale(absmax, code)[:, None]
-    values = values.clamp_(max=torch.finfo(torch.float32).max)  # a block at float32 max stays finite
     if code.signed:
         values = torch.where((blocks >> 7).bool(), -values, values)
     return values.reshape(-1)[: flat.numel()].view(codes.shape)

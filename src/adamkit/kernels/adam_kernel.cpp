@@ -154,9 +154,11 @@ struct MiniFloat {
     float inverse = absmax > 0 ? kTop / absmax : 0.0f;
     return inverse > 0x1p126f ? 0x1p126f : inverse;
   }
-  static float decode_scale(float absmax) {
+  static float decode_scale(float absmax) {  // 1 / inverse, capped so top * scale stays finite
     const float inverse = encode_scale(absmax);
-    return inverse > 0 ? 1.0f / inverse : 0.0f;
+    const float scale = inverse > 0 ? 1.0f / inverse : 0.0f;
+    const float cap = std::nextafter(float(double(3.4028234663852886e38) / kTop), 0.0f);
+    return scale > cap ? cap : scale;
   }
   static uint8_t encode(float x, float inverse) {
     // r >= 0 (or NaN), so comparing its bits as integers orders it; integer selects vectorise
@@ -165,13 +167,13 @@ struct MiniFloat {
     const int32_t normal = int32_t((r_bits + (1u << (22 - M))) >> (23 - M)) - ((127 - kBias) << M);
     // Subnormal codes: r 2^(B+M-1) rounded half up, by shifting r's significand (integer ops only,
     // which GCC if-converts and vectorises; float arithmetic here would keep the loop scalar).
-    const int32_t exponent = int32_t(r_bits >> 23);
-    const uint32_t significand = (r_bits & 0x7FFFFFu) | (exponent ? 0x800000u : 0u);
-    int32_t shift = (151 - kBias - M) - (exponent ? exponent : 1);
-    shift = shift < 1 ? 1 : (shift > 31 ? 31 : shift);
+    // (A float32 denormal r gets a hidden bit it lacks: harmless, its code is 0 either way.)
+    const uint32_t significand = (r_bits & 0x7FFFFFu) | 0x800000u;
+    uint32_t shift = uint32_t(151 - kBias - M) - ((r_bits >> 23) > 1u ? (r_bits >> 23) : 1u);
+    shift = shift > 31u ? 31u : shift;  // >= 1 in the subnormal range; other lanes are not used
     const int32_t subnormal = int32_t((significand + (1u << (shift - 1))) >> shift);
+    // r <= top, so the code is in [0, kMaxCode] without clamping
     int32_t code = r_bits < bits_of(pow2(1 - kBias)) ? subnormal : normal;
-    code = code < 0 ? 0 : (code > kMaxCode ? kMaxCode : code);
     if (KEEP_NONZERO) code |= int32_t((x != 0.0f) & (code == 0));  // a non-zero v never decodes to 0
     if (SIGNED) code |= int32_t(bits_of(x) >> 31) << 7;
     return uint8_t(code);
@@ -181,9 +183,7 @@ struct MiniFloat {
     const float normal = float_of((code + uint32_t((127 - kBias) << M)) << (23 - M));
     const float subnormal = float(int32_t(code)) * pow2(1 - kBias - M);
     const uint32_t is_subnormal = code < (1u << M) ? ~0u : 0u;  // a bit-mask blend, so GCC vectorises
-    uint32_t magnitude_bits = bits_of(float_of((bits_of(subnormal) & is_subnormal) | (bits_of(normal) & ~is_subnormal)) * scale);
-    magnitude_bits = magnitude_bits > 0x7F7FFFFFu ? 0x7F7FFFFFu : magnitude_bits;  // a block at float32 max stays finite
-    const float magnitude = float_of(magnitude_bits);
+    const float magnitude = float_of((bits_of(subnormal) & is_subnormal) | (bits_of(normal) & ~is_subnormal)) * scale;
     return SIGNED ? float_of(bits_of(magnitude) | (uint32_t(byte & 0x80u) << 24)) : magnitude;  // sign bit
   }
 };
@@ -198,7 +198,7 @@ struct F32Moment {
   void begin_block(const float*, int64_t) {}
   float load(int64_t i) const { return data[i]; }
   void store(int64_t i, float*, int64_t, float x) const { data[i] = x; }
-  void finish_block(float*, int64_t, int64_t, int64_t, const float*) const {}
+  void finish_block(float*, int64_t, int64_t, int64_t, const float*, float) const {}
 };
 struct BF16Moment {
   static constexpr bool kStaged = false;
@@ -207,7 +207,7 @@ struct BF16Moment {
   void begin_block(const float*, int64_t) {}
   float load(int64_t i) const { return bf16_value(data[i]); }
   void store(int64_t i, float*, int64_t, float x) const { data[i] = bf16_nearest(x); }
-  void finish_block(float*, int64_t, int64_t, int64_t, const float*) const {}
+  void finish_block(float*, int64_t, int64_t, int64_t, const float*, float) const {}
 };
 template <class Code>
 struct Int8Moment {
@@ -217,13 +217,7 @@ struct Int8Moment {
   void begin_block(const float* absmax, int64_t block) { scale = Code::decode_scale(absmax[block]); }
   float load(int64_t i) const { return Code::decode(data[i], scale); }
   void store(int64_t, float* stage, int64_t j, float x) const { stage[j] = x; }
-  void finish_block(float* absmax, int64_t block, int64_t base, int64_t n, const float* stage) const {
-    float peak = 0.0f;
-#pragma omp simd reduction(max : peak)
-    for (int64_t j = 0; j < n; ++j) {
-      const float magnitude = std::fabs(stage[j]);
-      peak = magnitude > peak ? magnitude : peak;
-    }
+  void finish_block(float* absmax, int64_t block, int64_t base, int64_t n, const float* stage, float peak) const {
     const float inverse = Code::encode_scale(peak);
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) data[base + j] = Code::encode(stage[j], inverse);
@@ -258,7 +252,8 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, 
     const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
     const uint32_t local = uint32_t(base - b.param_start[param]);
     uint16_t* __restrict comp = b.comp;
-#pragma omp simd
+    float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // block absmax of staged (int8) moments
+#pragma omp simd reduction(max : peak_m, peak_v, peak_vmax)
     for (int64_t j = 0; j < n; ++j) {
       const int64_t i = base + j;
       float param_value, grad_value;
@@ -283,10 +278,13 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, 
         const float old_vmax = vmax.load(i);
         second = old_vmax > exp_avg_sq ? old_vmax : exp_avg_sq;
         vmax.store(i, vmax_stage, j, second);
+        if (MomentV::kStaged) peak_vmax = second > peak_vmax ? second : peak_vmax;  // v >= 0
       }
       const float denom = std::sqrt(second) / bias_correction2_sqrt + eps;
       m.store(i, m_stage, j, exp_avg);
       v.store(i, v_stage, j, exp_avg_sq);
+      if (MomentM::kStaged) peak_m = std::fabs(exp_avg) > peak_m ? std::fabs(exp_avg) : peak_m;
+      if (MomentV::kStaged) peak_v = exp_avg_sq > peak_v ? exp_avg_sq : peak_v;
       x = x + neg_step_size * (exp_avg / denom);                        // p <- p - lr m_hat / (sqrt(v_hat) + eps)
       if (!BF16_PARAMS) {
         p[i] = x;
@@ -299,9 +297,9 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, 
         if (ROUNDING == kKahan) comp[i] = bf16_nearest(x - bf16_value(rounded));  // what rounding lost
       }
     }
-    m.finish_block(b.m_absmax, block, base, n, m_stage);
-    v.finish_block(b.v_absmax, block, base, n, v_stage);
-    if (AMSGRAD) vmax.finish_block(b.vmax_absmax, block, base, n, vmax_stage);
+    m.finish_block(b.m_absmax, block, base, n, m_stage, peak_m);
+    v.finish_block(b.v_absmax, block, base, n, v_stage, peak_v);
+    if (AMSGRAD) vmax.finish_block(b.vmax_absmax, block, base, n, vmax_stage, peak_vmax);
   }
 }
 
