@@ -36,6 +36,7 @@ GROUP_DEFAULTS: dict[str, Any] = {
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 EXTRA_STATE_KEYS = tuple(codecs.absmax_key(key) for key in MOMENT_KEYS) + ("kahan_comp",)
 _BF16 = torch.bfloat16
+_PLAIN = (None, "float32")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ def _plain_storage(param: Tensor) -> str:
 
 def layout_for(group: dict[str, Any], param: Tensor) -> Layout | None:
     """The parameter's low-precision layout, or None for torch's plain layout."""
+    if param.dtype != _BF16 and group.get("exp_avg_dtype") in _PLAIN and group.get("exp_avg_sq_dtype") in _PLAIN:
+        return None  # the common case, decided without building anything
     exp_avg = codecs.storage_for(group.get("exp_avg_dtype"), param)
     exp_avg_sq = codecs.storage_for(group.get("exp_avg_sq_dtype"), param)
     if param.dtype == _BF16:
@@ -182,8 +185,10 @@ def loop_step(
     scalars_for: Callable[[float], functional.StepScalars],
 ) -> list[Tensor]:
     """The loop path for low-precision layouts; returns the params left for the plain loop."""
+    if not params:
+        return params
     amsgrad = group["amsgrad"]
-    positions = {id(p): index for index, p in enumerate(group["params"])}
+    positions: dict[int, int] | None = None
     plain = []
     for param in params:
         layout = layout_for(group, param)
@@ -198,6 +203,8 @@ def loop_step(
             continue
         if grad.is_sparse:
             raise RuntimeError(f"sparse gradients are not supported with low-precision state (parameter of shape {tuple(param.shape)})")
+        if positions is None:
+            positions = {id(p): index for index, p in enumerate(group["params"])}
         state = optimizer_state[param]
         conform_state_(state, param, layout, amsgrad)
         state["step"] += 1
