@@ -154,9 +154,20 @@ class _AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_gradients()
         for group in self.param_groups:
             self._step_group(group)
         return loss
+
+    def _check_gradients(self) -> None:
+        """Refuse unsupported gradients before any parameter is touched."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None and param.grad.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients yet "
+                        f"(parameter of shape {tuple(param.shape)}); use torch.optim.SparseAdam"
+                    )
 
     def _group_scalars(self, group: dict[str, Any]) -> Callable[[float], functional.StepScalars]:
         beta1, beta2 = (validation.as_float(b) for b in group["betas"])
@@ -189,11 +200,6 @@ class _AdamFamily(Optimizer):
             grad = param.grad
             if grad is None:
                 continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients yet "
-                    f"(parameter of shape {tuple(param.shape)}); use torch.optim.SparseAdam"
-                )
             state = self._init_state(param, amsgrad)
             state["step"] += 1
             functional.adam_update_(
