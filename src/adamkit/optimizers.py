@@ -98,12 +98,9 @@ class _AdamFamily(Optimizer):
         super().add_param_group(param_group)
 
     def _group_defaults(self) -> dict[str, Any]:
-        """Values for group keys that a torch.optim checkpoint may lack."""
-        return {
-            **_ADAMKIT_GROUP_DEFAULTS,
-            "amsgrad": self.defaults.get("amsgrad", False),
-            "decoupled_weight_decay": self.defaults.get("decoupled_weight_decay", False),
-        }
+        """Values for group keys that a torch.optim checkpoint may lack: the constructor's."""
+        fallback = {**_ADAMKIT_GROUP_DEFAULTS, "amsgrad": False, "decoupled_weight_decay": False}
+        return {key: self.defaults.get(key, value) for key, value in fallback.items()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
