@@ -130,3 +130,28 @@ def test_adamkit_state_uses_torch_keys_and_layout():
             assert our_state[name].dtype == value.dtype and our_state[name].shape == value.shape, name
     missing = set(theirs_sd["param_groups"][0]) - set(ours_sd["param_groups"][0])
     assert not missing, f"adamkit's groups lack torch's keys {missing}"
+
+
+@pytest.mark.parametrize("path", path_params())
+@pytest.mark.parametrize(
+    "ours,options",
+    [
+        (adamkit.AdamW, dict(decoupled_lr=True, bias_correction=False)),
+        (adamkit.Adam, dict(bias_correction=False)),
+        (adamkit.AMSGrad, dict(decoupled_weight_decay=True, decoupled_lr=True)),
+    ],
+    ids=["AdamW", "Adam", "AMSGrad"],
+)
+def test_adamkit_only_options_survive_loading_a_torch_checkpoint(ours, options, path):
+    """A torch checkpoint says nothing about options torch lacks: the constructor's choice stands."""
+    torch_cls = torch.optim.AdamW if ours is adamkit.AdamW or options.get("decoupled_weight_decay") else torch.optim.Adam
+    theirs_params = fresh_params()
+    theirs = torch_cls(theirs_params, lr=1e-3, weight_decay=0.01, amsgrad=ours is adamkit.AMSGrad, foreach=False)
+    train(theirs, theirs_params, 0, K_BEFORE)
+    our_params = [p.detach().clone() for p in theirs_params]
+    mine = ours(our_params, lr=1e-3, weight_decay=0.01, **options, **path)
+    mine.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    for key, value in options.items():
+        assert mine.param_groups[0][key] == value, key
+    if options.get("decoupled_lr"):
+        assert mine.param_groups[0]["initial_lr"] == 1e-3
