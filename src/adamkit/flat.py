@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from . import functional
 from .functional import StepScalars
 
 __all__ = ["FlatBucket", "partition_params"]
@@ -41,6 +42,7 @@ def _eligible(param: Tensor) -> bool:
         and param.is_contiguous()
         and param.requires_grad
         and param.numel() > 0
+        and not (param.grad is not None and param.grad.is_sparse)  # sparse grads: the lazy loop path
     )
 
 
@@ -92,12 +94,13 @@ class FlatBucket:
         self.max_exp_avg_sq = torch.zeros(total, dtype=dtype) if amsgrad else None
         self.steps = torch.zeros(len(params), dtype=torch.float32)
         self.grad_views: list[Tensor] = []
+        self.sparse_indices: set[int] = set()  # params found with sparse grads: moved out at the next rebuild
         for index, param in enumerate(params):
             view = self._slice(self.param_buffer, index)
             view.copy_(param.detach())
             param.data = view
             grad_view = self._slice(self.grad_buffer, index)
-            if param.grad is not None:
+            if param.grad is not None:  # never sparse here: see _eligible
                 self._adopt_grad(param, grad_view, param.grad)
             self.grad_views.append(grad_view)
         self.param_ptrs = list(map(_data_ptr, params))
@@ -111,8 +114,6 @@ class FlatBucket:
 
     @staticmethod
     def _adopt_grad(param: Tensor, grad_view: Tensor, grad: Tensor) -> None:
-        if grad.is_sparse:
-            raise RuntimeError(f"sparse gradient for a parameter of shape {tuple(param.shape)} is not supported yet")
         if grad is not grad_view:
             grad_view.copy_(grad)
         param.grad = grad_view
@@ -143,12 +144,19 @@ class FlatBucket:
         """False if some parameter's .data no longer lives in this bucket."""
         return list(map(_data_ptr, self.params)) == self.param_ptrs
 
+    def any_nonfinite_grad(self) -> bool:
+        grads = list(map(_get_grad, self.params))
+        if all(map(operator.is_, grads, self.grad_views)):
+            return kernels.count_nonfinite(self.grad_buffer) > 0
+        return any(grad is not None and kernels.count_nonfinite(grad) > 0 for grad in grads)
+
     def zero_grad(self) -> None:
         self.grad_buffer.zero_()
         grads = list(map(_get_grad, self.params))
         if not all(map(operator.is_, grads, self.grad_views)):
-            for param, grad_view in zip(self.params, self.grad_views):
-                param.grad = grad_view
+            for index, (param, grad_view) in enumerate(zip(self.params, self.grad_views)):
+                # A sparse-gradient param must get a fresh sparse grad from autograd, not a dense view.
+                param.grad = None if index in self.sparse_indices else grad_view
 
     def step(self, scalars_for: Callable[[float], StepScalars]) -> None:
         grads = list(map(_get_grad, self.params))
@@ -158,15 +166,27 @@ class FlatBucket:
             self.uniform_step += 1
             self.kernel(kernels.pack_scalars(scalars_for(self.uniform_step)), 0, self.offsets[-1])
             return
-        present = []
+        present, sparse = [], []
         for index, (param, grad, grad_view) in enumerate(zip(self.params, grads, self.grad_views)):
-            if grad is not None:
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                sparse.append(index)
+            else:
                 self._adopt_grad(param, grad_view, grad)
                 present.append(index)
-        if not present:
+        if not present and not sparse:
             return
-        self.steps.index_add_(0, torch.tensor(present), torch.ones(len(present)))
+        self.steps.index_add_(0, torch.tensor(present + sparse), torch.ones(len(present) + len(sparse)))
         steps = self.steps.tolist()
+        for index in sparse:
+            buffers = [self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq]
+            views = [None if b is None else self._slice(b, index) for b in buffers]
+            functional.adam_sparse_update_(self.params[index], grads[index], *views, scalars_for(steps[index]))
+            self.sparse_indices.add(index)
+        if not present:
+            self._note_steps(steps)
+            return
         # Runs of consecutive present params with equal step counts share one kernel call.
         run_start = present[0]
         for position, index in enumerate(present):
@@ -195,8 +215,11 @@ class FlatGroup:
             group["params"] is self.source
             and len(self.source) == self.count
             and group["amsgrad"] == self.amsgrad
-            and all(bucket.in_place() for bucket in self.buckets)
+            and all(bucket.in_place() and not bucket.sparse_indices for bucket in self.buckets)
         )
+
+    def any_nonfinite_grad(self) -> bool:
+        return any(bucket.any_nonfinite_grad() for bucket in self.buckets)
 
     def refresh_state(self, state: dict[Tensor, dict[str, Any]]) -> None:
         """After load_state_dict: copy the loaded state into the existing buffers."""

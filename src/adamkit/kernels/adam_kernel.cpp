@@ -8,7 +8,7 @@
 extern "C" {
 
 struct AdamScalars {  // mirrors adamkit.functional.StepScalars
-  double beta1, beta2, eps, l2, decay, step_size, bias_correction2_sqrt;
+  double beta1, beta2, eps, l2, decay, step_size, bias_correction2_sqrt, grad_scale;
   int32_t maximize, amsgrad;
 };
 
@@ -21,7 +21,8 @@ constexpr int64_t kParallelThreshold = 1 << 15;  // below this, threading costs 
 template <typename T, bool AMSGRAD>
 void adam_flat(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
                T* __restrict vmax, int64_t n, const AdamScalars& s, int threads) {
-  const T grad_sign = s.maximize ? T(-1) : T(1);
+  // maximize flips the sign; an AMP loss scale is divided out (exact for powers of two).
+  const T grad_sign = T((s.maximize ? -1.0 : 1.0) / s.grad_scale);
   const T decay = T(s.decay), l2 = T(s.l2);
   const T lerp_weight = T(1.0 - s.beta1), lerp_complement = T(s.beta1);
   const bool lerp_from_start = (1.0 - s.beta1) < 0.5;  // torch's lerp picks the stabler form
@@ -59,9 +60,20 @@ void floor_flat(T* __restrict p, const T* __restrict g, T* __restrict m, T* __re
   }
 }
 
+template <typename T>
+int64_t count_nonfinite(const T* __restrict x, int64_t n, int threads) {
+  int64_t count = 0;
+#pragma omp parallel for simd schedule(static) reduction(+ : count) num_threads(threads) if (n >= kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i) count += !std::isfinite(x[i]);
+  return count;
+}
+
 }  // namespace
 
 extern "C" {
+
+int64_t count_nonfinite_f32(const float* x, int64_t n, int threads) { return count_nonfinite<float>(x, n, threads); }
+int64_t count_nonfinite_f64(const double* x, int64_t n, int threads) { return count_nonfinite<double>(x, n, threads); }
 
 void adam_flat_f32(float* p, const float* g, float* m, float* v, float* vmax, int64_t n,
                    const AdamScalars* s, int threads) {
