@@ -11,11 +11,19 @@ from torch import Tensor
 
 
 def as_param(array: np.ndarray, dtype: torch.dtype, non_contiguous: bool = False) -> Tensor:
-    """A leaf tensor holding ``array``; optionally a transposed (non-contiguous) view."""
+    """A leaf tensor that requires grad (as model parameters do) holding ``array``;
+    optionally with transposed (column-major, non-contiguous) strides."""
+    values = torch.tensor(array, dtype=dtype)
     if non_contiguous:
         assert array.ndim == 2
-        return torch.tensor(np.ascontiguousarray(array.T), dtype=dtype).t()
-    return torch.tensor(array, dtype=dtype)
+        rows, cols = array.shape
+        values = torch.empty_strided((rows, cols), (1, rows), dtype=dtype).copy_(values)
+    return values.requires_grad_()
+
+
+def twin(param: Tensor) -> Tensor:
+    """An independent leaf copy of a parameter (same values, same requires_grad)."""
+    return param.detach().clone().requires_grad_(param.requires_grad)
 
 
 def set_grads(params: list[Tensor], grads: list[np.ndarray | None]) -> None:
@@ -27,10 +35,15 @@ def set_grads(params: list[Tensor], grads: list[np.ndarray | None]) -> None:
             param.grad = torch.empty_like(param).copy_(torch.from_numpy(np.asarray(grad)))
 
 
-def max_relative_error(actual: Tensor | np.ndarray, expected: np.ndarray) -> float:
+def as_array(value: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(value, Tensor):
+        return value.detach().double().numpy()
+    return np.asarray(value, np.float64)
+
+
+def max_relative_error(actual: Tensor | np.ndarray, expected: Tensor | np.ndarray) -> float:
     """max |a - e| / max |e| over one tensor (0 for empty tensors)."""
-    a = actual.detach().double().numpy() if isinstance(actual, Tensor) else np.asarray(actual, np.float64)
-    e = np.asarray(expected, np.float64)
+    a, e = as_array(actual), as_array(expected)
     assert a.shape == e.shape, (a.shape, e.shape)
     if e.size == 0:
         return 0.0

@@ -38,7 +38,7 @@ def last_step_over_lr(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> 
         before = param.detach().clone()
         param.grad = torch.full_like(param, grad_at(t))
         optimizer.step()
-    return float((param - before).abs().max()) / LR
+    return float((param.detach() - before).abs().max()) / LR
 
 
 @functools.cache
@@ -54,7 +54,7 @@ def reference_last_step_over_lr(eps: float, bias_correction: bool = True, amsgra
 @pytest.mark.parametrize("path", path_params())
 @pytest.mark.parametrize("make", [lambda ps, **kw: adamkit.AMSGrad(ps, **kw), lambda ps, **kw: adamkit.Adam(ps, amsgrad=True, **kw)], ids=["AMSGrad", "Adam(amsgrad=True)"])
 def test_torch_convention(make, path):
-    param = torch.zeros(1, dtype=torch.float64)
+    param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     ours = last_step_over_lr(make([param], lr=LR, betas=BETAS, **path), param)
     reference = reference_last_step_over_lr(eps=1e-8)
     optax_form = reference_last_step_over_lr(eps=1e-8, amsgrad_convention="optax")
@@ -68,7 +68,7 @@ def test_torch_convention(make, path):
 
 @pytest.mark.parametrize("path", path_params())
 def test_paper_form(path):
-    param = torch.zeros(1, dtype=torch.float64)
+    param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = adamkit.AMSGrad([param], lr=LR, betas=BETAS, eps=0.0, bias_correction=False, **path)
     ours = last_step_over_lr(optimizer, param)
     reference = reference_last_step_over_lr(eps=0.0, bias_correction=False)

@@ -156,20 +156,6 @@ def test_rejected_add_param_group_changes_nothing():
         assert_same(before, snapshot(optimizer), f"after add_param_group({group!r})")
 
 
-def test_sparse_gradient_is_a_clear_error_and_changes_nothing():
-    dense, sparse = torch.ones(4), torch.ones(5)
-    optimizer = adamkit.Adam([dense, sparse], lr=0.1)
-    dense.grad, sparse.grad = torch.ones(4), torch.ones(5)
-    optimizer.step()
-    before = snapshot(optimizer)
-    dense.grad = torch.ones(4)
-    sparse.grad = torch.ones(5).to_sparse()
-    with pytest.raises((RuntimeError, ValueError, TypeError)) as info:
-        optimizer.step()
-    check_error(info, "sparse", "(5,)")
-    assert_same(before, snapshot(optimizer), "after a step with a sparse gradient")
-
-
 # -- hypothesis --------------------------------------------------------------------------
 
 bad_non_negative = st.one_of(st.floats(max_value=-1e-300), st.sampled_from([nan, inf, -inf]))

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import adamkit
-from helpers import max_relative_error
-from paths import path_params
+from helpers import max_relative_error, twin
+from paths import assert_flat_path_used, path_params
 
 SHAPES = [(3,), (0,), (4, 5)]
 K_BEFORE, K_AFTER = 7, 8
@@ -45,7 +45,7 @@ def torch_kwargs(ours: type, kwargs: dict) -> dict:
 
 def fresh_params() -> list[torch.Tensor]:
     rng = np.random.default_rng(5)
-    return [torch.tensor(rng.standard_normal(s)) for s in SHAPES]
+    return [torch.tensor(rng.standard_normal(s), requires_grad=True) for s in SHAPES]
 
 
 def grads_for(step: int) -> list[torch.Tensor]:
@@ -62,13 +62,13 @@ def train(optimizer, params, first: int, count: int) -> None:
 
 def assert_same_trajectory(a_opt, a_params, b_opt, b_params) -> None:
     for index, (a, b) in enumerate(zip(a_params, b_params)):
-        assert max_relative_error(b, a.detach().numpy()) <= 1e-12, f"param {index}"
+        assert max_relative_error(b, a) <= 1e-12, f"param {index}"
         sa, sb = a_opt.state[a], b_opt.state[b]
         assert float(sa["step"]) == float(sb["step"])
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             assert (key in sa) == (key in sb), key
             if key in sa:
-                assert max_relative_error(sb[key], sa[key].numpy()) <= 1e-12, f"param {index} {key}"
+                assert max_relative_error(sb[key], sa[key]) <= 1e-12, f"param {index} {key}"
 
 
 def mid_training_lr_change(optimizer) -> None:
@@ -86,12 +86,13 @@ def test_torch_checkpoint_continues_in_adamkit(pair, path):
     mid_training_lr_change(theirs)
     checkpoint = copy.deepcopy(theirs.state_dict())
 
-    our_params = [p.detach().clone() for p in theirs_params]
+    our_params = [twin(p) for p in theirs_params]
     mine = ours(our_params, **kwargs, **path)  # constructor lr (1e-3) is overridden by the checkpoint
     mine.load_state_dict(checkpoint)
     assert mine.param_groups[0]["lr"] == 3e-3
     train(theirs, theirs_params, K_BEFORE, K_AFTER)
     train(mine, our_params, K_BEFORE, K_AFTER)
+    assert_flat_path_used(our_params, path)
     assert_same_trajectory(theirs, theirs_params, mine, our_params)
 
 
@@ -105,18 +106,19 @@ def test_adamkit_checkpoint_continues_in_torch(pair, path):
     mid_training_lr_change(mine)
     checkpoint = copy.deepcopy(mine.state_dict())
 
-    theirs_params = [p.detach().clone() for p in our_params]
+    theirs_params = [twin(p) for p in our_params]
     theirs = torch_cls(theirs_params, foreach=False, **torch_kwargs(ours, kwargs))
     theirs.load_state_dict(checkpoint)
     train(mine, our_params, K_BEFORE, K_AFTER)
     train(theirs, theirs_params, K_BEFORE, K_AFTER)
+    assert_flat_path_used(our_params, path)
     assert_same_trajectory(mine, our_params, theirs, theirs_params)
 
 
 def test_adamkit_state_uses_torch_keys_and_layout():
     params = fresh_params()
     mine = adamkit.Adam(params, amsgrad=True)
-    theirs_params = [p.clone() for p in params]
+    theirs_params = [twin(p) for p in params]
     theirs = torch.optim.Adam(theirs_params, amsgrad=True, foreach=False)
     train(mine, params, 0, 2)
     train(theirs, theirs_params, 0, 2)
@@ -148,7 +150,7 @@ def test_adamkit_only_options_survive_loading_a_torch_checkpoint(ours, options, 
     theirs_params = fresh_params()
     theirs = torch_cls(theirs_params, lr=1e-3, weight_decay=0.01, amsgrad=ours is adamkit.AMSGrad, foreach=False)
     train(theirs, theirs_params, 0, K_BEFORE)
-    our_params = [p.detach().clone() for p in theirs_params]
+    our_params = [twin(p) for p in theirs_params]
     mine = ours(our_params, lr=1e-3, weight_decay=0.01, **options, **path)
     mine.load_state_dict(copy.deepcopy(theirs.state_dict()))
     for key, value in options.items():

@@ -12,21 +12,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import adamkit
-from helpers import assert_same, snapshot
+from helpers import assert_same, snapshot, twin
+from paths import assert_flat_path_used, path_params
 
 nan, inf = float("nan"), float("inf")
 
 
-def trained():
+def build(params, path):
+    return adamkit.Adam([dict(params=params[:2], amsgrad=True), dict(params=params[2:], lr=3e-3, weight_decay=0.1)], lr=1e-2, **path)
+
+
+def trained(path=None):
     """Two groups (one AMSGrad), three steps: every state key is present."""
-    a, b, c = torch.randn(3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
-    optimizer = adamkit.Adam(
-        [dict(params=[a, b], amsgrad=True), dict(params=[c], lr=3e-3, weight_decay=0.1)], lr=1e-2
-    )
+    path = {} if path is None else path
+    a, b, c = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in [(3,), (2, 2), (4,)])
+    optimizer = build([a, b, c], path)
     for step in range(3):
         for param in (a, b, c):
             param.grad = torch.full_like(param, 0.5 + step)
         optimizer.step()
+    assert_flat_path_used([a, b], path)
     return optimizer, [a, b, c]
 
 
@@ -140,7 +145,7 @@ def bad_state_dict(optimizer, mutate):
     return state_dict if replacement is None else replacement
 
 
-def assert_rejected_and_unchanged(optimizer, params, state_dict, error, fragments=()):
+def assert_rejected_and_unchanged(optimizer, params, state_dict, error, fragments=(), path=None):
     before = snapshot(optimizer)
     checkpoint = copy.deepcopy(optimizer.state_dict())
     objects = {id(p): {k: id(v) for k, v in s.items()} for p, s in optimizer.state.items()}
@@ -154,29 +159,30 @@ def assert_rejected_and_unchanged(optimizer, params, state_dict, error, fragment
     assert groups == [id(g) for g in optimizer.param_groups]
 
     # ... and it trains on exactly like an untouched twin.
-    twin_params = [p.clone() for p in params]
-    twin = adamkit.Adam([dict(params=twin_params[:2], amsgrad=True), dict(params=twin_params[2:], lr=3e-3, weight_decay=0.1)], lr=1e-2)
-    twin.load_state_dict(checkpoint)
+    twin_params = [twin(p) for p in params]
+    untouched = build(twin_params, {} if path is None else path)
+    untouched.load_state_dict(checkpoint)
     for param, twin_param in zip(params, twin_params):
-        param.grad = twin_param.grad = torch.ones_like(param)
+        param.grad, twin_param.grad = torch.ones_like(param), torch.ones_like(param)
     optimizer.step()
-    twin.step()
+    untouched.step()
     for param, twin_param in zip(params, twin_params):
         assert torch.equal(param, twin_param)
 
 
+@pytest.mark.parametrize("path", path_params())
 @pytest.mark.parametrize("name", BAD)
-def test_bad_state_dict_is_rejected_and_changes_nothing(name):
+def test_bad_state_dict_is_rejected_and_changes_nothing(name, path):
     mutate, error, fragments = BAD[name]
-    optimizer, params = trained()
-    assert_rejected_and_unchanged(optimizer, params, bad_state_dict(optimizer, mutate), error, fragments)
+    optimizer, params = trained(path)
+    assert_rejected_and_unchanged(optimizer, params, bad_state_dict(optimizer, mutate), error, fragments, path)
 
 
 def test_valid_state_dict_still_loads():
     """The table above is not rejecting everything: the unmutated checkpoint loads."""
     optimizer, params = trained()
     state_dict = copy.deepcopy(optimizer.state_dict())
-    fresh_params = [p.clone() for p in params]
+    fresh_params = [twin(p) for p in params]
     fresh = adamkit.Adam([dict(params=fresh_params[:2], amsgrad=True), dict(params=fresh_params[2:])], lr=1.0)
     fresh.load_state_dict(state_dict)
     assert fresh.param_groups[1]["lr"] == 3e-3

@@ -27,14 +27,14 @@ SIZE = 3
 
 def run_trajectory(make, grads: list[list[float]], dtype: torch.dtype, start: list[float]):
     """Params after every step, and the optimizer, for a given gradient sequence."""
-    param = torch.tensor(start, dtype=dtype)
+    param = torch.tensor(start, dtype=dtype, requires_grad=True)
     optimizer = make([param])
-    history = [param.clone()]
+    history = [param.detach().clone()]
     states = []
     for g in grads:
         param.grad = torch.tensor(g, dtype=dtype)
         optimizer.step()
-        history.append(param.clone())
+        history.append(param.detach().clone())
         states.append({k: v.clone() for k, v in optimizer.state[param].items()})
     return history, states
 
