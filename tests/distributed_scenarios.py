@@ -148,10 +148,10 @@ def _dcp_load(model, optimizer, checkpoint_dir, dcp, get_state_dict, set_state_d
 # -- the scenarios each rank runs --------------------------------------------------------------
 
 
-def _train_distributed(model: nn.Module, forward_model: nn.Module, optimizer, steps: range, rank: int) -> None:
+def _train_distributed(model: nn.Module, optimizer, steps: range, rank: int) -> None:
     for step in steps:
         optimizer.zero_grad(set_to_none=True)
-        loss_of(forward_model, step, rank).backward()
+        loss_of(model, step, rank).backward()
         optimizer.step()
 
 
@@ -161,7 +161,7 @@ def scenario_ddp(rank: int, work_dir: Path) -> dict[str, torch.Tensor]:
     model = make_model()
     ddp = DistributedDataParallel(model)
     optimizer = make_optimizer(ddp.parameters())
-    _train_distributed(model, ddp, optimizer, range(STEPS), rank)
+    _train_distributed(ddp, optimizer, range(STEPS), rank)
     return named_state(model, optimizer)
 
 
@@ -172,7 +172,7 @@ def scenario_zero(rank: int, work_dir: Path) -> dict[str, Any]:
     model = make_model()
     ddp = DistributedDataParallel(model)
     optimizer = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=adamkit.AdamW, **OPTIMIZER_KWARGS)
-    _train_distributed(model, ddp, optimizer, range(STEPS), rank)
+    _train_distributed(ddp, optimizer, range(STEPS), rank)
     optimizer.consolidate_state_dict(to=0)
     result: dict[str, Any] = {f"param/{n}": p.detach().clone() for n, p in model.named_parameters()}
     result["owned_params"] = sum(p.numel() for p in optimizer.optim.state)  # this rank's shard of the state
@@ -194,7 +194,7 @@ def _fully_sharded_model() -> nn.Module:
 def _fsdp(rank: int, amsgrad: bool) -> dict[str, Any]:
     model = _fully_sharded_model()
     optimizer = make_optimizer(model.parameters(), amsgrad)
-    _train_distributed(model, model, optimizer, range(STEPS), rank)
+    _train_distributed(model, optimizer, range(STEPS), rank)
     result: dict[str, Any] = named_state(model, optimizer)
     result["local_numel"] = sum(p.to_local().numel() for p in model.parameters())
     return result
@@ -215,11 +215,11 @@ def scenario_dcp_save(rank: int, work_dir: Path) -> dict[str, torch.Tensor]:
 
     model = _fully_sharded_model()
     optimizer = make_optimizer(model.parameters())
-    _train_distributed(model, model, optimizer, range(STEPS), rank)
+    _train_distributed(model, optimizer, range(STEPS), rank)
     saved = named_state(model, optimizer)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(work_dir / "dcp_2ranks"))
-    _train_distributed(model, model, optimizer, range(STEPS, STEPS + MORE_STEPS), rank)
+    _train_distributed(model, optimizer, range(STEPS, STEPS + MORE_STEPS), rank)
     return {**{f"saved/{k}": v for k, v in saved.items()}, **named_state(model, optimizer)}
 
 
@@ -231,7 +231,7 @@ def scenario_dcp_load(rank: int, work_dir: Path) -> dict[str, torch.Tensor]:
     model = _fully_sharded_model()
     optimizer = make_optimizer(model.parameters())
     loaded = _dcp_load(model, optimizer, work_dir / "dcp_1rank", dcp, get_state_dict, set_state_dict)
-    _train_distributed(model, model, optimizer, range(STEPS, STEPS + MORE_STEPS), rank)
+    _train_distributed(model, optimizer, range(STEPS, STEPS + MORE_STEPS), rank)
     return {**{f"loaded/{k}": v for k, v in loaded.items()}, **named_state(model, optimizer)}
 
 

@@ -81,7 +81,8 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path, uninterr
     total, every = resume_trainer.TOTAL_STEPS, resume_trainer.EVERY
     checkpoint = tmp_path / resume_trainer.CHECKPOINT
     # First kill: right after a random step (the last checkpoint is up to every-1 steps old).
-    first = random.randint(1, total - every - 1)
+    draw = random.SystemRandom()  # a fresh kill point every run; the message names it
+    first = draw.randint(1, total - every - 1)
     context = f"killed after step {first}"
     run_until_killed(tmp_path, "--pause-after-step", first)
     saved = first - first % every
@@ -91,7 +92,7 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path, uninterr
         assert not checkpoint.exists(), context
     # Second kill, after resuming: inside a later checkpoint write, once the temporary
     # file is complete but before the rename; the previous checkpoint must survive.
-    second = random.randrange(saved + every, total, every)
+    second = draw.randrange(saved + every, total, every)
     context += f", resumed from step {saved}, killed inside the save of step {second}"
     run_until_killed(tmp_path, "--pause-inside-save", second)
     if second - every:
