@@ -9,6 +9,7 @@ torch's fused step measured in the same run.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import resource
 import statistics
@@ -19,6 +20,7 @@ from typing import Callable
 import torch
 
 import adamkit
+from adamkit import kernels
 
 # GPT-2 small (124.4M parameters in 148 tensors), as listed in ANCHORS.md.
 _GPT2_BLOCK = [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,), (768, 3072), (3072,), (3072, 768), (768,)]
@@ -59,8 +61,18 @@ def torch_contestants(params: list[torch.nn.Parameter], lr: float, weight_decay:
 
 
 def adamkit_contestants(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> list[Contestant]:
-    optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return [Contestant("adamkit", optimizer.step)]
+    contestants = []
+    for name, kwargs in (("adamkit", {}), ("adamkit loop path", dict(fused=False))):
+        optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
+        contestants.append(Contestant(name, optimizer.step))
+    return contestants
+
+
+def floor_contestant(params: list[torch.nn.Parameter]) -> Contestant:
+    """The bytes-only floor: one pass over flat p, g, m, v buffers of the same total size."""
+    total = sum(p.numel() for p in params)
+    buffers = [torch.zeros(total) for _ in range(4)]
+    return Contestant("bytes-only floor", lambda: kernels.floor_flat_(*buffers))
 
 
 def run_case(
@@ -73,9 +85,9 @@ def run_case(
 ) -> dict[str, float]:
     """Median seconds per step for each contestant on ``case``."""
     params = make_params(CASES[case]())
-    contestants = [
-        c for c in adamkit_contestants(params, lr, weight_decay) + torch_contestants(params, lr, weight_decay) if c.name not in skip
-    ]
+    everyone = adamkit_contestants(params, lr, weight_decay) + torch_contestants(params, lr, weight_decay)
+    everyone.append(floor_contestant(params))
+    contestants = [c for c in everyone if c.name not in skip]
     times: dict[str, list[float]] = {c.name: [] for c in contestants}
     for round_index in range(warmup + steps):
         for contestant in contestants:
@@ -87,6 +99,53 @@ def run_case(
             if round_index >= warmup:
                 times[contestant.name].append(elapsed)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _rss_mib(field: str) -> float:
+    _release_free_heap()
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc), so RSS shows live memory, not allocator caches."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure_memory(case: str, steps: int = 3) -> dict[str, float]:
+    """RSS (MiB) around adamkit steps on ``case``: what the optimizer adds beyond params + grads.
+
+    Run it in a fresh process. RSS is read after ``malloc_trim`` so freed
+    memory (the parameters' old storage, re-homed into the flat buffer) does
+    not count as live. The peak of a steady-state step is read from
+    VmHWM after resetting it (``/proc/self/clear_refs``), so it excludes the
+    one-time re-homing of the first step.
+    """
+    params = make_params(CASES[case]())
+    gc.collect()
+    baseline = _rss_mib("VmRSS")
+    optimizer = adamkit.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    optimizer.step()
+    after_first = _rss_mib("VmRSS")
+    first_peak = _rss_mib("VmHWM")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # reset the peak-RSS mark
+    for _ in range(steps):
+        optimizer.step()
+    state_mib = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if t.dim()) / 2**20
+    return {
+        "params_and_grads_mib": 2 * sum(p.numel() * p.element_size() for p in params) / 2**20,
+        "state_mib": state_mib,
+        "rss_growth_after_first_step_mib": after_first - baseline,
+        "first_step_peak_over_baseline_mib": first_peak - baseline,
+        "steady_step_peak_over_rss_mib": _rss_mib("VmHWM") - after_first,
+    }
 
 
 def format_table(case: str, medians: dict[str, float], reference: str = "torch fused") -> str:
@@ -102,13 +161,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", choices=sorted(CASES), action="append", help="shape set to time (repeatable; default: quick)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per contestant after warm-up (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+    parser.add_argument("--memory", action="store_true", help="also report adamkit's RSS growth (first case only)")
+    parser.add_argument("--skip", action="append", default=[], help="contestant to leave out (repeatable), e.g. 'torch for-loop'")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise SystemExit(f"adamkit bench: --steps must be >= 1, got {args.steps}")
-    for case in args.case or ["quick"]:
-        medians = run_case(case, steps=args.steps, warmup=args.warmup)
+    cases = args.case or ["quick"]
+    if args.memory:
+        # First, before anything else has touched the heap of this process.
+        for key, value in measure_memory(cases[0]).items():
+            print(f"memory {cases[0]}: {key} = {value:.1f}")
+        print()
+    for case in cases:
+        medians = run_case(case, steps=args.steps, warmup=args.warmup, skip=tuple(args.skip))
         print(format_table(case, medians))
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of this process so far: {peak_mib:.0f} MiB\n")

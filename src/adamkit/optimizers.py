@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import functional, state_dicts, validation
+from . import flat, functional, kernels, state_dicts, validation
 
 __all__ = ["Adam", "AdamW", "AMSGrad"]
 
@@ -26,50 +26,25 @@ _ADAMKIT_GROUP_DEFAULTS = {
     "differentiable": False,
     "bias_correction": True,
     "decoupled_lr": False,
+    "nonfinite": "propagate",
+    "skipped_steps": 0,
 }
 
 
 class _AdamFamily(Optimizer):
     """Shared plumbing; ``Adam``, ``AdamW`` and ``AMSGrad`` only set defaults."""
 
-    def __init__(
-        self,
-        params: Any,
-        *,
-        lr: float | Tensor,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        amsgrad: bool,
-        maximize: bool,
-        bias_correction: bool,
-        decoupled_weight_decay: bool,
-        decoupled_lr: bool,
-        foreach: bool | None,
-        fused: bool | None,
-        capturable: bool,
-        differentiable: bool,
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay,
-            bias_correction=bias_correction,
-            decoupled_lr=decoupled_lr,
-        )
+    # torch.amp.GradScaler hands us grad_scale / found_inf instead of unscaling grads itself.
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params: Any, **options: Any) -> None:
+        defaults = {**options, "skipped_steps": 0}
         validation.check_hyperparameters(defaults)
         params = validation.check_param_list(params)
         if len(params) == 0:
             raise ValueError("Invalid params: the optimizer got an empty parameter list")
         super().__init__(params, defaults)
+        self._flat_groups: dict[int, flat.FlatGroup] = {}
 
     # -- param groups -----------------------------------------------------------------
 
@@ -92,10 +67,24 @@ class _AdamFamily(Optimizer):
         param_group = {**param_group, "params": params}
         merged = {**self.defaults, **param_group}
         validation.check_hyperparameters(merged)
+        if merged["fused"] is True:
+            self._check_fused(tensors)
         if merged["decoupled_lr"] and "initial_lr" not in param_group:
             lr = merged["lr"]
             param_group["initial_lr"] = lr.clone() if isinstance(lr, Tensor) else lr
         super().add_param_group(param_group)
+
+    @staticmethod
+    def _check_fused(params: list[Tensor]) -> None:
+        """fused=True promises the flat fused kernel: refuse what it cannot run."""
+        if not kernels.available():
+            kernels.build.load_library()  # raises KernelBuildError with the compiler's message
+        for index, param in enumerate(params):
+            if param.device.type != "cpu" or param.dtype not in kernels.SUPPORTED_DTYPES:
+                raise ValueError(
+                    f"Invalid params[{index}]: fused=True supports CPU tensors of dtype "
+                    f"{[str(d) for d in kernels.SUPPORTED_DTYPES]}, got {param.dtype} on {param.device}; use fused=None"
+                )
 
     def _group_defaults(self) -> dict[str, Any]:
         """Values for group keys that a torch.optim checkpoint may lack."""
@@ -107,6 +96,7 @@ class _AdamFamily(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._flat_groups = {}
         for group in self.param_groups:
             for key, value in self._group_defaults().items():
                 group.setdefault(key, value)
@@ -127,12 +117,39 @@ class _AdamFamily(Optimizer):
         optimizer exactly as it was.
         """
         state_dicts.check_state_dict(self, state_dict, self._group_defaults())
-        old_state, old_groups = self.state, self.param_groups
+        old_state, old_groups, flat_groups = self.state, self.param_groups, self._flat_groups
         try:
             super().load_state_dict(state_dict)
         except BaseException:
-            self.state, self.param_groups = old_state, old_groups
+            self.state, self.param_groups, self._flat_groups = old_state, old_groups, flat_groups
             raise
+        # Keep the flat buffers (no reallocation); the next step copies the loaded state in.
+        self._flat_groups = flat_groups
+        for flat_group in flat_groups.values():
+            flat_group.state_stale = True
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "_AdamFamily":
+        """Move and/or cast every moment tensor of the state, in place; returns self.
+
+        torch.optim has no such method (pytorch issue #41839). Use it after moving
+        or casting the model. ``step`` stays a float32 CPU scalar, as in torch.
+        """
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"Invalid dtype: {dtype!r} (expected a floating-point torch.dtype)")
+        try:
+            device = None if device is None else torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"Invalid device: {device!r} ({error})") from None
+        moved = {
+            param: {
+                key: value if key == "step" or not isinstance(value, Tensor) else value.to(device=device, dtype=dtype)
+                for key, value in param_state.items()
+            }
+            for param, param_state in self.state.items()
+        }
+        self.state.update(moved)  # only after every tensor moved: a failure changes nothing
+        self._flat_groups = {}  # the flat buffers are rebuilt from the moved state at the next step
+        return self
 
     # -- the step ---------------------------------------------------------------------
 
@@ -149,16 +166,55 @@ class _AdamFamily(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one optimization step; ``closure`` re-evaluates the loss."""
+        """Perform one optimization step; ``closure`` re-evaluates the loss.
+
+        ``torch.amp.GradScaler`` sets ``grad_scale`` and ``found_inf`` on the
+        optimizer (as for torch's fused optimizers): the scale is divided out
+        inside the update and a step with ``found_inf`` is skipped.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
+        found_inf = getattr(self, "found_inf", None)
+        if (found_inf is not None and float(found_inf) != 0) or self._nonfinite_says_skip():
+            for group in self.param_groups:
+                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+            return loss
+        grad_scale = getattr(self, "grad_scale", None)
+        grad_scale = 1.0 if grad_scale is None else float(grad_scale)
+        for index, group in enumerate(self.param_groups):
+            self._step_group(index, group, grad_scale)
         return loss
 
-    def _group_scalars(self, group: dict[str, Any]) -> Callable[[float], functional.StepScalars]:
+    def _nonfinite_says_skip(self) -> bool:
+        """Apply each group's ``nonfinite`` policy; True if this step must be skipped."""
+        skip = False
+        for group_index, group in enumerate(self.param_groups):
+            if group["nonfinite"] == "propagate":
+                continue
+            flat_group = self._flat_groups.get(group_index)
+            if flat_group is not None and flat_group.valid_for(group) and not flat_group.any_nonfinite_grad():
+                params = flat_group.leftovers  # the buckets' gradients are all finite
+            else:
+                params = group["params"]
+            for param in params:
+                if param.grad is None or kernels.count_nonfinite(param.grad) == 0:
+                    continue
+                if group["nonfinite"] == "skip":
+                    skip = True
+                    break
+                names = group.get("param_names")
+                index = next(i for i, p in enumerate(group["params"]) if p is param)
+                name = f"{names[index]!r} " if names else ""
+                raise FloatingPointError(
+                    f"non-finite gradient for parameter {name}(param_groups[{group_index}]['params'][{index}], "
+                    f"shape {tuple(param.shape)}): {kernels.count_nonfinite(param.grad)} NaN/Inf values; "
+                    "nothing was updated (nonfinite='raise')"
+                )
+        return skip
+
+    def _group_scalars(self, group: dict[str, Any], grad_scale: float) -> Callable[[float], functional.StepScalars]:
         beta1, beta2 = (validation.as_float(b) for b in group["betas"])
         common = dict(
             lr=validation.as_float(group["lr"]),
@@ -172,6 +228,7 @@ class _AdamFamily(Optimizer):
             bias_correction=group["bias_correction"],
             maximize=group["maximize"],
             amsgrad=group["amsgrad"],
+            grad_scale=grad_scale,
         )
         cache: dict[float, functional.StepScalars] = {}
 
@@ -182,21 +239,32 @@ class _AdamFamily(Optimizer):
 
         return scalars_for
 
-    def _step_group(self, group: dict[str, Any]) -> None:
-        scalars_for = self._group_scalars(group)
-        amsgrad = group["amsgrad"]
-        for param in group["params"]:
+    def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
+        scalars_for = self._group_scalars(group, grad_scale)
+        params = group["params"]
+        if self._uses_flat_path(group):
+            flat_group = self._flat_groups.get(index)
+            if flat_group is None or not flat_group.valid_for(group):
+                flat_group = self._flat_groups[index] = flat.FlatGroup(group, self.state)
+            elif flat_group.state_stale:
+                flat_group.refresh_state(self.state)
+            for bucket in flat_group.buckets:
+                bucket.step(scalars_for)
+            params = flat_group.leftovers
+        self._loop_step(params, group["amsgrad"], scalars_for)
+
+    def _loop_step(
+        self, params: list[Tensor], amsgrad: bool, scalars_for: Callable[[float], functional.StepScalars]
+    ) -> None:
+        """The reference path: one functional update per tensor, as torch's for-loop."""
+        for param in params:
             grad = param.grad
             if grad is None:
                 continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients yet "
-                    f"(parameter of shape {tuple(param.shape)}); use torch.optim.SparseAdam"
-                )
             state = self._init_state(param, amsgrad)
             state["step"] += 1
-            functional.adam_update_(
+            update = functional.adam_sparse_update_ if grad.is_sparse else functional.adam_update_
+            update(
                 param,
                 grad,
                 state["exp_avg"],
@@ -204,6 +272,43 @@ class _AdamFamily(Optimizer):
                 state.get("max_exp_avg_sq") if amsgrad else None,
                 scalars_for(state["step"].item()),
             )
+
+    @staticmethod
+    def _uses_flat_path(group: dict[str, Any]) -> bool:
+        # fused=None (default) picks the flat fused kernel when it can be built here.
+        return group["fused"] is True or (group["fused"] is None and kernels.available())
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset gradients.
+
+        Parameters on the flat path keep their ``.grad`` as a view of the flat
+        gradient buffer, which is zeroed whatever ``set_to_none`` says: that is
+        what lets autograd write gradients into the buffer without a copy. Other
+        parameters follow torch (``set_to_none=True`` sets ``.grad`` to None).
+        """
+        for index, group in enumerate(self.param_groups):
+            flat_group = self._flat_groups.get(index)
+            params = group["params"]
+            if flat_group is not None and flat_group.valid_for(group):
+                for bucket in flat_group.buckets:
+                    bucket.zero_grad()
+                params = flat_group.leftovers
+            for param in params:
+                if param.grad is None:
+                    continue
+                if set_to_none:
+                    param.grad = None
+                else:
+                    if param.grad.grad_fn is not None:
+                        param.grad.detach_()
+                    else:
+                        param.grad.requires_grad_(False)
+                    param.grad.zero_()
+
+
+def _options(namespace: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+    """A constructor's keyword arguments (its ``locals()``), plus the ones its class fixes."""
+    return {k: v for k, v in namespace.items() if k not in ("self", "params", "__class__")} | fixed
 
 
 class Adam(_AdamFamily):
@@ -228,27 +333,13 @@ class Adam(_AdamFamily):
         bias_correction: bool = True,
         decoupled_weight_decay: bool = False,
         decoupled_lr: bool = False,
+        nonfinite: str = "propagate",
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            bias_correction=bias_correction,
-            decoupled_weight_decay=decoupled_weight_decay,
-            decoupled_lr=decoupled_lr,
-            foreach=foreach,
-            fused=fused,
-            capturable=capturable,
-            differentiable=differentiable,
-        )
+        super().__init__(params, **_options(locals()))
 
 
 class AdamW(_AdamFamily):
@@ -273,27 +364,13 @@ class AdamW(_AdamFamily):
         maximize: bool = False,
         bias_correction: bool = True,
         decoupled_lr: bool = False,
+        nonfinite: str = "propagate",
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            bias_correction=bias_correction,
-            decoupled_weight_decay=True,
-            decoupled_lr=decoupled_lr,
-            foreach=foreach,
-            fused=fused,
-            capturable=capturable,
-            differentiable=differentiable,
-        )
+        super().__init__(params, **_options(locals(), decoupled_weight_decay=True))
 
 
 class AMSGrad(_AdamFamily):
@@ -317,24 +394,10 @@ class AMSGrad(_AdamFamily):
         maximize: bool = False,
         bias_correction: bool = True,
         decoupled_lr: bool = False,
+        nonfinite: str = "propagate",
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=True,
-            maximize=maximize,
-            bias_correction=bias_correction,
-            decoupled_weight_decay=decoupled_weight_decay,
-            decoupled_lr=decoupled_lr,
-            foreach=foreach,
-            fused=fused,
-            capturable=capturable,
-            differentiable=differentiable,
-        )
+        super().__init__(params, **_options(locals(), amsgrad=True))

@@ -40,6 +40,7 @@ def _number(name: str, value: Any) -> float:
     return number
 
 
+NONFINITE_POLICIES = ("propagate", "skip", "raise")
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -82,6 +83,11 @@ def check_hyperparameters(group: dict[str, Any]) -> None:
                 f"Invalid {name}: {group[name]!r}; adamkit supports only {name}=False "
                 "(it is accepted for signature compatibility with torch.optim)"
             )
+    if group["nonfinite"] not in NONFINITE_POLICIES:
+        raise ValueError(f"Invalid nonfinite: {group['nonfinite']!r} (expected one of {', '.join(map(repr, NONFINITE_POLICIES))})")
+    skipped = group.get("skipped_steps", 0)
+    if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
+        raise ValueError(f"Invalid skipped_steps: {skipped!r} (must be a whole number >= 0)")
     if group["decoupled_lr"]:
         if not group["decoupled_weight_decay"]:
             raise ValueError(

@@ -1,0 +1,135 @@
+"""Fused CPU kernels on flat buffers, called through ctypes (the GIL is released)."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..functional import StepScalars
+from .build import KernelBuildError, load_library
+
+__all__ = ["count_nonfinite", "adam_flat_", "adam_flat_caller", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_KERNELS = {torch.float32: "adam_flat_f32", torch.float64: "adam_flat_f64"}
+
+
+class _AdamScalars(ctypes.Structure):
+    _fields_ = [
+        ("beta1", ctypes.c_double),
+        ("beta2", ctypes.c_double),
+        ("eps", ctypes.c_double),
+        ("l2", ctypes.c_double),
+        ("decay", ctypes.c_double),
+        ("step_size", ctypes.c_double),
+        ("bias_correction2_sqrt", ctypes.c_double),
+        ("grad_scale", ctypes.c_double),
+        ("maximize", ctypes.c_int32),
+        ("amsgrad", ctypes.c_int32),
+    ]
+
+
+_POINTER_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.POINTER(_AdamScalars), ctypes.c_int]
+
+
+def _library() -> ctypes.CDLL:
+    library = load_library()
+    if not getattr(library, "_adamkit_typed", False):
+        for name in ("adam_flat_f32", "adam_flat_f64"):
+            getattr(library, name).argtypes = _POINTER_ARGS
+            getattr(library, name).restype = None
+        library.floor_flat_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int]
+        library.floor_flat_f32.restype = None
+        for name in ("count_nonfinite_f32", "count_nonfinite_f64"):
+            getattr(library, name).argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+            getattr(library, name).restype = ctypes.c_int64
+        library._adamkit_typed = True
+    return library
+
+
+def available() -> bool:
+    """Whether the fused kernel can be built and loaded here."""
+    try:
+        _library()
+    except KernelBuildError:
+        return False
+    return True
+
+
+def _address(tensor: Tensor | None, start: int) -> int | None:
+    return None if tensor is None else tensor.data_ptr() + start * tensor.element_size()
+
+
+def pack_scalars(s: StepScalars) -> _AdamScalars:
+    """The kernel's view of the per-step constants (build once per step, reuse per call)."""
+    return _AdamScalars(
+        s.beta1,
+        s.beta2,
+        s.eps,
+        s.l2,
+        s.decay,
+        s.step_size,
+        s.bias_correction2_sqrt,
+        s.grad_scale,
+        int(s.maximize),
+        int(s.amsgrad),
+    )
+
+
+def adam_flat_caller(
+    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Tensor | None
+) -> Callable[[_AdamScalars, int, int], None]:
+    """Bind the kernel to fixed contiguous 1-D buffers; call it with (scalars, start, end)."""
+    function = getattr(_library(), _KERNELS[param.dtype])
+    buffers = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    element_size = param.element_size()
+    bases = [_address(t, 0) for t in buffers]
+    byref = ctypes.byref
+
+    def call(scalars: _AdamScalars, start: int, end: int) -> None:
+        if end <= start:
+            return
+        if scalars.amsgrad and bases[4] is None:
+            raise ValueError("amsgrad step requested but no max_exp_avg_sq buffer was bound")
+        shift = start * element_size
+        p, g, m, v, vmax = (None if base is None else base + shift for base in bases)
+        function(p, g, m, v, vmax, end - start, byref(scalars), torch.get_num_threads())
+
+    return call
+
+
+def adam_flat_(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    s: StepScalars,
+    start: int = 0,
+    end: int | None = None,
+) -> None:
+    """One fused Adam-family step on elements [start, end) of contiguous 1-D buffers."""
+    call = adam_flat_caller(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if s.amsgrad else None)
+    call(pack_scalars(s), start, param.numel() if end is None else end)
+
+
+def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
+    """The bytes-only floor: reads p, g, m, v and writes p, m, v with trivial arithmetic."""
+    _library().floor_flat_f32(
+        param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), param.numel(), torch.get_num_threads()
+    )
+
+
+def count_nonfinite(tensor: Tensor) -> int:
+    """Number of NaN/Inf entries; a read-only pass (the C kernel for contiguous float buffers)."""
+    if tensor.dtype in _NONFINITE_KERNELS and tensor.is_contiguous() and tensor.device.type == "cpu":
+        return getattr(_library(), _NONFINITE_KERNELS[tensor.dtype])(tensor.data_ptr(), tensor.numel(), torch.get_num_threads())
+    values = tensor.coalesce().values() if tensor.is_sparse else tensor
+    values = torch.view_as_real(values) if values.is_complex() else values
+    return int((~torch.isfinite(values)).sum())
+
+
+_NONFINITE_KERNELS = {torch.float32: "count_nonfinite_f32", torch.float64: "count_nonfinite_f64"}

@@ -1,0 +1,86 @@
+"""Build the fused C++ kernels for the host CPU on first use, and cache them.
+
+The shared library is compiled with the machine's g++ (``-O3 -march=native
+-fopenmp``), so it uses whatever vector units this CPU has (AVX2, AVX-512, ...).
+It is cached outside the repository, in ``$ADAMKIT_CACHE_DIR`` or
+``~/.cache/adamkit``, under a name that hashes the source, the compiler, the
+flags and the CPU's feature flags, so a different machine (or a changed
+kernel) builds afresh. The kernel links against the libgomp that torch loaded,
+so the process has a single OpenMP runtime.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+__all__ = ["load_library", "KernelBuildError", "cache_dir"]
+
+SOURCES = ("adam_kernel.cpp",)
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared", "-std=c++17"]
+
+
+class KernelBuildError(RuntimeError):
+    """The fused kernel could not be compiled or loaded on this machine."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ADAMKIT_CACHE_DIR") or Path.home() / ".cache" / "adamkit")
+
+
+def _cpu_fingerprint() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def _compiler() -> str:
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise KernelBuildError("no C++ compiler found (install g++ or set CXX); the fused path is unavailable")
+    return compiler
+
+
+@functools.lru_cache(maxsize=None)
+def load_library() -> ctypes.CDLL:
+    """Return the compiled kernel library, compiling it if it is not cached yet."""
+    import torch  # noqa: F401  (loads torch's libgomp first so the kernel shares it)
+
+    here = Path(__file__).parent
+    source_text = b"".join((here / name).read_bytes() for name in SOURCES)
+    compiler = _compiler()
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise KernelBuildError(f"the C++ compiler {compiler!r} does not run: {error}") from error
+    key = hashlib.sha256(
+        source_text + " ".join(FLAGS).encode() + version.encode() + _cpu_fingerprint().encode()
+    ).hexdigest()[:20]
+    target = cache_dir() / f"adam_kernel-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Compile to a private name, then rename: concurrent builders never see a half-written file.
+        fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        command = [compiler, *FLAGS, *(str(here / name) for name in SOURCES), "-o", partial]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            os.unlink(partial)
+            raise KernelBuildError(f"compiling the fused kernel failed:\n{' '.join(command)}\n{result.stderr}")
+        os.replace(partial, target)
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as error:
+        raise KernelBuildError(f"loading the fused kernel {target} failed: {error}") from error
