@@ -155,23 +155,32 @@ def _train_distributed(model: nn.Module, optimizer, steps: range, rank: int) -> 
         optimizer.step()
 
 
-def scenario_ddp(rank: int, work_dir: Path) -> dict[str, torch.Tensor]:
+def scenario_ddp(rank: int, work_dir: Path, **ddp_options: Any) -> dict[str, torch.Tensor]:
     from torch.nn.parallel import DistributedDataParallel
 
     model = make_model()
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, **ddp_options)
     optimizer = make_optimizer(ddp.parameters())
     _train_distributed(ddp, optimizer, range(STEPS), rank)
     return named_state(model, optimizer)
 
 
-def scenario_zero(rank: int, work_dir: Path) -> dict[str, Any]:
+def scenario_ddp_grads_as_bucket_views(rank: int, work_dir: Path) -> dict[str, torch.Tensor]:
+    return scenario_ddp(rank, work_dir, gradient_as_bucket_view=True)
+
+
+def scenario_zero(rank: int, work_dir: Path, parameters_as_bucket_view: bool = False) -> dict[str, Any]:
     from torch.distributed.optim import ZeroRedundancyOptimizer
     from torch.nn.parallel import DistributedDataParallel
 
     model = make_model()
     ddp = DistributedDataParallel(model)
-    optimizer = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=adamkit.AdamW, **OPTIMIZER_KWARGS)
+    optimizer = ZeroRedundancyOptimizer(
+        ddp.parameters(),
+        optimizer_class=adamkit.AdamW,
+        parameters_as_bucket_view=parameters_as_bucket_view,
+        **OPTIMIZER_KWARGS,
+    )
     _train_distributed(ddp, optimizer, range(STEPS), rank)
     optimizer.consolidate_state_dict(to=0)
     result: dict[str, Any] = {f"param/{n}": p.detach().clone() for n, p in model.named_parameters()}
@@ -179,6 +188,10 @@ def scenario_zero(rank: int, work_dir: Path) -> dict[str, Any]:
     if rank == 0:
         result["consolidated"] = optimizer.state_dict()
     return result
+
+
+def scenario_zero_params_as_bucket_views(rank: int, work_dir: Path) -> dict[str, Any]:
+    return scenario_zero(rank, work_dir, parameters_as_bucket_view=True)
 
 
 def _fully_sharded_model() -> nn.Module:
@@ -237,7 +250,9 @@ def scenario_dcp_load(rank: int, work_dir: Path) -> dict[str, torch.Tensor]:
 
 SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
     "ddp": scenario_ddp,
+    "ddp_grads_as_bucket_views": scenario_ddp_grads_as_bucket_views,
     "zero": scenario_zero,
+    "zero_params_as_bucket_views": scenario_zero_params_as_bucket_views,
     "fsdp": scenario_fsdp,
     "fsdp_amsgrad": scenario_fsdp_amsgrad,
     "dcp_save": scenario_dcp_save,

@@ -48,7 +48,7 @@ def reference() -> dict[bool, dict[int, dict[str, torch.Tensor]]]:
 
 def assert_same(actual: dict, expected: dict[str, torch.Tensor], prefix: str = "", exact: bool = True) -> None:
     """Every expected tensor is present and equal (bitwise, or to float32 tolerance)."""
-    assert any(key.startswith("state/") for key in expected), "nothing to compare"
+    assert expected, "nothing to compare"
     for key, want in expected.items():
         got = actual[prefix + key]
         if exact:
@@ -57,18 +57,21 @@ def assert_same(actual: dict, expected: dict[str, torch.Tensor], prefix: str = "
             torch.testing.assert_close(got, want, msg=lambda m, k=prefix + key: f"{k}: {m}")
 
 
-def test_ddp_matches_one_process_bitwise(work_dir, reference):
+@pytest.mark.parametrize("name", ["ddp", "ddp_grads_as_bucket_views"])
+def test_ddp_matches_one_process_bitwise(work_dir, reference, name):
     for rank in range(ds.WORLD_SIZE):
-        assert_same(ds.load_result(work_dir, "ddp", rank), reference[False][ds.STEPS])
+        assert_same(ds.load_result(work_dir, name, rank), reference[False][ds.STEPS])
 
 
-def test_zero_redundancy_optimizer_matches_one_process_bitwise(work_dir, reference):
+@pytest.mark.parametrize("name", ["zero", "zero_params_as_bucket_views"])
+def test_zero_redundancy_optimizer_matches_one_process_bitwise(work_dir, reference, name):
     params = {k: v for k, v in reference[False][ds.STEPS].items() if k.startswith("param/")}
     owned = []
     for rank in range(ds.WORLD_SIZE):
-        result = ds.load_result(work_dir, "zero", rank)
-        for key, want in params.items():
-            assert torch.equal(result[key], want), key
+        result = ds.load_result(work_dir, name, rank)
+        # With bucket views the params are not adamkit's to re-home, so they take the
+        # per-tensor loop path, whose float32 rounding differs from the flat kernel's.
+        assert_same(result, params, exact=name == "zero")
         owned.append(result["owned_params"])
     # The optimizer state really is partitioned: each rank holds a strict part of it.
     total = sum(v.numel() for v in params.values())
