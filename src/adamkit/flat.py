@@ -43,7 +43,22 @@ def _eligible(param: Tensor) -> bool:
         and param.requires_grad
         and param.numel() > 0
         and not (param.grad is not None and param.grad.is_sparse)  # sparse grads: the lazy loop path
+        and _memory_is_ours(param)
     )
+
+
+def _memory_is_ours(param: Tensor) -> bool:
+    """False if param is a view into memory that someone else may also use.
+
+    Re-homing (``param.data = <view of our buffer>``) cuts the link to any other
+    tensor aliasing the old memory, e.g. ZeroRedundancyOptimizer's
+    ``parameters_as_bucket_view=True`` buckets, which it then broadcasts stale.
+    A param that is still the view adamkit gave it is ours.
+    """
+    storage = param.untyped_storage()
+    if getattr(param, "_adamkit_flat_storage", None) == storage.data_ptr():
+        return True
+    return param.storage_offset() == 0 and storage.nbytes() == param.numel() * param.element_size()
 
 
 def _overlapping(params: list[Tensor]) -> set[int]:
@@ -99,6 +114,7 @@ class FlatBucket:
             view = self._slice(self.param_buffer, index)
             view.copy_(param.detach())
             param.data = view
+            param._adamkit_flat_storage = self.param_buffer.untyped_storage().data_ptr()
             grad_view = self._slice(self.grad_buffer, index)
             if param.grad is not None:  # never sparse here: see _eligible
                 self._adopt_grad(param, grad_view, param.grad)
