@@ -3,8 +3,6 @@ and the value, and nothing created or changed. Explicit cases plus hypothesis.""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given
@@ -68,7 +66,7 @@ HYPERPARAMETER_CASES = [
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-@pytest.mark.parametrize("kwargs,error,fragments", HYPERPARAMETER_CASES, ids=lambda v: repr(v)[:40] if isinstance(v, dict) else "")
+@pytest.mark.parametrize("kwargs,error,fragments", HYPERPARAMETER_CASES, ids=[repr(c[0]) for c in HYPERPARAMETER_CASES])
 def test_bad_hyperparameter(cls, kwargs, error, fragments):
     param = p(3)
     with pytest.raises(error) as info:
@@ -105,28 +103,28 @@ def test_decoupled_lr_needs_positive_lr():
 
 shared = p(2, 2)
 PARAM_CASES = [
-    (5, TypeError, ["params", "5"]),
-    (None, TypeError, ["params", "None"]),
-    ("abc", TypeError, ["params", "'abc'"]),
-    (p(3), TypeError, ["params", "Tensor", "(3,)"]),
-    ([], ValueError, ["params", "empty"]),
-    (iter([]), ValueError, ["params", "empty"]),
-    ([{"params": {p(3)}}], TypeError, ["set"]),
-    ([shared, shared], ValueError, ["params[1]", "(2, 2)", "twice"]),
-    ([{"params": [shared]}, {"params": [shared]}], ValueError, ["params[0]", "(2, 2)", "another param group"]),
-    ([p(3, dtype=torch.int64)], TypeError, ["params[0]", "torch.int64"]),
-    ([p(3, dtype=torch.bool)], TypeError, ["params[0]", "torch.bool"]),
-    ([p(3), 1.0], TypeError, ["params[1]", "float"]),
-    ([torch.ones(3, requires_grad=True) * 2], ValueError, ["params[0]", "non-leaf"]),
-    ([p(3).to_sparse()], TypeError, ["params[0]", "sparse"]),
-    ([{"params": [p(3)], "lr": -1.0}], ValueError, ["lr", "-1.0"]),
-    ([{"params": [p(3)], "betas": (0.9, 2.0)}], ValueError, ["beta", "2.0"]),
-    ([{"params": [p(3)], "capturable": True}], ValueError, ["capturable", "True"]),
+    pytest.param(5, TypeError, ["params", "5"], id="int"),
+    pytest.param(None, TypeError, ["params", "None"], id="None"),
+    pytest.param("abc", TypeError, ["params", "'abc'"], id="str"),
+    pytest.param(p(3), TypeError, ["params", "Tensor", "(3,)"], id="single Tensor"),
+    pytest.param([], ValueError, ["params", "empty"], id="empty list"),
+    pytest.param(iter([]), ValueError, ["params", "empty"], id="empty iterator"),
+    pytest.param([{"params": {p(3)}}], TypeError, ["set"], id="set in a group"),
+    pytest.param([shared, shared], ValueError, ["params[1]", "(2, 2)", "twice"], id="duplicate in a group"),
+    pytest.param([{"params": [shared]}, {"params": [shared]}], ValueError, ["params[0]", "(2, 2)", "another param group"], id="duplicate across groups"),
+    pytest.param([p(3, dtype=torch.int64)], TypeError, ["params[0]", "torch.int64"], id="int64 param"),
+    pytest.param([p(3, dtype=torch.bool)], TypeError, ["params[0]", "torch.bool"], id="bool param"),
+    pytest.param([p(3), 1.0], TypeError, ["params[1]", "float"], id="non-tensor param"),
+    pytest.param([torch.ones(3, requires_grad=True) * 2], ValueError, ["params[0]", "non-leaf"], id="non-leaf"),
+    pytest.param([p(3).to_sparse()], TypeError, ["params[0]", "sparse"], id="sparse param"),
+    pytest.param([{"params": [p(3)], "lr": -1.0}], ValueError, ["lr", "-1.0"], id="group lr"),
+    pytest.param([{"params": [p(3)], "betas": (0.9, 2.0)}], ValueError, ["beta", "2.0"], id="group betas"),
+    pytest.param([{"params": [p(3)], "capturable": True}], ValueError, ["capturable", "True"], id="group capturable"),
 ]
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-@pytest.mark.parametrize("params,error,fragments", PARAM_CASES, ids=lambda v: repr(v)[:30] if not isinstance(v, list) or not all(isinstance(x, str) for x in v) else "")
+@pytest.mark.parametrize("params,error,fragments", PARAM_CASES)
 def test_bad_params(cls, params, error, fragments):
     with pytest.raises(error) as info:
         cls(params)
@@ -163,15 +161,11 @@ bad_beta = st.one_of(st.floats(min_value=1.0), st.floats(max_value=-1e-300), st.
 good_beta = st.floats(0.0, 0.9999)
 
 
-def fragments_of(value: float) -> list[str]:
-    return [repr(value)]
-
-
 @given(cls=st.sampled_from(CLASSES), name=st.sampled_from(["lr", "eps", "weight_decay"]), value=bad_non_negative)
 def test_any_bad_non_negative_hyperparameter(cls, name, value):
     with pytest.raises(ValueError) as info:
         cls([p(2)], **{name: value})
-    check_error(info, name, *fragments_of(value))
+    check_error(info, name, repr(value))
 
 
 @given(cls=st.sampled_from(CLASSES), bad=bad_beta, good=good_beta, index=st.integers(0, 1))
@@ -209,6 +203,5 @@ def test_every_valid_hyperparameter_is_accepted(cls, lr, eps, weight_decay, beta
     param.grad = torch.ones(3, dtype=torch.float64)
     optimizer.step()
     assert optimizer.param_groups[0]["lr"] == lr
-    if eps > 0 and (bias_correction or lr == 0) and weight_decay < 1 / max(lr, 1e-300):
-        assert bool(torch.isfinite(param).all())
-    assert not math.isnan(float(optimizer.state[param]["step"]))
+    assert bool(torch.isfinite(param).all())
+    assert float(optimizer.state[param]["step"]) == 1
