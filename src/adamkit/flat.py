@@ -43,22 +43,32 @@ def _eligible(param: Tensor) -> bool:
         and param.requires_grad
         and param.numel() > 0
         and not (param.grad is not None and param.grad.is_sparse)  # sparse grads: the lazy loop path
-        and _memory_is_ours(param)
     )
 
 
-def _memory_is_ours(param: Tensor) -> bool:
-    """False if param is a view into memory that someone else may also use.
+def _owned(params: list[Tensor]) -> list[Tensor]:
+    """The params whose memory adamkit may re-home.
 
     Re-homing (``param.data = <view of our buffer>``) cuts the link to any other
     tensor aliasing the old memory, e.g. ZeroRedundancyOptimizer's
-    ``parameters_as_bucket_view=True`` buckets, which it then broadcasts stale.
-    A param that is still the view adamkit gave it is ours.
+    ``parameters_as_bucket_view=True`` buckets, which it would then broadcast
+    stale. So a param qualifies if it owns its whole storage, or if every param
+    sharing its storage is one that adamkit itself re-homed before (marked
+    ``_adamkit_flat``): a flat buffer of ours (perhaps with slots given up since),
+    or a deep copy of one.
     """
-    storage = param.untyped_storage()
-    if getattr(param, "_adamkit_flat_storage", None) == storage.data_ptr():
-        return True
-    return param.storage_offset() == 0 and storage.nbytes() == param.numel() * param.element_size()
+    by_storage: dict[int, list[Tensor]] = {}
+    for param in params:
+        by_storage.setdefault(param.untyped_storage().data_ptr(), []).append(param)
+    owned = []
+    for sharing in by_storage.values():
+        storage_bytes = sharing[0].untyped_storage().nbytes()
+        used_bytes = sum(p.numel() * p.element_size() for p in sharing)
+        if len(sharing) == 1 and sharing[0].storage_offset() == 0 and used_bytes == storage_bytes:
+            owned += sharing
+        elif all(getattr(p, "_adamkit_flat", False) for p in sharing):
+            owned += sharing
+    return owned
 
 
 def _overlapping(params: list[Tensor]) -> set[int]:
@@ -81,10 +91,12 @@ def partition_params(params: list[Tensor]) -> tuple[dict[torch.dtype, list[Tenso
     """Split a group's params into per-dtype flat candidates and loop-path leftovers."""
     candidates = [p for p in params if _eligible(p)]
     overlapping = {id(candidates[i]) for i in _overlapping(candidates)}
+    candidates = [p for p in candidates if id(p) not in overlapping]
+    owned = {id(p) for p in _owned(candidates)}
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
     leftovers = []
     for param in params:
-        if _eligible(param) and id(param) not in overlapping:
+        if id(param) in owned:
             by_dtype.setdefault(param.dtype, []).append(param)
         else:
             leftovers.append(param)
@@ -114,7 +126,7 @@ class FlatBucket:
             view = self._slice(self.param_buffer, index)
             view.copy_(param.detach())
             param.data = view
-            param._adamkit_flat_storage = self.param_buffer.untyped_storage().data_ptr()
+            param._adamkit_flat = True  # see _owned: a later rebuild may re-home it again
             grad_view = self._slice(self.grad_buffer, index)
             if param.grad is not None:  # never sparse here: see _eligible
                 self._adopt_grad(param, grad_view, param.grad)

@@ -45,6 +45,8 @@ class _AdamFamily(Optimizer):
             raise ValueError("Invalid params: the optimizer got an empty parameter list")
         super().__init__(params, defaults)
         self._flat_groups: dict[int, flat.FlatGroup] = {}
+        if defaults["fused"] is not False:
+            kernels.build.build_in_background()
 
     # -- param groups -----------------------------------------------------------------
 
