@@ -217,26 +217,13 @@ def _mid_training(path):
     return params, optimizer
 
 
-# A deepcopied/unpickled flat-path optimizer currently continues on the loop path: since main's
-# 96724e3 (_memory_is_ours) the copied params, views of a copied buffer, are never re-homed.
-# Rounding then differs from the original's flat kernel (and the copy is slower). Reported to
-# the lead; strict, so the marker must go when it is fixed.
-FLAT_COPY_XFAIL = pytest.mark.xfail(
-    strict=True, reason="copies of flat-path params are no longer re-homed (flat._memory_is_ours)"
-)
-
-
-def copy_paths():
-    return [pytest.param(p.values[0], id=p.id, marks=[*p.marks, *([FLAT_COPY_XFAIL] if is_flat(p.values[0]) else [])]) for p in path_params()]
-
-
-@pytest.mark.parametrize("path", copy_paths())
+@pytest.mark.parametrize("path", path_params())
 def test_deepcopy_mid_training_continues_identically(path):
     original = _mid_training(path)
     _continue_identically(original, copy.deepcopy(original))
 
 
-@pytest.mark.parametrize("path", copy_paths())
+@pytest.mark.parametrize("path", path_params())
 def test_pickle_mid_training_continues_identically(path):
     original = _mid_training(path)
     restored = pickle.loads(pickle.dumps(original))
