@@ -227,7 +227,7 @@ def test_deepcopy_mid_training_continues_identically(path):
 def test_pickle_mid_training_continues_identically(path):
     original = _mid_training(path)
     restored = pickle.loads(pickle.dumps(original))
-    assert restored[1].param_groups[0]["initial_lr"] == 1e-2
+    assert restored[1].param_groups[0]["decoupled_lr_base"] == 1e-2
     _continue_identically(original, restored)
 
 
@@ -338,3 +338,19 @@ def test_complex_parameters_match_torch(path):
         ours.step()
         theirs.step()
     assert torch.allclose(ours_param, theirs_param, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("path", path_params())
+def test_decoupled_lr_base_survives_schedulers_that_rewrite_initial_lr(path):
+    """OneCycleLR resets group['initial_lr'] to max_lr/div_factor; lr_0 of the paper's decay must not move."""
+    param = seeded((4,), 1)
+    optimizer = adamkit.AdamW([param], lr=1e-2, weight_decay=0.5, decoupled_lr=True, **path)
+    scheduler = lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=10)
+    assert optimizer.param_groups[0]["decoupled_lr_base"] == 1e-2
+    for _ in range(3):
+        before = param.detach().clone()
+        lr = optimizer.param_groups[0]["lr"]
+        param.grad = torch.zeros_like(param)  # a zero gradient: the step is the decay alone
+        optimizer.step()
+        scheduler.step()
+        torch.testing.assert_close(param.detach(), before * (1 - 0.5 * lr / 1e-2), rtol=1e-12, atol=0)

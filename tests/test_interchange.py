@@ -156,4 +156,4 @@ def test_adamkit_only_options_survive_loading_a_torch_checkpoint(ours, options, 
     for key, value in options.items():
         assert mine.param_groups[0][key] == value, key
     if options.get("decoupled_lr"):
-        assert mine.param_groups[0]["initial_lr"] == 1e-3
+        assert mine.param_groups[0]["decoupled_lr_base"] == 1e-3

@@ -55,7 +55,7 @@ def step_scalars(
     weight_decay: float,
     decoupled_weight_decay: bool,
     decoupled_lr: bool,
-    initial_lr: float | None,
+    decoupled_lr_base: float | None,
     bias_correction: bool,
     maximize: bool,
     amsgrad: bool,
@@ -77,7 +77,7 @@ def step_scalars(
             if decoupled_lr:
                 # Paper form: p <- p (1 - eta_t * lambda) with eta_t = lr_t / lr_0
                 # the schedule multiplier, independent of the base learning rate.
-                decay = 1 - weight_decay * (lr / initial_lr)
+                decay = 1 - weight_decay * (lr / decoupled_lr_base)
             else:
                 # torch / optax form: p <- p (1 - lr_t * lambda).
                 decay = 1 - lr * weight_decay

@@ -71,9 +71,9 @@ class _AdamFamily(Optimizer):
         validation.check_hyperparameters(merged)
         if merged["fused"] is True:
             self._check_fused(tensors)
-        if merged["decoupled_lr"] and "initial_lr" not in param_group:
-            lr = merged["lr"]
-            param_group["initial_lr"] = lr.clone() if isinstance(lr, Tensor) else lr
+        if merged["decoupled_lr"] and "decoupled_lr_base" not in param_group:
+            # lr_0 of the paper's decay, under a key no LR scheduler rewrites (OneCycleLR resets initial_lr).
+            param_group["decoupled_lr_base"] = validation.as_float(merged["lr"])
         super().add_param_group(param_group)
 
     @staticmethod
@@ -99,8 +99,6 @@ class _AdamFamily(Optimizer):
         for group in self.param_groups:
             for key, value in self._group_defaults().items():
                 group.setdefault(key, value)
-            if group["decoupled_lr"]:
-                group.setdefault("initial_lr", group["lr"])
             for param in group["params"]:
                 param_state = self.state.get(param, {})
                 step = param_state.get("step")
@@ -122,6 +120,10 @@ class _AdamFamily(Optimizer):
         except BaseException:
             self.state, self.param_groups, self._flat_groups = old_state, old_groups, flat_groups
             raise
+        for group, old_group in zip(self.param_groups, old_groups):
+            if group["decoupled_lr"] and "decoupled_lr_base" not in group:
+                # A torch checkpoint has no lr_0: keep this optimizer's, not the mid-schedule lr.
+                group["decoupled_lr_base"] = old_group.get("decoupled_lr_base", validation.as_float(old_group["lr"]))
         # Keep the flat buffers (no reallocation); the next step copies the loaded state in.
         self._flat_groups = flat_groups
         for flat_group in flat_groups.values():
@@ -223,7 +225,7 @@ class _AdamFamily(Optimizer):
             weight_decay=validation.as_float(group["weight_decay"]),
             decoupled_weight_decay=group["decoupled_weight_decay"],
             decoupled_lr=group["decoupled_lr"],
-            initial_lr=validation.as_float(group["initial_lr"]) if group["decoupled_lr"] else None,
+            decoupled_lr_base=group["decoupled_lr_base"] if group["decoupled_lr"] else None,
             bias_correction=group["bias_correction"],
             maximize=group["maximize"],
             amsgrad=group["amsgrad"],
@@ -348,7 +350,7 @@ class AdamW(_AdamFamily):
     ``p <- p (1 - lr_t * weight_decay)``; with ``decoupled_lr=True`` it is the
     paper's ``p <- p (1 - eta_t * weight_decay)`` where ``eta_t = lr_t / lr_0`` is
     the schedule multiplier and ``lr_0`` the group's lr at construction (stored
-    as the group's ``initial_lr``).
+    as the group's ``decoupled_lr_base``, which LR schedulers leave alone).
     """
 
     def __init__(

@@ -93,8 +93,8 @@ def check_hyperparameters(group: dict[str, Any]) -> None:
             raise ValueError(
                 "Invalid decoupled_lr: True requires decoupled weight decay (AdamW, or decoupled_weight_decay=True)"
             )
-        initial_lr = _number("initial_lr", group.get("initial_lr", lr))
-        if initial_lr <= 0:
+        base_lr = _number("decoupled_lr_base", group.get("decoupled_lr_base", lr))
+        if base_lr <= 0:
             raise ValueError(
                 f"Invalid lr: {group['lr']!r}; decoupled_lr=True measures the schedule as lr_t / lr_0 and needs lr_0 > 0"
             )
