@@ -1,0 +1,19 @@
+"""``adamkit reproduce``: the papers' claims about Adam, measured on offline data.
+
+Each experiment is a module with ``NAME``, ``TITLE``, ``Settings.quick()/full()``
+and ``run(settings, seeds, bar)``; :data:`EXPERIMENTS` lists them in report order.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import amsgrad_online
+
+_MODULES: list[ModuleType] = [
+    amsgrad_online,
+]
+
+EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in _MODULES}
+
+__all__ = ["EXPERIMENTS"]
