@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import amsgrad_online
+from . import amsgrad_online, generalization, weight_decay
 
 _MODULES: list[ModuleType] = [
     amsgrad_online,
+    generalization,
+    weight_decay,
 ]
 
 EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in _MODULES}

@@ -216,12 +216,13 @@ def train_classifier(
 
     The loss is evaluated on the whole training set in eval mode (no dropout),
     which is the "training cost" the papers plot. A non-finite loss stops the
-    run early and is recorded as such.
+    run early and is recorded as such. ``evals_per_epoch=0`` evaluates only once,
+    after the last epoch.
     """
     n = len(x)
     batches = max(1, math.ceil(n / batch_size))
-    eval_every = max(1, batches // evals_per_epoch)
-    ticks, losses = [0.0], [full_loss(model, loss_fn, x, y)]
+    eval_every = max(1, batches // evals_per_epoch) if evals_per_epoch > 0 else math.inf
+    ticks, losses = ([0.0], [full_loss(model, loss_fn, x, y)]) if evals_per_epoch > 0 else ([], [])
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
         for b in range(batches):
@@ -232,7 +233,7 @@ def train_classifier(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            if (b + 1) % eval_every == 0 or b == batches - 1:
+            if evals_per_epoch > 0 and ((b + 1) % eval_every == 0 or b == batches - 1):
                 current = full_loss(model, loss_fn, x, y)
                 ticks.append(epoch + (b + 1) / batches)
                 losses.append(current)
@@ -242,6 +243,8 @@ def train_classifier(
                     return ticks, losses
         if bar is not None:
             bar.update(1)
+    if evals_per_epoch == 0:
+        ticks, losses = [float(epochs)], [full_loss(model, loss_fn, x, y)]
     return ticks, losses
 
 
