@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import amsgrad_online, generalization, weight_decay
+from . import amsgrad_online, generalization, invariance, logistic, weight_decay
 
 _MODULES: list[ModuleType] = [
+    logistic,
     amsgrad_online,
     generalization,
     weight_decay,
+    invariance,
 ]
 
 EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in _MODULES}

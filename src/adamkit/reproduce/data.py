@@ -43,7 +43,7 @@ def mnist(n_train: int = 4000, n_test: int = 1000, seed: int = 0, image: bool = 
         raise ValueError(f"Invalid n_train + n_test: {n_train + n_test} (MNIST subset has {len(x)} digits)")
     order = np.random.default_rng(seed).permutation(len(x))
     train, test = order[:n_train], order[n_train : n_train + n_test]
-    xt = torch.from_numpy(x)
+    xt = torch.from_numpy(x)  # n_test = 0 gives an empty test split
     if image:
         xt = xt.reshape(-1, 1, 28, 28)
     yt = torch.from_numpy(y)

@@ -50,7 +50,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(quadratic_steps=2000, lrs=[1e-3, 3e-3, 1e-2], l2_grid=[1e-3, 1e-2, 1e-1],
+        return cls(quadratic_steps=3000, lrs=[1e-3, 3e-3, 1e-2], l2_grid=[1e-3, 1e-2, 1e-1],
                    decay_grid=[1e-4, 1e-3, 1e-2], n_train=400, hidden=64, epochs=20)
 
     @classmethod
