@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import amsgrad_online, generalization, invariance, logistic, weight_decay
+from . import amsgrad_online, annealing, bias_correction, cnn, generalization, invariance, logistic, mlp, nonstationary, sparse, step_bound, tuning, weight_decay
 
 _MODULES: list[ModuleType] = [
     logistic,
+    mlp,
+    cnn,
+    bias_correction,
     amsgrad_online,
     generalization,
     weight_decay,
     invariance,
+    step_bound,
+    tuning,
+    annealing,
+    nonstationary,
+    sparse,
 ]
 
 EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in _MODULES}
