@@ -31,7 +31,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(epochs=12, grid={"Adam": [1e-2, 3e-2, 1e-1], "Adagrad": [1e-1, 3e-1, 1.0], "SGD-Nesterov": [1e-1, 3e-1, 1.0]})
+        return cls(epochs=8, grid={"Adam": [1e-2, 3e-2, 1e-1], "Adagrad": [1e-1, 3e-1, 1.0], "SGD-Nesterov": [1e-1, 3e-1, 1.0]})
 
     @classmethod
     def full(cls) -> "Settings":

@@ -20,24 +20,24 @@ from .common import Bar, Claim, ExperimentResult, Figure, Measure, band, make_op
 NAME = "nonstationary"
 TITLE = "Non-stationary objective: a target that moves mid-run"
 DIM, NOISE, BATCH = 20, 0.5, 8
-GRID = {"Adam": [3e-3, 1e-2, 3e-2], "Adagrad": [1e-1, 3e-1, 1.0], "RMSprop": [1e-3, 3e-3, 1e-2]}
 
 
 @dataclass
 class Settings:
     phase_steps: int
+    grid: dict[str, list[float]]
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(phase_steps=800)
+        return cls(phase_steps=500, grid={"Adam": [1e-2, 3e-2], "Adagrad": [3e-1, 1.0], "RMSprop": [3e-3, 1e-2]})
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(phase_steps=4000)
+        return cls(phase_steps=4000, grid={"Adam": [3e-3, 1e-2, 3e-2], "Adagrad": [1e-1, 3e-1, 1.0], "RMSprop": [1e-3, 3e-3, 1e-2]})
 
 
 def total_work(settings: Settings, n_seeds: int) -> int:
-    return sum(len(g) for g in GRID.values()) * n_seeds * 2 * settings.phase_steps
+    return sum(len(g) for g in settings.grid.values()) * n_seeds * 2 * settings.phase_steps
 
 
 def excess_curve(name: str, lr: float, phase_steps: int, seed: int, bar: Bar | None = None) -> np.ndarray:
@@ -72,16 +72,16 @@ def rule_recovers(ratio: dict[str, float]) -> bool:
 
 def run(settings: Settings, seeds: list[int], bar: Bar | None = None) -> ExperimentResult:
     n, width = settings.phase_steps, max(1, settings.phase_steps // 10)
-    curves = {name: {lr: [excess_curve(name, lr, n, seed, bar) for seed in seeds] for lr in grid} for name, grid in GRID.items()}
-    best = {name: min(GRID[name], key=lambda lr: np.mean([tail_mean(c, n, width) for c in curves[name][lr]])) for name in GRID}
-    ratios = {name: Measure([tail_mean(c, 2 * n, width) / tail_mean(c, n, width) for c in curves[name][best[name]]]) for name in GRID}
-    phase2 = {name: Measure([tail_mean(c, 2 * n, width) for c in curves[name][best[name]]]) for name in GRID}
+    curves = {name: {lr: [excess_curve(name, lr, n, seed, bar) for seed in seeds] for lr in grid} for name, grid in settings.grid.items()}
+    best = {name: min(settings.grid[name], key=lambda lr: np.mean([tail_mean(c, n, width) for c in curves[name][lr]])) for name in settings.grid}
+    ratios = {name: Measure([tail_mean(c, 2 * n, width) / tail_mean(c, n, width) for c in curves[name][best[name]]]) for name in settings.grid}
+    phase2 = {name: Measure([tail_mean(c, 2 * n, width) for c in curves[name][best[name]]]) for name in settings.grid}
     claims = [
         Claim(
             key="nonstationary",
             statement="Adam adapts to a non-stationary objective: after the target moves it returns to its earlier accuracy, Adagrad does not",
-            measured={f"{name} (lr {best[name]:g}) phase-2 / phase-1 excess loss": ratios[name] for name in GRID}
-            | {f"{name} excess loss, end of phase 2": phase2[name] for name in GRID},
+            measured={f"{name} (lr {best[name]:g}) phase-2 / phase-1 excess loss": ratios[name] for name in settings.grid}
+            | {f"{name} excess loss, end of phase 2": phase2[name] for name in settings.grid},
             paper="Adam is appropriate for non-stationary objectives (Kingma & Ba, abstract); Adagrad's effective step only decreases",
             rule="ratio of excess loss (last 10 % of phase 2 / last 10 % of phase 1): Adam ≤ 2 and Adam < Adagrad",
             verdict=verdict(rule_recovers({name: m.mean for name, m in ratios.items()})),
@@ -89,7 +89,7 @@ def run(settings: Settings, seeds: list[int], bar: Bar | None = None) -> Experim
     ]
     fig, ax = new_figure(width=7.5)
     steps = np.arange(1, 2 * n + 1)
-    for name in GRID:
+    for name in settings.grid:
         band(ax, steps, curves[name][best[name]], f"{name}, lr {best[name]:g}")
     ax.axvline(n, color="grey", linestyle=":", label="target moves")
     ax.set(yscale="log", xlabel="step", ylabel="excess loss |θ − θ*_t|² (squared units of θ, log scale)",
@@ -103,7 +103,7 @@ def run(settings: Settings, seeds: list[int], bar: Bar | None = None) -> Experim
             "problem": f"linear regression, d = {DIM}, minibatch {BATCH} of fresh samples, label noise σ = {NOISE}; "
                        f"θ* redrawn from N(0, 9 I) after {n} steps; {2 * n} steps in all",
             "optimizers": "adamkit.Adam; torch.optim.Adagrad; torch.optim.RMSprop",
-            "learning-rate grid": GRID,
+            "learning-rate grid": settings.grid,
             "selection": "lr with the lowest excess loss over the last 10 % of the first (stationary) phase",
             "seeds": seeds,
         },

@@ -225,7 +225,7 @@ def write_report(out_dir: Path, results: list[ExperimentResult], meta: dict[str,
         for fig in result.figures:
             filename = f"{fig.stem}.png"
             path = out_dir / filename
-            fig.figure.savefig(path, dpi=110)
+            fig.figure.savefig(path, dpi=100)
             images[filename] = path.read_bytes()
             captions[filename] = fig.caption
             figure_files[result.name].append(filename)

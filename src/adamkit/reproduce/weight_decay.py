@@ -51,7 +51,7 @@ class Settings:
     @classmethod
     def quick(cls) -> "Settings":
         return cls(quadratic_steps=3000, lrs=[1e-3, 3e-3, 1e-2], l2_grid=[1e-3, 1e-2, 1e-1],
-                   decay_grid=[1e-4, 1e-3, 1e-2], n_train=400, hidden=64, epochs=20)
+                   decay_grid=[1e-4, 1e-3, 1e-2], n_train=400, hidden=64, epochs=15)
 
     @classmethod
     def full(cls) -> "Settings":
@@ -61,7 +61,7 @@ class Settings:
 
 def total_work(settings: Settings, n_seeds: int) -> int:
     cells = len(settings.lrs) * (len(settings.l2_grid) + len(settings.decay_grid))
-    return settings.quadratic_steps // 1000 + cells * n_seeds * settings.epochs
+    return 2 * (settings.quadratic_steps // 1000) + cells * n_seeds * settings.epochs
 
 
 # -- part 1 ---------------------------------------------------------------------------
