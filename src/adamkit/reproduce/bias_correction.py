@@ -42,7 +42,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(lrs=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], hidden=500, latent=50, n_train=5000, epochs=10)
+        return cls(lrs=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], hidden=200, latent=20, n_train=3000, epochs=5)
 
 
 def total_work(settings: Settings, n_seeds: int) -> int:

@@ -33,7 +33,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(phase_steps=4000, grid={"Adam": [3e-3, 1e-2, 3e-2], "Adagrad": [1e-1, 3e-1, 1.0], "RMSprop": [1e-3, 3e-3, 1e-2]})
+        return cls(phase_steps=2500, grid={"Adam": [3e-3, 1e-2, 3e-2], "Adagrad": [1e-1, 3e-1, 1.0], "RMSprop": [1e-3, 3e-3, 1e-2]})
 
 
 def total_work(settings: Settings, n_seeds: int) -> int:

@@ -37,7 +37,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(steps=3000, hidden=256)
+        return cls(steps=1500, hidden=256)
 
 
 def total_work(settings: Settings, n_seeds: int) -> int:

@@ -36,7 +36,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(lrs=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], n_train=4000, hidden=256, epochs=5)
+        return cls(lrs=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], n_train=4000, hidden=256, epochs=3)
 
 
 def total_work(settings: Settings, n_seeds: int) -> int:

@@ -56,7 +56,7 @@ class Settings:
     @classmethod
     def full(cls) -> "Settings":
         return cls(quadratic_steps=20000, lrs=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2], l2_grid=[1e-4, 1e-3, 1e-2, 1e-1, 1.0],
-                   decay_grid=[3e-5, 1e-4, 3e-4, 1e-3, 3e-3], n_train=500, hidden=256, epochs=60)
+                   decay_grid=[3e-5, 1e-4, 3e-4, 1e-3, 3e-3], n_train=500, hidden=256, epochs=40)
 
 
 def total_work(settings: Settings, n_seeds: int) -> int:
