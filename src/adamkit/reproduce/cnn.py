@@ -31,7 +31,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(channels=16, n_train=5000, epochs=8)
+        return cls(channels=8, n_train=5000, epochs=6)
 
 
 def total_work(settings: Settings, n_seeds: int) -> int:

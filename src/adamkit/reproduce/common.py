@@ -50,7 +50,10 @@ class Measure:
 
     @property
     def std(self) -> float:
-        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+        if len(self.values) < 2:
+            return 0.0
+        with np.errstate(invalid="ignore"):  # inf - inf (diverged runs) gives nan, reported as null
+            return float(np.std(self.values, ddof=1))
 
     def text(self, digits: int = 3) -> str:
         unit = f" {self.unit}" if self.unit else ""

@@ -32,7 +32,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(hidden=1000, n_train=3000, epochs=8)
+        return cls(hidden=1000, n_train=3000, epochs=6)
 
 
 def total_work(settings: Settings, n_seeds: int) -> int:
