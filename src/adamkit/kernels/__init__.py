@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Callable
 
 import torch
@@ -63,6 +64,7 @@ def _address(tensor: Tensor | None, start: int) -> int | None:
     return None if tensor is None else tensor.data_ptr() + start * tensor.element_size()
 
 
+@functools.lru_cache(maxsize=128)
 def pack_scalars(s: StepScalars) -> _AdamScalars:
     """The kernel's view of the per-step constants (build once per step, reuse per call)."""
     return _AdamScalars(
