@@ -9,6 +9,7 @@ torch's fused step measured in the same run.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import resource
 import statistics
@@ -100,6 +101,53 @@ def run_case(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def _rss_mib(field: str) -> float:
+    _release_free_heap()
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc), so RSS shows live memory, not allocator caches."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure_memory(case: str, steps: int = 3) -> dict[str, float]:
+    """RSS (MiB) around adamkit steps on ``case``: what the optimizer adds beyond params + grads.
+
+    Run it in a fresh process. RSS is read after ``malloc_trim`` so freed
+    memory (the parameters' old storage, re-homed into the flat buffer) does
+    not count as live. The peak of a steady-state step is read from
+    VmHWM after resetting it (``/proc/self/clear_refs``), so it excludes the
+    one-time re-homing of the first step.
+    """
+    params = make_params(CASES[case]())
+    gc.collect()
+    baseline = _rss_mib("VmRSS")
+    optimizer = adamkit.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    optimizer.step()
+    after_first = _rss_mib("VmRSS")
+    first_peak = _rss_mib("VmHWM")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # reset the peak-RSS mark
+    for _ in range(steps):
+        optimizer.step()
+    state_mib = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if t.dim()) / 2**20
+    return {
+        "params_and_grads_mib": 2 * sum(p.numel() * p.element_size() for p in params) / 2**20,
+        "state_mib": state_mib,
+        "rss_growth_after_first_step_mib": after_first - baseline,
+        "first_step_peak_over_baseline_mib": first_peak - baseline,
+        "steady_step_peak_over_rss_mib": _rss_mib("VmHWM") - after_first,
+    }
+
+
 def format_table(case: str, medians: dict[str, float], reference: str = "torch fused") -> str:
     base = medians.get(reference)
     lines = [f"case {case}: median step time (ratio to {reference}, same run)", f"{'contestant':<24}{'median ms':>12}{'ratio':>9}"]
@@ -113,13 +161,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", choices=sorted(CASES), action="append", help="shape set to time (repeatable; default: quick)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per contestant after warm-up (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+    parser.add_argument("--memory", action="store_true", help="also report adamkit's RSS growth (first case only)")
     parser.add_argument("--skip", action="append", default=[], help="contestant to leave out (repeatable), e.g. 'torch for-loop'")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise SystemExit(f"adamkit bench: --steps must be >= 1, got {args.steps}")
-    for case in args.case or ["quick"]:
+    cases = args.case or ["quick"]
+    if args.memory:
+        # First, before anything else has touched the heap of this process.
+        for key, value in measure_memory(cases[0]).items():
+            print(f"memory {cases[0]}: {key} = {value:.1f}")
+        print()
+    for case in cases:
         medians = run_case(case, steps=args.steps, warmup=args.warmup, skip=tuple(args.skip))
         print(format_table(case, medians))
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

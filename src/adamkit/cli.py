@@ -28,16 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=_bench)
 
-    try:
-        from .reproduce import cli as reproduce_cli
-    except ImportError:  # the reproduce package is optional at import time of the CLI
-        reproduce_cli = None
-    if reproduce_cli is not None:
-        reproduce_parser = commands.add_parser(
-            "reproduce", help="run the papers' experiments and write a report with a verdict per claim"
-        )
-        reproduce_cli.add_arguments(reproduce_parser)
-        reproduce_parser.set_defaults(handler=_reproduce)
+    from .reproduce import cli as reproduce_cli
+
+    reproduce_parser = commands.add_parser(
+        "reproduce", help="run the papers' experiments and write a report with a verdict per claim"
+    )
+    reproduce_cli.add_arguments(reproduce_parser)
+    reproduce_parser.set_defaults(handler=_reproduce)
     return parser
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from . import functional
 from .functional import StepScalars
 
 __all__ = ["FlatBucket", "partition_params"]
@@ -41,7 +42,33 @@ def _eligible(param: Tensor) -> bool:
         and param.is_contiguous()
         and param.requires_grad
         and param.numel() > 0
+        and not (param.grad is not None and param.grad.is_sparse)  # sparse grads: the lazy loop path
     )
+
+
+def _owned(params: list[Tensor]) -> list[Tensor]:
+    """The params whose memory adamkit may re-home.
+
+    Re-homing (``param.data = <view of our buffer>``) cuts the link to any other
+    tensor aliasing the old memory, e.g. ZeroRedundancyOptimizer's
+    ``parameters_as_bucket_view=True`` buckets, which it would then broadcast
+    stale. So a param qualifies if it owns its whole storage, or if every param
+    sharing its storage is one that adamkit itself re-homed before (marked
+    ``_adamkit_flat``): a flat buffer of ours (perhaps with slots given up since),
+    or a deep copy of one.
+    """
+    by_storage: dict[int, list[Tensor]] = {}
+    for param in params:
+        by_storage.setdefault(param.untyped_storage().data_ptr(), []).append(param)
+    owned = []
+    for sharing in by_storage.values():
+        storage_bytes = sharing[0].untyped_storage().nbytes()
+        used_bytes = sum(p.numel() * p.element_size() for p in sharing)
+        if len(sharing) == 1 and sharing[0].storage_offset() == 0 and used_bytes == storage_bytes:
+            owned += sharing
+        elif all(getattr(p, "_adamkit_flat", False) for p in sharing):
+            owned += sharing
+    return owned
 
 
 def _overlapping(params: list[Tensor]) -> set[int]:
@@ -64,10 +91,12 @@ def partition_params(params: list[Tensor]) -> tuple[dict[torch.dtype, list[Tenso
     """Split a group's params into per-dtype flat candidates and loop-path leftovers."""
     candidates = [p for p in params if _eligible(p)]
     overlapping = {id(candidates[i]) for i in _overlapping(candidates)}
+    candidates = [p for p in candidates if id(p) not in overlapping]
+    owned = {id(p) for p in _owned(candidates)}
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
     leftovers = []
     for param in params:
-        if _eligible(param) and id(param) not in overlapping:
+        if id(param) in owned:
             by_dtype.setdefault(param.dtype, []).append(param)
         else:
             leftovers.append(param)
@@ -90,12 +119,14 @@ class FlatBucket:
         self._allocate_state(total, dtype)
         self.steps = torch.zeros(len(params), dtype=torch.float32)
         self.grad_views: list[Tensor] = []
+        self.sparse_indices: set[int] = set()  # params found with sparse grads: moved out at the next rebuild
         for index, param in enumerate(params):
             view = self._slice(self.param_buffer, index)
             view.copy_(param.detach())
             param.data = view
+            param._adamkit_flat = True  # see _owned: a later rebuild may re-home it again
             grad_view = self._slice(self.grad_buffer, index)
-            if param.grad is not None:
+            if param.grad is not None:  # never sparse here: see _eligible
                 self._adopt_grad(param, grad_view, param.grad)
             self.grad_views.append(grad_view)
         self.param_ptrs = list(map(_data_ptr, params))
@@ -118,8 +149,6 @@ class FlatBucket:
 
     @staticmethod
     def _adopt_grad(param: Tensor, grad_view: Tensor, grad: Tensor) -> None:
-        if grad.is_sparse:
-            raise RuntimeError(f"sparse gradient for a parameter of shape {tuple(param.shape)} is not supported yet")
         if grad is not grad_view:
             grad_view.copy_(grad)
         param.grad = grad_view
@@ -150,12 +179,19 @@ class FlatBucket:
         """False if some parameter's .data no longer lives in this bucket."""
         return list(map(_data_ptr, self.params)) == self.param_ptrs
 
+    def any_nonfinite_grad(self) -> bool:
+        grads = list(map(_get_grad, self.params))
+        if all(map(operator.is_, grads, self.grad_views)):
+            return kernels.count_nonfinite(self.grad_buffer) > 0
+        return any(grad is not None and kernels.count_nonfinite(grad) > 0 for grad in grads)
+
     def zero_grad(self) -> None:
         self.grad_buffer.zero_()
         grads = list(map(_get_grad, self.params))
         if not all(map(operator.is_, grads, self.grad_views)):
-            for param, grad_view in zip(self.params, self.grad_views):
-                param.grad = grad_view
+            for index, (param, grad_view) in enumerate(zip(self.params, self.grad_views)):
+                # A sparse-gradient param must get a fresh sparse grad from autograd, not a dense view.
+                param.grad = None if index in self.sparse_indices else grad_view
 
     def step(self, scalars_for: Callable[[float], StepScalars]) -> None:
         grads = list(map(_get_grad, self.params))
@@ -165,15 +201,27 @@ class FlatBucket:
             self.uniform_step += 1
             self.kernel(kernels.pack_scalars(scalars_for(self.uniform_step)), 0, self.offsets[-1])
             return
-        present = []
+        present, sparse = [], []
         for index, (param, grad, grad_view) in enumerate(zip(self.params, grads, self.grad_views)):
-            if grad is not None:
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                sparse.append(index)
+            else:
                 self._adopt_grad(param, grad_view, grad)
                 present.append(index)
-        if not present:
+        if not present and not sparse:
             return
-        self.steps.index_add_(0, torch.tensor(present), torch.ones(len(present)))
+        self.steps.index_add_(0, torch.tensor(present + sparse), torch.ones(len(present) + len(sparse)))
         steps = self.steps.tolist()
+        for index in sparse:
+            buffers = [self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq]
+            views = [None if b is None else self._slice(b, index) for b in buffers]
+            functional.adam_sparse_update_(self.params[index], grads[index], *views, scalars_for(steps[index]))
+            self.sparse_indices.add(index)
+        if not present:
+            self._note_steps(steps)
+            return
         # Runs of consecutive present params with equal step counts share one kernel call.
         run_start = present[0]
         for position, index in enumerate(present):
@@ -212,8 +260,11 @@ class FlatGroup:
             and len(self.source) == self.count
             and group["amsgrad"] == self.amsgrad
             and flat_lowprec.settings_of(group) == self.storage_settings
-            and all(bucket.in_place() for bucket in self.buckets)
+            and all(bucket.in_place() and not bucket.sparse_indices for bucket in self.buckets)
         )
+
+    def any_nonfinite_grad(self) -> bool:
+        return any(bucket.any_nonfinite_grad() for bucket in self.buckets)
 
     def refresh_state(self, state: dict[Tensor, dict[str, Any]]) -> None:
         """After load_state_dict: copy the loaded state into the existing buffers."""

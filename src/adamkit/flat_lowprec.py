@@ -12,6 +12,7 @@ a block table (start offset and parameter of each block).
 from __future__ import annotations
 
 import ctypes
+import operator
 from typing import Any, Callable
 
 import torch
@@ -136,6 +137,14 @@ class LowPrecisionBucket(FlatBucket):
 
         call.buffers = buffers  # keep the struct alive with the closure
         return call
+
+    def step(self, scalars_for: Callable[[float], Any]) -> None:
+        grads = [param.grad for param in self.params]
+        if not all(map(operator.is_, grads, self.grad_views)) and any(grad is not None and grad.is_sparse for grad in grads):
+            raise RuntimeError(
+                f"sparse gradients are not supported with low-precision state or bf16 parameters ({self.layout})"
+            )
+        super().step(scalars_for)
 
     # -- state ----------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ Every execution path (the per-tensor loop below, the flat fused kernel, the
 low-precision codecs) consumes the same :class:`StepScalars`, computed once per
 step and parameter group by :func:`step_scalars`. The per-element contract is
 
+    g   <- g / grad_scale                             (an AMP loss scale, 1 otherwise)
     p   <- p * decay                                  (AdamW, L&H Alg. 2 line 12)
     g   <- (-g if maximize) + l2 * p                  (Adam + L2, K&B Alg. 1 with g += wd*p)
     m   <- beta1 * m + (1 - beta1) * g                (K&B Alg. 1, m_t)
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["StepScalars", "step_scalars", "adam_update_"]
+__all__ = ["StepScalars", "step_scalars", "adam_update_", "adam_sparse_update_", "step_bound"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class StepScalars:
     bias_correction2_sqrt: float  # sqrt(1 - beta2^t), or 1 without bias correction
     maximize: bool
     amsgrad: bool
+    grad_scale: float = 1.0  # an AMP loss scale to divide out of the gradient
 
 
 def step_scalars(
@@ -53,10 +55,11 @@ def step_scalars(
     weight_decay: float,
     decoupled_weight_decay: bool,
     decoupled_lr: bool,
-    initial_lr: float | None,
+    decoupled_lr_base: float | None,
     bias_correction: bool,
     maximize: bool,
     amsgrad: bool,
+    grad_scale: float = 1.0,
 ) -> StepScalars:
     """Compute the per-step constants for step number ``step`` (1-based)."""
     if bias_correction:
@@ -74,7 +77,7 @@ def step_scalars(
             if decoupled_lr:
                 # Paper form: p <- p (1 - eta_t * lambda) with eta_t = lr_t / lr_0
                 # the schedule multiplier, independent of the base learning rate.
-                decay = 1 - weight_decay * (lr / initial_lr)
+                decay = 1 - weight_decay * (lr / decoupled_lr_base)
             else:
                 # torch / optax form: p <- p (1 - lr_t * lambda).
                 decay = 1 - lr * weight_decay
@@ -90,6 +93,7 @@ def step_scalars(
         bias_correction2_sqrt=bias_correction2_sqrt,
         maximize=maximize,
         amsgrad=amsgrad,
+        grad_scale=grad_scale,
     )
 
 
@@ -109,6 +113,8 @@ def adam_update_(
             max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
     if s.maximize:
         grad = -grad
+    if s.grad_scale != 1.0:
+        grad = grad / s.grad_scale
     if s.decay != 1.0:
         param.mul_(s.decay)
     if s.l2 != 0:
@@ -121,6 +127,39 @@ def adam_update_(
         second_moment = max_exp_avg_sq
     denom = (second_moment.sqrt() / s.bias_correction2_sqrt).add_(s.eps)
     param.addcdiv_(exp_avg, denom, value=-s.step_size)
+
+
+def adam_sparse_update_(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    s: StepScalars,
+) -> None:
+    """Lazy update for a sparse COO gradient: only the rows present change.
+
+    The rows named by the gradient's indices are gathered, given the dense
+    update above (so decay, L2, AMSGrad and bias correction are the same math,
+    with the parameter's own step count), and scattered back. Absent rows keep
+    their parameters and moments untouched: no momentum, no decay. This is
+    torch.optim.SparseAdam's semantics, extended to AdamW and AMSGrad.
+    """
+    grad = grad.coalesce()  # duplicate indices are summed, as in SparseAdam
+    sparse_dim = grad.sparse_dim()
+    row_shape = param.shape[:sparse_dim]
+    indices = grad.indices()
+    rows = torch.zeros(indices.shape[1], dtype=torch.long, device=indices.device)
+    for dim, size in enumerate(row_shape):
+        rows = rows * size + indices[dim]
+    tensors = [param, exp_avg, exp_avg_sq] + ([max_exp_avg_sq] if s.amsgrad else [])
+    if not all(t.is_contiguous() for t in tensors):
+        raise ValueError(f"sparse gradients need a contiguous parameter and state; got a parameter of shape {tuple(param.shape)}")
+    as_rows = [t.view(-1, *param.shape[sparse_dim:]) for t in tensors]
+    gathered = [t.index_select(0, rows) for t in as_rows]
+    adam_update_(gathered[0], grad.values(), gathered[1], gathered[2], gathered[3] if s.amsgrad else None, s)
+    for target, values in zip(as_rows, gathered):
+        target.index_copy_(0, rows, values)
 
 
 def step_bound(lr: float, beta1: float, beta2: float, step: int) -> float:

@@ -67,6 +67,15 @@ def check_group(group: dict[str, Any]) -> None:
         codecs.check_rounding_seed(group["rounding_seed"])
 
 
+def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Constructor options with the ``state_dtype`` shorthand resolved into the two moments."""
+    options = dict(options)
+    first, second = codecs.resolve_state_dtypes(
+        options.pop("state_dtype", None), options.get("exp_avg_dtype"), options.get("exp_avg_sq_dtype")
+    )
+    return {**options, "exp_avg_dtype": first, "exp_avg_sq_dtype": second}
+
+
 def check_params(params: list[Tensor], group: dict[str, Any]) -> None:
     """Refuse low-precision state for parameter dtypes it is not defined for."""
     settings = canonical_settings(group)

@@ -26,56 +26,19 @@ _ADAMKIT_GROUP_DEFAULTS = {
     "differentiable": False,
     "bias_correction": True,
     "decoupled_lr": False,
+    "nonfinite": "propagate",
+    "skipped_steps": 0,
 }
 
 
 class _AdamFamily(Optimizer):
     """Shared plumbing; ``Adam``, ``AdamW`` and ``AMSGrad`` only set defaults."""
 
-    def __init__(
-        self,
-        params: Any,
-        *,
-        lr: float | Tensor,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        amsgrad: bool,
-        maximize: bool,
-        bias_correction: bool,
-        decoupled_weight_decay: bool,
-        decoupled_lr: bool,
-        foreach: bool | None,
-        fused: bool | None,
-        capturable: bool,
-        differentiable: bool,
-        state_dtype: Any = None,
-        exp_avg_dtype: Any = None,
-        exp_avg_sq_dtype: Any = None,
-        param_rounding: str = "nearest",
-        rounding_seed: int = 0,
-    ) -> None:
-        exp_avg_dtype, exp_avg_sq_dtype = lowprec.codecs.resolve_state_dtypes(state_dtype, exp_avg_dtype, exp_avg_sq_dtype)
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay,
-            bias_correction=bias_correction,
-            decoupled_lr=decoupled_lr,
-            # Low-precision storage (lowprec.py): per-moment state dtypes, bf16 param rounding.
-            exp_avg_dtype=exp_avg_dtype,
-            exp_avg_sq_dtype=exp_avg_sq_dtype,
-            param_rounding=param_rounding,
-            rounding_seed=rounding_seed,
-        )
+    # torch.amp.GradScaler hands us grad_scale / found_inf instead of unscaling grads itself.
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params: Any, **options: Any) -> None:
+        defaults = {**lowprec.resolve_options(options), "skipped_steps": 0}
         validation.check_hyperparameters(defaults)
         lowprec.check_group(defaults)
         params = validation.check_param_list(params)
@@ -83,6 +46,9 @@ class _AdamFamily(Optimizer):
             raise ValueError("Invalid params: the optimizer got an empty parameter list")
         super().__init__(params, defaults)
         self._flat_groups: dict[int, flat.FlatGroup] = {}
+        self._scalar_cache: dict[int, tuple[tuple, dict[float, functional.StepScalars]]] = {}
+        if defaults["fused"] is not False:
+            kernels.build.build_in_background()
 
     # -- param groups -----------------------------------------------------------------
 
@@ -110,9 +76,9 @@ class _AdamFamily(Optimizer):
         param_group.update(lowprec.canonical_settings(param_group))
         if merged["fused"] is True:
             self._check_fused(tensors)
-        if merged["decoupled_lr"] and "initial_lr" not in param_group:
-            lr = merged["lr"]
-            param_group["initial_lr"] = lr.clone() if isinstance(lr, Tensor) else lr
+        if merged["decoupled_lr"] and "decoupled_lr_base" not in param_group:
+            # lr_0 of the paper's decay, under a key no LR scheduler rewrites (OneCycleLR resets initial_lr).
+            param_group["decoupled_lr_base"] = validation.as_float(merged["lr"])
         super().add_param_group(param_group)
 
     @staticmethod
@@ -128,22 +94,17 @@ class _AdamFamily(Optimizer):
                 )
 
     def _group_defaults(self) -> dict[str, Any]:
-        """Values for group keys that a torch.optim checkpoint may lack."""
-        return {
-            **_ADAMKIT_GROUP_DEFAULTS,
-            **lowprec.GROUP_DEFAULTS,
-            "amsgrad": self.defaults.get("amsgrad", False),
-            "decoupled_weight_decay": self.defaults.get("decoupled_weight_decay", False),
-        }
+        """Values for group keys that a torch.optim checkpoint may lack: the constructor's."""
+        fallback = {**_ADAMKIT_GROUP_DEFAULTS, **lowprec.GROUP_DEFAULTS, "amsgrad": False, "decoupled_weight_decay": False}
+        return {key: self.defaults.get(key, value) for key, value in fallback.items()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._flat_groups = {}
+        self._scalar_cache = {}
         for group in self.param_groups:
             for key, value in self._group_defaults().items():
                 group.setdefault(key, value)
-            if group["decoupled_lr"]:
-                group.setdefault("initial_lr", group["lr"])
             for param in group["params"]:
                 param_state = self.state.get(param, {})
                 step = param_state.get("step")
@@ -170,13 +131,39 @@ class _AdamFamily(Optimizer):
         except BaseException:
             self.state, self.param_groups, self._flat_groups = old_state, old_groups, flat_groups
             raise
-        for old_group, group in zip(old_groups, self.param_groups):
+        for group, old_group in zip(self.param_groups, old_groups):
+            if group["decoupled_lr"] and "decoupled_lr_base" not in group:
+                # A torch checkpoint has no lr_0: keep this optimizer's, not the mid-schedule lr.
+                group["decoupled_lr_base"] = old_group.get("decoupled_lr_base", validation.as_float(old_group["lr"]))
             group.update({key: old_group.get(key, default) for key, default in lowprec.GROUP_DEFAULTS.items()})
         self.state.update(converted)  # torch's loader casts state to the param dtype; use ours
         # Keep the flat buffers (no reallocation); the next step copies the loaded state in.
         self._flat_groups = flat_groups
         for flat_group in flat_groups.values():
             flat_group.state_stale = True
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "_AdamFamily":
+        """Move and/or cast every moment tensor of the state, in place; returns self.
+
+        torch.optim has no such method (pytorch issue #41839). Use it after moving
+        or casting the model. ``step`` stays a float32 CPU scalar, as in torch.
+        """
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"Invalid dtype: {dtype!r} (expected a floating-point torch.dtype)")
+        try:
+            device = None if device is None else torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"Invalid device: {device!r} ({error})") from None
+        moved = {
+            param: {
+                key: value if key == "step" or not isinstance(value, Tensor) else value.to(device=device, dtype=dtype)
+                for key, value in param_state.items()
+            }
+            for param, param_state in self.state.items()
+        }
+        self.state.update(moved)  # only after every tensor moved: a failure changes nothing
+        self._flat_groups = {}  # the flat buffers are rebuilt from the moved state at the next step
+        return self
 
     # -- the step ---------------------------------------------------------------------
 
@@ -193,41 +180,87 @@ class _AdamFamily(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one optimization step; ``closure`` re-evaluates the loss."""
+        """Perform one optimization step; ``closure`` re-evaluates the loss.
+
+        ``torch.amp.GradScaler`` sets ``grad_scale`` and ``found_inf`` on the
+        optimizer (as for torch's fused optimizers): the scale is divided out
+        inside the update and a step with ``found_inf`` is skipped.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if (found_inf is not None and float(found_inf) != 0) or self._nonfinite_says_skip():
+            for group in self.param_groups:
+                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+            return loss
+        grad_scale = getattr(self, "grad_scale", None)
+        grad_scale = 1.0 if grad_scale is None else float(grad_scale)
         for index, group in enumerate(self.param_groups):
-            self._step_group(index, group)
+            self._step_group(index, group, grad_scale)
         return loss
 
-    def _group_scalars(self, group: dict[str, Any]) -> Callable[[float], functional.StepScalars]:
-        beta1, beta2 = (validation.as_float(b) for b in group["betas"])
-        common = dict(
-            lr=validation.as_float(group["lr"]),
-            beta1=beta1,
-            beta2=beta2,
-            eps=validation.as_float(group["eps"]),
-            weight_decay=validation.as_float(group["weight_decay"]),
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            decoupled_lr=group["decoupled_lr"],
-            initial_lr=validation.as_float(group["initial_lr"]) if group["decoupled_lr"] else None,
-            bias_correction=group["bias_correction"],
-            maximize=group["maximize"],
-            amsgrad=group["amsgrad"],
+    def _nonfinite_says_skip(self) -> bool:
+        """Apply each group's ``nonfinite`` policy; True if this step must be skipped."""
+        skip = False
+        for group_index, group in enumerate(self.param_groups):
+            if group["nonfinite"] == "propagate":
+                continue
+            flat_group = self._flat_groups.get(group_index)
+            if flat_group is not None and flat_group.valid_for(group) and not flat_group.any_nonfinite_grad():
+                params = flat_group.leftovers  # the buckets' gradients are all finite
+            else:
+                params = group["params"]
+            for param in params:
+                if param.grad is None or kernels.count_nonfinite(param.grad) == 0:
+                    continue
+                if group["nonfinite"] == "skip":
+                    skip = True
+                    break
+                names = group.get("param_names")
+                index = next(i for i, p in enumerate(group["params"]) if p is param)
+                name = f"{names[index]!r} " if names else ""
+                raise FloatingPointError(
+                    f"non-finite gradient for parameter {name}(param_groups[{group_index}]['params'][{index}], "
+                    f"shape {tuple(param.shape)}): {kernels.count_nonfinite(param.grad)} NaN/Inf values; "
+                    "nothing was updated (nonfinite='raise')"
+                )
+        return skip
+
+    def _group_scalars(self, group: dict[str, Any], grad_scale: float) -> Callable[[float], functional.StepScalars]:
+        """The per-step constants of ``group`` as a function of the step count (memoised)."""
+        lr, eps, weight_decay = (v.item() if isinstance(v, Tensor) else v for v in (group["lr"], group["eps"], group["weight_decay"]))
+        beta1, beta2 = (b.item() if isinstance(b, Tensor) else b for b in group["betas"])
+        options = (
+            float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+            group["decoupled_weight_decay"], group["decoupled_lr"], group.get("decoupled_lr_base"),
+            group["bias_correction"], group["maximize"], group["amsgrad"], grad_scale,
         )
-        cache: dict[float, functional.StepScalars] = {}
+        cached = self._scalar_cache.get(id(group))
+        if cached is None or cached[0] != options:
+            # A new schedule value or option: start a fresh memo (steps of one call share it).
+            cached = self._scalar_cache[id(group)] = (options, {})
+        memo = cached[1]
 
         def scalars_for(step: float) -> functional.StepScalars:
-            if step not in cache:
-                cache[step] = functional.step_scalars(step=step, **common)
-            return cache[step]
+            scalars = memo.get(step)
+            if scalars is None:
+                scalars = memo[step] = functional.step_scalars(
+                    step=step, lr=options[0], beta1=options[1], beta2=options[2], eps=options[3],
+                    weight_decay=options[4], decoupled_weight_decay=options[5], decoupled_lr=options[6],
+                    decoupled_lr_base=options[7] if options[6] else None, bias_correction=options[8],
+                    maximize=options[9], amsgrad=options[10], grad_scale=options[11],
+                )
+                if len(memo) > 64:  # steps only grow: keep the memo small
+                    memo.clear()
+                    memo[step] = scalars
+            return scalars
 
         return scalars_for
 
-    def _step_group(self, index: int, group: dict[str, Any]) -> None:
-        scalars_for = self._group_scalars(group)
+    def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
+        scalars_for = self._group_scalars(group, grad_scale)
         params = group["params"]
         if self._uses_flat_path(group):
             flat_group = self._flat_groups.get(index)
@@ -249,14 +282,10 @@ class _AdamFamily(Optimizer):
             grad = param.grad
             if grad is None:
                 continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients yet "
-                    f"(parameter of shape {tuple(param.shape)}); use torch.optim.SparseAdam"
-                )
             state = self._init_state(param, amsgrad)
             state["step"] += 1
-            functional.adam_update_(
+            update = functional.adam_sparse_update_ if grad.is_sparse else functional.adam_update_
+            update(
                 param,
                 grad,
                 state["exp_avg"],
@@ -298,6 +327,11 @@ class _AdamFamily(Optimizer):
                     param.grad.zero_()
 
 
+def _options(namespace: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+    """A constructor's keyword arguments (its ``locals()``), plus the ones its class fixes."""
+    return {k: v for k, v in namespace.items() if k not in ("self", "params", "__class__")} | fixed
+
+
 class Adam(_AdamFamily):
     """Adam (Kingma & Ba, 2015, Algorithm 1), a drop-in for ``torch.optim.Adam``.
 
@@ -320,6 +354,7 @@ class Adam(_AdamFamily):
         bias_correction: bool = True,
         decoupled_weight_decay: bool = False,
         decoupled_lr: bool = False,
+        nonfinite: str = "propagate",
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
@@ -330,27 +365,7 @@ class Adam(_AdamFamily):
         param_rounding: str = "nearest",
         rounding_seed: int = 0,
     ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            bias_correction=bias_correction,
-            decoupled_weight_decay=decoupled_weight_decay,
-            decoupled_lr=decoupled_lr,
-            foreach=foreach,
-            fused=fused,
-            capturable=capturable,
-            differentiable=differentiable,
-            state_dtype=state_dtype,
-            exp_avg_dtype=exp_avg_dtype,
-            exp_avg_sq_dtype=exp_avg_sq_dtype,
-            param_rounding=param_rounding,
-            rounding_seed=rounding_seed,
-        )
+        super().__init__(params, **_options(locals()))
 
 
 class AdamW(_AdamFamily):
@@ -360,7 +375,7 @@ class AdamW(_AdamFamily):
     ``p <- p (1 - lr_t * weight_decay)``; with ``decoupled_lr=True`` it is the
     paper's ``p <- p (1 - eta_t * weight_decay)`` where ``eta_t = lr_t / lr_0`` is
     the schedule multiplier and ``lr_0`` the group's lr at construction (stored
-    as the group's ``initial_lr``).
+    as the group's ``decoupled_lr_base``, which LR schedulers leave alone).
     """
 
     def __init__(
@@ -375,6 +390,7 @@ class AdamW(_AdamFamily):
         maximize: bool = False,
         bias_correction: bool = True,
         decoupled_lr: bool = False,
+        nonfinite: str = "propagate",
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
@@ -385,27 +401,7 @@ class AdamW(_AdamFamily):
         param_rounding: str = "nearest",
         rounding_seed: int = 0,
     ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            bias_correction=bias_correction,
-            decoupled_weight_decay=True,
-            decoupled_lr=decoupled_lr,
-            foreach=foreach,
-            fused=fused,
-            capturable=capturable,
-            differentiable=differentiable,
-            state_dtype=state_dtype,
-            exp_avg_dtype=exp_avg_dtype,
-            exp_avg_sq_dtype=exp_avg_sq_dtype,
-            param_rounding=param_rounding,
-            rounding_seed=rounding_seed,
-        )
+        super().__init__(params, **_options(locals(), decoupled_weight_decay=True))
 
 
 class AMSGrad(_AdamFamily):
@@ -429,6 +425,7 @@ class AMSGrad(_AdamFamily):
         maximize: bool = False,
         bias_correction: bool = True,
         decoupled_lr: bool = False,
+        nonfinite: str = "propagate",
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
@@ -439,24 +436,4 @@ class AMSGrad(_AdamFamily):
         param_rounding: str = "nearest",
         rounding_seed: int = 0,
     ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=True,
-            maximize=maximize,
-            bias_correction=bias_correction,
-            decoupled_weight_decay=decoupled_weight_decay,
-            decoupled_lr=decoupled_lr,
-            foreach=foreach,
-            fused=fused,
-            capturable=capturable,
-            differentiable=differentiable,
-            state_dtype=state_dtype,
-            exp_avg_dtype=exp_avg_dtype,
-            exp_avg_sq_dtype=exp_avg_sq_dtype,
-            param_rounding=param_rounding,
-            rounding_seed=rounding_seed,
-        )
+        super().__init__(params, **_options(locals(), amsgrad=True))

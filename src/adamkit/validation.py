@@ -40,6 +40,7 @@ def _number(name: str, value: Any) -> float:
     return number
 
 
+NONFINITE_POLICIES = ("propagate", "skip", "raise")
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -82,13 +83,18 @@ def check_hyperparameters(group: dict[str, Any]) -> None:
                 f"Invalid {name}: {group[name]!r}; adamkit supports only {name}=False "
                 "(it is accepted for signature compatibility with torch.optim)"
             )
+    if group["nonfinite"] not in NONFINITE_POLICIES:
+        raise ValueError(f"Invalid nonfinite: {group['nonfinite']!r} (expected one of {', '.join(map(repr, NONFINITE_POLICIES))})")
+    skipped = group.get("skipped_steps", 0)
+    if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
+        raise ValueError(f"Invalid skipped_steps: {skipped!r} (must be a whole number >= 0)")
     if group["decoupled_lr"]:
         if not group["decoupled_weight_decay"]:
             raise ValueError(
                 "Invalid decoupled_lr: True requires decoupled weight decay (AdamW, or decoupled_weight_decay=True)"
             )
-        initial_lr = _number("initial_lr", group.get("initial_lr", lr))
-        if initial_lr <= 0:
+        base_lr = _number("decoupled_lr_base", group.get("decoupled_lr_base", lr))
+        if base_lr <= 0:
             raise ValueError(
                 f"Invalid lr: {group['lr']!r}; decoupled_lr=True measures the schedule as lr_t / lr_0 and needs lr_0 > 0"
             )

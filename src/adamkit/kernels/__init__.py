@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Callable
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 from ..functional import StepScalars
 from .build import KernelBuildError, load_library
 
-__all__ = ["adam_flat_", "adam_flat_caller", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES", "FLAT_PARAM_DTYPES"]
+__all__ = ["count_nonfinite", "adam_flat_", "adam_flat_caller", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES", "FLAT_PARAM_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # bfloat16 params take the low-precision kernel (kernels/lowprec.py): fp32 math, rounded writes.
@@ -28,6 +29,7 @@ class _AdamScalars(ctypes.Structure):
         ("decay", ctypes.c_double),
         ("step_size", ctypes.c_double),
         ("bias_correction2_sqrt", ctypes.c_double),
+        ("grad_scale", ctypes.c_double),
         ("maximize", ctypes.c_int32),
         ("amsgrad", ctypes.c_int32),
     ]
@@ -44,6 +46,9 @@ def _library() -> ctypes.CDLL:
             getattr(library, name).restype = None
         library.floor_flat_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int]
         library.floor_flat_f32.restype = None
+        for name in ("count_nonfinite_f32", "count_nonfinite_f64"):
+            getattr(library, name).argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+            getattr(library, name).restype = ctypes.c_int64
         library._adamkit_typed = True
     return library
 
@@ -61,10 +66,20 @@ def _address(tensor: Tensor | None, start: int) -> int | None:
     return None if tensor is None else tensor.data_ptr() + start * tensor.element_size()
 
 
+@functools.lru_cache(maxsize=128)
 def pack_scalars(s: StepScalars) -> _AdamScalars:
     """The kernel's view of the per-step constants (build once per step, reuse per call)."""
     return _AdamScalars(
-        s.beta1, s.beta2, s.eps, s.l2, s.decay, s.step_size, s.bias_correction2_sqrt, int(s.maximize), int(s.amsgrad)
+        s.beta1,
+        s.beta2,
+        s.eps,
+        s.l2,
+        s.decay,
+        s.step_size,
+        s.bias_correction2_sqrt,
+        s.grad_scale,
+        int(s.maximize),
+        int(s.amsgrad),
     )
 
 
@@ -110,3 +125,15 @@ def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
     _library().floor_flat_f32(
         param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), param.numel(), torch.get_num_threads()
     )
+
+
+def count_nonfinite(tensor: Tensor) -> int:
+    """Number of NaN/Inf entries; a read-only pass (the C kernel for contiguous float buffers)."""
+    if tensor.dtype in _NONFINITE_KERNELS and tensor.is_contiguous() and tensor.device.type == "cpu":
+        return getattr(_library(), _NONFINITE_KERNELS[tensor.dtype])(tensor.data_ptr(), tensor.numel(), torch.get_num_threads())
+    values = tensor.coalesce().values() if tensor.is_sparse else tensor
+    values = torch.view_as_real(values) if values.is_complex() else values
+    return int((~torch.isfinite(values)).sum())
+
+
+_NONFINITE_KERNELS = {torch.float32: "count_nonfinite_f32", torch.float64: "count_nonfinite_f64"}

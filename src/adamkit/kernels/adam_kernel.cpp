@@ -10,7 +10,7 @@
 extern "C" {
 
 struct AdamScalars {  // mirrors adamkit.functional.StepScalars
-  double beta1, beta2, eps, l2, decay, step_size, bias_correction2_sqrt;
+  double beta1, beta2, eps, l2, decay, step_size, bias_correction2_sqrt, grad_scale;
   int32_t maximize, amsgrad;
 };
 
@@ -20,20 +20,25 @@ namespace {
 
 constexpr int64_t kParallelThreshold = 1 << 15;  // below this, threading costs more than it saves
 
-template <typename T, bool AMSGRAD>
+// Compile-time switches drop the work a configuration does not need: the kernel runs near the
+// memory-bandwidth limit only if its arithmetic stays below it (AVX2 sqrt and div are not cheap).
+template <typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
 void adam_flat(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
                T* __restrict vmax, int64_t n, const AdamScalars& s, int threads) {
-  const T grad_sign = s.maximize ? T(-1) : T(1);
+  // maximize flips the sign; an AMP loss scale is divided out (exact for powers of two).
+  const T grad_multiplier = T((s.maximize ? -1.0 : 1.0) / s.grad_scale);
   const T decay = T(s.decay), l2 = T(s.l2);
   const T lerp_weight = T(1.0 - s.beta1), lerp_complement = T(s.beta1);
   const bool lerp_from_start = (1.0 - s.beta1) < 0.5;  // torch's lerp picks the stabler form
   const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
-  const T bias_correction2_sqrt = T(s.bias_correction2_sqrt), eps = T(s.eps);
+  const T inverse_bias_correction2_sqrt = T(1.0 / s.bias_correction2_sqrt), eps = T(s.eps);
   const T neg_step_size = T(-s.step_size);
 #pragma omp parallel for simd schedule(static) num_threads(threads) if (n >= kParallelThreshold)
   for (int64_t i = 0; i < n; ++i) {
     T param = p[i] * decay;                            // AdamW: p <- p (1 - lr wd)
-    T grad = g[i] * grad_sign + l2 * param;            // Adam + L2: g <- g + wd p
+    T grad = g[i];
+    if (SCALE_GRAD) grad *= grad_multiplier;
+    if (L2) grad += l2 * param;                        // Adam + L2: g <- g + wd p
     T exp_avg = lerp_from_start ? m[i] + lerp_weight * (grad - m[i])      // m_t, K&B Alg. 1
                                 : grad - (grad - m[i]) * lerp_complement;
     T exp_avg_sq = v[i] * beta2 + one_minus_beta2 * grad * grad;         // v_t, K&B Alg. 1
@@ -42,10 +47,25 @@ void adam_flat(T* __restrict p, const T* __restrict g, T* __restrict m, T* __res
       second = vmax[i] > exp_avg_sq ? vmax[i] : exp_avg_sq;
       vmax[i] = second;
     }
-    T denom = std::sqrt(second) / bias_correction2_sqrt + eps;  // sqrt(v_hat) + eps
+    T denom = std::sqrt(second) * inverse_bias_correction2_sqrt + eps;  // sqrt(v_hat) + eps
     m[i] = exp_avg;
     v[i] = exp_avg_sq;
     p[i] = param + neg_step_size * (exp_avg / denom);  // p <- p - lr m_hat / (sqrt(v_hat) + eps)
+  }
+}
+
+template <typename T>
+void adam_flat_dispatch(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamScalars& s, int threads) {
+  const int variant = (s.amsgrad ? 4 : 0) | (s.l2 != 0 ? 2 : 0) | (s.maximize || s.grad_scale != 1.0 ? 1 : 0);
+  switch (variant) {
+    case 0: return adam_flat<T, false, false, false>(p, g, m, v, vmax, n, s, threads);
+    case 1: return adam_flat<T, false, false, true>(p, g, m, v, vmax, n, s, threads);
+    case 2: return adam_flat<T, false, true, false>(p, g, m, v, vmax, n, s, threads);
+    case 3: return adam_flat<T, false, true, true>(p, g, m, v, vmax, n, s, threads);
+    case 4: return adam_flat<T, true, false, false>(p, g, m, v, vmax, n, s, threads);
+    case 5: return adam_flat<T, true, false, true>(p, g, m, v, vmax, n, s, threads);
+    case 6: return adam_flat<T, true, true, false>(p, g, m, v, vmax, n, s, threads);
+    default: return adam_flat<T, true, true, true>(p, g, m, v, vmax, n, s, threads);
   }
 }
 
@@ -61,20 +81,29 @@ void floor_flat(T* __restrict p, const T* __restrict g, T* __restrict m, T* __re
   }
 }
 
+template <typename T>
+int64_t count_nonfinite(const T* __restrict x, int64_t n, int threads) {
+  int64_t count = 0;
+#pragma omp parallel for simd schedule(static) reduction(+ : count) num_threads(threads) if (n >= kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i) count += !std::isfinite(x[i]);
+  return count;
+}
+
 }  // namespace
 
 extern "C" {
 
+int64_t count_nonfinite_f32(const float* x, int64_t n, int threads) { return count_nonfinite<float>(x, n, threads); }
+int64_t count_nonfinite_f64(const double* x, int64_t n, int threads) { return count_nonfinite<double>(x, n, threads); }
+
 void adam_flat_f32(float* p, const float* g, float* m, float* v, float* vmax, int64_t n,
                    const AdamScalars* s, int threads) {
-  if (s->amsgrad) adam_flat<float, true>(p, g, m, v, vmax, n, *s, threads);
-  else adam_flat<float, false>(p, g, m, v, vmax, n, *s, threads);
+  adam_flat_dispatch<float>(p, g, m, v, vmax, n, *s, threads);
 }
 
 void adam_flat_f64(double* p, const double* g, double* m, double* v, double* vmax, int64_t n,
                    const AdamScalars* s, int threads) {
-  if (s->amsgrad) adam_flat<double, true>(p, g, m, v, vmax, n, *s, threads);
-  else adam_flat<double, false>(p, g, m, v, vmax, n, *s, threads);
+  adam_flat_dispatch<double>(p, g, m, v, vmax, n, *s, threads);
 }
 
 void floor_flat_f32(float* p, const float* g, float* m, float* v, int64_t n, int threads) {
@@ -230,12 +259,13 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, 
   using PT = typename std::conditional<BF16_PARAMS, uint16_t, float>::type;
   PT* __restrict p = static_cast<PT*>(b.p);
   const PT* __restrict g = static_cast<const PT*>(b.g);
-  const float grad_sign = s.maximize ? -1.0f : 1.0f;
+  // maximize flips the sign; an AMP loss scale is divided out (as the fp32 kernel does)
+  const float grad_multiplier = float((s.maximize ? -1.0 : 1.0) / s.grad_scale);
   const float decay = float(s.decay), l2 = float(s.l2);
   const float lerp_weight = float(1.0 - s.beta1), lerp_complement = float(s.beta1);
   const uint32_t lerp_mask = (1.0 - s.beta1) < 0.5 ? ~0u : 0u;  // torch's lerp picks the stabler form
   const float beta2 = float(s.beta2), one_minus_beta2 = float(1.0 - s.beta2);
-  const float bias_correction2_sqrt = float(s.bias_correction2_sqrt), eps = float(s.eps);
+  const float inverse_bias_correction2_sqrt = float(1.0 / s.bias_correction2_sqrt), eps = float(s.eps);
   const float neg_step_size = float(-s.step_size);
   const bool parallel = (b.block_start[last] - b.block_start[first]) >= kParallelThreshold;
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
@@ -267,7 +297,7 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, 
       }
       const float old_m = m.load(i), old_v = v.load(i);
       float x = param_value * decay;                                    // AdamW: p <- p (1 - lr wd)
-      const float grad = grad_value * grad_sign + l2 * x;               // Adam + L2: g <- g + wd p
+      const float grad = grad_value * grad_multiplier + l2 * x;         // Adam + L2: g <- g + wd p
       // m_t as torch's lerp; both forms computed so the choice is a blend, not a branch
       const float from_start = old_m + lerp_weight * (grad - old_m);
       const float from_end = grad - (grad - old_m) * lerp_complement;
@@ -280,7 +310,7 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, 
         vmax.store(i, vmax_stage, j, second);
         if (MomentV::kStaged) peak_vmax = second > peak_vmax ? second : peak_vmax;  // v >= 0
       }
-      const float denom = std::sqrt(second) / bias_correction2_sqrt + eps;
+      const float denom = std::sqrt(second) * inverse_bias_correction2_sqrt + eps;  // sqrt(v_hat) + eps
       m.store(i, m_stage, j, exp_avg);
       v.store(i, v_stage, j, exp_avg_sq);
       if (MomentM::kStaged) peak_m = std::fabs(exp_avg) > peak_m ? std::fabs(exp_avg) : peak_m;

@@ -19,9 +19,12 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
-__all__ = ["load_library", "KernelBuildError", "cache_dir"]
+__all__ = ["load_library", "KernelBuildError", "cache_dir", "build_in_background"]
+
+_build_lock = threading.Lock()
 
 SOURCES = ("adam_kernel.cpp",)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared", "-std=c++17"]
@@ -53,13 +56,35 @@ def _compiler() -> str:
     return compiler
 
 
-@functools.lru_cache(maxsize=None)
+def build_in_background() -> None:
+    """Start compiling (or loading) the kernel on a thread, so the first step need not wait.
+
+    Optimizers call this when they are built; the forward and backward passes
+    before the first step usually hide the compile time entirely.
+    """
+    if _load_library.cache_info().currsize == 0 and not _build_lock.locked():
+        threading.Thread(target=_try_load, name="adamkit-kernel-build", daemon=True).start()
+
+
+def _try_load() -> None:
+    try:
+        load_library()
+    except KernelBuildError:
+        pass  # reported when a step actually needs the kernel
+
+
 def load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
     """Return the compiled kernel library, compiling it if it is not cached yet.
 
     ``defines`` (``NAME=VALUE`` strings) select a variant: each low-precision
     storage mode is its own small library, built the first time it is used.
     """
+    with _build_lock:
+        return _load_library(tuple(defines))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
     import torch  # noqa: F401  (loads torch's libgomp first so the kernel shares it)
 
     here = Path(__file__).parent

@@ -1,0 +1,287 @@
+"""What every experiment shares: measured figures, claims with computed verdicts,
+figures, optimizer construction and a small training loop.
+
+An experiment module exposes ``NAME``, ``TITLE``, a ``Settings`` dataclass with
+``quick()`` and ``full()`` constructors, and ``run(settings, seeds, bar) ->
+ExperimentResult``. Verdicts come from the rule functions in each module, applied
+to the measured numbers; nothing here writes a verdict by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import adamkit
+
+REPRODUCED = "reproduced"
+NOT_REPRODUCED = "not reproduced"
+DEFECT_REPRODUCED = "defect reproduced"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, DEFECT_REPRODUCED)
+
+
+def verdict(holds: bool, *, defect: bool = False) -> str:
+    """The verdict for a claim whose rule evaluated to ``holds``.
+
+    ``defect`` claims describe a known weakness of Adam: seeing it is a
+    "defect reproduced", not seeing it is "not reproduced".
+    """
+    if not holds:
+        return NOT_REPRODUCED
+    return DEFECT_REPRODUCED if defect else REPRODUCED
+
+
+@dataclass
+class Measure:
+    """One measured figure over seeds (or a single deterministic value)."""
+
+    values: list[float]
+    unit: str = ""
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        if len(self.values) < 2:
+            return 0.0
+        with np.errstate(invalid="ignore"):  # inf - inf (diverged runs) gives nan, reported as null
+            return float(np.std(self.values, ddof=1))
+
+    def text(self, digits: int = 3) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        if len(self.values) > 1:
+            return f"{_fmt(self.mean, digits)} ± {_fmt(self.std, 2)}{unit} (n={len(self.values)})"
+        return f"{_fmt(self.mean, digits)}{unit}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mean": _finite_or_none(self.mean),
+            "std": _finite_or_none(self.std),
+            "min": _finite_or_none(min(self.values)),
+            "max": _finite_or_none(max(self.values)),
+            "n": len(self.values),
+            "values": [_finite_or_none(v) for v in self.values],
+            "unit": self.unit,
+        }
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _fmt(x: float, digits: int) -> str:
+    return f"{x:.{digits}g}" if math.isfinite(x) else str(x)
+
+
+@dataclass
+class Claim:
+    """One row of the summary table."""
+
+    key: str
+    statement: str
+    measured: dict[str, Measure]
+    paper: str
+    rule: str
+    verdict: str
+
+    def measured_text(self) -> str:
+        return "; ".join(f"{name}: {m.text()}" for name, m in self.measured.items())
+
+
+@dataclass
+class Figure:
+    """A matplotlib figure with the file stem it is saved under."""
+
+    stem: str
+    figure: Any  # matplotlib.figure.Figure
+    caption: str
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    title: str
+    source: str  # which paper, section or figure
+    setup: dict[str, Any]
+    claims: list[Claim]
+    figures: list[Figure]
+    seeds: list[int]
+    notes: str = ""
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Bar:
+    """A progress sink: ``update(n)``. The CLI passes a tqdm bar; tests a no-op."""
+
+    def __init__(self, callback: Callable[[int], Any] | None = None) -> None:
+        self._callback = callback
+
+    def update(self, n: int = 1) -> None:
+        if self._callback is not None:
+            self._callback(n)
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+# -- optimizers -----------------------------------------------------------------------
+
+ADAPTIVE = ("Adam", "AdamW", "AMSGrad", "Adagrad", "RMSprop", "Adadelta")
+
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, **kwargs: Any) -> torch.optim.Optimizer:
+    """Adam family from adamkit, baselines from torch.optim (never re-implemented)."""
+    params = list(params)
+    if name == "Adam":
+        return adamkit.Adam(params, lr=lr, **kwargs)
+    if name == "AdamW":
+        return adamkit.AdamW(params, lr=lr, **kwargs)
+    if name == "AMSGrad":
+        return adamkit.AMSGrad(params, lr=lr, **kwargs)
+    if name == "SGD-Nesterov":
+        return torch.optim.SGD(params, lr=lr, momentum=kwargs.pop("momentum", 0.9), nesterov=True, **kwargs)
+    if name == "SGD":
+        return torch.optim.SGD(params, lr=lr, **kwargs)
+    if name == "Adagrad":
+        return torch.optim.Adagrad(params, lr=lr, **kwargs)
+    if name == "RMSprop":
+        return torch.optim.RMSprop(params, lr=lr, **kwargs)
+    if name == "Adadelta":
+        return torch.optim.Adadelta(params, lr=lr, **kwargs)
+    raise ValueError(f"Invalid optimizer name: {name!r}")
+
+
+def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """alpha_t = alpha / sqrt(t), t counted in steps from 1 (Kingma & Ba, Sec. 6.1)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / math.sqrt(step + 1))
+
+
+# -- training -------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    return torch.Generator().manual_seed(seed)
+
+
+@torch.no_grad()
+def full_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> float:
+    """Mean loss over a whole data set in evaluation mode."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, len(x), chunk):
+        total += float(loss_fn(model(x[start : start + chunk]), y[start : start + chunk], reduction="sum"))
+    model.train(was_training)
+    return total / len(x)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    was_training = model.training
+    model.eval()
+    correct = (model(x).argmax(dim=1) == y).float().mean().item()
+    model.train(was_training)
+    return correct
+
+
+def train_classifier(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    scheduler: Any = None,
+    evals_per_epoch: int = 1,
+    loss_fn: Callable = nn.functional.cross_entropy,
+    bar: Bar | None = None,
+) -> tuple[list[float], list[float]]:
+    """Minibatch training; returns (epochs elapsed, full training loss) at each evaluation.
+
+    The loss is evaluated on the whole training set in eval mode (no dropout),
+    which is the "training cost" the papers plot. A non-finite loss stops the
+    run early and is recorded as such. ``evals_per_epoch=0`` evaluates only once,
+    after the last epoch.
+    """
+    n = len(x)
+    batches = max(1, math.ceil(n / batch_size))
+    eval_every = max(1, batches // evals_per_epoch) if evals_per_epoch > 0 else math.inf
+    ticks, losses = ([0.0], [full_loss(model, loss_fn, x, y)]) if evals_per_epoch > 0 else ([], [])
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for b in range(batches):
+            index = order[b * batch_size : (b + 1) * batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[index]), y[index])
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if evals_per_epoch > 0 and ((b + 1) % eval_every == 0 or b == batches - 1):
+                current = full_loss(model, loss_fn, x, y)
+                ticks.append(epoch + (b + 1) / batches)
+                losses.append(current)
+                if not math.isfinite(current):
+                    if bar is not None:
+                        bar.update(epochs - epoch)
+                    return ticks, losses
+        if bar is not None:
+            bar.update(1)
+    if evals_per_epoch == 0:
+        ticks, losses = [float(epochs)], [full_loss(model, loss_fn, x, y)]
+    return ticks, losses
+
+
+def mlp(sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if i > 0:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(fan_in, fan_out))
+    return nn.Sequential(*layers)
+
+
+def band(ax: Any, x: Sequence[float], runs: Sequence[Sequence[float]], label: str, **kwargs: Any) -> None:
+    """Plot the mean over seeds with a min-max band (the seeds' spread)."""
+    length = min(len(r) for r in runs)
+    data = np.array([list(r)[:length] for r in runs], dtype=float)
+    x = np.asarray(x[:length], dtype=float)
+    line = ax.plot(x, data.mean(axis=0), label=label, **kwargs)[0]
+    if len(runs) > 1:
+        ax.fill_between(x, data.min(axis=0), data.max(axis=0), color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def new_figure(width: float = 6.4, height: float = 4.0, ncols: int = 1) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
+def finite_or_inf(x: float) -> float:
+    return x if math.isfinite(x) else math.inf

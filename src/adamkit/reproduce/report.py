@@ -1,0 +1,236 @@
+"""The report: one PNG per figure, ``results.json`` (validated against
+:data:`SCHEMA`) and a self-contained ``index.html`` with the images embedded."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from .common import VERDICTS, ExperimentResult
+
+_MEASURE = {
+    "type": "object",
+    "required": ["mean", "std", "min", "max", "n", "values", "unit"],
+    "properties": {
+        "mean": {"type": ["number", "null"]},
+        "std": {"type": ["number", "null"]},
+        "min": {"type": ["number", "null"]},
+        "max": {"type": ["number", "null"]},
+        "n": {"type": "integer", "minimum": 1},
+        "values": {"type": "array", "items": {"type": ["number", "null"]}, "minItems": 1},
+        "unit": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
+
+_CLAIM = {
+    "type": "object",
+    "required": ["key", "experiment", "statement", "measured", "measured_text", "paper", "rule", "verdict"],
+    "properties": {
+        "key": {"type": "string", "minLength": 1},
+        "experiment": {"type": "string", "minLength": 1},
+        "statement": {"type": "string", "minLength": 1},
+        "measured": {"type": "object", "minProperties": 1, "additionalProperties": _MEASURE},
+        "measured_text": {"type": "string"},
+        "paper": {"type": "string", "minLength": 1},
+        "rule": {"type": "string", "minLength": 1},
+        "verdict": {"enum": list(VERDICTS)},
+    },
+    "additionalProperties": False,
+}
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "adamkit reproduce results",
+    "type": "object",
+    "required": ["adamkit_version", "torch_version", "command", "quick", "seeds", "wall_seconds", "experiments", "claims"],
+    "properties": {
+        "adamkit_version": {"type": "string"},
+        "torch_version": {"type": "string"},
+        "command": {"type": "string"},
+        "quick": {"type": "boolean"},
+        "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+        "threads": {"type": "integer", "minimum": 1},
+        "started": {"type": "string"},
+        "wall_seconds": {"type": "number", "minimum": 0},
+        "experiments": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "title", "source", "seconds", "seeds", "setup", "command", "figures", "claims"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "title": {"type": "string"},
+                    "source": {"type": "string"},
+                    "seconds": {"type": "number", "minimum": 0},
+                    "seeds": {"type": "array", "items": {"type": "integer"}},
+                    "setup": {"type": "object"},
+                    "command": {"type": "string"},
+                    "notes": {"type": "string"},
+                    "figures": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+\.png$"}, "minItems": 1},
+                    "claims": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "extra": {"type": "object"},
+                },
+                "additionalProperties": False,
+            },
+        },
+        "claims": {"type": "array", "items": _CLAIM, "minItems": 1},
+    },
+    "additionalProperties": False,
+}
+
+
+def validate(document: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` unless ``document`` matches :data:`SCHEMA`."""
+    jsonschema.validate(document, SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+def rerun_command(name: str, quick: bool, seeds: int) -> str:
+    return f"adamkit reproduce --only {name}" + (" --quick" if quick else "") + f" --seeds {seeds}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    return str(value)
+
+
+def build_document(results: list[ExperimentResult], meta: dict[str, Any], figure_files: dict[str, list[str]]) -> dict[str, Any]:
+    experiments, claims = [], []
+    for result in results:
+        experiments.append(
+            {
+                "name": result.name,
+                "title": result.title,
+                "source": result.source,
+                "seconds": round(result.seconds, 2),
+                "seeds": list(result.seeds),
+                "setup": _jsonable(result.setup),
+                "command": rerun_command(result.name, meta["quick"], len(meta["seeds"])),
+                "notes": result.notes,
+                "figures": figure_files[result.name],
+                "claims": [c.key for c in result.claims],
+                "extra": _jsonable(result.extra),
+            }
+        )
+        for claim in result.claims:
+            claims.append(
+                {
+                    "key": claim.key,
+                    "experiment": result.name,
+                    "statement": claim.statement,
+                    "measured": {name: m.to_json() for name, m in claim.measured.items()},
+                    "measured_text": claim.measured_text(),
+                    "paper": claim.paper,
+                    "rule": claim.rule,
+                    "verdict": claim.verdict,
+                }
+            )
+    return {**meta, "experiments": experiments, "claims": claims}
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;width:100%;margin:0.8em 0;font-size:0.92em}
+th,td{border:1px solid #ccc;padding:0.35em 0.55em;text-align:left;vertical-align:top}
+th{background:#f2f2f2}
+.v{font-weight:600;white-space:nowrap;padding:0.1em 0.45em;border-radius:4px}
+.v-reproduced{background:#d8f3dc;color:#1b4332}
+.v-not-reproduced{background:#ffe5d9;color:#7f1d1d}
+.v-defect-reproduced{background:#e0e7ff;color:#1e3a8a}
+figure{margin:1em 0}
+figure img{max-width:100%;border:1px solid #ddd}
+code,pre{background:#f6f6f6;padding:0.15em 0.35em;border-radius:3px}
+section{border-top:2px solid #ddd;margin-top:2em}
+"""
+
+
+def _badge(verdict: str) -> str:
+    return f'<span class="v v-{verdict.replace(" ", "-")}">{html.escape(verdict)}</span>'
+
+
+def render_html(document: dict[str, Any], images: dict[str, bytes], captions: dict[str, str]) -> str:
+    e = html.escape
+    claims_by_exp: dict[str, list[dict[str, Any]]] = {}
+    for claim in document["claims"]:
+        claims_by_exp.setdefault(claim["experiment"], []).append(claim)
+    counts = {v: sum(c["verdict"] == v for c in document["claims"]) for v in VERDICTS}
+    parts = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<title>adamkit reproduce report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>adamkit reproduce: the papers' claims about Adam, measured</h1>",
+        f"<p>Command: <code>{e(document['command'])}</code> — {'quick sizes' if document['quick'] else 'full sizes'}, "
+        f"seeds {e(str(document['seeds']))}, torch {e(document['torch_version'])}, adamkit {e(document['adamkit_version'])}, "
+        f"{document.get('threads', '?')} thread(s), wall time {document['wall_seconds']:.1f} s, started {e(document.get('started', ''))}.</p>",
+        "<p>Verdicts are computed from the measured numbers by the rule shown for each claim. "
+        "<b>defect reproduced</b> marks a known weakness of Adam that the measurement shows. "
+        + ("Quick mode uses smaller problems and one seed: verdicts that depend on size can differ from the full run. " if document["quick"] else "")
+        + f"Totals: {counts['reproduced']} reproduced, {counts['defect reproduced']} defect reproduced, {counts['not reproduced']} not reproduced.</p>",
+        "<h2 id=\"summary\">Summary</h2><table><tr><th>Claim</th><th>Experiment</th><th>Measured (mean ± std over seeds)</th><th>Paper</th><th>Verdict</th></tr>",
+    ]
+    for claim in document["claims"]:
+        parts.append(
+            f"<tr><td>{e(claim['statement'])}</td><td><a href=\"#{e(claim['experiment'])}\">{e(claim['experiment'])}</a></td>"
+            f"<td>{e(claim['measured_text'])}</td><td>{e(claim['paper'])}</td><td>{_badge(claim['verdict'])}</td></tr>"
+        )
+    parts.append("</table>")
+    for exp in document["experiments"]:
+        parts.append(f"<section id=\"{e(exp['name'])}\"><h2>{e(exp['title'])}</h2>")
+        parts.append(f"<p>Source: {e(exp['source'])}. Time taken: {exp['seconds']:.1f} s. Seeds: {e(str(exp['seeds']))}.</p>")
+        parts.append(f"<p>Rerun just this experiment: <code>{e(exp['command'])}</code></p>")
+        parts.append("<h3>Setup</h3><table>")
+        for key, value in exp["setup"].items():
+            parts.append(f"<tr><th>{e(str(key))}</th><td>{e(value if isinstance(value, str) else json.dumps(value))}</td></tr>")
+        parts.append("</table><h3>Claims</h3><table><tr><th>Claim</th><th>Measured</th><th>Paper reports</th><th>Rule</th><th>Verdict</th></tr>")
+        for claim in claims_by_exp.get(exp["name"], []):
+            parts.append(
+                f"<tr><td>{e(claim['statement'])}</td><td>{e(claim['measured_text'])}</td><td>{e(claim['paper'])}</td>"
+                f"<td>{e(claim['rule'])}</td><td>{_badge(claim['verdict'])}</td></tr>"
+            )
+        parts.append("</table>")
+        if exp.get("notes"):
+            parts.append(f"<p><b>Notes.</b> {e(exp['notes'])}</p>")
+        for filename in exp["figures"]:
+            data = base64.b64encode(images[filename]).decode("ascii")
+            parts.append(
+                f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{e(captions[filename])}\">"
+                f"<figcaption>{e(captions[filename])} (<a href=\"{e(filename)}\">{e(filename)}</a>)</figcaption></figure>"
+            )
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out_dir: Path, results: list[ExperimentResult], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write the PNGs, results.json and index.html; return the validated document."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images: dict[str, bytes] = {}
+    captions: dict[str, str] = {}
+    figure_files: dict[str, list[str]] = {}
+    for result in results:
+        figure_files[result.name] = []
+        for fig in result.figures:
+            filename = f"{fig.stem}.png"
+            path = out_dir / filename
+            fig.figure.savefig(path, dpi=100)
+            images[filename] = path.read_bytes()
+            captions[filename] = fig.caption
+            figure_files[result.name].append(filename)
+    document = build_document(results, meta, figure_files)
+    validate(document)
+    (out_dir / "results.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    (out_dir / "index.html").write_text(render_html(document, images, captions), encoding="utf-8")
+    return document
