@@ -294,3 +294,14 @@ def test_group_level_dtypes_and_torch_dtype_spelling():
     with pytest.raises(ValueError, match="exp_avg_dtype"):
         optimizer.add_param_group({"params": make_params(shapes=[(3,)]), "exp_avg_dtype": "int2"})
     assert len(optimizer.param_groups) == 2
+
+
+def test_optimizer_to_keeps_low_precision_storage():
+    params = make_params()
+    optimizer = run(params, state_dtype="int8")
+    before = {k: v.clone() for k, v in optimizer.state[params[0]].items()}
+    optimizer.to(dtype=torch.float64)  # applies to torch's layout only; int8 codes stay codes
+    for key, value in before.items():
+        assert torch.equal(optimizer.state[params[0]][key], value), key
+    run_more = adamkit.AdamW(params, lr=1e-2, state_dtype="int8")
+    run_more.load_state_dict(optimizer.state_dict())

@@ -154,9 +154,13 @@ class _AdamFamily(Optimizer):
             device = None if device is None else torch.device(device)
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"Invalid device: {device!r} ({error})") from None
+        # Low-precision state keeps its storage (codes, scales, bf16): dtype applies to torch's layout only.
+        plain = {id(p) for group in self.param_groups for p in group["params"] if lowprec.layout_for(group, p) is None}
         moved = {
             param: {
-                key: value if key == "step" or not isinstance(value, Tensor) else value.to(device=device, dtype=dtype)
+                key: value
+                if key == "step" or not isinstance(value, Tensor)
+                else value.to(device=device, dtype=dtype if id(param) in plain else None)
                 for key, value in param_state.items()
             }
             for param, param_state in self.state.items()
