@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from . import data
-from .common import Bar, Claim, ExperimentResult, Figure, Measure, band, make_optimizer, new_figure, seed_everything, train_classifier, verdict
+from .common import Bar, Claim, ExperimentResult, Figure, band, new_figure, training_curves, verdict
 
 NAME = "cnn"
 TITLE = "Convolutional network on MNIST"
@@ -53,17 +53,9 @@ def rule_cnn(final: dict[str, float]) -> bool:
 
 def run(settings: Settings, seeds: list[int], bar: Bar | None = None) -> ExperimentResult:
     split = data.mnist(settings.n_train, 0, image=True)
-    curves: dict[str, list[list[float]]] = {name: [] for name in LEARNING_RATES}
-    ticks: list[float] = []
-    for name, lr in LEARNING_RATES.items():
-        for seed in seeds:
-            generator = seed_everything(seed)
-            model = make_cnn(settings.channels)
-            optimizer = make_optimizer(name, model.parameters(), lr)
-            ticks, losses = train_classifier(model, optimizer, split.x_train, split.y_train, epochs=settings.epochs,
-                                             batch_size=128, generator=generator, evals_per_epoch=1, bar=bar)
-            curves[name].append(losses)
-    final = {name: Measure([r[-1] for r in runs]) for name, runs in curves.items()}
+    ticks, curves, final = training_curves(
+        LEARNING_RATES, seeds, lambda: make_cnn(settings.channels), split.x_train, split.y_train, settings.epochs, bar
+    )
     claims = [
         Claim(
             key="cnn-training-cost",

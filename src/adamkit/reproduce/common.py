@@ -251,6 +251,30 @@ def train_classifier(
     return ticks, losses
 
 
+def training_curves(
+    learning_rates: dict[str, float],
+    seeds: Sequence[int],
+    build_model: Callable[[], nn.Module],
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    epochs: int,
+    bar: Bar | None = None,
+) -> tuple[list[float], dict[str, list[list[float]]], dict[str, Measure]]:
+    """Train a fresh model per (optimizer, seed); return the ticks, the loss curves and final losses."""
+    curves: dict[str, list[list[float]]] = {name: [] for name in learning_rates}
+    ticks: list[float] = []
+    for name, lr in learning_rates.items():
+        for seed in seeds:
+            generator = seed_everything(seed)
+            model = build_model()
+            optimizer = make_optimizer(name, model.parameters(), lr)
+            ticks, losses = train_classifier(model, optimizer, x_train, y_train, epochs=epochs,
+                                             batch_size=128, generator=generator, evals_per_epoch=1, bar=bar)
+            curves[name].append(losses)
+    final = {name: Measure([r[-1] for r in runs]) for name, runs in curves.items()}
+    return ticks, curves, final
+
+
 def mlp(sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):

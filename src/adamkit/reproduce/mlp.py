@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from . import data
-from .common import Bar, Claim, ExperimentResult, Figure, Measure, band, make_optimizer, mlp, new_figure, seed_everything, train_classifier, verdict
+from .common import Bar, Claim, ExperimentResult, Figure, band, mlp, new_figure, training_curves, verdict
 
 NAME = "mlp"
 TITLE = "Multilayer network on MNIST"
@@ -46,17 +45,9 @@ def rule_fastest(final: dict[str, float]) -> bool:
 
 def run(settings: Settings, seeds: list[int], bar: Bar | None = None) -> ExperimentResult:
     split = data.mnist(settings.n_train, 0)
-    curves: dict[str, list[list[float]]] = {name: [] for name in LEARNING_RATES}
-    ticks: list[float] = []
-    for name, lr in LEARNING_RATES.items():
-        for seed in seeds:
-            generator = seed_everything(seed)
-            model = mlp([784, settings.hidden, settings.hidden, 10], dropout=settings.dropout)
-            optimizer = make_optimizer(name, model.parameters(), lr)
-            ticks, losses = train_classifier(model, optimizer, split.x_train, split.y_train, epochs=settings.epochs,
-                                             batch_size=128, generator=generator, evals_per_epoch=1, bar=bar)
-            curves[name].append(losses)
-    final = {name: Measure([r[-1] for r in runs]) for name, runs in curves.items()}
+    ticks, curves, final = training_curves(
+        LEARNING_RATES, seeds, lambda: mlp([784, settings.hidden, settings.hidden, 10], dropout=settings.dropout), split.x_train, split.y_train, settings.epochs, bar
+    )
     claims = [
         Claim(
             key="mlp-training-cost",
