@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adamkit
@@ -189,6 +189,7 @@ def test_valid_state_dict_still_loads():
     assert_same(fresh.state_dict(), optimizer.state_dict(), "round trip")
 
 
+@settings(max_examples=150)
 @given(
     param_id=st.sampled_from([0, 1, 2]),
     key=st.sampled_from(["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]),
@@ -205,6 +206,7 @@ def test_any_poisoned_state_is_rejected(param_id, key, value, index):
     assert_rejected_and_unchanged(optimizer, params, state_dict, (ValueError,), [key])
 
 
+@settings(max_examples=150)
 @given(
     group=st.sampled_from([0, 1]),
     name=st.sampled_from(["lr", "eps", "weight_decay"]),
