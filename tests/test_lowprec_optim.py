@@ -305,3 +305,25 @@ def test_optimizer_to_keeps_low_precision_storage():
         assert torch.equal(optimizer.state[params[0]][key], value), key
     run_more = adamkit.AdamW(params, lr=1e-2, state_dtype="int8")
     run_more.load_state_dict(optimizer.state_dict())
+
+
+def test_sharded_dtensor_params_refuse_low_precision_state_clearly():
+    """FSDP2 shards are DTensors: low-precision state would count int8 blocks per shard. Refused up front."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        param = torch.nn.Parameter(distribute_tensor(torch.randn(64, 128), mesh, [Shard(0)]))
+        with pytest.raises(ValueError, match=r"params\[0\].*DTensor.*exp_avg_dtype='int8'"):
+            adamkit.AdamW([param], state_dtype="int8")
+        adamkit.AdamW([param])  # float32 state on a sharded parameter is fine
+    finally:
+        dist.destroy_process_group()

@@ -81,6 +81,14 @@ def check_params(params: list[Tensor], group: dict[str, Any]) -> None:
     settings = canonical_settings(group)
     for index, param in enumerate(params):
         codecs.check_param_supports(index, param, settings.get("exp_avg_dtype"), settings.get("exp_avg_sq_dtype"))
+        if hasattr(param, "placements") and hasattr(param, "to_local") and layout_for({**group, **settings}, param) is not None:
+            # A DTensor (FSDP2) shard: int8 blocks must be counted per parameter, not per local
+            # shard, and the codecs do not run on DTensors yet. Refuse now rather than crash in step().
+            raise ValueError(
+                f"Invalid params[{index}]: a DTensor (sharded, e.g. FSDP2) parameter of dtype {param.dtype} "
+                f"with exp_avg_dtype={settings.get('exp_avg_dtype')!r}, exp_avg_sq_dtype={settings.get('exp_avg_sq_dtype')!r}: "
+                "low-precision state and bf16 rounding are not supported for sharded parameters yet; use float32 state"
+            )
 
 
 def canonical_settings(group: dict[str, Any]) -> dict[str, Any]:
