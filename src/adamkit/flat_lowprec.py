@@ -12,7 +12,6 @@ a block table (start offset and parameter of each block).
 from __future__ import annotations
 
 import ctypes
-import operator
 from typing import Any, Callable
 
 import torch
@@ -138,13 +137,13 @@ class LowPrecisionBucket(FlatBucket):
         call.buffers = buffers  # keep the struct alive with the closure
         return call
 
-    def step(self, scalars_for: Callable[[float], Any]) -> None:
-        grads = [param.grad for param in self.params]
-        if not all(map(operator.is_, grads, self.grad_views)) and any(grad is not None and grad.is_sparse for grad in grads):
+    def step(self, scalars_for: Callable[[float], Any], ready: bool) -> None:
+        grads = [] if ready else [param.grad for param in self.params]
+        if any(grad is not None and grad.is_sparse for grad in grads):
             raise RuntimeError(
                 f"sparse gradients are not supported with low-precision state or bf16 parameters ({self.layout})"
             )
-        super().step(scalars_for)
+        super().step(scalars_for, ready)
 
     # -- state ----------------------------------------------------------------------------------
 

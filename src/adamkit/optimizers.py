@@ -268,12 +268,14 @@ class _AdamFamily(Optimizer):
         params = group["params"]
         if self._uses_flat_path(group):
             flat_group = self._flat_groups.get(index)
-            if flat_group is None or not flat_group.valid_for(group):
+            ready = flat_group.readiness() if flat_group is not None and flat_group.valid_for(group) else None
+            if ready is None:  # first step, a changed group, or a param whose .data was replaced
                 flat_group = self._flat_groups[index] = flat.FlatGroup(group, self.state, index)
+                ready = flat_group.readiness() or [False] * len(flat_group.buckets)
             elif flat_group.state_stale:
                 flat_group.refresh_state(self.state)
-            for bucket in flat_group.buckets:
-                bucket.step(scalars_for)
+            for bucket, bucket_ready in zip(flat_group.buckets, ready):
+                bucket.step(scalars_for, bucket_ready)
             params = flat_group.leftovers
         params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
         self._loop_step(params, group["amsgrad"], scalars_for)
