@@ -12,7 +12,7 @@ from torch import Tensor
 from ..functional import StepScalars
 from .build import KernelBuildError, load_library
 
-__all__ = ["count_nonfinite", "adam_flat_", "adam_flat_caller", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES", "FLAT_PARAM_DTYPES"]
+__all__ = ["count_nonfinite", "adam_flat_caller", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES", "FLAT_PARAM_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # bfloat16 params take the low-precision kernel (kernels/lowprec.py): fp32 math, rounded writes.
@@ -103,21 +103,6 @@ def adam_flat_caller(
         function(p, g, m, v, vmax, end - start, byref(scalars), torch.get_num_threads())
 
     return call
-
-
-def adam_flat_(
-    param: Tensor,
-    grad: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    max_exp_avg_sq: Tensor | None,
-    s: StepScalars,
-    start: int = 0,
-    end: int | None = None,
-) -> None:
-    """One fused Adam-family step on elements [start, end) of contiguous 1-D buffers."""
-    call = adam_flat_caller(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if s.amsgrad else None)
-    call(pack_scalars(s), start, param.numel() if end is None else end)
 
 
 def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
