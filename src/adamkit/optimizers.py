@@ -46,7 +46,7 @@ class _AdamFamily(Optimizer):
             raise ValueError("Invalid params: the optimizer got an empty parameter list")
         super().__init__(params, defaults)
         self._flat_groups: dict[int, flat.FlatGroup] = {}
-        self._scalar_cache: dict[int, tuple[tuple, dict[float, functional.StepScalars]]] = {}
+        self._scalar_cache: dict[int, tuple[dict[str, Any], dict[float, functional.StepScalars]]] = {}
         if defaults["fused"] is not False:
             kernels.build.build_in_background()
 
@@ -236,10 +236,19 @@ class _AdamFamily(Optimizer):
         """The per-step constants of ``group`` as a function of the step count (memoised)."""
         lr, eps, weight_decay = (v.item() if isinstance(v, Tensor) else v for v in (group["lr"], group["eps"], group["weight_decay"]))
         beta1, beta2 = (b.item() if isinstance(b, Tensor) else b for b in group["betas"])
-        options = (
-            float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-            group["decoupled_weight_decay"], group["decoupled_lr"], group.get("decoupled_lr_base"),
-            group["bias_correction"], group["maximize"], group["amsgrad"], grad_scale,
+        options = dict(
+            lr=float(lr),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(eps),
+            weight_decay=float(weight_decay),
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            decoupled_lr=group["decoupled_lr"],
+            decoupled_lr_base=group["decoupled_lr_base"] if group["decoupled_lr"] else None,
+            bias_correction=group["bias_correction"],
+            maximize=group["maximize"],
+            amsgrad=group["amsgrad"],
+            grad_scale=grad_scale,
         )
         cached = self._scalar_cache.get(id(group))
         if cached is None or cached[0] != options:
@@ -250,12 +259,7 @@ class _AdamFamily(Optimizer):
         def scalars_for(step: float) -> functional.StepScalars:
             scalars = memo.get(step)
             if scalars is None:
-                scalars = memo[step] = functional.step_scalars(
-                    step=step, lr=options[0], beta1=options[1], beta2=options[2], eps=options[3],
-                    weight_decay=options[4], decoupled_weight_decay=options[5], decoupled_lr=options[6],
-                    decoupled_lr_base=options[7] if options[6] else None, bias_correction=options[8],
-                    maximize=options[9], amsgrad=options[10], grad_scale=options[11],
-                )
+                scalars = memo[step] = functional.step_scalars(step=step, **options)
                 if len(memo) > 64:  # steps only grow: keep the memo small
                     memo.clear()
                     memo[step] = scalars
