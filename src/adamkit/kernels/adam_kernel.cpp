@@ -2,10 +2,15 @@
 // Implements the per-element contract of adamkit/functional.py with the per-step scalars
 // computed there (StepScalars); op order follows torch.optim.Adam's for-loop.
 // Built by adamkit/kernels/build.py with -O3 -march=native -fopenmp for the host CPU.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#if defined(ADAMKIT_LOWPREC) && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define ADAMKIT_AVX2 1  // the low-precision kernel's 8-lane code path
+#endif
 
 extern "C" {
 
@@ -20,6 +25,7 @@ namespace {
 
 constexpr int64_t kParallelThreshold = 1 << 15;  // below this, threading costs more than it saves
 
+#ifndef ADAMKIT_LOWPREC  // a low-precision mode's library (see below) holds only its own kernel
 // Compile-time switches drop the work a configuration does not need: the kernel runs near the
 // memory-bandwidth limit only if its arithmetic stays below it (AVX2 sqrt and div are not cheap).
 template <typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
@@ -89,7 +95,11 @@ int64_t count_nonfinite(const T* __restrict x, int64_t n, int threads) {
   return count;
 }
 
+#endif  // ADAMKIT_LOWPREC
+
 }  // namespace
+
+#ifndef ADAMKIT_LOWPREC
 
 extern "C" {
 
@@ -111,6 +121,7 @@ void floor_flat_f32(float* p, const float* g, float* m, float* v, int64_t n, int
 }
 
 }  // extern "C"
+#endif  // ADAMKIT_LOWPREC
 
 // ---------------------------------------------------------------------------------------------
 // Low-precision storage around the same fp32 math (adamkit/codecs.py defines the formats; the
@@ -118,6 +129,12 @@ void floor_flat_f32(float* p, const float* g, float* m, float* v, int64_t n, int
 // parameter (int8 blocks are per parameter, so quantized state does not depend on packing).
 // Per block: decode -> fp32 update -> encode in one pass; an int8 moment is staged in L1 until
 // the block's absmax is known, then encoded.
+//
+// With AVX2 + FMA the block runs 8 lanes at a time in intrinsics: GCC's auto-vectorisation of
+// the codecs mixed vector widths and cost twice the arithmetic. The last (< 8) elements of a
+// block, and CPUs without AVX2, run the scalar code. Both give the same bits: the vector code
+// performs the same IEEE operations in the same order, with an FMA exactly where GCC contracts
+// the scalar source (-ffp-contract=fast: a product whose only use is an addition).
 extern "C" {
 
 struct LowPrecBuffers {
@@ -173,12 +190,60 @@ constexpr float pow2(int e) {  // 2^e, exact, at compile time
   return x;
 }
 
+#ifdef ADAMKIT_AVX2
+// 8-lane forms of the helpers above; an I8 of 16-bit results holds one result per 32-bit lane.
+using F8 = __m256;
+using I8 = __m256i;
+inline I8 as_int(F8 x) { return _mm256_castps_si256(x); }
+inline F8 as_float(I8 x) { return _mm256_castsi256_ps(x); }
+inline I8 splat(uint32_t x) { return _mm256_set1_epi32(int32_t(x)); }
+inline F8 bf16_value8(const uint16_t* h) {
+  return as_float(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h))), 16));
+}
+inline I8 bf16_nearest8(F8 x) {
+  const I8 u = as_int(x);
+  const I8 parity = _mm256_and_si256(_mm256_srli_epi32(u, 16), splat(1));
+  const I8 rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, splat(0x7FFF)), parity), 16);
+  return _mm256_blendv_epi8(rounded, splat(0x7FC0), as_int(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+}
+inline void store_u16x8(uint16_t* out, I8 lanes) {  // lanes hold values <= 0xFFFF
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packed);
+}
+inline I8 mix32x8(I8 x) {
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, splat(0x7FEB352Du));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+  x = _mm256_mullo_epi32(x, splat(0x846CA68Bu));
+  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+}
+inline bool denormals_are_zero() { return (_mm_getcsr() & 0x0040u) != 0; }  // MXCSR.DAZ of this thread
+inline uint32_t min_of_lanes(I8 x) {  // unsigned
+  __m128i m = _mm_min_epu32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+  m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0x4E));
+  m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0xB1));
+  return uint32_t(_mm_cvtsi128_si32(m));
+}
+inline float max_of_lanes(F8 x) {  // lanes hold no NaN (the peaks below never take one)
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ps(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+#else
+inline bool denormals_are_zero() { return true; }  // the scalar code reads no denormal on purpose
+#endif  // ADAMKIT_AVX2
+
 // An 8-bit float code for |x| / absmax * top (codecs.MiniFloat): E exponent bits, M mantissa bits.
 template <int E, int M, bool SIGNED, bool KEEP_NONZERO>
 struct MiniFloat {
   static constexpr int kBias = (1 << E) - 1;
   static constexpr int32_t kMaxCode = (1 << (E + M)) - 1;
   static constexpr float kTop = 2.0f - 1.0f / float(1 << M);
+  static constexpr uint32_t kSmallestNormal = uint32_t(128 - kBias) << 23;  // bits of 2^(1-B)
+  // encode()'s normal code ((r + half) >> (23-M)) - ((127-B) << M), with the subtraction moved
+  // before an arithmetic shift (the same integer; negative below the normal range)
+  static constexpr uint32_t kNormalOffset = (1u << (22 - M)) - (uint32_t(127 - kBias) << 23);
   static float encode_scale(float absmax) {  // top / absmax, 0 for a zero block, capped
     float inverse = absmax > 0 ? kTop / absmax : 0.0f;
     return inverse > 0x1p126f ? 0x1p126f : inverse;
@@ -215,122 +280,332 @@ struct MiniFloat {
     const float magnitude = float_of((bits_of(subnormal) & is_subnormal) | (bits_of(normal) & ~is_subnormal)) * scale;
     return SIGNED ? float_of(bits_of(magnitude) | (uint32_t(byte & 0x80u) << 24)) : magnitude;  // sign bit
   }
+#ifdef ADAMKIT_AVX2
+  // decode() of 8 codes, exact: the code's bits placed in a float, times 2^(127-B), times scale (the
+  // sign is symmetric under multiplication). That reads float32 denormals for e = 0 codes, so when the
+  // thread treats denormal inputs as zero (MXCSR.DAZ) a subnormal code c is instead computed as
+  // float(exponent field 128-B, mantissa c) - 2^(1-B) = c 2^(1-B-M), also exact.
+  template <bool DENORMALS>
+  static F8 decode8(const uint8_t* bytes, F8 scale) {
+    const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes));
+    const I8 code = SIGNED ? _mm256_cvtepi8_epi32(raw) : _mm256_cvtepu8_epi32(raw);
+    I8 fields = _mm256_slli_epi32(code, 23 - M);  // exponent and mantissa where a float has them
+    if (DENORMALS) {  // fields as a float is the code's value times 2^(B-127), a float32 denormal if e = 0
+      if (SIGNED) fields = _mm256_and_si256(fields, splat(0x80000000u | (0x7Fu << (23 - M))));  // sign kept
+      return _mm256_mul_ps(_mm256_mul_ps(as_float(fields), _mm256_set1_ps(pow2(127 - kBias))), scale);
+    }
+    if (SIGNED) fields = _mm256_and_si256(fields, splat(0x7Fu << (23 - M)));
+    const F8 normal = as_float(_mm256_add_epi32(fields, splat(uint32_t(127 - kBias) << 23)));
+    const F8 shifted = as_float(_mm256_or_si256(fields, splat(uint32_t(128 - kBias) << 23)));
+    const F8 subnormal = _mm256_sub_ps(shifted, _mm256_set1_ps(pow2(1 - kBias)));
+    const F8 is_subnormal = as_float(_mm256_cmpgt_epi32(splat(1u << 23), fields));
+    const F8 magnitude = _mm256_mul_ps(_mm256_blendv_ps(normal, subnormal, is_subnormal), scale);
+    if (!SIGNED) return magnitude;
+    return _mm256_or_ps(magnitude, as_float(_mm256_and_si256(code, splat(0x80000000u))));  // sign bit
+  }
+  // encode() of 8 values, one code per 32-bit lane (the general form, used for short tails and
+  // for the rare vectors with a subnormal code).
+  static I8 encode8(F8 x, F8 inverse) {
+    I8 r = as_int(_mm256_mul_ps(_mm256_and_ps(x, as_float(splat(0x7FFFFFFFu))), inverse));
+    r = _mm256_min_epu32(r, splat(bits_of(kTop)));  // NaN saturates to the top code
+    const I8 normal = _mm256_srai_epi32(_mm256_add_epi32(r, splat(kNormalOffset)), 23 - M);
+    const I8 significand = _mm256_or_si256(_mm256_and_si256(r, splat(0x7FFFFFu)), splat(0x800000u));
+    const I8 exponent = _mm256_max_epu32(_mm256_srli_epi32(r, 23), splat(1));
+    const I8 shift = _mm256_min_epu32(_mm256_sub_epi32(splat(uint32_t(151 - kBias - M)), exponent), splat(31));
+    const I8 half = _mm256_sllv_epi32(splat(1), _mm256_sub_epi32(shift, splat(1)));
+    const I8 subnormal = _mm256_srlv_epi32(_mm256_add_epi32(significand, half), shift);
+    I8 code = _mm256_blendv_epi8(normal, subnormal, _mm256_cmpgt_epi32(splat(kSmallestNormal), r));
+    if (KEEP_NONZERO) {  // code 0 -> 1 where x != 0
+      const I8 zero_code = _mm256_cmpeq_epi32(code, _mm256_setzero_si256());
+      const I8 zero_x = as_int(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));
+      code = _mm256_sub_epi32(code, _mm256_andnot_si256(zero_x, zero_code));
+    }
+    if (SIGNED) code = _mm256_or_si256(code, _mm256_slli_epi32(_mm256_srli_epi32(as_int(x), 31), 7));
+    return code;
+  }
+  // encode() of 32 values to 32 bytes, for a block whose non-zero |x| all give r >= 2^(1-B) (the
+  // caller checks its smallest): then every code is the normal formula's, or 0 for x = 0 (the
+  // formula is negative there, and the byte pack saturates it to 0).
+  static I8 encode32_normal(const float* x, F8 inverse) {
+    I8 code[4];
+    for (int k = 0; k < 4; ++k) {
+      const F8 magnitude = _mm256_and_ps(_mm256_loadu_ps(x + 8 * k), as_float(splat(0x7FFFFFFFu)));
+      const I8 r = _mm256_min_epu32(as_int(_mm256_mul_ps(magnitude, inverse)), splat(bits_of(kTop)));
+      code[k] = _mm256_srai_epi32(_mm256_add_epi32(r, splat(kNormalOffset)), 23 - M);
+    }
+    I8 bytes = _mm256_packus_epi16(_mm256_packs_epi32(code[0], code[1]), _mm256_packs_epi32(code[2], code[3]));
+    if (SIGNED) {  // signed saturation keeps each float's sign as the sign of its byte
+      const I8 a = _mm256_packs_epi32(_mm256_loadu_si256(reinterpret_cast<const I8*>(x)),
+                                      _mm256_loadu_si256(reinterpret_cast<const I8*>(x + 8)));
+      const I8 b = _mm256_packs_epi32(_mm256_loadu_si256(reinterpret_cast<const I8*>(x + 16)),
+                                      _mm256_loadu_si256(reinterpret_cast<const I8*>(x + 24)));
+      bytes = _mm256_or_si256(bytes, _mm256_and_si256(_mm256_packs_epi16(a, b), _mm256_set1_epi8(char(0x80))));
+    }
+    return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // undo the in-lane packs
+  }
+  // Whether encode32_normal applies to a block: `smallest` is the bits of its smallest non-zero |x|
+  // (0 if all are zero); r is monotonic in |x|, so checking the smallest checks them all.
+  static bool all_normal(uint32_t smallest, float inverse) {
+    return smallest == 0 || bits_of(float_of(smallest) * inverse) >= kSmallestNormal;  // NaN counts as normal
+  }
+#endif  // ADAMKIT_AVX2
 };
 using ExpAvgCode = MiniFloat<4, 3, true, false>;   // codecs.EXP_AVG_CODE
 using ExpAvgSqCode = MiniFloat<5, 3, false, true>;  // codecs.EXP_AVG_SQ_CODE
 
-// Moment storage: load(i) gives fp32; store(i, j, x) writes storage or the L1 stage.
+// Moment storage within one block: load/load8 give fp32 of element i (position j in the block),
+// store/store8 write it back. An int8 moment is decoded into the block buffer `values` when the
+// block begins, updated there, and encoded by finish_block once the block's absmax is known.
 struct F32Moment {
   static constexpr bool kStaged = false;
   float* data;
-  float scale = 0;
-  void begin_block(const float*, int64_t) {}
-  float load(int64_t i) const { return data[i]; }
-  void store(int64_t i, float*, int64_t, float x) const { data[i] = x; }
-  void finish_block(float*, int64_t, int64_t, int64_t, const float*, float) const {}
+  void begin_block(const float*, int64_t, int64_t, int64_t) {}
+  float load(int64_t i, int64_t) const { return data[i]; }
+  void store(int64_t i, int64_t, float x) { data[i] = x; }
+  void finish_block(float*, int64_t, int64_t, int64_t, float, uint32_t) {}
+#ifdef ADAMKIT_AVX2
+  F8 load8(int64_t i, int64_t) const { return _mm256_loadu_ps(data + i); }
+  void store8(int64_t i, int64_t, F8 x) { _mm256_storeu_ps(data + i, x); }
+#endif
 };
 struct BF16Moment {
   static constexpr bool kStaged = false;
   uint16_t* data;
-  float scale = 0;
-  void begin_block(const float*, int64_t) {}
-  float load(int64_t i) const { return bf16_value(data[i]); }
-  void store(int64_t i, float*, int64_t, float x) const { data[i] = bf16_nearest(x); }
-  void finish_block(float*, int64_t, int64_t, int64_t, const float*, float) const {}
+  void begin_block(const float*, int64_t, int64_t, int64_t) {}
+  float load(int64_t i, int64_t) const { return bf16_value(data[i]); }
+  void store(int64_t i, int64_t, float x) { data[i] = bf16_nearest(x); }
+  void finish_block(float*, int64_t, int64_t, int64_t, float, uint32_t) {}
+#ifdef ADAMKIT_AVX2
+  F8 load8(int64_t i, int64_t) const { return bf16_value8(data + i); }
+  void store8(int64_t i, int64_t, F8 x) { store_u16x8(data + i, bf16_nearest8(x)); }
+#endif
 };
 template <class Code>
 struct Int8Moment {
   static constexpr bool kStaged = true;
   uint8_t* data;
-  float scale = 0;
-  void begin_block(const float* absmax, int64_t block) { scale = Code::decode_scale(absmax[block]); }
-  float load(int64_t i) const { return Code::decode(data[i], scale); }
-  void store(int64_t, float* stage, int64_t j, float x) const { stage[j] = x; }
-  void finish_block(float* absmax, int64_t block, int64_t base, int64_t n, const float* stage, float peak) const {
+  alignas(32) float values[kBlock];
+  void begin_block(const float* absmax, int64_t block, int64_t base, int64_t n) {
+    const float scale = Code::decode_scale(absmax[block]);
+    const uint8_t* __restrict codes = data + base;
+    int64_t j = 0;
+#ifdef ADAMKIT_AVX2
+    const F8 scale8 = _mm256_set1_ps(scale);
+    if (denormals_are_zero()) {
+      for (; j + 8 <= n; j += 8) _mm256_store_ps(values + j, Code::template decode8<false>(codes + j, scale8));
+    } else {
+      for (; j + 8 <= n; j += 8) _mm256_store_ps(values + j, Code::template decode8<true>(codes + j, scale8));
+    }
+#endif
+    for (; j < n; ++j) values[j] = Code::decode(codes[j], scale);
+  }
+  float load(int64_t, int64_t j) const { return values[j]; }
+  void store(int64_t, int64_t j, float x) { values[j] = x; }
+  // peak: the block's absmax; smallest: bits of its smallest non-zero |value|, or 0
+  void finish_block(float* absmax, int64_t block, int64_t base, int64_t n, float peak, uint32_t smallest) const {
     const float inverse = Code::encode_scale(peak);
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) data[base + j] = Code::encode(stage[j], inverse);
+    uint8_t* __restrict out = data + base;
+    int64_t j = 0;
+#ifdef ADAMKIT_AVX2
+    const F8 inverse8 = _mm256_set1_ps(inverse);
+    if (Code::all_normal(smallest, inverse))  // else (rare) all of the block takes encode8 below
+      for (; j + 32 <= n; j += 32)
+        _mm256_storeu_si256(reinterpret_cast<I8*>(out + j), Code::encode32_normal(values + j, inverse8));
+    for (; j + 8 <= n; j += 8) {
+      const I8 a = Code::encode8(_mm256_load_ps(values + j), inverse8);
+      const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + j), _mm_packus_epi16(words, words));
+    }
+#endif
+    for (; j < n; ++j) out[j] = Code::encode(values[j], inverse);
     absmax[block] = peak;
   }
+#ifdef ADAMKIT_AVX2
+  F8 load8(int64_t, int64_t j) const { return _mm256_load_ps(values + j); }
+  void store8(int64_t, int64_t j, F8 x) { _mm256_store_ps(values + j, x); }
+#endif
 };
 
+// The per-step constants of the update, in float (as the scalar and vector code use them).
+struct UpdateConstants {
+  float grad_multiplier, decay, l2, lerp_weight, lerp_complement, beta2, one_minus_beta2;
+  float inverse_bias_correction2_sqrt, eps, neg_step_size;
+  uint32_t lerp_mask;
+  explicit UpdateConstants(const AdamScalars& s)
+      // maximize flips the sign; an AMP loss scale is divided out (as the fp32 kernel does)
+      : grad_multiplier(float((s.maximize ? -1.0 : 1.0) / s.grad_scale)),
+        decay(float(s.decay)),
+        l2(float(s.l2)),
+        lerp_weight(float(1.0 - s.beta1)),
+        lerp_complement(float(s.beta1)),
+        beta2(float(s.beta2)),
+        one_minus_beta2(float(1.0 - s.beta2)),
+        inverse_bias_correction2_sqrt(float(1.0 / s.bias_correction2_sqrt)),
+        eps(float(s.eps)),
+        neg_step_size(float(-s.step_size)),
+        lerp_mask((1.0 - s.beta1) < 0.5 ? ~0u : 0u) {}  // torch's lerp picks the stabler form
+};
+
+// One block: decode, update and (for bf16/fp32 storage) encode element by element; int8 moments
+// are staged and encoded once the block's absmax is known.
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
-void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, int64_t last, int threads) {
+void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block) {
   using PT = typename std::conditional<BF16_PARAMS, uint16_t, float>::type;
   PT* __restrict p = static_cast<PT*>(b.p);
   const PT* __restrict g = static_cast<const PT*>(b.g);
-  // maximize flips the sign; an AMP loss scale is divided out (as the fp32 kernel does)
-  const float grad_multiplier = float((s.maximize ? -1.0 : 1.0) / s.grad_scale);
-  const float decay = float(s.decay), l2 = float(s.l2);
-  const float lerp_weight = float(1.0 - s.beta1), lerp_complement = float(s.beta1);
-  const uint32_t lerp_mask = (1.0 - s.beta1) < 0.5 ? ~0u : 0u;  // torch's lerp picks the stabler form
-  const float beta2 = float(s.beta2), one_minus_beta2 = float(1.0 - s.beta2);
-  const float inverse_bias_correction2_sqrt = float(1.0 / s.bias_correction2_sqrt), eps = float(s.eps);
-  const float neg_step_size = float(-s.step_size);
-  const bool parallel = (b.block_start[last] - b.block_start[first]) >= kParallelThreshold;
-#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
-  for (int64_t block = first; block < last; ++block) {
-    const int64_t base = b.block_start[block], n = b.block_start[block + 1] - base;
-    const int32_t param = b.block_param[block];
-    MomentM m{static_cast<decltype(MomentM::data)>(b.m)};
-    MomentV v{static_cast<decltype(MomentV::data)>(b.v)};
-    MomentV vmax{static_cast<decltype(MomentV::data)>(b.vmax)};
-    m.begin_block(b.m_absmax, block);
-    v.begin_block(b.v_absmax, block);
-    if (AMSGRAD) vmax.begin_block(b.vmax_absmax, block);
-    alignas(64) float m_stage[kBlock], v_stage[kBlock], vmax_stage[kBlock];
-    const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
-    const uint32_t local = uint32_t(base - b.param_start[param]);
-    uint16_t* __restrict comp = b.comp;
-    float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // block absmax of staged (int8) moments
-#pragma omp simd reduction(max : peak_m, peak_v, peak_vmax)
-    for (int64_t j = 0; j < n; ++j) {
+  uint16_t* __restrict comp = b.comp;
+  const int64_t base = b.block_start[block], n = b.block_start[block + 1] - base;
+  const int32_t param = b.block_param[block];
+  MomentM m{static_cast<decltype(MomentM::data)>(b.m)};
+  MomentV v{static_cast<decltype(MomentV::data)>(b.v)};
+  MomentV vmax{static_cast<decltype(MomentV::data)>(b.vmax)};
+  m.begin_block(b.m_absmax, block, base, n);
+  v.begin_block(b.v_absmax, block, base, n);
+  if (AMSGRAD) vmax.begin_block(b.vmax_absmax, block, base, n);
+  const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
+  const uint32_t local = uint32_t(base - b.param_start[param]);
+  float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // block absmax of staged (int8) moments
+  // and bits of their smallest non-zero |value|, minus 1 (so that 0 wraps to the largest)
+  uint32_t least_m = ~0u, least_v = ~0u, least_vmax = ~0u;
+  int64_t scalar_start = 0;  // elements before it went through the vector code
+#ifdef ADAMKIT_AVX2
+  {
+    const F8 grad_multiplier = _mm256_set1_ps(c.grad_multiplier), decay = _mm256_set1_ps(c.decay);
+    const F8 l2 = _mm256_set1_ps(c.l2), lerp_weight = _mm256_set1_ps(c.lerp_weight);
+    const F8 lerp_complement = _mm256_set1_ps(c.lerp_complement), lerp_mask = as_float(splat(c.lerp_mask));
+    const F8 beta2 = _mm256_set1_ps(c.beta2), one_minus_beta2 = _mm256_set1_ps(c.one_minus_beta2);
+    const F8 inverse_bias_correction2_sqrt = _mm256_set1_ps(c.inverse_bias_correction2_sqrt);
+    const F8 eps = _mm256_set1_ps(c.eps), neg_step_size = _mm256_set1_ps(c.neg_step_size);
+    const F8 abs_mask = as_float(splat(0x7FFFFFFFu));
+    F8 peak_m8 = _mm256_setzero_ps(), peak_v8 = _mm256_setzero_ps(), peak_vmax8 = _mm256_setzero_ps();
+    I8 least_m8 = splat(~0u), least_v8 = splat(~0u), least_vmax8 = splat(~0u);
+    const I8 one = splat(1);
+    for (int64_t j = 0; j + 8 <= n; j += 8, scalar_start = j) {
       const int64_t i = base + j;
-      float param_value, grad_value;
+      F8 param_value, grad_value;
       if (BF16_PARAMS) {
-        param_value = bf16_value(p[i]);
-        if (ROUNDING == kKahan) param_value += bf16_value(comp[i]);  // p + compensation
-        grad_value = bf16_value(g[i]);
+        param_value = bf16_value8(reinterpret_cast<const uint16_t*>(p + i));
+        if (ROUNDING == kKahan) param_value = _mm256_add_ps(param_value, bf16_value8(comp + i));
+        grad_value = bf16_value8(reinterpret_cast<const uint16_t*>(g + i));
       } else {
-        param_value = p[i];
-        grad_value = g[i];
+        param_value = _mm256_loadu_ps(reinterpret_cast<const float*>(p + i));
+        grad_value = _mm256_loadu_ps(reinterpret_cast<const float*>(g + i));
       }
-      const float old_m = m.load(i), old_v = v.load(i);
-      float x = param_value * decay;                                    // AdamW: p <- p (1 - lr wd)
-      const float grad = grad_value * grad_multiplier + l2 * x;         // Adam + L2: g <- g + wd p
-      // m_t as torch's lerp; both forms computed so the choice is a blend, not a branch
-      const float from_start = old_m + lerp_weight * (grad - old_m);
-      const float from_end = grad - (grad - old_m) * lerp_complement;
-      const float exp_avg = float_of((bits_of(from_start) & lerp_mask) | (bits_of(from_end) & ~lerp_mask));  // m_t
-      const float exp_avg_sq = old_v * beta2 + one_minus_beta2 * grad * grad;       // v_t
-      float second = exp_avg_sq;
-      if (AMSGRAD) {                                                    // v_max <- max(v_max, v_t)
-        const float old_vmax = vmax.load(i);
-        second = old_vmax > exp_avg_sq ? old_vmax : exp_avg_sq;
-        vmax.store(i, vmax_stage, j, second);
-        if (MomentV::kStaged) peak_vmax = second > peak_vmax ? second : peak_vmax;  // v >= 0
+      const F8 old_m = m.load8(i, j), old_v = v.load8(i, j);
+      F8 x = _mm256_mul_ps(param_value, decay);
+      const F8 grad = _mm256_fmadd_ps(grad_value, grad_multiplier, _mm256_mul_ps(l2, x));
+      const F8 diff = _mm256_sub_ps(grad, old_m);
+      const F8 from_start = _mm256_fmadd_ps(lerp_weight, diff, old_m);
+      const F8 from_end = _mm256_fnmadd_ps(diff, lerp_complement, grad);
+      const F8 exp_avg = _mm256_blendv_ps(from_end, from_start, lerp_mask);
+      const F8 exp_avg_sq = _mm256_fmadd_ps(old_v, beta2, _mm256_mul_ps(_mm256_mul_ps(one_minus_beta2, grad), grad));
+      F8 second = exp_avg_sq;
+      if (AMSGRAD) {
+        second = _mm256_max_ps(vmax.load8(i, j), exp_avg_sq);  // old if old > new, else new (NaN: new)
+        vmax.store8(i, j, second);
+        if (MomentV::kStaged) {
+          peak_vmax8 = _mm256_max_ps(second, peak_vmax8);
+          least_vmax8 = _mm256_min_epu32(_mm256_sub_epi32(as_int(_mm256_and_ps(second, abs_mask)), one), least_vmax8);
+        }
       }
-      const float denom = std::sqrt(second) * inverse_bias_correction2_sqrt + eps;  // sqrt(v_hat) + eps
-      m.store(i, m_stage, j, exp_avg);
-      v.store(i, v_stage, j, exp_avg_sq);
-      if (MomentM::kStaged) peak_m = std::fabs(exp_avg) > peak_m ? std::fabs(exp_avg) : peak_m;
-      if (MomentV::kStaged) peak_v = exp_avg_sq > peak_v ? exp_avg_sq : peak_v;
-      x = x + neg_step_size * (exp_avg / denom);                        // p <- p - lr m_hat / (sqrt(v_hat) + eps)
+      const F8 denom = _mm256_fmadd_ps(_mm256_sqrt_ps(second), inverse_bias_correction2_sqrt, eps);
+      m.store8(i, j, exp_avg);
+      v.store8(i, j, exp_avg_sq);
+      if (MomentM::kStaged) {
+        const F8 magnitude = _mm256_and_ps(exp_avg, abs_mask);
+        peak_m8 = _mm256_max_ps(magnitude, peak_m8);
+        least_m8 = _mm256_min_epu32(_mm256_sub_epi32(as_int(magnitude), one), least_m8);
+      }
+      if (MomentV::kStaged) {
+        peak_v8 = _mm256_max_ps(exp_avg_sq, peak_v8);
+        least_v8 = _mm256_min_epu32(_mm256_sub_epi32(as_int(_mm256_and_ps(exp_avg_sq, abs_mask)), one), least_v8);
+      }
+      x = _mm256_fmadd_ps(neg_step_size, _mm256_div_ps(exp_avg, denom), x);
       if (!BF16_PARAMS) {
-        p[i] = x;
-      } else if (ROUNDING == kStochastic) {                             // unbiased: add 16 random low bits, truncate
-        const uint32_t noise = mix32((local + uint32_t(j)) ^ key) & 0xFFFFu;
-        p[i] = x != x ? bf16_nearest(x) : uint16_t((bits_of(x) + noise) >> 16);
+        _mm256_storeu_ps(reinterpret_cast<float*>(p + i), x);
+      } else if (ROUNDING == kStochastic) {
+        const I8 index = _mm256_add_epi32(splat(local + uint32_t(j)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const I8 noise = _mm256_and_si256(mix32x8(_mm256_xor_si256(index, splat(key))), splat(0xFFFF));
+        const I8 truncated = _mm256_srli_epi32(_mm256_add_epi32(as_int(x), noise), 16);
+        const I8 nan = as_int(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        store_u16x8(reinterpret_cast<uint16_t*>(p + i), _mm256_blendv_epi8(truncated, splat(0x7FC0), nan));
       } else {
-        const uint16_t rounded = bf16_nearest(x);
-        p[i] = rounded;
-        if (ROUNDING == kKahan) comp[i] = bf16_nearest(x - bf16_value(rounded));  // what rounding lost
+        const I8 rounded = bf16_nearest8(x);
+        store_u16x8(reinterpret_cast<uint16_t*>(p + i), rounded);
+        if (ROUNDING == kKahan) {
+          const F8 lost = _mm256_sub_ps(x, as_float(_mm256_slli_epi32(rounded, 16)));
+          store_u16x8(comp + i, bf16_nearest8(lost));
+        }
       }
     }
-    m.finish_block(b.m_absmax, block, base, n, m_stage, peak_m);
-    v.finish_block(b.v_absmax, block, base, n, v_stage, peak_v);
-    if (AMSGRAD) vmax.finish_block(b.vmax_absmax, block, base, n, vmax_stage, peak_vmax);
+    peak_m = max_of_lanes(peak_m8);
+    peak_v = max_of_lanes(peak_v8);
+    peak_vmax = max_of_lanes(peak_vmax8);
+    least_m = min_of_lanes(least_m8);
+    least_v = min_of_lanes(least_v8);
+    least_vmax = min_of_lanes(least_vmax8);
   }
+#else
+#pragma omp simd reduction(max : peak_m, peak_v, peak_vmax) reduction(min : least_m, least_v, least_vmax)
+#endif
+  for (int64_t j = scalar_start; j < n; ++j) {
+    const int64_t i = base + j;
+    float param_value, grad_value;
+    if (BF16_PARAMS) {
+      param_value = bf16_value(p[i]);
+      if (ROUNDING == kKahan) param_value += bf16_value(comp[i]);  // p + compensation
+      grad_value = bf16_value(g[i]);
+    } else {
+      param_value = p[i];
+      grad_value = g[i];
+    }
+    const float old_m = m.load(i, j), old_v = v.load(i, j);
+    float x = param_value * c.decay;                                    // AdamW: p <- p (1 - lr wd)
+    const float grad = grad_value * c.grad_multiplier + c.l2 * x;       // Adam + L2: g <- g + wd p
+    // m_t as torch's lerp; both forms computed so the choice is a blend, not a branch
+    const float from_start = old_m + c.lerp_weight * (grad - old_m);
+    const float from_end = grad - (grad - old_m) * c.lerp_complement;
+    const float exp_avg = float_of((bits_of(from_start) & c.lerp_mask) | (bits_of(from_end) & ~c.lerp_mask));  // m_t
+    const float exp_avg_sq = old_v * c.beta2 + c.one_minus_beta2 * grad * grad;  // v_t
+    float second = exp_avg_sq;
+    if (AMSGRAD) {                                                      // v_max <- max(v_max, v_t)
+      const float old_vmax = vmax.load(i, j);
+      second = old_vmax > exp_avg_sq ? old_vmax : exp_avg_sq;
+      vmax.store(i, j, second);
+      if (MomentV::kStaged) peak_vmax = second > peak_vmax ? second : peak_vmax;  // v >= 0
+      if (MomentV::kStaged) least_vmax = std::min(least_vmax, bits_of(std::fabs(second)) - 1u);
+    }
+    const float denom = std::sqrt(second) * c.inverse_bias_correction2_sqrt + c.eps;  // sqrt(v_hat) + eps
+    m.store(i, j, exp_avg);
+    v.store(i, j, exp_avg_sq);
+    if (MomentM::kStaged) peak_m = std::fabs(exp_avg) > peak_m ? std::fabs(exp_avg) : peak_m;
+    if (MomentV::kStaged) peak_v = exp_avg_sq > peak_v ? exp_avg_sq : peak_v;
+    if (MomentM::kStaged) least_m = std::min(least_m, bits_of(std::fabs(exp_avg)) - 1u);
+    if (MomentV::kStaged) least_v = std::min(least_v, bits_of(std::fabs(exp_avg_sq)) - 1u);
+    x = x + c.neg_step_size * (exp_avg / denom);                        // p <- p - lr m_hat / (sqrt(v_hat) + eps)
+    if (!BF16_PARAMS) {
+      p[i] = x;
+    } else if (ROUNDING == kStochastic) {                               // unbiased: add 16 random low bits, truncate
+      const uint32_t noise = mix32((local + uint32_t(j)) ^ key) & 0xFFFFu;
+      p[i] = x != x ? bf16_nearest(x) : uint16_t((bits_of(x) + noise) >> 16);
+    } else {
+      const uint16_t rounded = bf16_nearest(x);
+      p[i] = rounded;
+      if (ROUNDING == kKahan) comp[i] = bf16_nearest(x - bf16_value(rounded));  // what rounding lost
+    }
+  }
+  m.finish_block(b.m_absmax, block, base, n, peak_m, least_m + 1u);
+  v.finish_block(b.v_absmax, block, base, n, peak_v, least_v + 1u);
+  if (AMSGRAD) vmax.finish_block(b.vmax_absmax, block, base, n, peak_vmax, least_vmax + 1u);
+}
+
+template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
+void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, int64_t last, int threads) {
+  const UpdateConstants constants(s);
+  const bool parallel = (b.block_start[last] - b.block_start[first]) >= kParallelThreshold;
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+  for (int64_t block = first; block < last; ++block)
+    step_block<MomentM, MomentV, AMSGRAD, BF16_PARAMS, ROUNDING>(b, constants, block);
 }
 
 #ifdef ADAMKIT_LOWPREC
