@@ -3,10 +3,12 @@
 AdamW on GPT-2-small shapes (or another adamkit.bench case). In one process,
 round by round, it times torch's fused fp32 step (the reference), adamkit fp32,
 adamkit with bf16 m and v, with int8 m and v, and with bf16 params + bf16 state +
-stochastic rounding (plus torch fused on bf16 params and bitsandbytes' AdamW8bit
-when installed), and one bytes-only floor pass per mode: the same element reads
-and writes with trivial arithmetic (fp32 28 B/param; bf16 state 20; int8 state 16
-plus scales; all bf16 14). Every contestant has its own parameters and state.
+stochastic rounding, plus torch fused on bf16 params, and bitsandbytes' AdamW8bit
+when it is installed and has a CPU backend (benchmark environment only:
+``pip install bitsandbytes``; not an adamkit dependency). Each mode comes with a
+bytes-only floor pass: the same element reads and writes with trivial arithmetic
+(fp32 28 B/param; bf16 state 20; int8 state 16 plus scales; all bf16 14). Every
+contestant has its own parameters and state.
 Also reports int8 state bytes per parameter, measured from the state dict.
 
     PYTHONPATH=src python benchmarks/bench_lowprec.py --case gpt2 [--steps 10 --warmup 3]
@@ -49,6 +51,31 @@ def floor(total: int, param_dtype: torch.dtype, state_dtype: torch.dtype) -> ben
     return floor_lowprec_(p, g, m, v)
 
 
+def bitsandbytes_adamw8bit(shapes: list[tuple[int, ...]]):
+    """bitsandbytes' 8-bit AdamW on CPU (benchmark environment only, never an adamkit dependency).
+
+    Returns its step, or None with a printed reason when bitsandbytes is not installed or cannot
+    step on CPU (one trial step on a small tensor decides).
+    """
+    try:
+        import bitsandbytes
+    except ImportError as error:
+        print(f"skipping bitsandbytes AdamW8bit: bitsandbytes is not importable ({error})")
+        return None
+    # AdamW8bit is the 8-bit entry point; older releases spell it AdamW(optim_bits=8).
+    make = getattr(bitsandbytes.optim, "AdamW8bit", None) or (
+        lambda params, **kw: bitsandbytes.optim.AdamW(params, optim_bits=8, **kw)
+    )
+    try:
+        trial = params_for([(4096, 2)])
+        make(trial, lr=LR, weight_decay=WEIGHT_DECAY).step()
+    except Exception as error:  # noqa: BLE001  (any failure means: no usable CPU backend)
+        print(f"skipping bitsandbytes AdamW8bit: no CPU backend in bitsandbytes {bitsandbytes.__version__} ({error!r})")
+        return None
+    print(f"bitsandbytes {bitsandbytes.__version__}: {make.__module__}.{getattr(make, '__name__', 'AdamW')} on CPU")
+    return make(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY).step
+
+
 def contestants(shapes: list[tuple[int, ...]], skip: tuple[str, ...]) -> tuple[list[bench.Contestant], dict[str, float]]:
     total = sum(torch.Size(shape).numel() for shape in shapes)
     entries: list[tuple[str, object]] = []
@@ -77,15 +104,10 @@ def contestants(shapes: list[tuple[int, ...]], skip: tuple[str, ...]) -> tuple[l
         "torch fused bf16 p (no sr)",
         lambda: torch.optim.AdamW(params_for(shapes, torch.bfloat16), lr=LR, weight_decay=WEIGHT_DECAY, fused=True).step,
     )
-    try:
-        import bitsandbytes  # noqa: F401  (benchmark environment only, not a dependency)
-
-        add(
-            "bitsandbytes AdamW8bit",
-            lambda: bitsandbytes.optim.AdamW8bit(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY).step,
-        )
-    except ImportError:
-        notes["bitsandbytes missing"] = 1.0
+    if "bitsandbytes AdamW8bit" not in skip:
+        bnb_step = bitsandbytes_adamw8bit(shapes)
+        if bnb_step is not None:
+            entries.append(("bitsandbytes AdamW8bit", bnb_step))
     # int8 state bytes per parameter, measured from a state dict after one step.
     int8.step()
     state = int8.state_dict()["state"]
