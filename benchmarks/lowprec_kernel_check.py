@@ -1,7 +1,7 @@
 """Check a changed low-precision kernel against a reference build, bit for bit, and time both.
 
-Compiles src/adamkit/kernels/adam_kernel.cpp and the same file at a git revision (default HEAD~1,
-or --reference FILE) for each storage mode, runs both on the same inputs (realistic values and
+Compiles src/adamkit/kernels/adam_kernel.cpp and the same file at a git revision (default
+09ced4b, the last before the AVX2 code, or --reference FILE) for each storage mode, runs both on the same inputs (realistic values and
 garbage: NaN, Inf, denormals, random bit patterns, random int8 codes and absmax including 0,
 1e30 and float32 max; partial blocks; every rounding, amsgrad, maximize, grad_scale, L2 and both
 lerp forms), and compares every output buffer byte for byte, also with DAZ/FTZ set. Then times
@@ -151,7 +151,7 @@ def main() -> None:
     import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference-rev", default="HEAD~1", help="git revision of the reference kernel")
+    parser.add_argument("--reference-rev", default="09ced4b", help="git revision of the reference kernel (default: the last one before the AVX2 code)")
     parser.add_argument("--reference", help="reference kernel source file (instead of a revision)")
     parser.add_argument("--no-time", action="store_true")
     args = parser.parse_args()
