@@ -480,7 +480,91 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
     F8 peak_m8 = _mm256_setzero_ps(), peak_v8 = _mm256_setzero_ps(), peak_vmax8 = _mm256_setzero_ps();
     I8 least_m8 = splat(~0u), least_v8 = splat(~0u), least_vmax8 = splat(~0u);
     const I8 one = splat(1);
-    for (int64_t j = 0; j + 8 <= n; j += 8, scalar_start = j) {
+    // the update of 8 elements: the scalar loop's operations below, in the same order
+    auto update8 = [&](F8 param_value, F8 grad_value, F8 old_m, F8 old_v, F8& x, F8& exp_avg, F8& exp_avg_sq) {
+      x = _mm256_mul_ps(param_value, decay);
+      const F8 grad = _mm256_fmadd_ps(grad_value, grad_multiplier, _mm256_mul_ps(l2, x));
+      const F8 diff = _mm256_sub_ps(grad, old_m);
+      const F8 from_start = _mm256_fmadd_ps(lerp_weight, diff, old_m);
+      const F8 from_end = _mm256_fnmadd_ps(diff, lerp_complement, grad);
+      exp_avg = _mm256_blendv_ps(from_end, from_start, lerp_mask);
+      exp_avg_sq = _mm256_fmadd_ps(old_v, beta2, _mm256_mul_ps(_mm256_mul_ps(one_minus_beta2, grad), grad));
+    };
+    auto step8 = [&](F8 x, F8 exp_avg, F8 second) {  // x + (-lr) m / (sqrt(v_hat) + eps)
+      const F8 denom = _mm256_fmadd_ps(_mm256_sqrt_ps(second), inverse_bias_correction2_sqrt, eps);
+      return _mm256_fmadd_ps(neg_step_size, _mm256_div_ps(exp_avg, denom), x);
+    };
+    int64_t vector_start = 0;
+    if constexpr (BF16_PARAMS && std::is_same<MomentM, BF16Moment>::value && std::is_same<MomentV, BF16Moment>::value) {
+      // All streams 16-bit: 16 elements per iteration as even and odd lanes of one 32-byte load
+      // (shift or mask each word into a float's high half, no shuffles), written back with one
+      // word blend. Same operations per element as the 8-lane loop.
+      const I8 high = splat(0xFFFF0000u);
+      auto load16 = [&](const uint16_t* q, F8& even, F8& odd) {
+        const I8 words = _mm256_loadu_si256(reinterpret_cast<const I8*>(q));
+        even = as_float(_mm256_slli_epi32(words, 16));
+        odd = as_float(_mm256_and_si256(words, high));
+      };
+      auto store16 = [](uint16_t* q, I8 even, I8 odd) {  // results in the lanes' high halves
+        _mm256_storeu_si256(reinterpret_cast<I8*>(q), _mm256_blend_epi16(_mm256_srli_epi32(even, 16), odd, 0xAA));
+      };
+      auto nearest_high = [](F8 x) {  // bf16_nearest in the high half
+        const I8 u = as_int(x);
+        const I8 parity = _mm256_and_si256(_mm256_srli_epi32(u, 16), splat(1));
+        const I8 rounded = _mm256_add_epi32(_mm256_add_epi32(u, splat(0x7FFF)), parity);
+        return _mm256_blendv_epi8(rounded, splat(0x7FC00000u), as_int(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+      };
+      auto stochastic_high = [&](F8 x, int64_t j, const I8 lanes) {  // lanes: element offsets in the 16
+        const I8 index = _mm256_add_epi32(splat(local + uint32_t(j)), lanes);
+        const I8 noise = _mm256_and_si256(mix32x8(_mm256_xor_si256(index, splat(key))), splat(0xFFFF));
+        const I8 truncated = _mm256_add_epi32(as_int(x), noise);
+        return _mm256_blendv_epi8(truncated, splat(0x7FC00000u), as_int(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+      };
+      const I8 even_lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+      const I8 odd_lanes = _mm256_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15);
+      for (int64_t j = 0; j + 16 <= n; j += 16, vector_start = j) {
+        const int64_t i = base + j;
+        uint16_t* const ps = reinterpret_cast<uint16_t*>(p) + i;
+        const uint16_t* const gs = reinterpret_cast<const uint16_t*>(g) + i;
+        F8 param_value[2], grad_value[2], old_m[2], old_v[2], old_vmax[2], addend[2];
+        load16(ps, param_value[0], param_value[1]);
+        if (ROUNDING == kKahan) {
+          load16(comp + i, addend[0], addend[1]);
+          for (int h = 0; h < 2; ++h) param_value[h] = _mm256_add_ps(param_value[h], addend[h]);
+        }
+        load16(gs, grad_value[0], grad_value[1]);
+        load16(m.data + i, old_m[0], old_m[1]);
+        load16(v.data + i, old_v[0], old_v[1]);
+        if (AMSGRAD) load16(vmax.data + i, old_vmax[0], old_vmax[1]);
+        I8 new_m[2], new_v[2], new_vmax[2], new_p[2], new_comp[2];
+        for (int h = 0; h < 2; ++h) {
+          F8 x, exp_avg, exp_avg_sq;
+          update8(param_value[h], grad_value[h], old_m[h], old_v[h], x, exp_avg, exp_avg_sq);
+          F8 second = exp_avg_sq;
+          if (AMSGRAD) {
+            second = _mm256_max_ps(old_vmax[h], exp_avg_sq);
+            new_vmax[h] = nearest_high(second);
+          }
+          new_m[h] = nearest_high(exp_avg);
+          new_v[h] = nearest_high(exp_avg_sq);
+          x = step8(x, exp_avg, second);
+          if (ROUNDING == kStochastic) {
+            new_p[h] = stochastic_high(x, j, h ? odd_lanes : even_lanes);
+          } else {
+            new_p[h] = nearest_high(x);
+            if (ROUNDING == kKahan)
+              new_comp[h] = nearest_high(_mm256_sub_ps(x, as_float(_mm256_and_si256(new_p[h], high))));
+          }
+        }
+        store16(m.data + i, new_m[0], new_m[1]);
+        store16(v.data + i, new_v[0], new_v[1]);
+        if (AMSGRAD) store16(vmax.data + i, new_vmax[0], new_vmax[1]);
+        store16(ps, new_p[0], new_p[1]);
+        if (ROUNDING == kKahan) store16(comp + i, new_comp[0], new_comp[1]);
+      }
+    }
+    scalar_start = vector_start;
+    for (int64_t j = vector_start; j + 8 <= n; j += 8, scalar_start = j) {
       const int64_t i = base + j;
       F8 param_value, grad_value;
       if (BF16_PARAMS) {
@@ -492,14 +576,9 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
         grad_value = _mm256_loadu_ps(reinterpret_cast<const float*>(g + i));
       }
       const F8 old_m = m.load8(i, j), old_v = v.load8(i, j);
-      F8 x = _mm256_mul_ps(param_value, decay);
-      const F8 grad = _mm256_fmadd_ps(grad_value, grad_multiplier, _mm256_mul_ps(l2, x));
-      const F8 diff = _mm256_sub_ps(grad, old_m);
-      const F8 from_start = _mm256_fmadd_ps(lerp_weight, diff, old_m);
-      const F8 from_end = _mm256_fnmadd_ps(diff, lerp_complement, grad);
-      const F8 exp_avg = _mm256_blendv_ps(from_end, from_start, lerp_mask);
-      const F8 exp_avg_sq = _mm256_fmadd_ps(old_v, beta2, _mm256_mul_ps(_mm256_mul_ps(one_minus_beta2, grad), grad));
-      F8 second = exp_avg_sq;
+      F8 x, exp_avg, exp_avg_sq, second, denom;
+      update8(param_value, grad_value, old_m, old_v, x, exp_avg, exp_avg_sq);
+      second = exp_avg_sq;
       if (AMSGRAD) {
         second = _mm256_max_ps(vmax.load8(i, j), exp_avg_sq);  // old if old > new, else new (NaN: new)
         vmax.store8(i, j, second);
@@ -508,7 +587,7 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
           least_vmax8 = _mm256_min_epu32(_mm256_sub_epi32(as_int(_mm256_and_ps(second, abs_mask)), one), least_vmax8);
         }
       }
-      const F8 denom = _mm256_fmadd_ps(_mm256_sqrt_ps(second), inverse_bias_correction2_sqrt, eps);
+      denom = _mm256_fmadd_ps(_mm256_sqrt_ps(second), inverse_bias_correction2_sqrt, eps);
       m.store8(i, j, exp_avg);
       v.store8(i, j, exp_avg_sq);
       if (MomentM::kStaged) {
