@@ -194,6 +194,7 @@ class _AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._refuse_sparse_low_precision()
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and float(found_inf) != 0) or self._nonfinite_says_skip():
             for group in self.param_groups:
@@ -204,6 +205,16 @@ class _AdamFamily(Optimizer):
         for index, group in enumerate(self.param_groups):
             self._step_group(index, group, grad_scale)
         return loss
+
+    def _refuse_sparse_low_precision(self) -> None:
+        """Sparse gradients for low-precision layouts are refused before anything is updated."""
+        for index, group in enumerate(self.param_groups):
+            flat_group = self._flat_groups.get(index)
+            if flat_group is None or not flat_group.valid_for(group):
+                candidates = group["params"]
+            else:  # plain flat buckets handle sparse gradients; a low-precision one may hold them
+                candidates = [p for b in flat_group.buckets if hasattr(b, "layout") for p in b.params] + flat_group.leftovers
+            lowprec.refuse_sparse_grads(group, index, candidates)
 
     def _nonfinite_says_skip(self) -> bool:
         """Apply each group's ``nonfinite`` policy; True if this step must be skipped."""
