@@ -69,6 +69,8 @@ class _AdamFamily(Optimizer):
         seen = {id(p) for group in getattr(self, "param_groups", []) for p in group["params"]}
         validation.check_group_params(tensors, seen)
         param_group = {**param_group, "params": params}
+        if "state_dtype" in param_group:  # the shorthand sets this group's two moments
+            param_group = lowprec.resolve_options(param_group)
         merged = {**self.defaults, **param_group}
         validation.check_hyperparameters(merged)
         lowprec.check_group(merged)
