@@ -11,6 +11,7 @@ which gives the same answers.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import sys
@@ -18,11 +19,11 @@ import sysconfig
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .build import KernelBuildError, compile_cached
 
-__all__ = ["all_in_place", "load", "build_in_background", "loaded"]
+__all__ = ["all_in_place", "load", "build_in_background", "loaded", "python_only", "addresses_of"]
 
 _module: ModuleType | None = None
 _lock = threading.Lock()
@@ -79,6 +80,17 @@ def build_in_background() -> None:
     """Start building the extension on a daemon thread (once per process)."""
     if _module is None and not _attempted and not _lock.locked():
         threading.Thread(target=_try_load, name="adamkit-param-check-build", daemon=True).start()
+
+
+@contextlib.contextmanager
+def python_only() -> Iterator[None]:
+    """Use the Python check inside the block (for comparisons and benchmarks)."""
+    global _module
+    saved, _module = _module, None
+    try:
+        yield
+    finally:
+        _module = saved
 
 
 def loaded() -> ModuleType | None:
