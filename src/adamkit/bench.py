@@ -67,8 +67,13 @@ def adamkit_contestants(params: list[torch.nn.Parameter], lr: float, weight_deca
         optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
         contestants.append(Contestant(name, optimizer.step))
     if param_check.loaded() is not None:
-        # The flat path with its per-step parameter check done in Python, to show what the compiled check saves.
-        optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay)
+        # The flat path with its per-step parameter check done in Python, to show what the compiled
+        # check saves. It needs params of its own: two flat optimizers would re-home shared params
+        # into their own buffers at every step.
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for copy, param in zip(copies, params):
+            copy.grad = param.grad.clone()
+        optimizer = adamkit.AdamW(copies, lr=lr, weight_decay=weight_decay)
 
         def step_with_python_check() -> None:
             with param_check.python_only():
