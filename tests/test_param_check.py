@@ -18,10 +18,10 @@ from adamkit.kernels import param_check
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the flat path is unavailable")
 
 
-def trained():
+def trained(fused=None):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 7))
-    optimizer = adamkit.AdamW(model.parameters(), lr=1e-2)
+    optimizer = adamkit.AdamW(model.parameters(), lr=1e-2, fused=fused)
     for _ in range(2):
         optimizer.zero_grad()
         model(torch.randn(4, 5)).sum().backward()
@@ -98,7 +98,7 @@ def test_a_step_after_each_perturbation_matches_the_loop_path():
     for perturb, _, _ in CASES:
         results = []
         for fused in (None, False):
-            model, optimizer = trained() if fused is None else _trained_loop()
+            model, optimizer = trained(fused)
             perturb(model)
             for param in model.parameters():
                 if param.grad is None:
@@ -107,17 +107,6 @@ def test_a_step_after_each_perturbation_matches_the_loop_path():
             results.append([p.detach().clone() for p in model.parameters()])
         for flat_param, loop_param in zip(*results):
             torch.testing.assert_close(flat_param, loop_param, rtol=0, atol=1e-6, msg=perturb.__name__)
-
-
-def _trained_loop():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 7))
-    optimizer = adamkit.AdamW(model.parameters(), lr=1e-2, fused=False)
-    for _ in range(2):
-        optimizer.zero_grad()
-        model(torch.randn(4, 5)).sum().backward()
-        optimizer.step()
-    return model, optimizer
 
 
 def test_wrong_arguments_leave_the_answer_to_python():
