@@ -214,8 +214,9 @@ class _AdamFamily(Optimizer):
             flat_group = self._flat_groups.get(index)
             if flat_group is None or not flat_group.valid_for(group):
                 candidates = group["params"]
-            else:  # plain flat buckets handle sparse gradients; a low-precision one may hold them
-                candidates = [p for b in flat_group.buckets if hasattr(b, "layout") for p in b.params] + flat_group.leftovers
+            else:  # plain buckets handle sparse grads; a low-precision one holds none while its grads are its views
+                buckets = [b for b in flat_group.buckets if hasattr(b, "layout") and not b.grads_in_place()]
+                candidates = [p for bucket in buckets for p in bucket.params] + flat_group.leftovers
             lowprec.refuse_sparse_grads(group, index, candidates)
 
     def _nonfinite_says_skip(self) -> bool:
