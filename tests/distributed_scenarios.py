@@ -276,6 +276,20 @@ def _fsdp_lowprec(rank: int, work_dir: Path, mode: str) -> dict[str, Any]:
     return result
 
 
+def scenario_fsdp_nonfinite_skip(rank: int, work_dir: Path) -> dict[str, Any]:
+    """A NaN in one rank's gradient shard only: every rank must skip that step (int8 state)."""
+    model, optimizer = _build(DCP_LOWPREC_MODE, sharded=True)
+    optimizer.param_groups[0]["nonfinite"] = "skip"
+    _train_distributed(model, optimizer, range(2), rank)
+    before = named_state(model, optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    loss_of(model, 2, rank).backward()
+    if rank == 0:
+        next(model.parameters()).grad.to_local()[0, 0] = float("nan")
+    optimizer.step()
+    return {"skipped_steps": optimizer.param_groups[0]["skipped_steps"], **{f"before/{k}": v for k, v in before.items()}, **named_state(model, optimizer)}
+
+
 def scenario_dcp_save(rank: int, work_dir: Path, mode: str | None = None) -> dict[str, torch.Tensor]:
     """Train sharded, save with 2 ranks, then keep training (the parent loads with 1)."""
     import torch.distributed.checkpoint as dcp
@@ -315,6 +329,7 @@ SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
     "dcp_save": scenario_dcp_save,
     "dcp_load": scenario_dcp_load,
     **{f"fsdp_{mode}": functools.partial(_fsdp_lowprec, mode=mode) for mode in LOWPREC_MODES},
+    "fsdp_nonfinite_skip": scenario_fsdp_nonfinite_skip,
     f"dcp_save_{DCP_LOWPREC_MODE}": functools.partial(scenario_dcp_save, mode=DCP_LOWPREC_MODE),
     f"dcp_load_{DCP_LOWPREC_MODE}": functools.partial(scenario_dcp_load, mode=DCP_LOWPREC_MODE),
 }

@@ -145,6 +145,16 @@ def test_fsdp2_low_precision_state_matches_one_process(work_dir, lowprec_referen
         assert_same(result, expected, exact=False)
 
 
+def test_fsdp2_nonfinite_skip_is_decided_alike_on_every_rank(work_dir):
+    """A NaN in rank 0's gradient shard: both ranks skip the step (a rank-local decision would let
+    rank 1 step alone, diverging, and with int8 state leave its all_reduce unanswered)."""
+    for rank in range(ds.WORLD_SIZE):
+        result = ds.load_result(work_dir, "fsdp_nonfinite_skip", rank)
+        assert result["skipped_steps"] == 1
+        before = {k.removeprefix("before/"): v for k, v in result.items() if k.startswith("before/")}
+        assert_same(result, before)
+
+
 def test_dcp_low_precision_saved_by_2_ranks_loads_into_1_and_continues(work_dir, lowprec_reference):
     mode = ds.DCP_LOWPREC_MODE
     two_ranks = ds.load_result(work_dir, f"dcp_save_{mode}", 0)

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from . import codecs
 
-__all__ = ["Span", "span_of", "is_dtensor", "unsupported_placements"]
+__all__ = ["Span", "span_of", "is_dtensor", "unsupported_placements", "sum_over_shards"]
 
 try:  # torch.distributed is optional in some torch builds
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -147,6 +147,17 @@ class Span:
             if placement.is_shard():
                 dist.all_reduce(full, op=dist.ReduceOp.MAX, group=param.device_mesh.get_group(dim))
         return list(full.unbind(0))
+
+
+def sum_over_shards(dtensor: Any, local_count: int) -> int:
+    """A per-shard count summed over the mesh dims that shard ``dtensor`` (replicas count once)."""
+    import torch.distributed as dist
+
+    total = torch.tensor([local_count], dtype=torch.int64)
+    for dim, placement in enumerate(dtensor.placements):
+        if placement.is_shard():
+            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=dtensor.device_mesh.get_group(dim))
+    return int(total)
 
 
 def span_of(param: Tensor) -> Span:

@@ -114,6 +114,12 @@ def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
 
 def count_nonfinite(tensor: Tensor) -> int:
     """Number of NaN/Inf entries; a read-only pass (the C kernel for contiguous float buffers)."""
+    if type(tensor) not in (Tensor, torch.nn.Parameter) and hasattr(tensor, "to_local"):
+        # A DTensor (its data_ptr() is 0): count the local part, summed over the shards so
+        # every rank takes the same nonfinite decision.
+        from ..shards import sum_over_shards
+
+        return sum_over_shards(tensor, count_nonfinite(tensor.to_local()))
     if tensor.dtype in _NONFINITE_KERNELS and tensor.is_contiguous() and tensor.device.type == "cpu":
         return getattr(_library(), _NONFINITE_KERNELS[tensor.dtype])(tensor.data_ptr(), tensor.numel(), torch.get_num_threads())
     values = tensor.coalesce().values() if tensor.is_sparse else tensor
