@@ -284,7 +284,8 @@ class _AdamFamily(Optimizer):
     def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
         scalars_for = self._group_scalars(group, grad_scale)
         params = group["params"]
-        if self._uses_flat_path(group):
+        fused = self._uses_flat_path(group)
+        if fused:
             flat_group = self._flat_groups.get(index)
             ready = flat_group.readiness() if flat_group is not None and flat_group.valid_for(group) else None
             if ready is None:  # first step, a changed group, or a param whose .data was replaced
@@ -296,27 +297,29 @@ class _AdamFamily(Optimizer):
                 bucket.step(scalars_for, bucket_ready)
             params = flat_group.leftovers
         params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
-        self._loop_step(params, group["amsgrad"], scalars_for)
+        self._loop_step(params, group["amsgrad"], scalars_for, fused)
 
     def _loop_step(
-        self, params: list[Tensor], amsgrad: bool, scalars_for: Callable[[float], functional.StepScalars]
+        self,
+        params: list[Tensor],
+        amsgrad: bool,
+        scalars_for: Callable[[float], functional.StepScalars],
+        fused: bool = False,
     ) -> None:
-        """The reference path: one functional update per tensor, as torch's for-loop."""
+        """One update per tensor: the reference path, or with ``fused`` the kernel per tensor where it runs."""
         for param in params:
             grad = param.grad
             if grad is None:
                 continue
             state = self._init_state(param, amsgrad)
             state["step"] += 1
+            max_exp_avg_sq = state.get("max_exp_avg_sq") if amsgrad else None
+            scalars = scalars_for(state["step"].item())
+            args = (param, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq, scalars)
+            if fused and not grad.is_sparse and kernels.adam_tensor_(*args):
+                continue
             update = functional.adam_sparse_update_ if grad.is_sparse else functional.adam_update_
-            update(
-                param,
-                grad,
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                state.get("max_exp_avg_sq") if amsgrad else None,
-                scalars_for(state["step"].item()),
-            )
+            update(*args)
 
     @staticmethod
     def _uses_flat_path(group: dict[str, Any]) -> bool:
