@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import socket
 import time
 import traceback
@@ -32,6 +33,21 @@ STEPS = 6  # steps before a checkpoint / comparison
 MORE_STEPS = 4  # steps after a checkpoint is loaded
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
+# Low-precision state under FSDP2. The first weight, (37, 130) = 4,810 elements, gets int8
+# state by the whole parameter's size (>= codecs.INT8_MIN_NUMEL = 4,096) although each
+# rank's shard is smaller: rows split unevenly 19 + 18 (2,470 + 2,340 elements), and the
+# boundary at element 2,470 falls inside int8 block 9 (elements 2,304 .. 2,559).
+LOWPREC_IN_FEATURES, LOWPREC_HIDDEN = 130, 37
+LOWPREC_MODES: dict[str, dict[str, Any]] = {
+    "int8": dict(dtype=torch.float32, options=dict(state_dtype="int8", amsgrad=True)),
+    "bf16_exp_avg_sq": dict(dtype=torch.float32, options=dict(exp_avg_sq_dtype="bfloat16")),
+    "bf16_params_stochastic": dict(
+        dtype=torch.bfloat16, options=dict(param_rounding="stochastic", rounding_seed=7, state_dtype="int8")
+    ),
+    "bf16_params_kahan": dict(dtype=torch.bfloat16, options=dict(param_rounding="kahan")),
+}
+DCP_LOWPREC_MODE = "int8"
+
 
 # -- the shared training problem ---------------------------------------------------------
 
@@ -41,16 +57,19 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(IN_FEATURES, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, OUT_FEATURES))
 
 
-def half_batch(step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def half_batch(
+    step: int, rank: int, in_features: int = IN_FEATURES, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(10_000 + step)
-    x = torch.randn(WORLD_SIZE * HALF_BATCH, IN_FEATURES, generator=generator)
+    x = torch.randn(WORLD_SIZE * HALF_BATCH, in_features, generator=generator)
     y = torch.randn(WORLD_SIZE * HALF_BATCH, OUT_FEATURES, generator=generator)
     rows = slice(rank * HALF_BATCH, (rank + 1) * HALF_BATCH)
-    return x[rows], y[rows]
+    return x[rows].to(dtype), y[rows].to(dtype)
 
 
 def loss_of(model: nn.Module, step: int, rank: int) -> torch.Tensor:
-    x, y = half_batch(step, rank)
+    first_weight = next(model.parameters())  # (hidden, in_features) of the model's first Linear
+    x, y = half_batch(step, rank, first_weight.shape[1], first_weight.dtype)
     return (model(x) - y).square().mean()
 
 
@@ -84,6 +103,35 @@ def reference_run(steps: int, amsgrad: bool = False) -> tuple[nn.Module, adamkit
     return model, optimizer
 
 
+def make_lowprec_model(mode: str) -> nn.Module:
+    torch.manual_seed(4321)
+    model = nn.Sequential(nn.Linear(LOWPREC_IN_FEATURES, LOWPREC_HIDDEN), nn.Tanh(), nn.Linear(LOWPREC_HIDDEN, OUT_FEATURES))
+    return model.to(LOWPREC_MODES[mode]["dtype"])
+
+
+def make_lowprec_optimizer(params: Any, mode: str) -> adamkit.AdamW:
+    # fused=False: one process then runs the same per-tensor torch ops that DTensor shards run
+    # (the flat kernel may fuse a multiply-add, which moves an int8 code now and then).
+    return adamkit.AdamW(params, fused=False, **OPTIMIZER_KWARGS, **LOWPREC_MODES[mode]["options"])
+
+
+def lowprec_reference_run(mode: str, steps: int) -> tuple[nn.Module, adamkit.AdamW]:
+    model = make_lowprec_model(mode)
+    optimizer = make_lowprec_optimizer(model.parameters(), mode)
+    for step in range(steps):
+        reference_step(model, optimizer, step)
+    return model, optimizer
+
+
+def _build(mode: str | None, sharded: bool = False) -> tuple[nn.Module, adamkit.AdamW]:
+    """The model and optimizer of the fp32 scenarios (mode None) or of a low-precision mode."""
+    model = make_model() if mode is None else make_lowprec_model(mode)
+    if sharded:
+        model = _fully_sharded_model(model)
+    optimizer = make_optimizer(model.parameters()) if mode is None else make_lowprec_optimizer(model.parameters(), mode)
+    return model, optimizer
+
+
 def named_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """Parameters and optimizer state by name, as full (unsharded) CPU tensors."""
     out = {}
@@ -114,23 +162,22 @@ def single_thread():
 # -- distributed checkpoint, single-process side -------------------------------------------
 
 
-def dcp_save_single_process(checkpoint_dir: Path) -> None:
+def dcp_save_single_process(checkpoint_dir: Path, mode: str | None = None) -> None:
     """Train STEPS steps in this process and save with torch.distributed.checkpoint."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model, optimizer = reference_run(STEPS)
+    model, optimizer = reference_run(STEPS) if mode is None else lowprec_reference_run(mode, STEPS)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(checkpoint_dir))
 
 
-def dcp_load_single_process(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+def dcp_load_single_process(checkpoint_dir: Path, mode: str | None = None) -> dict[str, torch.Tensor]:
     """Load a checkpoint (of any world size) into one process and train MORE_STEPS steps."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model = make_model()
-    optimizer = make_optimizer(model.parameters())
+    model, optimizer = _build(mode)
     loaded = _dcp_load(model, optimizer, checkpoint_dir, dcp, get_state_dict, set_state_dict)
     for step in range(STEPS, STEPS + MORE_STEPS):
         reference_step(model, optimizer, step)
@@ -194,10 +241,10 @@ def scenario_zero_params_as_bucket_views(rank: int, work_dir: Path) -> dict[str,
     return scenario_zero(rank, work_dir, parameters_as_bucket_view=True)
 
 
-def _fully_sharded_model() -> nn.Module:
+def _fully_sharded_model(model: nn.Module | None = None) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
-    model = make_model()
+    model = make_model() if model is None else model
     fully_shard(model[0])
     fully_shard(model[2])
     fully_shard(model)
@@ -221,31 +268,55 @@ def scenario_fsdp_amsgrad(rank: int, work_dir: Path) -> dict[str, Any]:
     return _fsdp(rank, amsgrad=True)
 
 
-def scenario_dcp_save(rank: int, work_dir: Path) -> dict[str, torch.Tensor]:
+def _fsdp_lowprec(rank: int, work_dir: Path, mode: str) -> dict[str, Any]:
+    model, optimizer = _build(mode, sharded=True)
+    _train_distributed(model, optimizer, range(STEPS), rank)
+    result: dict[str, Any] = named_state(model, optimizer)
+    result["local_numel"] = {name: p.to_local().numel() for name, p in model.named_parameters()}
+    return result
+
+
+def scenario_fsdp_nonfinite_skip(rank: int, work_dir: Path) -> dict[str, Any]:
+    """A NaN in one rank's gradient shard only: every rank must skip that step (int8 state)."""
+    model, optimizer = _build(DCP_LOWPREC_MODE, sharded=True)
+    optimizer.param_groups[0]["nonfinite"] = "skip"
+    _train_distributed(model, optimizer, range(2), rank)
+    before = named_state(model, optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    loss_of(model, 2, rank).backward()
+    if rank == 0:
+        next(model.parameters()).grad.to_local()[0, 0] = float("nan")
+    optimizer.step()
+    return {"skipped_steps": optimizer.param_groups[0]["skipped_steps"], **{f"before/{k}": v for k, v in before.items()}, **named_state(model, optimizer)}
+
+
+def scenario_dcp_save(rank: int, work_dir: Path, mode: str | None = None) -> dict[str, torch.Tensor]:
     """Train sharded, save with 2 ranks, then keep training (the parent loads with 1)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model = _fully_sharded_model()
-    optimizer = make_optimizer(model.parameters())
+    model, optimizer = _build(mode, sharded=True)
     _train_distributed(model, optimizer, range(STEPS), rank)
     saved = named_state(model, optimizer)
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(work_dir / "dcp_2ranks"))
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(work_dir / dcp_dir("2ranks", mode)))
     _train_distributed(model, optimizer, range(STEPS, STEPS + MORE_STEPS), rank)
     return {**{f"saved/{k}": v for k, v in saved.items()}, **named_state(model, optimizer)}
 
 
-def scenario_dcp_load(rank: int, work_dir: Path) -> dict[str, torch.Tensor]:
+def scenario_dcp_load(rank: int, work_dir: Path, mode: str | None = None) -> dict[str, torch.Tensor]:
     """Load the parent's single-process checkpoint into 2 sharded ranks and continue."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model = _fully_sharded_model()
-    optimizer = make_optimizer(model.parameters())
-    loaded = _dcp_load(model, optimizer, work_dir / "dcp_1rank", dcp, get_state_dict, set_state_dict)
+    model, optimizer = _build(mode, sharded=True)
+    loaded = _dcp_load(model, optimizer, work_dir / dcp_dir("1rank", mode), dcp, get_state_dict, set_state_dict)
     _train_distributed(model, optimizer, range(STEPS, STEPS + MORE_STEPS), rank)
     return {**{f"loaded/{k}": v for k, v in loaded.items()}, **named_state(model, optimizer)}
+
+
+def dcp_dir(world: str, mode: str | None = None) -> str:
+    return f"dcp_{world}" if mode is None else f"dcp_{mode}_{world}"
 
 
 SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
@@ -257,6 +328,10 @@ SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
     "fsdp_amsgrad": scenario_fsdp_amsgrad,
     "dcp_save": scenario_dcp_save,
     "dcp_load": scenario_dcp_load,
+    **{f"fsdp_{mode}": functools.partial(_fsdp_lowprec, mode=mode) for mode in LOWPREC_MODES},
+    "fsdp_nonfinite_skip": scenario_fsdp_nonfinite_skip,
+    f"dcp_save_{DCP_LOWPREC_MODE}": functools.partial(scenario_dcp_save, mode=DCP_LOWPREC_MODE),
+    f"dcp_load_{DCP_LOWPREC_MODE}": functools.partial(scenario_dcp_load, mode=DCP_LOWPREC_MODE),
 }
 
 

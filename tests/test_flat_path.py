@@ -16,8 +16,20 @@ from torch import nn
 
 import adamkit
 from adamkit import kernels
+from adamkit.kernels import param_check
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the flat path is unavailable")
+
+
+@pytest.fixture(autouse=True, params=["python check", "compiled check"])
+def param_check_mode(request):
+    """Every test runs with the Python per-step check and with the compiled one (param_check.cpp)."""
+    if request.param == "compiled check":
+        param_check.load()  # builds it if needed (~25 s once per machine), then cached
+        yield request.param
+    else:
+        with param_check.python_only():
+            yield request.param
 
 
 def make_model(dtype=torch.float32, seed=0):
@@ -193,6 +205,29 @@ def test_mixed_dtypes_views_and_noncontiguous_params_fall_back_correctly():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     # The two overlapping parameters still share memory, exactly as before.
     assert flat_params[4].data_ptr() + 4 * 8 == flat_params[5].data_ptr()
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_params_viewing_a_foreign_buffer_take_the_kernel_one_tensor_at_a_time(amsgrad):
+    # Views of someone else's buffer (as ZeroRedundancyOptimizer's bucket views) are not re-homed,
+    # but the kernel still steps each one in place: bitwise what the flat path computes.
+    torch.manual_seed(0)
+    values = torch.randn(3 * 97)
+    foreign = values.clone()
+    viewing = [nn.Parameter(foreign[i * 97 : (i + 1) * 97]) for i in range(3)]
+    owning = [nn.Parameter(values[i * 97 : (i + 1) * 97].clone()) for i in range(3)]
+    optimizers = [adamkit.AdamW(ps, lr=3e-2, amsgrad=amsgrad) for ps in (viewing, owning)]
+    for _ in range(8):
+        grads = [torch.randn(97) for _ in range(3)]
+        for params, optimizer in zip((viewing, owning), optimizers):
+            for param, grad in zip(params, grads):
+                param.grad = grad.clone()
+            optimizer.step()
+    assert {id(p) for p in optimizers[0]._flat_groups[0].leftovers} == {id(p) for p in viewing}
+    assert torch.equal(foreign, torch.cat([p.detach() for p in owning]))  # updated in place, bitwise equal
+    for key in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()):
+        for a, b in zip(viewing, owning):
+            assert torch.equal(optimizers[0].state[a][key], optimizers[1].state[b][key]), key
 
 
 def test_fused_true_rejects_what_the_kernel_cannot_run():

@@ -3,6 +3,8 @@ stays bounded, rounding modes behave as defined, checkpoints round-trip, bad inp
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import io
 
 import pytest
@@ -291,9 +293,14 @@ def test_group_level_dtypes_and_torch_dtype_spelling():
     optimizer = adamkit.AdamW([{"params": first, "exp_avg_sq_dtype": torch.int8}, {"params": second}], state_dtype="bfloat16")
     assert optimizer.param_groups[0]["exp_avg_sq_dtype"] == "int8"
     assert optimizer.param_groups[1]["exp_avg_sq_dtype"] == "bfloat16"
+    optimizer.add_param_group({"params": make_params(shapes=[(5000,)]), "state_dtype": "int8"})  # the shorthand per group
+    assert (optimizer.param_groups[2]["exp_avg_dtype"], optimizer.param_groups[2]["exp_avg_sq_dtype"]) == ("int8", "int8")
+    assert "state_dtype" not in optimizer.param_groups[2]
+    with pytest.raises(ValueError, match="exp_avg_sq_dtype"):
+        optimizer.add_param_group({"params": make_params(shapes=[(3,)]), "state_dtype": "int8", "exp_avg_sq_dtype": "bfloat16"})
     with pytest.raises(ValueError, match="exp_avg_dtype"):
         optimizer.add_param_group({"params": make_params(shapes=[(3,)]), "exp_avg_dtype": "int2"})
-    assert len(optimizer.param_groups) == 2
+    assert len(optimizer.param_groups) == 3
 
 
 def test_optimizer_to_keeps_low_precision_storage():
@@ -307,23 +314,96 @@ def test_optimizer_to_keeps_low_precision_storage():
     run_more.load_state_dict(optimizer.state_dict())
 
 
-def test_sharded_dtensor_params_refuse_low_precision_state_clearly():
-    """FSDP2 shards are DTensors: low-precision state would count int8 blocks per shard. Refused up front."""
+@contextlib.contextmanager
+def one_rank_mesh():
+    """A 1-rank gloo process group in this process and its device mesh."""
     import socket
 
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
-        mesh = init_device_mesh("cpu", (1,))
-        param = torch.nn.Parameter(distribute_tensor(torch.randn(64, 128), mesh, [Shard(0)]))
-        with pytest.raises(ValueError, match=r"params\[0\].*DTensor.*exp_avg_dtype='int8'"):
-            adamkit.AdamW([param], state_dtype="int8")
-        adamkit.AdamW([param])  # float32 state on a sharded parameter is fine
+        yield init_device_mesh("cpu", (1,))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("options", [dict(state_dtype="int8", amsgrad=True), dict(exp_avg_dtype="bfloat16")])
+def test_dtensor_params_keep_dtensor_state_and_match_plain_params(options):
+    """A DTensor parameter steps its local part; its state is DTensors (element-wise ones placed
+    like the parameter, the int8 absmax replicated), so DCP can reshard it. Two ranks: test_distributed."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+    with one_rank_mesh() as mesh:
+        plain = make_params(shapes=[(70, 100)])
+        sharded = [torch.nn.Parameter(distribute_tensor(p.detach().clone(), mesh, [Shard(0)])) for p in make_params(shapes=[(70, 100)])]
+        first = adamkit.AdamW(plain, lr=1e-2, fused=False, **options)
+        second = adamkit.AdamW(sharded, lr=1e-2, **options)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(4):
+            grad = torch.randn(70, 100, generator=generator)
+            plain[0].grad, sharded[0].grad = grad, distribute_tensor(grad, mesh, [Shard(0)])
+            first.step()
+            second.step()
+            if step == 1:  # a single-process state dict (plain tensors) loads into the sharded optimizer
+                second.load_state_dict(first.state_dict())
+        assert torch.equal(sharded[0].full_tensor(), plain[0].detach())
+        for key, value in first.state[plain[0]].items():
+            got = second.state[sharded[0]][key]
+            if key != "step":
+                assert isinstance(got, DTensor), key
+                placements = (Replicate(),) if key.endswith("_absmax") else (Shard(0),)
+                assert tuple(got.placements) == placements, key
+                got = got.full_tensor()
+            assert torch.equal(got, value), key
+
+
+def test_dtensor_params_sharded_other_than_dim_0_refuse_low_precision_state_clearly():
+    """Blocks and random streams are per parameter, so a shard must be a contiguous run of it:
+    Shard(0) (FSDP2) is; a tensor-parallel Shard(1) is not, and is refused up front."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    with one_rank_mesh() as mesh:
+        param = torch.nn.Parameter(distribute_tensor(torch.randn(64, 128), mesh, [Shard(1)]))
+        with pytest.raises(ValueError, match=r"params\[0\].*Shard\(dim=1\).*exp_avg_dtype='int8'"):
+            adamkit.AdamW([param], state_dtype="int8")
+        adamkit.AdamW([param])  # float32 state on it is fine
+
+
+def sparse_rows(shape, rows, generator):
+    values = torch.randn(len(rows), *shape[1:], generator=generator)
+    return torch.sparse_coo_tensor(torch.tensor([rows]), values, shape, check_invariants=True)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("after_dense_step", [False, True])
+@pytest.mark.parametrize("dtype, options", [(torch.float32, dict(state_dtype="int8")), (torch.bfloat16, {})])
+def test_sparse_gradient_with_low_precision_layout_is_refused_before_anything_changes(dtype, options, after_dense_step, fused):
+    """The check runs before any group or bucket steps: a refused step changes nothing."""
+    generator = torch.Generator().manual_seed(0)
+    plain = make_params(shapes=[(300,), (50, 20)])  # group 0: float32 state, stepped first
+    embedding = make_params(dtype, seed=1, shapes=[(70, 100)])[0]
+    optimizer = adamkit.AdamW([{"params": plain}, {"params": [embedding], **options}], lr=1e-2, fused=fused)
+    params = plain + [embedding]
+    if after_dense_step:  # the low-precision flat bucket exists and holds the embedding
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator).to(param.dtype)
+        optimizer.step()
+    for param in plain:
+        param.grad = torch.randn(param.shape, generator=generator)
+    embedding.grad = sparse_rows(embedding.shape, [3, 9], generator).to(dtype)
+    before = copy.deepcopy(optimizer.state_dict())
+    values = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match=r"sparse gradient for parameter \(param_groups\[1\]\['params'\]\[0\], shape \(70, 100\).*nothing was updated"):
+        optimizer.step()
+    for param, value in zip(params, values):
+        assert torch.equal(param.detach(), value)
+    after = optimizer.state_dict()
+    assert after["state"].keys() == before["state"].keys()
+    for index, entries in before["state"].items():
+        for key, value in entries.items():
+            assert torch.equal(after["state"][index][key], value), (index, key)

@@ -21,6 +21,7 @@ import torch
 
 import adamkit
 from adamkit import kernels
+from adamkit.kernels import param_check
 
 # GPT-2 small (124.4M parameters in 148 tensors), as listed in ANCHORS.md.
 _GPT2_BLOCK = [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,), (768, 3072), (3072,), (3072, 768), (768,)]
@@ -65,6 +66,20 @@ def adamkit_contestants(params: list[torch.nn.Parameter], lr: float, weight_deca
     for name, kwargs in (("adamkit", {}), ("adamkit loop path", dict(fused=False))):
         optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
         contestants.append(Contestant(name, optimizer.step))
+    if param_check.loaded() is not None:
+        # The flat path with its per-step parameter check done in Python, to show what the compiled
+        # check saves. It needs params of its own: two flat optimizers would re-home shared params
+        # into their own buffers at every step.
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for copy, param in zip(copies, params):
+            copy.grad = param.grad.clone()
+        optimizer = adamkit.AdamW(copies, lr=lr, weight_decay=weight_decay)
+
+        def step_with_python_check() -> None:
+            with param_check.python_only():
+                optimizer.step()
+
+        contestants.append(Contestant("adamkit, Python check", step_with_python_check))
     return contestants
 
 
@@ -85,6 +100,10 @@ def run_case(
 ) -> dict[str, float]:
     """Median seconds per step for each contestant on ``case``."""
     params = make_params(CASES[case]())
+    try:
+        param_check.load()  # wait for the compiled parameter check rather than time its build
+    except kernels.KernelBuildError as error:
+        print(f"compiled parameter check unavailable, timing the Python check: {error}")
     everyone = adamkit_contestants(params, lr, weight_decay) + torch_contestants(params, lr, weight_decay)
     everyone.append(floor_contestant(params))
     contestants = [c for c in everyone if c.name not in skip]

@@ -22,7 +22,10 @@ Formats (names accepted as strings or torch dtypes):
   non-zero v never rounds to zero (a zero v would turn a step into m / eps).
   The choice was measured: ``benchmarks/choose_int8_codes.py`` (RESULTS_LOWPREC.md).
   Blocks start at each parameter's first element, so the stored state does not
-  depend on how parameters are packed into flat buffers or sharded.
+  depend on how parameters are packed into flat buffers or sharded. A shard of a
+  parameter (FSDP2) is coded by its elements' offset in the whole parameter
+  (``offset`` below): its first and last block may be partial, and their absmax is
+  agreed with the ranks holding the rest of the block (:mod:`adamkit.shards`).
   Tensors with fewer than :data:`INT8_MIN_NUMEL` elements keep float32 state for an
   int8 moment (as bitsandbytes does): their state is negligible in size, and
   biases / norm gains are where 8-bit state hurts most.
@@ -49,6 +52,8 @@ __all__ = [
     "check_param_rounding",
     "storage_for",
     "num_blocks",
+    "block_range",
+    "block_absmax",
     "quantize",
     "dequantize",
     "encode",
@@ -136,6 +141,12 @@ def num_blocks(numel: int) -> int:
     return -(-numel // BLOCK_SIZE)
 
 
+def block_range(offset: int, numel: int) -> tuple[int, int]:
+    """[first, end): the blocks that elements offset .. offset + numel - 1 of a parameter fall in."""
+    first = offset // BLOCK_SIZE
+    return first, (num_blocks(offset + numel) if numel else first)
+
+
 # -- the int8 minifloat codes --------------------------------------------------------------
 
 
@@ -197,9 +208,18 @@ def _magnitude_value(magnitude: Tensor, code: MiniFloat) -> Tensor:
     return torch.where(magnitude < 2**m, subnormal, normal)
 
 
-def _blocks(flat: Tensor) -> Tensor:
-    padding = num_blocks(flat.numel()) * BLOCK_SIZE - flat.numel()
-    return torch.nn.functional.pad(flat, (0, padding)).view(-1, BLOCK_SIZE)
+def _blocks(flat: Tensor, offset: int = 0) -> Tensor:
+    """Elements offset .. offset + n - 1 of a parameter, zero-padded into whole blocks of it."""
+    if flat.numel() == 0:
+        return flat.new_zeros(0, BLOCK_SIZE)
+    lead = offset % BLOCK_SIZE
+    padding = num_blocks(lead + flat.numel()) * BLOCK_SIZE - lead - flat.numel()
+    return torch.nn.functional.pad(flat, (lead, padding)).view(-1, BLOCK_SIZE)
+
+
+def _unblock(blocks: Tensor, offset: int, numel: int) -> Tensor:
+    lead = offset % BLOCK_SIZE
+    return blocks.reshape(-1)[lead : lead + numel]
 
 
 def _encode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
@@ -214,11 +234,23 @@ def _decode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
     return torch.where(inverse > 0, 1.0 / inverse, torch.zeros_like(inverse)).clamp_(max=cap)
 
 
-def quantize(x: Tensor, code: MiniFloat) -> tuple[Tensor, Tensor]:
-    """float32 tensor -> (uint8 codes of x's shape, float32 absmax per block)."""
+def block_absmax(x: Tensor, offset: int = 0) -> Tensor:
+    """max |x| over x's part of each block it touches (x: elements offset.. of a parameter)."""
     flat = x.detach().reshape(-1).to(torch.float32)
-    blocks = _blocks(flat)
-    absmax = blocks.abs().amax(dim=1) if flat.numel() else torch.zeros(0)
+    return _blocks(flat, offset).abs().amax(dim=1) if flat.numel() else torch.zeros(0)
+
+
+def quantize(x: Tensor, code: MiniFloat, offset: int = 0, absmax: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """float32 tensor -> (uint8 codes of x's shape, float32 absmax per block).
+
+    ``x`` holds elements ``offset ..`` of a parameter (0: all of it). ``absmax`` is the
+    absmax of the blocks x touches (:func:`block_range`); by default x's own, which is
+    right unless another shard holds part of x's first or last block.
+    """
+    flat = x.detach().reshape(-1).to(torch.float32)
+    blocks = _blocks(flat, offset)
+    if absmax is None:
+        absmax = blocks.abs().amax(dim=1) if flat.numel() else torch.zeros(0)
     inverse = _encode_scale(absmax, code)
     r = torch.clamp(blocks.abs() * inverse[:, None], max=code.top)
     codes = _magnitude_code(r, code)
@@ -226,18 +258,21 @@ def quantize(x: Tensor, code: MiniFloat) -> tuple[Tensor, Tensor]:
         codes = torch.where(blocks != 0, codes.clamp(min=1), codes)
     if code.signed:
         codes |= torch.signbit(blocks).to(torch.int64) << 7
-    return codes.reshape(-1)[: flat.numel()].to(torch.uint8).view(x.shape), absmax
+    return _unblock(codes, offset, flat.numel()).to(torch.uint8).view(x.shape), absmax
 
 
-def dequantize(codes: Tensor, absmax: Tensor, code: MiniFloat) -> Tensor:
-    """(uint8 codes, float32 absmax per block) -> float32 tensor of the codes' shape."""
+def dequantize(codes: Tensor, absmax: Tensor, code: MiniFloat, offset: int = 0) -> Tensor:
+    """(uint8 codes, float32 absmax per block) -> float32 tensor of the codes' shape.
+
+    As in :func:`quantize`: codes of elements ``offset ..``, absmax of the blocks they touch.
+    """
     flat = codes.reshape(-1).to(torch.int64)
-    blocks = _blocks(flat)
+    blocks = _blocks(flat, offset)
     magnitude = blocks & code.max_code
     values = _magnitude_value(magnitude, code) * _decode_scale(absmax, code)[:, None]
     if code.signed:
         values = torch.where((blocks >> 7).bool(), -values, values)
-    return values.reshape(-1)[: flat.numel()].view(codes.shape)
+    return _unblock(values, offset, flat.numel()).view(codes.shape)
 
 
 # -- moments: encode/decode by storage name -------------------------------------------------
@@ -250,18 +285,24 @@ def absmax_key(key: str) -> str:
     return f"{key}_absmax"
 
 
-def encode(key: str, value: Tensor, storage: str) -> dict[str, Tensor]:
-    """State entries for moment ``key`` holding float32 ``value`` in ``storage``."""
+def encode(key: str, value: Tensor, storage: str, offset: int = 0, absmax: Tensor | None = None) -> dict[str, Tensor]:
+    """State entries for moment ``key`` holding float32 ``value`` in ``storage``.
+
+    ``offset``/``absmax``: for a shard, as in :func:`quantize`.
+    """
     if storage == "int8":
-        codes, absmax = quantize(value, _MOMENT_CODES[key])
+        codes, absmax = quantize(value, _MOMENT_CODES[key], offset, absmax)
         return {key: codes, absmax_key(key): absmax}
     return {key: value.to(getattr(torch, storage)).clone(memory_format=torch.contiguous_format)}
 
 
-def decode(key: str, entries: dict[str, Any], storage: str) -> Tensor:
-    """float32 value of moment ``key`` from state entries stored in ``storage``."""
+def decode(key: str, entries: dict[str, Any], storage: str, offset: int = 0) -> Tensor:
+    """float32 value of moment ``key`` from state entries stored in ``storage``.
+
+    For a shard: the codes of elements ``offset ..`` and the absmax of the blocks they touch.
+    """
     if storage == "int8":
-        return dequantize(entries[key], entries[absmax_key(key)], _MOMENT_CODES[key])
+        return dequantize(entries[key], entries[absmax_key(key)], _MOMENT_CODES[key], offset)
     return entries[key].to(torch.float32)
 
 
@@ -308,23 +349,27 @@ def block_key(seed: int, step: int, stream: int) -> int:
     return _mix32(key ^ stream)
 
 
-def random_bits(seed: int, step: int, stream: int, numel: int) -> Tensor:
-    """16 random bits per element, a pure function of (seed, step, stream, element index)."""
+def random_bits(seed: int, step: int, stream: int, numel: int, offset: int = 0) -> Tensor:
+    """16 random bits per element, a pure function of (seed, step, stream, element index).
+
+    The elements are ``offset .. offset + numel - 1`` of the parameter (a shard's own part).
+    """
     key = block_key(seed, step, stream)
-    index = torch.arange(numel, dtype=torch.int64) & _MASK32
+    index = torch.arange(offset, offset + numel, dtype=torch.int64) & _MASK32
     return _mix32(index ^ key) & 0xFFFF
 
 
-def round_to_bf16(x: Tensor, rounding: str, seed: int = 0, step: int = 0, stream: int = 0) -> Tensor:
+def round_to_bf16(x: Tensor, rounding: str, seed: int = 0, step: int = 0, stream: int = 0, offset: int = 0) -> Tensor:
     """float32 -> bfloat16 by round-to-nearest-even or unbiased stochastic rounding.
 
     Stochastic: add 16 uniform random bits below bf16's last place and truncate, so
     x rounds up with probability equal to its distance from the lower neighbour.
+    ``offset``: x holds elements ``offset ..`` of the parameter (a shard).
     """
     if rounding != "stochastic":
         return x.to(torch.bfloat16)
     bits = x.reshape(-1).view(torch.int32).to(torch.int64) & _MASK32
-    rounded = ((bits + random_bits(seed, step, stream, x.numel())) >> 16) & 0xFFFF
+    rounded = ((bits + random_bits(seed, step, stream, x.numel(), offset)) >> 16) & 0xFFFF
     result = torch.where(rounded >= 0x8000, rounded - 0x10000, rounded).to(torch.int16).view(torch.bfloat16)
     result = torch.where(torch.isnan(x.reshape(-1)), x.reshape(-1).to(torch.bfloat16), result)
     return result.view(x.shape)

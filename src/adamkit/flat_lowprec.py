@@ -138,6 +138,8 @@ class LowPrecisionBucket(FlatBucket):
         return call
 
     def step(self, scalars_for: Callable[[float], Any], ready: bool) -> None:
+        # The optimizer refuses these before any update (lowprec.refuse_sparse_grads); this
+        # guard keeps the codes safe from the dense kernel should a caller step a bucket directly.
         grads = [] if ready else [param.grad for param in self.params]
         if any(grad is not None and grad.is_sparse for grad in grads):
             raise RuntimeError(

@@ -13,6 +13,11 @@ Group keys (recorded in ``state_dict()['param_groups']``):
 ``param_rounding`` ("nearest", "stochastic", "kahan"; bfloat16 parameters only) and
 ``rounding_seed``. Extra per-parameter state keys: ``<moment>_absmax`` (int8 moments)
 and ``kahan_comp`` (Kahan rounding).
+
+Sharded (DTensor, FSDP2) parameters take the loop path on their local part, with the
+blocks and random streams of the whole parameter (:mod:`adamkit.shards`): state is
+DTensors (element-wise ones placed like the parameter, the absmax replicated), and
+the codes equal one process's.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import codecs, functional
+from . import codecs, functional, shards
 
 __all__ = ["GROUP_DEFAULTS", "Layout", "layout_for", "loop_step", "prepare_load", "EXTRA_STATE_KEYS"]
 
@@ -34,7 +39,8 @@ GROUP_DEFAULTS: dict[str, Any] = {
     "rounding_seed": 0,
 }
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-EXTRA_STATE_KEYS = tuple(codecs.absmax_key(key) for key in MOMENT_KEYS) + ("kahan_comp",)
+_ABSMAX_KEYS = tuple(codecs.absmax_key(key) for key in MOMENT_KEYS)
+EXTRA_STATE_KEYS = _ABSMAX_KEYS + ("kahan_comp",)
 _BF16 = torch.bfloat16
 _PLAIN = (None, "float32")
 
@@ -81,13 +87,13 @@ def check_params(params: list[Tensor], group: dict[str, Any]) -> None:
     settings = canonical_settings(group)
     for index, param in enumerate(params):
         codecs.check_param_supports(index, param, settings.get("exp_avg_dtype"), settings.get("exp_avg_sq_dtype"))
-        if hasattr(param, "placements") and hasattr(param, "to_local") and layout_for({**group, **settings}, param) is not None:
-            # A DTensor (FSDP2) shard: int8 blocks must be counted per parameter, not per local
-            # shard, and the codecs do not run on DTensors yet. Refuse now rather than crash in step().
+        problem = shards.unsupported_placements(param)
+        if problem is not None and layout_for({**group, **settings}, param) is not None:
+            # Blocks and random streams are per parameter: a shard must be a contiguous run of it.
             raise ValueError(
-                f"Invalid params[{index}]: a DTensor (sharded, e.g. FSDP2) parameter of dtype {param.dtype} "
-                f"with exp_avg_dtype={settings.get('exp_avg_dtype')!r}, exp_avg_sq_dtype={settings.get('exp_avg_sq_dtype')!r}: "
-                "low-precision state and bf16 rounding are not supported for sharded parameters yet; use float32 state"
+                f"Invalid params[{index}]: a DTensor parameter of shape {tuple(param.shape)} with {problem}; "
+                f"exp_avg_dtype={settings.get('exp_avg_dtype')!r}, exp_avg_sq_dtype={settings.get('exp_avg_sq_dtype')!r} "
+                f"and {param.dtype} parameters need float32 state for it"
             )
 
 
@@ -134,25 +140,72 @@ def _storage_of(layout: Layout | None, key: str, param: Tensor) -> str:
     return layout.storage(key) if layout is not None else _plain_storage(param)
 
 
+def decode_moment(key: str, entries: dict[str, Any], storage: str, span: shards.Span) -> Tensor:
+    """float32 value of moment ``key`` at this process's elements of the parameter."""
+    local = {key: span.local(entries[key])}
+    if storage == "int8":
+        first, end = span.block_range()
+        local[codecs.absmax_key(key)] = span.local_blocks(entries[codecs.absmax_key(key)])[first:end]
+    return codecs.decode(key, local, storage, span.offset)
+
+
+def encode_moments(values: dict[str, Tensor], storages: dict[str, str], span: shards.Span) -> dict[str, Tensor]:
+    """State entries for the moments' float32 values at this process's elements (local tensors;
+    an int8 moment's absmax covers the whole parameter's blocks, agreed across its shards)."""
+    if span.dtensor is None:  # a whole parameter: every block it touches is its own
+        return {name: t for key, value in values.items() for name, t in codecs.encode(key, value, storages[key]).items()}
+    int8 = [key for key in values if storages[key] == "int8"]
+    absmaxes = dict(zip(int8, span.agree_absmax([codecs.block_absmax(values[key], span.offset) for key in int8])))
+    first, end = span.block_range()
+    entries: dict[str, Tensor] = {}
+    for key, value in values.items():
+        if key in absmaxes:
+            entries.update(codecs.encode(key, value, "int8", span.offset, absmaxes[key][first:end]))
+            entries[codecs.absmax_key(key)] = absmaxes[key]
+        else:
+            entries.update(codecs.encode(key, value, storages[key]))
+    return entries
+
+
+def _wrap(entries: dict[str, Tensor], span: shards.Span) -> dict[str, Tensor]:
+    """Local entries as state tensors (DTensors for a sharded parameter)."""
+    return {name: span.wrap_blocks(t) if name in _ABSMAX_KEYS else span.wrap(t) for name, t in entries.items()}
+
+
+def _shard_plain_entries_(state: dict[str, Any], span: shards.Span) -> None:
+    """A sharded parameter's state given as whole plain tensors (a single-process state dict): keep this rank's part."""
+    if span.dtensor is None:
+        return
+    for name, tensor in list(state.items()):
+        if name == "step" or not isinstance(tensor, Tensor) or shards.is_dtensor(tensor):
+            continue
+        if name in _ABSMAX_KEYS:
+            state[name] = span.wrap_blocks(tensor)
+        elif tuple(tensor.shape) == tuple(span.dtensor.shape):
+            state[name] = span.wrap(span.local(tensor).clone())
+
+
 def conform_state_(state: dict[str, Any], param: Tensor, layout: Layout | None, amsgrad: bool) -> None:
     """Create or convert (dequantize -> quantize) ``state`` to ``layout``, in place."""
     if not state:
         if layout is None:
             return  # the plain path creates torch's state itself
         state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    span = shards.span_of(param)
+    _shard_plain_entries_(state, span)
     for key in moment_keys(amsgrad):
         target = _storage_of(layout, key, param)
         if key in state and codecs.entries_match(key, state, target, param) is None:
             continue
         if key in state:
-            value = codecs.decode(key, state, stored_as(key, state))
+            value = decode_moment(key, state, stored_as(key, state), span)
         else:
-            value = torch.zeros(param.shape, dtype=torch.float32)
+            value = torch.zeros(span.local_shape, dtype=torch.float32)
         state.pop(codecs.absmax_key(key), None)
-        state.update(codecs.encode(key, value, target))
+        state.update(_wrap(encode_moments({key: value}, {key: target}, span), span))
     if layout is not None and layout.kahan:
         if not isinstance(state.get("kahan_comp"), Tensor) or state["kahan_comp"].shape != param.shape:
-            state["kahan_comp"] = torch.zeros(param.shape, dtype=_BF16)
+            state["kahan_comp"] = span.wrap(torch.zeros(span.local_shape, dtype=_BF16))
     else:
         state.pop("kahan_comp", None)
 
@@ -167,31 +220,61 @@ def update_(
     seed: int,
     stream: int,
 ) -> None:
-    """One step of one parameter in a low-precision layout: decode, the fp32 update, encode."""
+    """One step of one parameter in a low-precision layout: decode, the fp32 update, encode.
+
+    A DTensor parameter steps its local part (see :mod:`adamkit.shards`).
+    """
     keys = moment_keys(amsgrad)
-    moments = {key: codecs.decode(key, state, layout.storage(key)) for key in keys}
-    work = param.detach().to(torch.float32)  # fp32 params: the parameter itself, updated in place
+    span = shards.span_of(param)
+    local_param = span.local(param.detach())
+    moments = {key: decode_moment(key, state, layout.storage(key), span) for key in keys}
+    work = local_param.to(torch.float32)  # fp32 params: the parameter itself, updated in place
     if layout.kahan:
-        work = work + state["kahan_comp"].to(torch.float32)
+        work = work + span.local(state["kahan_comp"]).to(torch.float32)
     functional.adam_update_(
-        work, grad.to(torch.float32), moments["exp_avg"], moments["exp_avg_sq"], moments.get("max_exp_avg_sq"), scalars
+        work, span.local(grad).to(torch.float32), moments["exp_avg"], moments["exp_avg_sq"], moments.get("max_exp_avg_sq"), scalars
     )
-    for key in keys:
-        if layout.storage(key) == "float32":
-            continue  # decoded in place
-        for name, tensor in codecs.encode(key, moments[key], layout.storage(key)).items():
-            state[name].copy_(tensor)
+    coded = {key: moments[key] for key in keys if layout.storage(key) != "float32"}  # float32: decoded in place
+    for name, tensor in encode_moments(coded, {key: layout.storage(key) for key in coded}, span).items():
+        (span.local_blocks(state[name]) if name in _ABSMAX_KEYS else span.local(state[name])).copy_(tensor)
     if layout.param_dtype == _BF16:
         step = int(state["step"].item())
-        rounded = codecs.round_to_bf16(work, layout.rounding, seed, step, stream)
-        param.copy_(rounded)
+        rounded = codecs.round_to_bf16(work, layout.rounding, seed, step, stream, span.offset)
+        local_param.copy_(rounded)
         if layout.kahan:
-            state["kahan_comp"].copy_((work - rounded.to(torch.float32)).to(_BF16))
+            span.local(state["kahan_comp"]).copy_((work - rounded.to(torch.float32)).to(_BF16))
 
 
 def _not_plain(state: dict[str, Any], param: Tensor) -> bool:
     exp_avg = state.get("exp_avg")
     return (isinstance(exp_avg, Tensor) and exp_avg.dtype != param.dtype) or any(key in state for key in EXTRA_STATE_KEYS)
+
+
+def refuse_sparse_grads(group: dict[str, Any], group_index: int, candidates: list[Tensor]) -> None:
+    """Raise if a parameter in a low-precision layout has a sparse gradient.
+
+    Called for every group before any parameter is updated, so a refused step changes
+    nothing. Lazy (sparse) updates would touch a subset of a block's elements, yet its
+    int8 codes share one scale; low-precision layouts need dense gradients.
+    ``candidates``: the group's params that may be in such a layout (all of them, or fewer).
+    """
+    for param in candidates:
+        grad = param.grad
+        if grad is None or not grad.is_sparse:
+            continue
+        layout = layout_for(group, param)
+        if layout is None:
+            continue
+        index = next(i for i, p in enumerate(group["params"]) if p is param)
+        names = group.get("param_names")
+        name = f"{names[index]!r} " if names else ""
+        raise RuntimeError(
+            f"sparse gradient for parameter {name}(param_groups[{group_index}]['params'][{index}], shape "
+            f"{tuple(param.shape)}, dtype {param.dtype}) with exp_avg_dtype={group.get('exp_avg_dtype')!r}, "
+            f"exp_avg_sq_dtype={group.get('exp_avg_sq_dtype')!r}: low-precision state and bf16 parameters need "
+            "dense gradients; nothing was updated. Put this parameter in a param group with float32 state "
+            "(and a float32 parameter), or use a dense gradient"
+        )
 
 
 def loop_step(
@@ -218,7 +301,7 @@ def loop_step(
         grad = param.grad
         if grad is None:
             continue
-        if grad.is_sparse:
+        if grad.is_sparse:  # refuse_sparse_grads checked this before the step began
             raise RuntimeError(f"sparse gradients are not supported with low-precision state (parameter of shape {tuple(param.shape)})")
         if positions is None:
             positions = {id(p): index for index, p in enumerate(group["params"])}
@@ -242,7 +325,7 @@ def loop_step(
 
 
 def _quantized_entries_ok(where: str, key: str, entries: dict[str, Any]) -> None:
-    absmax = entries[codecs.absmax_key(key)]
+    absmax = shards.Span.local_blocks(entries[codecs.absmax_key(key)])
     if not bool(torch.isfinite(absmax).all()) or bool((absmax < 0).any()):
         raise ValueError(f"{where}[{codecs.absmax_key(key)!r}]: block absmax must be finite and >= 0")
 
@@ -296,10 +379,12 @@ def prepare_load(
                         f"call load_state_dict(state_dict, convert_state_dtypes=True) to convert it, "
                         f"or construct the optimizer with {setting}={have!r}"
                     )
-                new.update(codecs.encode(key, codecs.decode(key, entries, have), want))
+                span = shards.span_of(param)
+                new.update(_wrap(encode_moments({key: decode_moment(key, entries, have, span)}, {key: want}, span), span))
             if target is not None and target.kahan:
                 comp = entries.get("kahan_comp")
                 valid = isinstance(comp, Tensor) and comp.dtype == _BF16 and comp.shape == param.shape
-                new["kahan_comp"] = comp.detach().clone() if valid else torch.zeros(param.shape, dtype=_BF16)
+                span = shards.span_of(param)
+                new["kahan_comp"] = comp.detach().clone() if valid else span.wrap(torch.zeros(span.local_shape, dtype=_BF16))
             prepared[param] = new
     return prepared

@@ -69,6 +69,8 @@ class _AdamFamily(Optimizer):
         seen = {id(p) for group in getattr(self, "param_groups", []) for p in group["params"]}
         validation.check_group_params(tensors, seen)
         param_group = {**param_group, "params": params}
+        if "state_dtype" in param_group:  # the shorthand sets this group's two moments
+            param_group = lowprec.resolve_options(param_group)
         merged = {**self.defaults, **param_group}
         validation.check_hyperparameters(merged)
         lowprec.check_group(merged)
@@ -194,6 +196,7 @@ class _AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._refuse_sparse_low_precision()
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and float(found_inf) != 0) or self._nonfinite_says_skip():
             for group in self.param_groups:
@@ -204,6 +207,17 @@ class _AdamFamily(Optimizer):
         for index, group in enumerate(self.param_groups):
             self._step_group(index, group, grad_scale)
         return loss
+
+    def _refuse_sparse_low_precision(self) -> None:
+        """Sparse gradients for low-precision layouts are refused before anything is updated."""
+        for index, group in enumerate(self.param_groups):
+            flat_group = self._flat_groups.get(index)
+            if flat_group is None or not flat_group.valid_for(group):
+                candidates = group["params"]
+            else:  # plain buckets handle sparse grads; a low-precision one holds none while its grads are its views
+                buckets = [b for b in flat_group.buckets if hasattr(b, "layout") and not b.grads_in_place()]
+                candidates = [p for bucket in buckets for p in bucket.params] + flat_group.leftovers
+            lowprec.refuse_sparse_grads(group, index, candidates)
 
     def _nonfinite_says_skip(self) -> bool:
         """Apply each group's ``nonfinite`` policy; True if this step must be skipped."""
@@ -270,7 +284,8 @@ class _AdamFamily(Optimizer):
     def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
         scalars_for = self._group_scalars(group, grad_scale)
         params = group["params"]
-        if self._uses_flat_path(group):
+        fused = self._uses_flat_path(group)
+        if fused:
             flat_group = self._flat_groups.get(index)
             ready = flat_group.readiness() if flat_group is not None and flat_group.valid_for(group) else None
             if ready is None:  # first step, a changed group, or a param whose .data was replaced
@@ -282,27 +297,29 @@ class _AdamFamily(Optimizer):
                 bucket.step(scalars_for, bucket_ready)
             params = flat_group.leftovers
         params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
-        self._loop_step(params, group["amsgrad"], scalars_for)
+        self._loop_step(params, group["amsgrad"], scalars_for, fused)
 
     def _loop_step(
-        self, params: list[Tensor], amsgrad: bool, scalars_for: Callable[[float], functional.StepScalars]
+        self,
+        params: list[Tensor],
+        amsgrad: bool,
+        scalars_for: Callable[[float], functional.StepScalars],
+        fused: bool = False,
     ) -> None:
-        """The reference path: one functional update per tensor, as torch's for-loop."""
+        """One update per tensor: the reference path, or with ``fused`` the kernel per tensor where it runs."""
         for param in params:
             grad = param.grad
             if grad is None:
                 continue
             state = self._init_state(param, amsgrad)
             state["step"] += 1
+            max_exp_avg_sq = state.get("max_exp_avg_sq") if amsgrad else None
+            scalars = scalars_for(state["step"].item())
+            args = (param, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq, scalars)
+            if fused and not grad.is_sparse and kernels.adam_tensor_(*args):
+                continue
             update = functional.adam_sparse_update_ if grad.is_sparse else functional.adam_update_
-            update(
-                param,
-                grad,
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                state.get("max_exp_avg_sq") if amsgrad else None,
-                scalars_for(state["step"].item()),
-            )
+            update(*args)
 
     @staticmethod
     def _uses_flat_path(group: dict[str, Any]) -> bool:

@@ -12,7 +12,7 @@ from torch import Tensor
 from ..functional import StepScalars
 from .build import KernelBuildError, load_library
 
-__all__ = ["count_nonfinite", "adam_flat_caller", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES", "FLAT_PARAM_DTYPES"]
+__all__ = ["count_nonfinite", "adam_flat_caller", "adam_tensor_", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES", "FLAT_PARAM_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # bfloat16 params take the low-precision kernel (kernels/lowprec.py): fp32 math, rounded writes.
@@ -105,6 +105,37 @@ def adam_flat_caller(
     return call
 
 
+def adam_tensor_(
+    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Tensor | None, scalars: StepScalars
+) -> bool:
+    """Step one tensor with the fused kernel, in place; False (nothing done) if the kernel cannot run it.
+
+    For parameters the flat path leaves out but whose memory is plain: views of
+    someone else's buffer (ZeroRedundancyOptimizer's bucket views) and DTensor
+    shards (FSDP2), whose local parts are updated element-wise like any tensor.
+    """
+    tensors = [param, grad, exp_avg, exp_avg_sq] + ([max_exp_avg_sq] if scalars.amsgrad else [])
+    if any(t is None for t in tensors):
+        return False
+    if type(param) not in (Tensor, torch.nn.Parameter):
+        placements = getattr(param, "placements", None)
+        if placements is None or any(getattr(t, "placements", None) != placements for t in tensors):
+            return False  # not a DTensor, or a grad/state laid out differently (e.g. Partial)
+        tensors = [t.to_local() for t in tensors]
+    first = tensors[0]
+    if first.dtype not in _KERNELS or first.device.type != "cpu" or first.is_sparse or not available():
+        return False
+    for t in tensors:
+        if t.dtype != first.dtype or t.device != first.device or t.is_sparse or t.shape != first.shape or not t.is_contiguous():
+            return False
+    if first.numel() == 0:
+        return True
+    local_param, local_grad, local_exp_avg, local_exp_avg_sq = tensors[:4]
+    local_max = tensors[4] if scalars.amsgrad else None
+    adam_flat_caller(local_param, local_grad, local_exp_avg, local_exp_avg_sq, local_max)(pack_scalars(scalars), 0, first.numel())
+    return True
+
+
 def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
     """The bytes-only floor: reads p, g, m, v and writes p, m, v with trivial arithmetic."""
     _library().floor_flat_f32(
@@ -114,6 +145,12 @@ def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
 
 def count_nonfinite(tensor: Tensor) -> int:
     """Number of NaN/Inf entries; a read-only pass (the C kernel for contiguous float buffers)."""
+    if type(tensor) not in (Tensor, torch.nn.Parameter) and hasattr(tensor, "to_local"):
+        # A DTensor (its data_ptr() is 0): count the local part, summed over the shards so
+        # every rank takes the same nonfinite decision.
+        from ..shards import sum_over_shards
+
+        return sum_over_shards(tensor, count_nonfinite(tensor.to_local()))
     if tensor.dtype in _NONFINITE_KERNELS and tensor.is_contiguous() and tensor.device.type == "cpu":
         return getattr(_library(), _NONFINITE_KERNELS[tensor.dtype])(tensor.data_ptr(), tensor.numel(), torch.get_num_threads())
     values = tensor.coalesce().values() if tensor.is_sparse else tensor

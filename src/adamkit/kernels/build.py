@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 __all__ = ["load_library", "KernelBuildError", "cache_dir", "build_in_background"]
@@ -89,29 +90,45 @@ def _load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
     import torch  # noqa: F401  (loads torch's libgomp first so the kernel shares it)
 
     here = Path(__file__).parent
-    source_text = b"".join((here / name).read_bytes() for name in SOURCES)
+    flags = [*FLAGS, *(f"-D{define}" for define in defines)]
+    target = compile_cached("adam_kernel", [here / name for name in SOURCES], flags, ".so", _cpu_fingerprint())
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as error:
+        raise KernelBuildError(f"loading the fused kernel {target} failed: {error}") from error
+
+
+def compile_cached(stem: str, sources: list[Path], flags: list[str], suffix: str, extra_key: str = "") -> Path:
+    """Compile ``sources`` with ``flags`` into the cache (once per source/flags/compiler/key)."""
     compiler = _compiler()
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as error:
         raise KernelBuildError(f"the C++ compiler {compiler!r} does not run: {error}") from error
-    flags = [*FLAGS, *(f"-D{define}" for define in defines)]
-    key = hashlib.sha256(
-        source_text + " ".join(flags).encode() + version.encode() + _cpu_fingerprint().encode()
-    ).hexdigest()[:20]
-    target = cache_dir() / f"adam_kernel-{key}.so"
+    source_text = b"".join(path.read_bytes() for path in sources)
+    key = hashlib.sha256(source_text + " ".join(flags).encode() + version.encode() + extra_key.encode()).hexdigest()[:20]
+    target = cache_dir() / f"{stem}-{key}{suffix}"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(target.parent)
         # Compile to a private name, then rename: concurrent builders never see a half-written file.
-        fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        fd, partial = tempfile.mkstemp(suffix=suffix, dir=target.parent)
         os.close(fd)
-        command = [compiler, *flags, *(str(here / name) for name in SOURCES), "-o", partial]
+        command = [compiler, *(str(path) for path in sources), *flags, "-o", partial]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(partial)
-            raise KernelBuildError(f"compiling the fused kernel failed:\n{' '.join(command)}\n{result.stderr}")
+            raise KernelBuildError(f"compiling {stem} failed:\n{' '.join(command)}\n{result.stderr}")
         os.replace(partial, target)
-    try:
-        return ctypes.CDLL(str(target))
-    except OSError as error:
-        raise KernelBuildError(f"loading the fused kernel {target} failed: {error}") from error
+    return target
+
+
+def _remove_stale_partials(directory: Path, age_s: float = 3600.0) -> None:
+    """Delete temp outputs of builds whose process died (a compiler outlives a killed Python)."""
+    now = time.time()
+    for path in directory.glob("tmp*"):
+        try:
+            if now - path.stat().st_mtime > age_s:
+                path.unlink()
+        except OSError:
+            pass
