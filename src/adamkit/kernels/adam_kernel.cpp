@@ -707,15 +707,24 @@ void dispatch_rounding(const LowPrecBuffers& b, const AdamScalars& s, int64_t fi
 #endif  // ADAMKIT_LOWPREC
 
 // Bytes-only floors for the low-precision modes: the same element reads and writes as a step
-// (params and grads of type P, moments of type S), with trivial integer arithmetic.
+// (params and grads of type P, moments of type S), with trivial integer arithmetic. The pass
+// goes chunk by chunk with one loop per element width inside a chunk, so every loop vectorises
+// at full width (a loop mixing 4- and 1-byte lanes is limited by packing, not by memory), while
+// each byte still crosses the memory bus once.
 template <typename P, typename S>
 void floor_storage(P* __restrict p, const P* __restrict g, S* __restrict m, S* __restrict v, int64_t n, int threads) {
-#pragma omp parallel for simd schedule(static) num_threads(threads) if (n >= kParallelThreshold)
-  for (int64_t i = 0; i < n; ++i) {
-    const P grad = g[i];
-    m[i] = S(m[i] + S(grad));
-    v[i] = S(v[i] ^ S(grad));
-    p[i] = P(p[i] - grad);
+  constexpr int64_t kChunk = 4096;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(threads) if (n >= kParallelThreshold)
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t begin = chunk * kChunk, end = std::min(n, begin + kChunk);
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) p[i] = P(p[i] - g[i]);
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      m[i] = S(m[i] + S(1));
+      v[i] = S(v[i] ^ S(1));
+    }
   }
 }
 
