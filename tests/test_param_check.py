@@ -115,3 +115,26 @@ def test_wrong_arguments_leave_the_answer_to_python():
     assert module.all_in_place([], [torch.zeros(1)], b"", True) is None
     assert module.all_in_place([torch.zeros(1)], [torch.zeros(1)], b"\0" * 3, True) is None
     assert module.all_in_place([torch.zeros(1)], [torch.zeros(1)], None, True) is None
+
+
+def test_a_failed_build_is_remembered_and_the_python_check_answers(tmp_path, monkeypatch):
+    from adamkit.kernels import build
+
+    monkeypatch.setenv("ADAMKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(param_check, "_module", None)
+    monkeypatch.setattr(param_check, "_flags", lambda: ["-shared", "-fPIC", "-DADAMKIT_NO_SUCH_HEADER", "-include", "no/such/header.h"])
+    with pytest.raises(kernels.KernelBuildError, match="compiling param_check failed"):
+        param_check.load()
+    assert len(list(tmp_path.glob("param_check-*.failed"))) == 1
+
+    run = build.subprocess.run
+
+    def version_only(command, **kwargs):
+        assert "-o" not in command, f"compiled again: {command}"
+        return run(command, **kwargs)
+
+    monkeypatch.setattr(build.subprocess, "run", version_only)
+    with pytest.raises(kernels.KernelBuildError, match="failed before on this machine"):
+        param_check.load()
+    model, optimizer = trained()
+    assert param_check.loaded() is None and optimizer._flat_groups[0].buckets[0].ready()

@@ -98,8 +98,15 @@ def _load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
         raise KernelBuildError(f"loading the fused kernel {target} failed: {error}") from error
 
 
-def compile_cached(stem: str, sources: list[Path], flags: list[str], suffix: str, extra_key: str = "") -> Path:
-    """Compile ``sources`` with ``flags`` into the cache (once per source/flags/compiler/key)."""
+def compile_cached(
+    stem: str, sources: list[Path], flags: list[str], suffix: str, extra_key: str = "", remember_failure: bool = False
+) -> Path:
+    """Compile ``sources`` with ``flags`` into the cache (once per source/flags/compiler/key).
+
+    ``remember_failure``: a failed build leaves a ``.failed`` note beside the target and
+    later calls fail at once instead of compiling again (for builds too slow to retry
+    in every process); delete the note to retry.
+    """
     compiler = _compiler()
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
@@ -108,6 +115,9 @@ def compile_cached(stem: str, sources: list[Path], flags: list[str], suffix: str
     source_text = b"".join(path.read_bytes() for path in sources)
     key = hashlib.sha256(source_text + " ".join(flags).encode() + version.encode() + extra_key.encode()).hexdigest()[:20]
     target = cache_dir() / f"{stem}-{key}{suffix}"
+    failure_note = target.with_name(f"{stem}-{key}.failed")
+    if remember_failure and not target.exists() and failure_note.exists():
+        raise KernelBuildError(f"building {stem} failed before on this machine (details in {failure_note}; delete it to retry)")
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(target.parent)
@@ -118,7 +128,10 @@ def compile_cached(stem: str, sources: list[Path], flags: list[str], suffix: str
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(partial)
-            raise KernelBuildError(f"compiling {stem} failed:\n{' '.join(command)}\n{result.stderr}")
+            message = f"compiling {stem} failed:\n{' '.join(command)}\n{result.stderr}"
+            if remember_failure:
+                failure_note.write_text(message)
+            raise KernelBuildError(message)
         os.replace(partial, target)
     return target
 

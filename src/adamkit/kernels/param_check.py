@@ -6,7 +6,9 @@ with its ``.grad`` the flat gradient view?" in C++ (``param_check.cpp``), about
 so its build takes ~25 s: it is compiled once per torch/Python/compiler in a
 background thread when an optimizer is built, cached beside the kernels, and
 until it is ready (or if it cannot be built) the caller uses the Python check,
-which gives the same answers.
+which gives the same answers. A failed build is remembered in the cache (a
+``.failed`` note), so a machine without torch's headers does not pay for the
+attempt in every process.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def load() -> ModuleType:
 
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
         key = f"{torch.__version__} {sys.version} {torch._C._GLIBCXX_USE_CXX11_ABI}"
-        target = compile_cached("param_check", [Path(__file__).with_name("param_check.cpp")], _flags(), suffix, key)
+        source = Path(__file__).with_name("param_check.cpp")
+        target = compile_cached("param_check", [source], _flags(), suffix, key, remember_failure=True)
         name = "_adamkit_param_check"
         spec = importlib.util.spec_from_file_location(name, target)
         if spec is None or spec.loader is None:
