@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import flat, functional, kernels, lowprec, state_dicts, validation
+from . import flat, flat_lowprec, functional, kernels, lowprec, state_dicts, validation
 
 __all__ = ["Adam", "AdamW", "AMSGrad"]
 
@@ -215,7 +215,7 @@ class _AdamFamily(Optimizer):
             if flat_group is None or not flat_group.valid_for(group):
                 candidates = group["params"]
             else:  # plain buckets handle sparse grads; a low-precision one holds none while its grads are its views
-                buckets = [b for b in flat_group.buckets if hasattr(b, "layout") and not b.grads_in_place()]
+                buckets = [b for b in flat_group.buckets if isinstance(b, flat_lowprec.LowPrecisionBucket) and not b.grads_in_place()]
                 candidates = [p for bucket in buckets for p in bucket.params] + flat_group.leftovers
             lowprec.refuse_sparse_grads(group, index, candidates)
 
