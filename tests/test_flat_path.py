@@ -17,6 +17,7 @@ from torch import nn
 import adamkit
 from adamkit import kernels
 from adamkit.kernels import param_check
+from helpers import compiled_param_check
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the flat path is unavailable")
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler
 def param_check_mode(request):
     """Every test runs with the Python per-step check and with the compiled one (param_check.cpp)."""
     if request.param == "compiled check":
-        param_check.load()  # builds it if needed (~25 s once per machine), then cached
+        compiled_param_check()  # builds it if needed (~25 s once per machine), then cached
         yield request.param
     else:
         with param_check.python_only():

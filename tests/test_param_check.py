@@ -14,6 +14,7 @@ from torch import nn
 import adamkit
 from adamkit import kernels
 from adamkit.kernels import param_check
+from helpers import compiled_param_check
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the flat path is unavailable")
 
@@ -83,7 +84,7 @@ CASES = [
 
 @pytest.mark.parametrize("perturb,ready,grads_in_place", CASES, ids=[case[0].__name__ for case in CASES])
 def test_compiled_and_python_checks_give_the_true_answer(perturb, ready, grads_in_place):
-    assert param_check.load() is not None
+    assert compiled_param_check() is not None
     model, optimizer = trained()
     perturb(model)
     bucket = optimizer._flat_groups[0].buckets[0]
@@ -94,7 +95,7 @@ def test_compiled_and_python_checks_give_the_true_answer(perturb, ready, grads_i
 
 
 def test_a_step_after_each_perturbation_matches_the_loop_path():
-    param_check.load()
+    compiled_param_check()
     for perturb, _, _ in CASES:
         results = []
         for fused in (None, False):
@@ -110,7 +111,7 @@ def test_a_step_after_each_perturbation_matches_the_loop_path():
 
 
 def test_wrong_arguments_leave_the_answer_to_python():
-    module = param_check.load()
+    module = compiled_param_check()
     assert module.all_in_place((), [], b"", True) is None
     assert module.all_in_place([], [torch.zeros(1)], b"", True) is None
     assert module.all_in_place([torch.zeros(1)], [torch.zeros(1)], b"\0" * 3, True) is None
