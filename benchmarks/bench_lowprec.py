@@ -17,9 +17,6 @@ Also reports int8 state bytes per parameter, measured from the state dict.
 from __future__ import annotations
 
 import argparse
-import gc
-import statistics
-import time
 
 import torch
 
@@ -122,17 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     case = (args.case or ["gpt2"])[0]
     everyone, notes = contestants(bench.CASES[case](), tuple(args.skip))
-    times: dict[str, list[float]] = {c.name: [] for c in everyone}
-    for round_index in range(args.warmup + args.steps):
-        for contestant in everyone:
-            gc.disable()
-            start = time.perf_counter()
-            contestant.step()
-            elapsed = time.perf_counter() - start
-            gc.enable()
-            if round_index >= args.warmup:
-                times[contestant.name].append(elapsed)
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    medians = bench.time_interleaved(everyone, args.steps, args.warmup)
     print(bench.format_table(case, medians, reference="torch fused fp32"))
     print("\nmode ratios to their own bytes floor:")
     for mode, floor_name in (

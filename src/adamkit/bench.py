@@ -106,7 +106,11 @@ def run_case(
         print(f"compiled parameter check unavailable, timing the Python check: {error}")
     everyone = adamkit_contestants(params, lr, weight_decay) + torch_contestants(params, lr, weight_decay)
     everyone.append(floor_contestant(params))
-    contestants = [c for c in everyone if c.name not in skip]
+    return time_interleaved([c for c in everyone if c.name not in skip], steps, warmup)
+
+
+def time_interleaved(contestants: list[Contestant], steps: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each contestant, stepped round by round so noise hits all alike."""
     times: dict[str, list[float]] = {c.name: [] for c in contestants}
     for round_index in range(warmup + steps):
         for contestant in contestants:
