@@ -83,7 +83,7 @@ def assert_same(a, b, where: str = "") -> None:
     if isinstance(a, Tensor):
         assert isinstance(b, Tensor), where
         assert a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), where
+        assert torch.equal(a, b), f"{where}: max |diff| {(a.double() - b.double()).abs().max().item()!r}"
     elif isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {sorted(map(str, a))} != {sorted(map(str, b))}"
         for key in a:

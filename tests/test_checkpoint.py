@@ -19,29 +19,13 @@ import adamkit
 from adamkit.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 import resume_trainer
+from helpers import assert_same
 
 TRAINER = Path(resume_trainer.__file__)
 CHILD_ENV = {
     **os.environ,
     "PYTHONPATH": os.pathsep.join([str(Path(adamkit.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
 }
-
-
-def assert_identical(got, want, where="checkpoint"):
-    """Bitwise equality of nested state (tensors, dicts, lists, numbers)."""
-    if isinstance(want, torch.Tensor):
-        assert isinstance(got, torch.Tensor) and got.dtype == want.dtype, where
-        assert torch.equal(got, want), f"{where}: max |diff| {(got.double() - want.double()).abs().max().item()!r}"
-    elif isinstance(want, dict):
-        assert isinstance(got, dict) and got.keys() == want.keys(), f"{where}: keys {got.keys()} != {want.keys()}"
-        for key in want:
-            assert_identical(got[key], want[key], f"{where}[{key!r}]")
-    elif isinstance(want, (list, tuple)):
-        assert type(got) is type(want) and len(got) == len(want), where
-        for index, (a, b) in enumerate(zip(got, want)):
-            assert_identical(a, b, f"{where}[{index}]")
-    else:
-        assert got == want, f"{where}: {got!r} != {want!r}"
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +90,7 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path, uninterr
         capture_output=True,
     )
     resumed = load_checkpoint(tmp_path / resume_trainer.FINAL)
-    assert_identical(resumed, uninterrupted, where=f"({context}) final")
+    assert_same(resumed, uninterrupted, where=f"({context}) final")
 
 
 # -- damaged files ------------------------------------------------------------------------
@@ -146,7 +130,7 @@ def assert_damaged_file_is_rejected_and_nothing_changes(path: Path, message: str
     with pytest.raises(CheckpointError, match=message) as error:
         restore(path, model, optimizer)
     assert str(path) in str(error.value)
-    assert_identical((model.state_dict(), optimizer.state_dict()), before, where="after a rejected load")
+    assert_same((model.state_dict(), optimizer.state_dict()), before, where="after a rejected load")
 
 
 def test_good_checkpoint_round_trips_and_restores(tmp_path, good_checkpoint):
@@ -155,7 +139,7 @@ def test_good_checkpoint_round_trips_and_restores(tmp_path, good_checkpoint):
     model, optimizer = small_training_state()
     restore(path, model, optimizer)
     saved = load_checkpoint(path)
-    assert_identical((model.state_dict(), optimizer.state_dict()), (saved["model"], saved["optimizer"]))
+    assert_same((model.state_dict(), optimizer.state_dict()), (saved["model"], saved["optimizer"]))
     assert saved["optimizer"]["state"][0]["step"].item() == 4
 
 
