@@ -13,6 +13,7 @@ attempt in every process.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import importlib.machinery
 import importlib.util
@@ -115,6 +116,4 @@ def all_in_place(params: list, grad_views: list, addresses: bytes, check_params:
 
 def addresses_of(pointers: Sequence[int]) -> bytes:
     """The expected data pointers in the layout the extension reads (native int64)."""
-    import array
-
     return array.array("q", pointers).tobytes()
