@@ -7,9 +7,8 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
-#if defined(ADAMKIT_LOWPREC) && defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define ADAMKIT_AVX2 1  // the low-precision kernel's 8-lane code path
+#ifdef ADAMKIT_LOWPREC
+#include "simd.h"  // the low-precision kernel's vector path: V is AVX-512 (16 lanes) or AVX2 (8)
 #endif
 
 extern "C" {
@@ -130,11 +129,12 @@ void floor_flat_f32(float* p, const float* g, float* m, float* v, int64_t n, int
 // Per block: decode -> fp32 update -> encode in one pass; an int8 moment is staged in L1 until
 // the block's absmax is known, then encoded.
 //
-// With AVX2 + FMA the block runs 8 lanes at a time in intrinsics: GCC's auto-vectorisation of
-// the codecs mixed vector widths and cost twice the arithmetic. The last (< 8) elements of a
-// block, and CPUs without AVX2, run the scalar code. Both give the same bits: the vector code
-// performs the same IEEE operations in the same order, with an FMA exactly where GCC contracts
-// the scalar source (-ffp-contract=fast: a product whose only use is an addition).
+// With AVX-512 or AVX2 + FMA the block runs V::kLanes (16 or 8) lanes at a time in intrinsics
+// (simd.h): GCC's auto-vectorisation of the codecs mixed vector widths and cost twice the
+// arithmetic. The last (< kLanes) elements of a block, and CPUs without AVX2, run the scalar code.
+// All give the same bits: the vector code performs the same IEEE operations in the same order,
+// with an FMA exactly where GCC contracts the scalar source (-ffp-contract=fast: a product whose
+// only use is an addition).
 extern "C" {
 
 struct LowPrecBuffers {
@@ -190,49 +190,30 @@ constexpr float pow2(int e) {  // 2^e, exact, at compile time
   return x;
 }
 
-#ifdef ADAMKIT_AVX2
-// 8-lane forms of the helpers above; an I8 of 16-bit results holds one result per 32-bit lane.
-using F8 = __m256;
-using I8 = __m256i;
-inline I8 as_int(F8 x) { return _mm256_castps_si256(x); }
-inline F8 as_float(I8 x) { return _mm256_castsi256_ps(x); }
-inline I8 splat(uint32_t x) { return _mm256_set1_epi32(int32_t(x)); }
-inline F8 bf16_value8(const uint16_t* h) {
-  return as_float(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h))), 16));
+#ifdef ADAMKIT_VECTOR
+// Lane-wise forms of the helpers above; an I of 16-bit results holds one result per 32-bit lane.
+using adamkit_simd::V;
+using F = V::F;
+using I = V::I;
+using M = V::M;
+inline F bf16_value_lanes(const uint16_t* h) { return V::as_float(V::shift_left<16>(V::load_u16(h))); }
+inline I bf16_nearest_lanes(F x) {
+  const I u = V::as_int(x);
+  const I parity = V::bit_and(V::shift_right<16>(u), V::splat(1));
+  const I rounded = V::shift_right<16>(V::add(V::add(u, V::splat(0x7FFF)), parity));
+  return V::blend(rounded, V::splat(0x7FC0), V::is_nan(x));
 }
-inline I8 bf16_nearest8(F8 x) {
-  const I8 u = as_int(x);
-  const I8 parity = _mm256_and_si256(_mm256_srli_epi32(u, 16), splat(1));
-  const I8 rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, splat(0x7FFF)), parity), 16);
-  return _mm256_blendv_epi8(rounded, splat(0x7FC0), as_int(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
-}
-inline void store_u16x8(uint16_t* out, I8 lanes) {  // lanes hold values <= 0xFFFF
-  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packed);
-}
-inline I8 mix32x8(I8 x) {
-  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
-  x = _mm256_mullo_epi32(x, splat(0x7FEB352Du));
-  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
-  x = _mm256_mullo_epi32(x, splat(0x846CA68Bu));
-  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+inline I mix32_lanes(I x) {
+  x = V::bit_xor(x, V::shift_right<16>(x));
+  x = V::mullo(x, V::splat(0x7FEB352Du));
+  x = V::bit_xor(x, V::shift_right<15>(x));
+  x = V::mullo(x, V::splat(0x846CA68Bu));
+  return V::bit_xor(x, V::shift_right<16>(x));
 }
 inline bool denormals_are_zero() { return (_mm_getcsr() & 0x0040u) != 0; }  // MXCSR.DAZ of this thread
-inline uint32_t min_of_lanes(I8 x) {  // unsigned
-  __m128i m = _mm_min_epu32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
-  m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0x4E));
-  m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0xB1));
-  return uint32_t(_mm_cvtsi128_si32(m));
-}
-inline float max_of_lanes(F8 x) {  // lanes hold no NaN (the peaks below never take one)
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ps(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
 #else
 inline bool denormals_are_zero() { return true; }  // the scalar code reads no denormal on purpose
-#endif  // ADAMKIT_AVX2
+#endif  // ADAMKIT_VECTOR
 
 // An 8-bit float code for |x| / absmax * top (codecs.MiniFloat): E exponent bits, M mantissa bits.
 template <int E, int M, bool SIGNED, bool KEEP_NONZERO>
@@ -280,75 +261,62 @@ struct MiniFloat {
     const float magnitude = float_of((bits_of(subnormal) & is_subnormal) | (bits_of(normal) & ~is_subnormal)) * scale;
     return SIGNED ? float_of(bits_of(magnitude) | (uint32_t(byte & 0x80u) << 24)) : magnitude;  // sign bit
   }
-#ifdef ADAMKIT_AVX2
-  // decode() of 8 codes, exact: the code's bits placed in a float, times 2^(127-B), times scale (the
-  // sign is symmetric under multiplication). That reads float32 denormals for e = 0 codes, so when the
-  // thread treats denormal inputs as zero (MXCSR.DAZ) a subnormal code c is instead computed as
+#ifdef ADAMKIT_VECTOR
+  // decode() of kLanes codes, exact: the code's bits placed in a float, times 2^(127-B), times scale
+  // (the sign is symmetric under multiplication). That reads float32 denormals for e = 0 codes, so when
+  // the thread treats denormal inputs as zero (MXCSR.DAZ) a subnormal code c is instead computed as
   // float(exponent field 128-B, mantissa c) - 2^(1-B) = c 2^(1-B-M), also exact.
   template <bool DENORMALS>
-  static F8 decode8(const uint8_t* bytes, F8 scale) {
-    const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes));
-    const I8 code = SIGNED ? _mm256_cvtepi8_epi32(raw) : _mm256_cvtepu8_epi32(raw);
-    I8 fields = _mm256_slli_epi32(code, 23 - M);  // exponent and mantissa where a float has them
+  static F decode_lanes(const uint8_t* bytes, F scale) {
+    const I code = SIGNED ? V::load_s8(bytes) : V::load_u8(bytes);
+    I fields = V::shift_left<23 - M>(code);  // exponent and mantissa where a float has them
     if (DENORMALS) {  // fields as a float is the code's value times 2^(B-127), a float32 denormal if e = 0
-      if (SIGNED) fields = _mm256_and_si256(fields, splat(0x80000000u | (0x7Fu << (23 - M))));  // sign kept
-      return _mm256_mul_ps(_mm256_mul_ps(as_float(fields), _mm256_set1_ps(pow2(127 - kBias))), scale);
+      if (SIGNED) fields = V::bit_and(fields, V::splat(0x80000000u | (0x7Fu << (23 - M))));  // sign kept
+      return V::mul(V::mul(V::as_float(fields), V::set1(pow2(127 - kBias))), scale);
     }
-    if (SIGNED) fields = _mm256_and_si256(fields, splat(0x7Fu << (23 - M)));
-    const F8 normal = as_float(_mm256_add_epi32(fields, splat(uint32_t(127 - kBias) << 23)));
-    const F8 shifted = as_float(_mm256_or_si256(fields, splat(uint32_t(128 - kBias) << 23)));
-    const F8 subnormal = _mm256_sub_ps(shifted, _mm256_set1_ps(pow2(1 - kBias)));
-    const F8 is_subnormal = as_float(_mm256_cmpgt_epi32(splat(1u << 23), fields));
-    const F8 magnitude = _mm256_mul_ps(_mm256_blendv_ps(normal, subnormal, is_subnormal), scale);
+    if (SIGNED) fields = V::bit_and(fields, V::splat(0x7Fu << (23 - M)));
+    const F normal = V::as_float(V::add(fields, V::splat(uint32_t(127 - kBias) << 23)));
+    const F shifted = V::as_float(V::bit_or(fields, V::splat(uint32_t(128 - kBias) << 23)));
+    const F subnormal = V::sub(shifted, V::set1(pow2(1 - kBias)));
+    const F magnitude = V::mul(V::blend(normal, subnormal, V::greater(V::splat(1u << 23), fields)), scale);
     if (!SIGNED) return magnitude;
-    return _mm256_or_ps(magnitude, as_float(_mm256_and_si256(code, splat(0x80000000u))));  // sign bit
+    return V::bit_or(magnitude, V::as_float(V::bit_and(code, V::splat(0x80000000u))));  // sign bit
   }
-  // encode() of 8 values, one code per 32-bit lane (the general form, used for short tails and
-  // for the rare vectors with a subnormal code).
-  static I8 encode8(F8 x, F8 inverse) {
-    I8 r = as_int(_mm256_mul_ps(_mm256_and_ps(x, as_float(splat(0x7FFFFFFFu))), inverse));
-    r = _mm256_min_epu32(r, splat(bits_of(kTop)));  // NaN saturates to the top code
-    const I8 normal = _mm256_srai_epi32(_mm256_add_epi32(r, splat(kNormalOffset)), 23 - M);
-    const I8 significand = _mm256_or_si256(_mm256_and_si256(r, splat(0x7FFFFFu)), splat(0x800000u));
-    const I8 exponent = _mm256_max_epu32(_mm256_srli_epi32(r, 23), splat(1));
-    const I8 shift = _mm256_min_epu32(_mm256_sub_epi32(splat(uint32_t(151 - kBias - M)), exponent), splat(31));
-    const I8 half = _mm256_sllv_epi32(splat(1), _mm256_sub_epi32(shift, splat(1)));
-    const I8 subnormal = _mm256_srlv_epi32(_mm256_add_epi32(significand, half), shift);
-    I8 code = _mm256_blendv_epi8(normal, subnormal, _mm256_cmpgt_epi32(splat(kSmallestNormal), r));
-    if (KEEP_NONZERO) {  // code 0 -> 1 where x != 0
-      const I8 zero_code = _mm256_cmpeq_epi32(code, _mm256_setzero_si256());
-      const I8 zero_x = as_int(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));
-      code = _mm256_sub_epi32(code, _mm256_andnot_si256(zero_x, zero_code));
-    }
-    if (SIGNED) code = _mm256_or_si256(code, _mm256_slli_epi32(_mm256_srli_epi32(as_int(x), 31), 7));
+  // encode() of kLanes values, one code per 32-bit lane (the general form, used for short tails and
+  // for the rare blocks with a subnormal code).
+  static I encode_lanes(F x, F inverse) {
+    I r = V::as_int(V::mul(V::bit_and(x, V::as_float(V::splat(0x7FFFFFFFu))), inverse));
+    r = V::min_u32(r, V::splat(bits_of(kTop)));  // NaN saturates to the top code
+    const I normal = V::shift_right_signed<23 - M>(V::add(r, V::splat(kNormalOffset)));
+    const I significand = V::bit_or(V::bit_and(r, V::splat(0x7FFFFFu)), V::splat(0x800000u));
+    const I exponent = V::max_u32(V::shift_right<23>(r), V::splat(1));
+    const I shift = V::min_u32(V::sub(V::splat(uint32_t(151 - kBias - M)), exponent), V::splat(31));
+    const I half = V::shift_left(V::splat(1), V::sub(shift, V::splat(1)));
+    const I subnormal = V::shift_right(V::add(significand, half), shift);
+    I code = V::blend(normal, subnormal, V::greater(V::splat(kSmallestNormal), r));
+    if (KEEP_NONZERO)  // code 0 -> 1 where x != 0
+      code = V::add_where(code, V::and_not(V::equal(x, V::zero()), V::equal(code, V::splat(0))), V::splat(1));
+    if (SIGNED) code = V::bit_or(code, V::shift_left<7>(V::shift_right<31>(V::as_int(x))));
     return code;
   }
-  // encode() of 32 values to 32 bytes, for a block whose non-zero |x| all give r >= 2^(1-B) (the
+  // encode() of 4 kLanes values to bytes, for a block whose non-zero |x| all give r >= 2^(1-B) (the
   // caller checks its smallest): then every code is the normal formula's, or 0 for x = 0 (the
-  // formula is negative there, and the byte pack saturates it to 0).
-  static I8 encode32_normal(const float* x, F8 inverse) {
-    I8 code[4];
+  // formula is negative there, and the store takes a negative lane as 0).
+  static void encode_group_normal(uint8_t* out, const float* x, F inverse) {
+    I code[4];
     for (int k = 0; k < 4; ++k) {
-      const F8 magnitude = _mm256_and_ps(_mm256_loadu_ps(x + 8 * k), as_float(splat(0x7FFFFFFFu)));
-      const I8 r = _mm256_min_epu32(as_int(_mm256_mul_ps(magnitude, inverse)), splat(bits_of(kTop)));
-      code[k] = _mm256_srai_epi32(_mm256_add_epi32(r, splat(kNormalOffset)), 23 - M);
+      const F magnitude = V::bit_and(V::load(x + V::kLanes * k), V::as_float(V::splat(0x7FFFFFFFu)));
+      const I r = V::min_u32(V::as_int(V::mul(magnitude, inverse)), V::splat(bits_of(kTop)));
+      code[k] = V::shift_right_signed<23 - M>(V::add(r, V::splat(kNormalOffset)));
     }
-    I8 bytes = _mm256_packus_epi16(_mm256_packs_epi32(code[0], code[1]), _mm256_packs_epi32(code[2], code[3]));
-    if (SIGNED) {  // signed saturation keeps each float's sign as the sign of its byte
-      const I8 a = _mm256_packs_epi32(_mm256_loadu_si256(reinterpret_cast<const I8*>(x)),
-                                      _mm256_loadu_si256(reinterpret_cast<const I8*>(x + 8)));
-      const I8 b = _mm256_packs_epi32(_mm256_loadu_si256(reinterpret_cast<const I8*>(x + 16)),
-                                      _mm256_loadu_si256(reinterpret_cast<const I8*>(x + 24)));
-      bytes = _mm256_or_si256(bytes, _mm256_and_si256(_mm256_packs_epi16(a, b), _mm256_set1_epi8(char(0x80))));
-    }
-    return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // undo the in-lane packs
+    V::template store_codes4<SIGNED>(out, code, x);
   }
-  // Whether encode32_normal applies to a block: `smallest` is the bits of its smallest non-zero |x|
-  // (0 if all are zero); r is monotonic in |x|, so checking the smallest checks them all.
+  // Whether encode_group_normal applies to a block: `smallest` is the bits of its smallest non-zero
+  // |x| (0 if all are zero); r is monotonic in |x|, so checking the smallest checks them all.
   static bool all_normal(uint32_t smallest, float inverse) {
     return smallest == 0 || bits_of(float_of(smallest) * inverse) >= kSmallestNormal;  // NaN counts as normal
   }
-#endif  // ADAMKIT_AVX2
+#endif  // ADAMKIT_VECTOR
 };
 using ExpAvgCode = MiniFloat<4, 3, true, false>;   // codecs.EXP_AVG_CODE
 using ExpAvgSqCode = MiniFloat<5, 3, false, true>;  // codecs.EXP_AVG_SQ_CODE
@@ -363,9 +331,9 @@ struct F32Moment {
   float load(int64_t i, int64_t) const { return data[i]; }
   void store(int64_t i, int64_t, float x) { data[i] = x; }
   void finish_block(float*, int64_t, int64_t, int64_t, float, uint32_t) {}
-#ifdef ADAMKIT_AVX2
-  F8 load8(int64_t i, int64_t) const { return _mm256_loadu_ps(data + i); }
-  void store8(int64_t i, int64_t, F8 x) { _mm256_storeu_ps(data + i, x); }
+#ifdef ADAMKIT_VECTOR
+  F load_lanes(int64_t i, int64_t) const { return V::loadu(data + i); }
+  void store_lanes(int64_t i, int64_t, F x) { V::storeu(data + i, x); }
 #endif
 };
 struct BF16Moment {
@@ -375,26 +343,26 @@ struct BF16Moment {
   float load(int64_t i, int64_t) const { return bf16_value(data[i]); }
   void store(int64_t i, int64_t, float x) { data[i] = bf16_nearest(x); }
   void finish_block(float*, int64_t, int64_t, int64_t, float, uint32_t) {}
-#ifdef ADAMKIT_AVX2
-  F8 load8(int64_t i, int64_t) const { return bf16_value8(data + i); }
-  void store8(int64_t i, int64_t, F8 x) { store_u16x8(data + i, bf16_nearest8(x)); }
+#ifdef ADAMKIT_VECTOR
+  F load_lanes(int64_t i, int64_t) const { return bf16_value_lanes(data + i); }
+  void store_lanes(int64_t i, int64_t, F x) { V::store_u16(data + i, bf16_nearest_lanes(x)); }
 #endif
 };
 template <class Code>
 struct Int8Moment {
   static constexpr bool kStaged = true;
   uint8_t* data;
-  alignas(32) float values[kBlock];
+  alignas(64) float values[kBlock];
   void begin_block(const float* absmax, int64_t block, int64_t base, int64_t n) {
     const float scale = Code::decode_scale(absmax[block]);
     const uint8_t* __restrict codes = data + base;
     int64_t j = 0;
-#ifdef ADAMKIT_AVX2
-    const F8 scale8 = _mm256_set1_ps(scale);
+#ifdef ADAMKIT_VECTOR
+    const F scale_lanes = V::set1(scale);
     if (denormals_are_zero()) {
-      for (; j + 8 <= n; j += 8) _mm256_store_ps(values + j, Code::template decode8<false>(codes + j, scale8));
+      for (; j + V::kLanes <= n; j += V::kLanes) V::store(values + j, Code::template decode_lanes<false>(codes + j, scale_lanes));
     } else {
-      for (; j + 8 <= n; j += 8) _mm256_store_ps(values + j, Code::template decode8<true>(codes + j, scale8));
+      for (; j + V::kLanes <= n; j += V::kLanes) V::store(values + j, Code::template decode_lanes<true>(codes + j, scale_lanes));
     }
 #endif
     for (; j < n; ++j) values[j] = Code::decode(codes[j], scale);
@@ -406,23 +374,18 @@ struct Int8Moment {
     const float inverse = Code::encode_scale(peak);
     uint8_t* __restrict out = data + base;
     int64_t j = 0;
-#ifdef ADAMKIT_AVX2
-    const F8 inverse8 = _mm256_set1_ps(inverse);
-    if (Code::all_normal(smallest, inverse))  // else (rare) all of the block takes encode8 below
-      for (; j + 32 <= n; j += 32)
-        _mm256_storeu_si256(reinterpret_cast<I8*>(out + j), Code::encode32_normal(values + j, inverse8));
-    for (; j + 8 <= n; j += 8) {
-      const I8 a = Code::encode8(_mm256_load_ps(values + j), inverse8);
-      const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + j), _mm_packus_epi16(words, words));
-    }
+#ifdef ADAMKIT_VECTOR
+    const F inverse_lanes = V::set1(inverse);
+    if (Code::all_normal(smallest, inverse))  // else (rare) all of the block takes encode_lanes below
+      for (; j + 4 * V::kLanes <= n; j += 4 * V::kLanes) Code::encode_group_normal(out + j, values + j, inverse_lanes);
+    for (; j + V::kLanes <= n; j += V::kLanes) V::store_u8(out + j, Code::encode_lanes(V::load(values + j), inverse_lanes));
 #endif
     for (; j < n; ++j) out[j] = Code::encode(values[j], inverse);
     absmax[block] = peak;
   }
-#ifdef ADAMKIT_AVX2
-  F8 load8(int64_t, int64_t j) const { return _mm256_load_ps(values + j); }
-  void store8(int64_t, int64_t j, F8 x) { _mm256_store_ps(values + j, x); }
+#ifdef ADAMKIT_VECTOR
+  F load_lanes(int64_t, int64_t j) const { return V::load(values + j); }
+  void store_lanes(int64_t, int64_t j, F x) { V::store(values + j, x); }
 #endif
 };
 
@@ -468,161 +431,161 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
   // and bits of their smallest non-zero |value|, minus 1 (so that 0 wraps to the largest)
   uint32_t least_m = ~0u, least_v = ~0u, least_vmax = ~0u;
   int64_t scalar_start = 0;  // elements before it went through the vector code
-#ifdef ADAMKIT_AVX2
+#ifdef ADAMKIT_VECTOR
   {
-    const F8 grad_multiplier = _mm256_set1_ps(c.grad_multiplier), decay = _mm256_set1_ps(c.decay);
-    const F8 l2 = _mm256_set1_ps(c.l2), lerp_weight = _mm256_set1_ps(c.lerp_weight);
-    const F8 lerp_complement = _mm256_set1_ps(c.lerp_complement), lerp_mask = as_float(splat(c.lerp_mask));
-    const F8 beta2 = _mm256_set1_ps(c.beta2), one_minus_beta2 = _mm256_set1_ps(c.one_minus_beta2);
-    const F8 inverse_bias_correction2_sqrt = _mm256_set1_ps(c.inverse_bias_correction2_sqrt);
-    const F8 eps = _mm256_set1_ps(c.eps), neg_step_size = _mm256_set1_ps(c.neg_step_size);
-    const F8 abs_mask = as_float(splat(0x7FFFFFFFu));
-    F8 peak_m8 = _mm256_setzero_ps(), peak_v8 = _mm256_setzero_ps(), peak_vmax8 = _mm256_setzero_ps();
-    I8 least_m8 = splat(~0u), least_v8 = splat(~0u), least_vmax8 = splat(~0u);
-    const I8 one = splat(1);
-    // the update of 8 elements: the scalar loop's operations below, in the same order
-    auto update8 = [&](F8 param_value, F8 grad_value, F8 old_m, F8 old_v, F8& x, F8& exp_avg, F8& exp_avg_sq) {
-      x = _mm256_mul_ps(param_value, decay);
-      const F8 grad = _mm256_fmadd_ps(grad_value, grad_multiplier, _mm256_mul_ps(l2, x));
-      const F8 diff = _mm256_sub_ps(grad, old_m);
-      const F8 from_start = _mm256_fmadd_ps(lerp_weight, diff, old_m);
-      const F8 from_end = _mm256_fnmadd_ps(diff, lerp_complement, grad);
-      exp_avg = _mm256_blendv_ps(from_end, from_start, lerp_mask);
-      exp_avg_sq = _mm256_fmadd_ps(old_v, beta2, _mm256_mul_ps(_mm256_mul_ps(one_minus_beta2, grad), grad));
+    const F grad_multiplier = V::set1(c.grad_multiplier), decay = V::set1(c.decay);
+    const F l2 = V::set1(c.l2), lerp_weight = V::set1(c.lerp_weight);
+    const F lerp_complement = V::set1(c.lerp_complement);
+    const M lerp_mask = V::mask_of(c.lerp_mask != 0);
+    const F beta2 = V::set1(c.beta2), one_minus_beta2 = V::set1(c.one_minus_beta2);
+    const F inverse_bias_correction2_sqrt = V::set1(c.inverse_bias_correction2_sqrt);
+    const F eps = V::set1(c.eps), neg_step_size = V::set1(c.neg_step_size);
+    const F abs_mask = V::as_float(V::splat(0x7FFFFFFFu));
+    F peak_m_lanes = V::zero(), peak_v_lanes = V::zero(), peak_vmax_lanes = V::zero();
+    I least_m_lanes = V::splat(~0u), least_v_lanes = V::splat(~0u), least_vmax_lanes = V::splat(~0u);
+    const I one = V::splat(1);
+    // the update of kLanes elements: the scalar loop's operations below, in the same order
+    auto update = [&](F param_value, F grad_value, F old_m, F old_v, F& x, F& exp_avg, F& exp_avg_sq) {
+      x = V::mul(param_value, decay);
+      const F grad = V::fmadd(grad_value, grad_multiplier, V::mul(l2, x));
+      const F diff = V::sub(grad, old_m);
+      const F from_start = V::fmadd(lerp_weight, diff, old_m);
+      const F from_end = V::fnmadd(diff, lerp_complement, grad);
+      exp_avg = V::blend(from_end, from_start, lerp_mask);
+      exp_avg_sq = V::fmadd(old_v, beta2, V::mul(V::mul(one_minus_beta2, grad), grad));
     };
-    auto step8 = [&](F8 x, F8 exp_avg, F8 second) {  // x + (-lr) m / (sqrt(v_hat) + eps)
-      const F8 denom = _mm256_fmadd_ps(_mm256_sqrt_ps(second), inverse_bias_correction2_sqrt, eps);
-      return _mm256_fmadd_ps(neg_step_size, _mm256_div_ps(exp_avg, denom), x);
+    auto step = [&](F x, F exp_avg, F second) {  // x + (-lr) m / (sqrt(v_hat) + eps)
+      const F denom = V::fmadd(V::sqrt(second), inverse_bias_correction2_sqrt, eps);
+      return V::fmadd(neg_step_size, V::div(exp_avg, denom), x);
     };
     int64_t vector_start = 0;
     if constexpr (BF16_PARAMS && std::is_same<MomentM, BF16Moment>::value && std::is_same<MomentV, BF16Moment>::value) {
-      // All streams 16-bit: 16 elements per iteration as even and odd lanes of one 32-byte load
-      // (shift or mask each word into a float's high half, no shuffles), written back with one
-      // word blend. Same operations per element as the 8-lane loop.
-      const I8 high = splat(0xFFFF0000u);
-      auto load16 = [&](const uint16_t* q, F8& even, F8& odd) {
-        const I8 words = _mm256_loadu_si256(reinterpret_cast<const I8*>(q));
-        even = as_float(_mm256_slli_epi32(words, 16));
-        odd = as_float(_mm256_and_si256(words, high));
+      // All streams 16-bit: 2 kLanes elements per iteration as even and odd lanes of one load (shift
+      // or mask each word into a float's high half, no shuffles), written back with one word blend.
+      // Same operations per element as the loop below.
+      const I high = V::splat(0xFFFF0000u);
+      auto load_pairs = [&](const uint16_t* q, F& even, F& odd) {
+        const I words = V::loadu_words(q);
+        even = V::as_float(V::shift_left<16>(words));
+        odd = V::as_float(V::bit_and(words, high));
       };
-      auto store16 = [](uint16_t* q, I8 even, I8 odd) {  // results in the lanes' high halves
-        _mm256_storeu_si256(reinterpret_cast<I8*>(q), _mm256_blend_epi16(_mm256_srli_epi32(even, 16), odd, 0xAA));
+      auto store_pairs = [](uint16_t* q, I even, I odd) {  // results in the lanes' high halves
+        V::storeu_words(q, V::interleave_words(V::shift_right<16>(even), odd));
       };
-      auto nearest_high = [](F8 x) {  // bf16_nearest in the high half
-        const I8 u = as_int(x);
-        const I8 parity = _mm256_and_si256(_mm256_srli_epi32(u, 16), splat(1));
-        const I8 rounded = _mm256_add_epi32(_mm256_add_epi32(u, splat(0x7FFF)), parity);
-        return _mm256_blendv_epi8(rounded, splat(0x7FC00000u), as_int(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+      auto nearest_high = [](F x) {  // bf16_nearest in the high half
+        const I u = V::as_int(x);
+        const I parity = V::bit_and(V::shift_right<16>(u), V::splat(1));
+        const I rounded = V::add(V::add(u, V::splat(0x7FFF)), parity);
+        return V::blend(rounded, V::splat(0x7FC00000u), V::is_nan(x));
       };
-      auto stochastic_high = [&](F8 x, int64_t j, const I8 lanes) {  // lanes: element offsets in the 16
-        const I8 index = _mm256_add_epi32(splat(local + uint32_t(j)), lanes);
-        const I8 noise = _mm256_and_si256(mix32x8(_mm256_xor_si256(index, splat(key))), splat(0xFFFF));
-        const I8 truncated = _mm256_add_epi32(as_int(x), noise);
-        return _mm256_blendv_epi8(truncated, splat(0x7FC00000u), as_int(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+      auto stochastic_high = [&](F x, int64_t j, const I lanes) {  // lanes: element offsets in the pair group
+        const I index = V::add(V::splat(local + uint32_t(j)), lanes);
+        const I noise = V::bit_and(mix32_lanes(V::bit_xor(index, V::splat(key))), V::splat(0xFFFF));
+        const I truncated = V::add(V::as_int(x), noise);
+        return V::blend(truncated, V::splat(0x7FC00000u), V::is_nan(x));
       };
-      const I8 even_lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-      const I8 odd_lanes = _mm256_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15);
-      for (int64_t j = 0; j + 16 <= n; j += 16, vector_start = j) {
+      const I even_lanes = V::iota(0, 2), odd_lanes = V::iota(1, 2);
+      for (int64_t j = 0; j + 2 * V::kLanes <= n; j += 2 * V::kLanes, vector_start = j) {
         const int64_t i = base + j;
         uint16_t* const ps = reinterpret_cast<uint16_t*>(p) + i;
         const uint16_t* const gs = reinterpret_cast<const uint16_t*>(g) + i;
-        F8 param_value[2], grad_value[2], old_m[2], old_v[2], old_vmax[2], addend[2];
-        load16(ps, param_value[0], param_value[1]);
+        F param_value[2], grad_value[2], old_m[2], old_v[2], old_vmax[2], addend[2];
+        load_pairs(ps, param_value[0], param_value[1]);
         if (ROUNDING == kKahan) {
-          load16(comp + i, addend[0], addend[1]);
-          for (int h = 0; h < 2; ++h) param_value[h] = _mm256_add_ps(param_value[h], addend[h]);
+          load_pairs(comp + i, addend[0], addend[1]);
+          for (int h = 0; h < 2; ++h) param_value[h] = V::add(param_value[h], addend[h]);
         }
-        load16(gs, grad_value[0], grad_value[1]);
-        load16(m.data + i, old_m[0], old_m[1]);
-        load16(v.data + i, old_v[0], old_v[1]);
-        if (AMSGRAD) load16(vmax.data + i, old_vmax[0], old_vmax[1]);
-        I8 new_m[2], new_v[2], new_vmax[2], new_p[2], new_comp[2];
+        load_pairs(gs, grad_value[0], grad_value[1]);
+        load_pairs(m.data + i, old_m[0], old_m[1]);
+        load_pairs(v.data + i, old_v[0], old_v[1]);
+        if (AMSGRAD) load_pairs(vmax.data + i, old_vmax[0], old_vmax[1]);
+        I new_m[2], new_v[2], new_vmax[2], new_p[2], new_comp[2];
         for (int h = 0; h < 2; ++h) {
-          F8 x, exp_avg, exp_avg_sq;
-          update8(param_value[h], grad_value[h], old_m[h], old_v[h], x, exp_avg, exp_avg_sq);
-          F8 second = exp_avg_sq;
+          F x, exp_avg, exp_avg_sq;
+          update(param_value[h], grad_value[h], old_m[h], old_v[h], x, exp_avg, exp_avg_sq);
+          F second = exp_avg_sq;
           if (AMSGRAD) {
-            second = _mm256_max_ps(old_vmax[h], exp_avg_sq);
+            second = V::max(old_vmax[h], exp_avg_sq);
             new_vmax[h] = nearest_high(second);
           }
           new_m[h] = nearest_high(exp_avg);
           new_v[h] = nearest_high(exp_avg_sq);
-          x = step8(x, exp_avg, second);
+          x = step(x, exp_avg, second);
           if (ROUNDING == kStochastic) {
             new_p[h] = stochastic_high(x, j, h ? odd_lanes : even_lanes);
           } else {
             new_p[h] = nearest_high(x);
             if (ROUNDING == kKahan)
-              new_comp[h] = nearest_high(_mm256_sub_ps(x, as_float(_mm256_and_si256(new_p[h], high))));
+              new_comp[h] = nearest_high(V::sub(x, V::as_float(V::bit_and(new_p[h], high))));
           }
         }
-        store16(m.data + i, new_m[0], new_m[1]);
-        store16(v.data + i, new_v[0], new_v[1]);
-        if (AMSGRAD) store16(vmax.data + i, new_vmax[0], new_vmax[1]);
-        store16(ps, new_p[0], new_p[1]);
-        if (ROUNDING == kKahan) store16(comp + i, new_comp[0], new_comp[1]);
+        store_pairs(m.data + i, new_m[0], new_m[1]);
+        store_pairs(v.data + i, new_v[0], new_v[1]);
+        if (AMSGRAD) store_pairs(vmax.data + i, new_vmax[0], new_vmax[1]);
+        store_pairs(ps, new_p[0], new_p[1]);
+        if (ROUNDING == kKahan) store_pairs(comp + i, new_comp[0], new_comp[1]);
       }
     }
     scalar_start = vector_start;
-    for (int64_t j = vector_start; j + 8 <= n; j += 8, scalar_start = j) {
+    const I element_lanes = V::iota(0, 1);
+    for (int64_t j = vector_start; j + V::kLanes <= n; j += V::kLanes, scalar_start = j) {
       const int64_t i = base + j;
-      F8 param_value, grad_value;
+      F param_value, grad_value;
       if (BF16_PARAMS) {
-        param_value = bf16_value8(reinterpret_cast<const uint16_t*>(p + i));
-        if (ROUNDING == kKahan) param_value = _mm256_add_ps(param_value, bf16_value8(comp + i));
-        grad_value = bf16_value8(reinterpret_cast<const uint16_t*>(g + i));
+        param_value = bf16_value_lanes(reinterpret_cast<const uint16_t*>(p + i));
+        if (ROUNDING == kKahan) param_value = V::add(param_value, bf16_value_lanes(comp + i));
+        grad_value = bf16_value_lanes(reinterpret_cast<const uint16_t*>(g + i));
       } else {
-        param_value = _mm256_loadu_ps(reinterpret_cast<const float*>(p + i));
-        grad_value = _mm256_loadu_ps(reinterpret_cast<const float*>(g + i));
+        param_value = V::loadu(reinterpret_cast<const float*>(p + i));
+        grad_value = V::loadu(reinterpret_cast<const float*>(g + i));
       }
-      const F8 old_m = m.load8(i, j), old_v = v.load8(i, j);
-      F8 x, exp_avg, exp_avg_sq, second, denom;
-      update8(param_value, grad_value, old_m, old_v, x, exp_avg, exp_avg_sq);
+      const F old_m = m.load_lanes(i, j), old_v = v.load_lanes(i, j);
+      F x, exp_avg, exp_avg_sq, second, denom;
+      update(param_value, grad_value, old_m, old_v, x, exp_avg, exp_avg_sq);
       second = exp_avg_sq;
       if (AMSGRAD) {
-        second = _mm256_max_ps(vmax.load8(i, j), exp_avg_sq);  // old if old > new, else new (NaN: new)
-        vmax.store8(i, j, second);
+        second = V::max(vmax.load_lanes(i, j), exp_avg_sq);  // old if old > new, else new (NaN: new)
+        vmax.store_lanes(i, j, second);
         if (MomentV::kStaged) {
-          peak_vmax8 = _mm256_max_ps(second, peak_vmax8);
-          least_vmax8 = _mm256_min_epu32(_mm256_sub_epi32(as_int(_mm256_and_ps(second, abs_mask)), one), least_vmax8);
+          peak_vmax_lanes = V::max(second, peak_vmax_lanes);
+          least_vmax_lanes = V::min_u32(V::sub(V::as_int(V::bit_and(second, abs_mask)), one), least_vmax_lanes);
         }
       }
-      denom = _mm256_fmadd_ps(_mm256_sqrt_ps(second), inverse_bias_correction2_sqrt, eps);
-      m.store8(i, j, exp_avg);
-      v.store8(i, j, exp_avg_sq);
+      denom = V::fmadd(V::sqrt(second), inverse_bias_correction2_sqrt, eps);
+      m.store_lanes(i, j, exp_avg);
+      v.store_lanes(i, j, exp_avg_sq);
       if (MomentM::kStaged) {
-        const F8 magnitude = _mm256_and_ps(exp_avg, abs_mask);
-        peak_m8 = _mm256_max_ps(magnitude, peak_m8);
-        least_m8 = _mm256_min_epu32(_mm256_sub_epi32(as_int(magnitude), one), least_m8);
+        const F magnitude = V::bit_and(exp_avg, abs_mask);
+        peak_m_lanes = V::max(magnitude, peak_m_lanes);
+        least_m_lanes = V::min_u32(V::sub(V::as_int(magnitude), one), least_m_lanes);
       }
       if (MomentV::kStaged) {
-        peak_v8 = _mm256_max_ps(exp_avg_sq, peak_v8);
-        least_v8 = _mm256_min_epu32(_mm256_sub_epi32(as_int(_mm256_and_ps(exp_avg_sq, abs_mask)), one), least_v8);
+        peak_v_lanes = V::max(exp_avg_sq, peak_v_lanes);
+        least_v_lanes = V::min_u32(V::sub(V::as_int(V::bit_and(exp_avg_sq, abs_mask)), one), least_v_lanes);
       }
-      x = _mm256_fmadd_ps(neg_step_size, _mm256_div_ps(exp_avg, denom), x);
+      x = V::fmadd(neg_step_size, V::div(exp_avg, denom), x);
       if (!BF16_PARAMS) {
-        _mm256_storeu_ps(reinterpret_cast<float*>(p + i), x);
+        V::storeu(reinterpret_cast<float*>(p + i), x);
       } else if (ROUNDING == kStochastic) {
-        const I8 index = _mm256_add_epi32(splat(local + uint32_t(j)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        const I8 noise = _mm256_and_si256(mix32x8(_mm256_xor_si256(index, splat(key))), splat(0xFFFF));
-        const I8 truncated = _mm256_srli_epi32(_mm256_add_epi32(as_int(x), noise), 16);
-        const I8 nan = as_int(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-        store_u16x8(reinterpret_cast<uint16_t*>(p + i), _mm256_blendv_epi8(truncated, splat(0x7FC0), nan));
+        const I index = V::add(V::splat(local + uint32_t(j)), element_lanes);
+        const I noise = V::bit_and(mix32_lanes(V::bit_xor(index, V::splat(key))), V::splat(0xFFFF));
+        const I truncated = V::shift_right<16>(V::add(V::as_int(x), noise));
+        V::store_u16(reinterpret_cast<uint16_t*>(p + i), V::blend(truncated, V::splat(0x7FC0), V::is_nan(x)));
       } else {
-        const I8 rounded = bf16_nearest8(x);
-        store_u16x8(reinterpret_cast<uint16_t*>(p + i), rounded);
+        const I rounded = bf16_nearest_lanes(x);
+        V::store_u16(reinterpret_cast<uint16_t*>(p + i), rounded);
         if (ROUNDING == kKahan) {
-          const F8 lost = _mm256_sub_ps(x, as_float(_mm256_slli_epi32(rounded, 16)));
-          store_u16x8(comp + i, bf16_nearest8(lost));
+          const F lost = V::sub(x, V::as_float(V::shift_left<16>(rounded)));
+          V::store_u16(comp + i, bf16_nearest_lanes(lost));
         }
       }
     }
-    peak_m = max_of_lanes(peak_m8);
-    peak_v = max_of_lanes(peak_v8);
-    peak_vmax = max_of_lanes(peak_vmax8);
-    least_m = min_of_lanes(least_m8);
-    least_v = min_of_lanes(least_v8);
-    least_vmax = min_of_lanes(least_vmax8);
+    peak_m = V::max_of_lanes(peak_m_lanes);
+    peak_v = V::max_of_lanes(peak_v_lanes);
+    peak_vmax = V::max_of_lanes(peak_vmax_lanes);
+    least_m = V::min_of_lanes(least_m_lanes);
+    least_v = V::min_of_lanes(least_v_lanes);
+    least_vmax = V::min_of_lanes(least_vmax_lanes);
   }
 #else
 #pragma omp simd reduction(max : peak_m, peak_v, peak_vmax) reduction(min : least_m, least_v, least_vmax)

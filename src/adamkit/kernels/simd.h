@@ -1,0 +1,279 @@
+// Vector instruction sets for the low-precision kernel (adam_kernel.cpp). Its vector code is written
+// once against `V`, a struct of thin inline wrappers; the compiler flags (-march=native) pick V:
+// AVX-512 F/BW/DQ/VL gives 16 lanes, AVX2 + FMA 8 lanes, other CPUs run the kernel's scalar code.
+// Both structs wrap the same operations with the same IEEE semantics, so every width gives the
+// same bits; only packing (lanes to bytes or words) is written per instruction set.
+//
+// ADAMKIT_EMULATE_AVX512 (tests only) compiles the AVX-512 code on any x86-64 CPU with SIMDe's
+// portable forms of the intrinsics (Debian/Ubuntu package libsimde-dev), so the 16-lane path is
+// checked bit for bit on machines without AVX-512. ADAMKIT_NO_AVX512 keeps AVX2 on an AVX-512 CPU.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#if defined(ADAMKIT_EMULATE_AVX512)
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#define ADAMKIT_AVX512 1
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__) && \
+    !defined(ADAMKIT_NO_AVX512)
+#include <immintrin.h>
+#define ADAMKIT_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define ADAMKIT_AVX2 1
+#endif
+
+namespace adamkit_simd {
+
+#if defined(ADAMKIT_AVX2)
+struct Avx2 {
+  static constexpr int kLanes = 8;
+  using F = __m256;
+  using I = __m256i;
+  using M = __m256;  // a lane mask: all ones or zero per lane
+
+  static F set1(float x) { return _mm256_set1_ps(x); }
+  static I splat(uint32_t x) { return _mm256_set1_epi32(int32_t(x)); }
+  static F zero() { return _mm256_setzero_ps(); }
+  static I iota(uint32_t start, uint32_t stride) {  // start + stride * lane
+    return _mm256_add_epi32(splat(start), _mm256_mullo_epi32(splat(stride), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+  }
+  static I as_int(F x) { return _mm256_castps_si256(x); }
+  static F as_float(I x) { return _mm256_castsi256_ps(x); }
+
+  static F load(const float* p) { return _mm256_load_ps(p); }  // 32-byte aligned
+  static void store(float* p, F x) { _mm256_store_ps(p, x); }
+  static F loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static void storeu(float* p, F x) { _mm256_storeu_ps(p, x); }
+  static I loadu_words(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const I*>(p)); }  // 2 kLanes words
+  static void storeu_words(uint16_t* p, I x) { _mm256_storeu_si256(reinterpret_cast<I*>(p), x); }
+  static I load_u16(const uint16_t* p) { return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static I load_s8(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+  static I load_u8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+  static void store_u16(uint16_t* p, I x) {  // lanes hold values <= 0xFFFF
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1)));
+  }
+  static void store_u8(uint8_t* p, I x) {  // lanes hold values <= 0xFF
+    const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(words, words));
+  }
+  // 2 kLanes words: the low halves of `low` in the even words, the high halves of `high` in the odd
+  static I interleave_words(I low, I high) { return _mm256_blend_epi16(low, high, 0xAA); }
+  // 4 kLanes codes (lanes <= 0xFF; a negative lane gives 0) to bytes; SIGNED: each byte's top bit
+  // is the sign bit of the float at x (the saturating packs keep a lane's sign)
+  template <bool SIGNED>
+  static void store_codes4(uint8_t* out, const I code[4], const float* x) {
+    I bytes = _mm256_packus_epi16(_mm256_packs_epi32(code[0], code[1]), _mm256_packs_epi32(code[2], code[3]));
+    if (SIGNED) {
+      const I a = _mm256_packs_epi32(_mm256_loadu_si256(reinterpret_cast<const I*>(x)), _mm256_loadu_si256(reinterpret_cast<const I*>(x + 8)));
+      const I b = _mm256_packs_epi32(_mm256_loadu_si256(reinterpret_cast<const I*>(x + 16)), _mm256_loadu_si256(reinterpret_cast<const I*>(x + 24)));
+      bytes = _mm256_or_si256(bytes, _mm256_and_si256(_mm256_packs_epi16(a, b), _mm256_set1_epi8(char(0x80))));
+    }
+    bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // undo the in-lane packs
+    _mm256_storeu_si256(reinterpret_cast<I*>(out), bytes);
+  }
+
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm256_div_ps(a, b); }
+  static F sqrt(F a) { return _mm256_sqrt_ps(a); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }    // a b + c, one rounding
+  static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a b, one rounding
+  static F max(F a, F b) { return _mm256_max_ps(a, b); }                // a > b ? a : b (NaN: b)
+  static F bit_and(F a, F b) { return _mm256_and_ps(a, b); }
+  static F bit_or(F a, F b) { return _mm256_or_ps(a, b); }
+
+  static I add(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I sub(I a, I b) { return _mm256_sub_epi32(a, b); }
+  static I mullo(I a, I b) { return _mm256_mullo_epi32(a, b); }
+  static I bit_and(I a, I b) { return _mm256_and_si256(a, b); }
+  static I bit_or(I a, I b) { return _mm256_or_si256(a, b); }
+  static I bit_xor(I a, I b) { return _mm256_xor_si256(a, b); }
+  static I min_u32(I a, I b) { return _mm256_min_epu32(a, b); }
+  static I max_u32(I a, I b) { return _mm256_max_epu32(a, b); }
+  template <int N> static I shift_left(I a) { return _mm256_slli_epi32(a, N); }
+  template <int N> static I shift_right(I a) { return _mm256_srli_epi32(a, N); }
+  template <int N> static I shift_right_signed(I a) { return _mm256_srai_epi32(a, N); }
+  static I shift_left(I a, I n) { return _mm256_sllv_epi32(a, n); }
+  static I shift_right(I a, I n) { return _mm256_srlv_epi32(a, n); }
+
+  static M mask_of(bool all) { return as_float(splat(all ? ~0u : 0u)); }
+  static M is_nan(F a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
+  static M equal(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  static M equal(I a, I b) { return as_float(_mm256_cmpeq_epi32(a, b)); }
+  static M greater(I a, I b) { return as_float(_mm256_cmpgt_epi32(a, b)); }  // signed
+  static M and_not(M a, M b) { return _mm256_andnot_ps(a, b); }            // b and not a
+  static F blend(F a, F b, M mask) { return _mm256_blendv_ps(a, b, mask); }  // mask ? b : a
+  static I blend(I a, I b, M mask) { return _mm256_blendv_epi8(a, b, as_int(mask)); }
+  static I add_where(I a, M mask, I b) { return _mm256_add_epi32(a, _mm256_and_si256(as_int(mask), b)); }  // mask ? a + b : a
+
+  static float max_of_lanes(F x) {  // lanes hold no NaN
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ps(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
+  static uint32_t min_of_lanes(I x) {  // unsigned
+    __m128i m = _mm_min_epu32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0x4E));
+    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0xB1));
+    return uint32_t(_mm_cvtsi128_si32(m));
+  }
+};
+using V = Avx2;
+#endif  // ADAMKIT_AVX2
+
+#if defined(ADAMKIT_AVX512)
+#if defined(ADAMKIT_EMULATE_AVX512)
+// SIMDe 0.7 lacks these; lane-by-lane forms through memory, obviously right by construction.
+#define ADAMKIT_LANEWISE(name, In, in_type, out_type, expression)                  \
+  inline __m512i name(In x) {                                                      \
+    in_type in[16];                                                                \
+    out_type out[16];                                                              \
+    std::memcpy(in, &x, sizeof(in));                                               \
+    for (int k = 0; k < 16; ++k) out[k] = expression;                              \
+    __m512i result;                                                                \
+    std::memcpy(&result, out, sizeof(result));                                     \
+    return result;                                                                 \
+  }
+ADAMKIT_LANEWISE(emulated_cvtepi8_epi32, __m128i, int8_t, int32_t, int32_t(in[k]))
+ADAMKIT_LANEWISE(emulated_cvtepu8_epi32, __m128i, uint8_t, uint32_t, uint32_t(in[k]))
+ADAMKIT_LANEWISE(emulated_cvtepu16_epi32, __m256i, uint16_t, uint32_t, uint32_t(in[k]))
+#undef ADAMKIT_LANEWISE
+inline __m128i emulated_cvtepi32_epi8(__m512i x) {  // truncate each lane to its low byte
+  uint32_t in[16];
+  uint8_t out[16];
+  std::memcpy(in, &x, sizeof(in));
+  for (int k = 0; k < 16; ++k) out[k] = uint8_t(in[k]);
+  __m128i result;
+  std::memcpy(&result, out, sizeof(result));
+  return result;
+}
+inline __m256i emulated_cvtepi32_epi16(__m512i x) {  // truncate each lane to its low word
+  uint32_t in[16];
+  uint16_t out[16];
+  std::memcpy(in, &x, sizeof(in));
+  for (int k = 0; k < 16; ++k) out[k] = uint16_t(in[k]);
+  __m256i result;
+  std::memcpy(&result, out, sizeof(result));
+  return result;
+}
+template <int N>
+inline __m512i emulated_srai_epi32(__m512i x) {  // arithmetic shift right
+  int32_t lanes[16];
+  std::memcpy(lanes, &x, sizeof(lanes));
+  for (int k = 0; k < 16; ++k) lanes[k] = lanes[k] >> N;
+  std::memcpy(&x, lanes, sizeof(lanes));
+  return x;
+}
+#define ADAMKIT_CVTEPI8_EPI32 emulated_cvtepi8_epi32
+#define ADAMKIT_CVTEPU8_EPI32 emulated_cvtepu8_epi32
+#define ADAMKIT_CVTEPU16_EPI32 emulated_cvtepu16_epi32
+#define ADAMKIT_CVTEPI32_EPI8 emulated_cvtepi32_epi8
+#define ADAMKIT_CVTEPI32_EPI16 emulated_cvtepi32_epi16
+#define ADAMKIT_SRAI_EPI32(x, n) emulated_srai_epi32<n>(x)
+#else
+#define ADAMKIT_CVTEPI8_EPI32 _mm512_cvtepi8_epi32
+#define ADAMKIT_CVTEPU8_EPI32 _mm512_cvtepu8_epi32
+#define ADAMKIT_CVTEPU16_EPI32 _mm512_cvtepu16_epi32
+#define ADAMKIT_CVTEPI32_EPI8 _mm512_cvtepi32_epi8
+#define ADAMKIT_CVTEPI32_EPI16 _mm512_cvtepi32_epi16
+#define ADAMKIT_SRAI_EPI32(x, n) _mm512_srai_epi32(x, n)
+#endif  // ADAMKIT_EMULATE_AVX512
+
+struct Avx512 {
+  static constexpr int kLanes = 16;
+  using F = __m512;
+  using I = __m512i;
+  using M = __mmask16;  // a lane mask: one bit per lane
+
+  static F set1(float x) { return _mm512_set1_ps(x); }
+  static I splat(uint32_t x) { return _mm512_set1_epi32(int32_t(x)); }
+  static F zero() { return _mm512_setzero_ps(); }
+  static I iota(uint32_t start, uint32_t stride) {  // start + stride * lane
+    return _mm512_add_epi32(splat(start), _mm512_mullo_epi32(splat(stride), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)));
+  }
+  static I as_int(F x) { return _mm512_castps_si512(x); }
+  static F as_float(I x) { return _mm512_castsi512_ps(x); }
+
+  static F load(const float* p) { return _mm512_load_ps(p); }  // 64-byte aligned
+  static void store(float* p, F x) { _mm512_store_ps(p, x); }
+  static F loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static void storeu(float* p, F x) { _mm512_storeu_ps(p, x); }
+  static I loadu_words(const uint16_t* p) { return _mm512_loadu_si512(p); }  // 2 kLanes words
+  static void storeu_words(uint16_t* p, I x) { _mm512_storeu_si512(p, x); }
+  static I load_u16(const uint16_t* p) { return ADAMKIT_CVTEPU16_EPI32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static I load_s8(const uint8_t* p) { return ADAMKIT_CVTEPI8_EPI32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static I load_u8(const uint8_t* p) { return ADAMKIT_CVTEPU8_EPI32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static void store_u16(uint16_t* p, I x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), ADAMKIT_CVTEPI32_EPI16(x)); }  // lanes <= 0xFFFF
+  static void store_u8(uint8_t* p, I x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), ADAMKIT_CVTEPI32_EPI8(x)); }      // lanes <= 0xFF
+  static I interleave_words(I low, I high) { return _mm512_mask_blend_epi16(0xAAAAAAAAu, low, high); }
+  template <bool SIGNED>
+  static void store_codes4(uint8_t* out, const I code[4], const float* x) {  // as Avx2::store_codes4
+    for (int k = 0; k < 4; ++k) {
+      I bytes = _mm512_max_epi32(code[k], _mm512_setzero_si512());
+      if (SIGNED) bytes = _mm512_or_si512(bytes, _mm512_slli_epi32(_mm512_srli_epi32(_mm512_loadu_si512(x + 16 * k), 31), 7));
+      store_u8(out + 16 * k, bytes);
+    }
+  }
+
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm512_div_ps(a, b); }
+  static F sqrt(F a) { return _mm512_sqrt_ps(a); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }  // a > b ? a : b (NaN: b), as vmaxps
+  static F bit_and(F a, F b) { return as_float(_mm512_and_si512(as_int(a), as_int(b))); }
+  static F bit_or(F a, F b) { return as_float(_mm512_or_si512(as_int(a), as_int(b))); }
+
+  static I add(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I sub(I a, I b) { return _mm512_sub_epi32(a, b); }
+  static I mullo(I a, I b) { return _mm512_mullo_epi32(a, b); }
+  static I bit_and(I a, I b) { return _mm512_and_si512(a, b); }
+  static I bit_or(I a, I b) { return _mm512_or_si512(a, b); }
+  static I bit_xor(I a, I b) { return _mm512_xor_si512(a, b); }
+  static I min_u32(I a, I b) { return _mm512_min_epu32(a, b); }
+  static I max_u32(I a, I b) { return _mm512_max_epu32(a, b); }
+  template <int N> static I shift_left(I a) { return _mm512_slli_epi32(a, N); }
+  template <int N> static I shift_right(I a) { return _mm512_srli_epi32(a, N); }
+  template <int N> static I shift_right_signed(I a) { return ADAMKIT_SRAI_EPI32(a, N); }
+  static I shift_left(I a, I n) { return _mm512_sllv_epi32(a, n); }
+  static I shift_right(I a, I n) { return _mm512_srlv_epi32(a, n); }
+
+  static M mask_of(bool all) { return all ? M(0xFFFF) : M(0); }
+  static M is_nan(F a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
+  static M equal(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  static M equal(I a, I b) { return _mm512_cmpeq_epi32_mask(a, b); }
+  static M greater(I a, I b) { return _mm512_cmpgt_epi32_mask(a, b); }  // signed
+  static M and_not(M a, M b) { return M(~a & b); }
+  static F blend(F a, F b, M mask) { return _mm512_mask_blend_ps(mask, a, b); }  // mask ? b : a
+  static I blend(I a, I b, M mask) { return _mm512_mask_blend_epi32(mask, a, b); }
+  static I add_where(I a, M mask, I b) { return _mm512_mask_add_epi32(a, mask, a, b); }
+
+  static float max_of_lanes(F x) {  // lanes hold no NaN
+    __m256 half = _mm256_max_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ps(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
+  static uint32_t min_of_lanes(I x) {  // unsigned
+    const __m256i half = _mm256_min_epu32(_mm512_castsi512_si256(x), _mm512_extracti64x4_epi64(x, 1));
+    __m128i m = _mm_min_epu32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
+    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0x4E));
+    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0xB1));
+    return uint32_t(_mm_cvtsi128_si32(m));
+  }
+};
+using V = Avx512;
+#endif  // ADAMKIT_AVX512
+
+}  // namespace adamkit_simd
+
+#if defined(ADAMKIT_AVX2) || defined(ADAMKIT_AVX512)
+#define ADAMKIT_VECTOR 1  // the kernel's vector code path is compiled, V lanes wide
+#endif
