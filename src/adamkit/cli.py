@@ -1,4 +1,4 @@
-"""The ``adamkit`` command line: ``adamkit bench`` and ``adamkit reproduce``."""
+"""The ``adamkit`` command line: ``adamkit bench``, ``adamkit reproduce`` and ``adamkit check-kernels``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ def _reproduce(args: argparse.Namespace) -> int:
     return reproduce_cli.run(args)
 
 
+def _check_kernels(args: argparse.Namespace) -> int:
+    from .kernels import verify
+
+    return verify.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adamkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce_cli.add_arguments(reproduce_parser)
     reproduce_parser.set_defaults(handler=_reproduce)
+
+    from .kernels import verify
+
+    check_parser = commands.add_parser(
+        "check-kernels", help="check the compiled low-precision kernel's vector path against its scalar code, bit for bit"
+    )
+    verify.add_arguments(check_parser)
+    check_parser.set_defaults(handler=_check_kernels)
     return parser
 
 

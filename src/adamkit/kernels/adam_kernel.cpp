@@ -696,6 +696,15 @@ void floor_storage(P* __restrict p, const P* __restrict g, S* __restrict m, S* _
 extern "C" {
 
 #ifdef ADAMKIT_LOWPREC
+// Lanes of the vector code path this library was compiled with (1: scalar code only).
+int32_t adam_lowprec_lanes() {
+#ifdef ADAMKIT_VECTOR
+  return adamkit_simd::V::kLanes;
+#else
+  return 1;
+#endif
+}
+
 // One fused step over blocks [first, last) of a low-precision flat bucket. Returns 0, or -1 if
 // the buffers' formats are not the ones this library was compiled for.
 int32_t adam_lowprec_step(const LowPrecBuffers* b, const AdamScalars* s, int64_t first, int64_t last, int threads) {

@@ -28,6 +28,7 @@ __all__ = ["load_library", "KernelBuildError", "cache_dir", "build_in_background
 _build_lock = threading.Lock()
 
 SOURCES = ("adam_kernel.cpp",)
+HEADERS = ("simd.h",)  # included by the sources: part of the cache key, not compiled on their own
 # -fno-trapping-math lets GCC if-convert and vectorise the codecs; it changes no IEEE result.
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c++17"]
 
@@ -91,11 +92,16 @@ def _load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
 
     here = Path(__file__).parent
     flags = [*FLAGS, *(f"-D{define}" for define in defines)]
-    target = compile_cached("adam_kernel", [here / name for name in SOURCES], flags, ".so", _cpu_fingerprint())
+    target = compile_cached("adam_kernel", [here / name for name in SOURCES], flags, ".so", _cpu_fingerprint() + headers_digest(here))
     try:
         return ctypes.CDLL(str(target))
     except OSError as error:
         raise KernelBuildError(f"loading the fused kernel {target} failed: {error}") from error
+
+
+def headers_digest(directory: Path) -> str:
+    """Hash of the headers the kernel source in ``directory`` includes (part of a build's cache key)."""
+    return hashlib.sha256(b"".join((directory / name).read_bytes() for name in HEADERS if (directory / name).exists())).hexdigest()
 
 
 def compile_cached(

@@ -1,0 +1,259 @@
+"""Check one build of the low-precision kernel against another, bit for bit.
+
+The vector code (AVX2 or AVX-512, see simd.h) must give exactly the scalar code's bits. This
+module compiles the kernel twice — the host's vector build and a reference build, by default
+the same source with the vector path switched off (``-mno-avx2``) — runs both on the
+same inputs and compares every output buffer byte for byte: realistic values and garbage (NaN,
+Inf, denormals, random bit patterns and int8 codes, absmax 0 / 1e30 / float32 max / NaN / Inf),
+partial blocks, zero runs, every rounding, AMSGrad, maximize, grad_scale, L2 and both lerp
+forms, with and without DAZ/FTZ (where a denormal output matches a zero of its sign: DAZ reads
+denormal inputs as zero, so which of two such inputs an op returns is moot). A NaN in a float
+output matches any NaN: which NaN an x86 addition returns depends on the operand order the
+compiler picks, in the scalar code as in the vector code.
+
+    adamkit check-kernels                  # this CPU's vector path against its scalar code
+    adamkit check-kernels --emulate-avx512 # the AVX-512 path via SIMDe, on any x86-64 CPU
+
+Builds are cached beside the optimizer's kernels (see build.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from . import _AdamScalars
+from .build import FLAGS, _cpu_fingerprint, compile_cached, headers_digest
+from .lowprec import LowPrecBuffers
+
+__all__ = ["SCALAR_FLAGS", "EMULATE_AVX512_FLAGS", "MODES", "build_kernel", "compare_builds", "simde_available"]
+
+F32, BF16, INT8 = 0, 1, 2  # lowprec.FORMATS
+# No vector path: the kernel's scalar code. FMA stays on, so that GCC contracts the scalar source
+# where the vector code has its FMAs (a CPU without FMA rounds those products separately).
+SCALAR_FLAGS = ("-mno-avx2",)
+EMULATE_AVX512_FLAGS = ("-DADAMKIT_EMULATE_AVX512", "-Wno-psabi")
+# every (exp_avg, exp_avg_sq, param) storage format
+MODES = [(m, v, p) for m in (F32, BF16, INT8) for v in (F32, BF16, INT8) for p in (F32, BF16)]
+_POINTERS = ("p", "g", "m", "v", "vmax", "comp", "m_absmax", "v_absmax", "vmax_absmax",
+             "block_start", "block_param", "param_start", "param_stream", "steps")
+_KERNEL = Path(__file__).with_name("adam_kernel.cpp")
+
+
+def simde_available() -> bool:
+    """Whether SIMDe's AVX-512 header (Debian/Ubuntu: libsimde-dev) is installed."""
+    return any(Path(root, "simde/x86/avx512.h").exists() for root in ("/usr/include", "/usr/local/include"))
+
+
+def build_kernel(mode: tuple[int, int, int], extra_flags: Iterable[str] = (), source: Path = _KERNEL) -> ctypes.CDLL:
+    """One storage mode's kernel library from ``source`` with ``extra_flags`` added."""
+    m, v, p = mode
+    defines = ["-DADAMKIT_LOWPREC=1", f"-DADAMKIT_M_FORMAT={m}", f"-DADAMKIT_V_FORMAT={v}", f"-DADAMKIT_PARAM_FORMAT={p}"]
+    target = compile_cached("adam_kernel_check", [source], [*FLAGS, *defines, *extra_flags], ".so",
+                            _cpu_fingerprint() + headers_digest(source.parent))
+    library = ctypes.CDLL(str(target))
+    library.adam_lowprec_step.argtypes = [ctypes.POINTER(LowPrecBuffers), ctypes.POINTER(_AdamScalars),
+                                          ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    library.adam_lowprec_step.restype = ctypes.c_int32
+    if hasattr(library, "adam_lowprec_lanes"):  # not in revisions before the AVX-512 path
+        library.adam_lowprec_lanes.restype = ctypes.c_int32
+    return library
+
+
+def _specials() -> np.ndarray:
+    return np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-40, 1.1754944e-38, 3.4028235e38,
+                     -3.4028235e38, 1e30, -1e30, 1e-30, 1.0, -1.0, 65504.0, 1e-8, -1e-8], np.float32)
+
+
+def _to_bf16(x: np.ndarray) -> np.ndarray:
+    return (x.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def make_inputs(sizes: list[int], mode: tuple[int, int, int], amsgrad: bool, rounding: int,
+                rng: np.random.Generator, realistic: bool) -> dict[str, np.ndarray | None]:
+    """Buffers of one bucket of parameters with ``sizes`` elements in storage ``mode``."""
+    m, v, p = mode
+    n = sum(sizes)
+    block_start, block_param, param_start = [], [], []
+    offset = 0
+    for index, size in enumerate(sizes):
+        param_start.append(offset)
+        for start in range(0, size, 256):
+            block_start.append(offset + start)
+            block_param.append(index)
+        offset += size
+    blocks = len(block_param)
+    state: dict[str, np.ndarray | None] = {
+        "block_start": np.array(block_start + [n], np.int64),
+        "block_param": np.array(block_param, np.int32),
+        "param_start": np.array(param_start, np.int64),
+        "param_stream": rng.integers(0, 2**32, len(sizes), dtype=np.uint64).astype(np.uint32),
+        "steps": rng.integers(1, 10**6, len(sizes)).astype(np.float32),
+    }
+
+    def floats(scale: float) -> np.ndarray:
+        x = (rng.standard_normal(n) * scale).astype(np.float32)
+        if not realistic:  # 2 % special values and 2 % random bit patterns
+            k = int(n * 0.02)
+            x[rng.integers(0, n, k)] = rng.choice(_specials(), k)
+            x[rng.integers(0, n, k)] = rng.integers(0, 2**32, k, dtype=np.uint64).astype(np.uint32).view(np.float32)
+        return x
+
+    param, grad = floats(1.0), floats(1e-3)
+    state["p"], state["g"] = (_to_bf16(param), _to_bf16(grad)) if p == BF16 else (param, grad)
+    for key, storage, non_negative in (("m", m, False), ("v", v, True), ("vmax", v, True)):
+        state[key + "_absmax"] = None
+        if key == "vmax" and not amsgrad:
+            state[key] = None
+        elif storage == INT8:
+            state[key] = rng.integers(0, 256, n).astype(np.uint8)
+            absmax = (np.abs(rng.standard_normal(blocks)) * (1e-3 if key == "m" else 1e-6)).astype(np.float32)
+            if not realistic:
+                k = max(1, blocks // 8)
+                absmax[rng.integers(0, blocks, k)] = rng.choice(
+                    np.array([0.0, 1e30, 3.4028235e38, 1e-40, 1e-45, 1e-38, np.inf, np.nan], np.float32), k)
+            state[key + "_absmax"] = absmax
+        else:
+            x = floats(1e-3)
+            if non_negative and realistic:
+                x = np.abs(x) * 1e-3
+            state[key] = _to_bf16(x) if storage == BF16 else x
+    state["comp"] = _to_bf16((rng.standard_normal(n) * 1e-5).astype(np.float32)) if rounding == 2 else None
+    # A run of zero gradients over zero moments (fresh state): moments that stay exactly 0, which
+    # the int8 encoders' fast path must turn into code 0 (its formula is negative there).
+    zeros = slice(start := int(rng.integers(0, n)), min(n, start + 300))
+    state["g"][zeros] = 0
+    for key in ("m", "v", "vmax"):
+        if state[key] is not None:
+            state[key][zeros] = 0
+    return state
+
+
+def run_step(library: ctypes.CDLL, state: dict, mode: tuple[int, int, int], rounding: int, scalars: _AdamScalars,
+             threads: int = 1, seed: int = 0x123456789ABCDEF) -> None:
+    """One kernel call over all blocks of ``state``, in place."""
+    m, v, p = mode
+    buffers = LowPrecBuffers(*[None if state[key] is None else state[key].ctypes.data for key in _POINTERS],
+                             seed, p, m, v, rounding)
+    result = library.adam_lowprec_step(ctypes.byref(buffers), ctypes.byref(scalars), 0, len(state["block_param"]), threads)
+    if result != 0:
+        raise RuntimeError(f"the kernel refused storage mode {mode}")
+
+
+def step_scalars(amsgrad: bool, variant: int) -> _AdamScalars:
+    """Per-step constants cycling through betas, eps, L2, decay, grad_scale, maximize and both lerp forms."""
+    beta1 = [0.9, 0.3, 0.6, 0.0, 0.95][variant % 5]
+    beta2 = [0.999, 0.95, 0.5, 0.0][variant % 4]
+    step = 7
+    return _AdamScalars(beta1, beta2, [1e-8, 1e-3, 0.0][variant % 3], [0.0, 1e-2][(variant // 2) % 2],
+                        [0.99999, 1.0, 0.9][variant % 3], 1e-3 / (1 - beta1**step),
+                        (1 - beta2**step) ** 0.5 if beta2 else 1.0, [1.0, 1024.0, 0.5][(variant // 3) % 3],
+                        int(variant % 7 == 3), int(amsgrad))
+
+
+def _canonical(buffer: np.ndarray, kind: str, flush: bool) -> np.ndarray:
+    """Bits of a float buffer with every NaN alike, and with ``flush`` denormals as signed zeros."""
+    if kind == "bf16":
+        bits, exponent, sign, nan = buffer.astype(np.uint32) << 16, 0x7F800000, 0x80000000, 0x7FC00000
+    else:
+        bits, exponent, sign, nan = buffer.view(np.uint32).copy(), 0x7F800000, 0x80000000, 0x7FC00000
+    is_nan = ((bits & exponent) == exponent) & ((bits & 0x007FFFFF) != 0)
+    bits[is_nan] = nan
+    if flush:  # under DAZ a denormal input reads as zero, so which of the two an op returns is moot
+        denormal = (bits & exponent) == 0
+        bits[denormal] &= sign
+    return bits
+
+
+def _same(expected: np.ndarray, actual: np.ndarray, kind: str, flush: bool) -> bool:
+    """Byte-identical, except that any NaN matches any NaN in a float buffer (see the module docstring)."""
+    if expected.tobytes() == actual.tobytes():
+        return True
+    if kind == "bytes":
+        return False
+    return bool(np.array_equal(_canonical(expected, kind, flush), _canonical(actual, kind, flush)))
+
+
+def _kinds(mode: tuple[int, int, int]) -> dict[str, str]:
+    """How to compare each buffer of a storage mode: "f32", "bf16" or "bytes" (codes, indices)."""
+    def kind(storage: int) -> str:
+        return {F32: "f32", BF16: "bf16", INT8: "bytes"}[storage]
+    m, v, p = mode
+    return {"p": kind(p), "g": kind(p), "m": kind(m), "v": kind(v), "vmax": kind(v), "comp": "bf16",
+            "m_absmax": "f32", "v_absmax": "f32", "vmax_absmax": "f32"}
+
+
+def compare_builds(reference: dict[tuple, ctypes.CDLL], candidate: dict[tuple, ctypes.CDLL],
+                   seeds: int = 3, report=print, flush: bool = False) -> int:
+    """Run both builds of every mode in ``reference`` on the same inputs; return the mismatch count.
+
+    ``flush``: the thread runs with DAZ/FTZ, so a denormal output matches a zero of its sign.
+    """
+    mismatches = 0
+    for mode, reference_library in reference.items():
+        candidate_library = candidate[mode]
+        kinds = _kinds(mode)
+        for rounding in (0, 1, 2) if mode[2] == BF16 else (0,):
+            for amsgrad in (False, True):
+                for seed in range(seeds):
+                    for realistic in (True, False):
+                        rng = np.random.default_rng(seed * 7 + realistic)
+                        sizes = [int(x) for x in rng.choice([1, 5, 255, 256, 257, 300, 4096, 4097 + 256 * 3, 10000], 6)]
+                        expected = make_inputs(sizes, mode, amsgrad, rounding, rng, realistic)
+                        actual = {key: None if a is None else a.copy() for key, a in expected.items()}
+                        for iteration in range(3):
+                            scalars = step_scalars(amsgrad, seed * 3 + iteration + realistic)
+                            run_step(reference_library, expected, mode, rounding, scalars)
+                            run_step(candidate_library, actual, mode, rounding, scalars)
+                            for key, buffer in expected.items():
+                                if buffer is not None and not _same(buffer, actual[key], kinds.get(key, "bytes"), flush):
+                                    where = np.nonzero(buffer.view(np.uint8) != actual[key].view(np.uint8))[0]
+                                    report(f"MISMATCH mode {mode} rounding {rounding} amsgrad {amsgrad} seed {seed} "
+                                           f"realistic {realistic} step {iteration} {key}: {len(where)} bytes, first at {where[:5]}")
+                                    mismatches += 1
+                                    actual[key][...] = buffer
+    return mismatches
+
+
+def check(candidate_flags: Iterable[str] = (), reference_flags: Iterable[str] = SCALAR_FLAGS,
+          modes: Iterable[tuple[int, int, int]] = MODES, seeds: int = 3, report=print) -> int:
+    """Mismatches between two builds of this package's kernel, without and with DAZ/FTZ."""
+    import torch
+
+    modes = list(modes)
+    reference = {mode: build_kernel(mode, reference_flags) for mode in modes}
+    candidate = {mode: build_kernel(mode, candidate_flags) for mode in modes}
+    lanes = {library.adam_lowprec_lanes() for library in (*reference.values(), *candidate.values())}
+    report(f"reference: {reference[modes[0]].adam_lowprec_lanes()} lane(s), candidate: {candidate[modes[0]].adam_lowprec_lanes()} lane(s)")
+    if len(lanes) == 1:
+        report("(both builds run the same code path on this CPU)")
+    mismatches = compare_builds(reference, candidate, seeds, report)
+    if torch.set_flush_denormal(True):  # DAZ/FTZ: the int8 decode has a separate form for it
+        try:
+            int8_modes = {mode: reference[mode] for mode in modes if INT8 in mode[:2]}
+            mismatches += compare_builds(int8_modes, candidate, max(1, seeds - 1), report, flush=True)
+        finally:
+            torch.set_flush_denormal(False)
+    return mismatches
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--emulate-avx512", action="store_true",
+                        help="check the AVX-512 path on any x86-64 CPU, through SIMDe (needs libsimde-dev)")
+    parser.add_argument("--seeds", type=int, default=3, help="input sets per mode and variant (default 3)")
+
+
+def main(args: argparse.Namespace) -> int:
+    flags = EMULATE_AVX512_FLAGS if args.emulate_avx512 else ()
+    if args.emulate_avx512 and not simde_available():
+        print("SIMDe is not installed (apt-get install libsimde-dev): cannot emulate AVX-512")
+        return 2
+    path = "AVX-512 (emulated with SIMDe)" if args.emulate_avx512 else "this CPU's vector path"
+    print(f"checking {path} against the scalar code, {len(MODES)} storage modes ...")
+    mismatches = check(flags, seeds=args.seeds)
+    print(f"{mismatches} mismatching outputs")
+    return 1 if mismatches else 0
