@@ -472,17 +472,23 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
       auto store_pairs = [](uint16_t* q, I even, I odd) {  // results in the lanes' high halves
         V::storeu_words(q, V::interleave_words(V::shift_right<16>(even), odd));
       };
-      auto nearest_high = [](F x) {  // bf16_nearest in the high half
+      // may_be_nan (std::true_type or std::false_type): whether x can hold a NaN, which rounds to
+      // the canonical 0x7FC0 (adding to a NaN's bits could carry it into the sign or to infinity)
+      auto nearest_high = [](F x, auto may_be_nan) {  // bf16_nearest in the high half
         const I u = V::as_int(x);
         const I parity = V::bit_and(V::shift_right<16>(u), V::splat(1));
         const I rounded = V::add(V::add(u, V::splat(0x7FFF)), parity);
-        return V::blend(rounded, V::splat(0x7FC00000u), V::is_nan(x));
+        if constexpr (!decltype(may_be_nan)::value) return rounded;
+        else return V::blend(rounded, V::splat(0x7FC00000u), V::is_nan(x));
       };
-      auto stochastic_high = [&](F x, int64_t j, const I lanes) {  // lanes: element offsets in the pair group
+      auto noise_for = [&](int64_t j, const I lanes) {  // lanes: element offsets in the pair group
         const I index = V::add(V::splat(local + uint32_t(j)), lanes);
-        const I noise = V::bit_and(mix32_lanes(V::bit_xor(index, V::splat(key))), V::splat(0xFFFF));
+        return V::bit_and(mix32_lanes(V::bit_xor(index, V::splat(key))), V::splat(0xFFFF));
+      };
+      auto stochastic_high = [](F x, I noise, auto may_be_nan) {
         const I truncated = V::add(V::as_int(x), noise);
-        return V::blend(truncated, V::splat(0x7FC00000u), V::is_nan(x));
+        if constexpr (!decltype(may_be_nan)::value) return truncated;
+        else return V::blend(truncated, V::splat(0x7FC00000u), V::is_nan(x));
       };
       const I even_lanes = V::iota(0, 2), odd_lanes = V::iota(1, 2);
       for (int64_t j = 0; j + 2 * V::kLanes <= n; j += 2 * V::kLanes, vector_start = j) {
@@ -503,21 +509,27 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
         for (int h = 0; h < 2; ++h) {
           F x, exp_avg, exp_avg_sq;
           update(param_value[h], grad_value[h], old_m[h], old_v[h], x, exp_avg, exp_avg_sq);
-          F second = exp_avg_sq;
-          if (AMSGRAD) {
-            second = V::max(old_vmax[h], exp_avg_sq);
-            new_vmax[h] = nearest_high(second);
-          }
-          new_m[h] = nearest_high(exp_avg);
-          new_v[h] = nearest_high(exp_avg_sq);
+          const F second = AMSGRAD ? V::max(old_vmax[h], exp_avg_sq) : exp_avg_sq;
           x = step(x, exp_avg, second);
-          if (ROUNDING == kStochastic) {
-            new_p[h] = stochastic_high(x, j, h ? odd_lanes : even_lanes);
-          } else {
-            new_p[h] = nearest_high(x);
-            if (ROUNDING == kKahan)
-              new_comp[h] = nearest_high(V::sub(x, V::as_float(V::bit_and(new_p[h], high))));
-          }
+          // the noise does not depend on x: computed before the branch, it overlaps the division
+          const I noise = ROUNDING == kStochastic ? noise_for(j, h ? odd_lanes : even_lanes) : V::splat(0);
+          auto round = [&](auto may_be_nan) {
+            if (AMSGRAD) new_vmax[h] = nearest_high(second, may_be_nan);
+            new_m[h] = nearest_high(exp_avg, may_be_nan);
+            new_v[h] = nearest_high(exp_avg_sq, may_be_nan);
+            if (ROUNDING == kStochastic) {
+              new_p[h] = stochastic_high(x, noise, may_be_nan);
+            } else {
+              new_p[h] = nearest_high(x, may_be_nan);
+              if (ROUNDING == kKahan)  // x = inf gives inf - inf: always checked
+                new_comp[h] = nearest_high(V::sub(x, V::as_float(V::bit_and(new_p[h], high))), std::true_type{});
+            }
+          };
+          // A NaN in m, v or v_max makes the new parameter NaN (through the division or the square
+          // root; max returns its second operand, v, when one is NaN), so where x holds none,
+          // nothing rounded here does, and the NaN checks are skipped.
+          if (V::any_nan(x, x)) round(std::true_type{});
+          else round(std::false_type{});
         }
         store_pairs(m.data + i, new_m[0], new_m[1]);
         store_pairs(v.data + i, new_v[0], new_v[1]);

@@ -105,6 +105,7 @@ struct Avx2 {
   static M equal(I a, I b) { return as_float(_mm256_cmpeq_epi32(a, b)); }
   static M greater(I a, I b) { return as_float(_mm256_cmpgt_epi32(a, b)); }  // signed
   static M and_not(M a, M b) { return _mm256_andnot_ps(a, b); }            // b and not a
+  static bool any_nan(F a, F b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_UNORD_Q)) != 0; }  // in a or b
   static F blend(F a, F b, M mask) { return _mm256_blendv_ps(a, b, mask); }  // mask ? b : a
   static I blend(I a, I b, M mask) { return _mm256_blendv_epi8(a, b, as_int(mask)); }
   static I add_where(I a, M mask, I b) { return _mm256_add_epi32(a, _mm256_and_si256(as_int(mask), b)); }  // mask ? a + b : a
@@ -250,6 +251,7 @@ struct Avx512 {
   static M equal(I a, I b) { return _mm512_cmpeq_epi32_mask(a, b); }
   static M greater(I a, I b) { return _mm512_cmpgt_epi32_mask(a, b); }  // signed
   static M and_not(M a, M b) { return M(~a & b); }
+  static bool any_nan(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) != 0; }  // in a or b
   static F blend(F a, F b, M mask) { return _mm512_mask_blend_ps(mask, a, b); }  // mask ? b : a
   static I blend(I a, I b, M mask) { return _mm512_mask_blend_epi32(mask, a, b); }
   static I add_where(I a, M mask, I b) { return _mm512_mask_add_epi32(a, mask, a, b); }
