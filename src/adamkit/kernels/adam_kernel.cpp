@@ -282,6 +282,15 @@ struct MiniFloat {
     if (!SIGNED) return magnitude;
     return V::bit_or(magnitude, V::as_float(V::bit_and(code, V::splat(0x80000000u))));  // sign bit
   }
+  // decode_lanes<true> with its two multiplications as one, by scaled = scale 2^(127-B) (the same
+  // bits: the first multiplication is an exact power-of-two scaling); for blocks where scaled is
+  // finite, which is every block whose absmax is below 2^(B-127) FLT_MAX (m: 6e4, v: 4e9).
+  static F decode_lanes_scaled(const uint8_t* bytes, F scaled) {
+    const I code = SIGNED ? V::load_s8(bytes) : V::load_u8(bytes);
+    I fields = V::shift_left<23 - M>(code);
+    if (SIGNED) fields = V::bit_and(fields, V::splat(0x80000000u | (0x7Fu << (23 - M))));
+    return V::mul(V::as_float(fields), scaled);
+  }
   // encode() of kLanes values, one code per 32-bit lane (the general form, used for short tails and
   // for the rare blocks with a subnormal code).
   static I encode_lanes(F x, F inverse) {
@@ -359,7 +368,11 @@ struct Int8Moment {
     int64_t j = 0;
 #ifdef ADAMKIT_VECTOR
     const F scale_lanes = V::set1(scale);
-    if (denormals_are_zero()) {
+    const float scaled = scale * pow2(127 - Code::kBias);
+    if (!denormals_are_zero() && std::isfinite(scaled)) {
+      const F scaled_lanes = V::set1(scaled);
+      for (; j + V::kLanes <= n; j += V::kLanes) V::store(values + j, Code::decode_lanes_scaled(codes + j, scaled_lanes));
+    } else if (denormals_are_zero()) {
       for (; j + V::kLanes <= n; j += V::kLanes) V::store(values + j, Code::template decode_lanes<false>(codes + j, scale_lanes));
     } else {
       for (; j + V::kLanes <= n; j += V::kLanes) V::store(values + j, Code::template decode_lanes<true>(codes + j, scale_lanes));
