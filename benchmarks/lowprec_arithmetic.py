@@ -1,0 +1,65 @@
+"""Is a low-precision step limited by arithmetic or by memory? Kernel without DRAM vs the bytes floor.
+
+For each storage mode, times the fused kernel (the optimizer's own build, all threads) on a
+bucket small enough to stay in L3 — no DRAM traffic, so its time per element is the arithmetic —
+and on a GPT-2-sized bucket, next to that mode's bytes-only floor pass over GPT-2-sized buffers.
+Interleaved round by round, medians, ns per element. If the L3-resident kernel is already slower
+than the floor, no memory optimisation can bring the step down to the floor: only fewer
+instructions per element (wider vectors) can.
+
+    PYTHONPATH=src python benchmarks/lowprec_arithmetic.py [--rounds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from adamkit.kernels import verify
+from adamkit.kernels.lowprec import floor_lowprec_
+
+CACHED, GPT2 = 1 << 20, 124_000_000
+MODES = {  # name: (exp_avg, exp_avg_sq, param) formats, rounding, param dtype, state dtype of the floor
+    "bf16 m,v": ((1, 1, 0), 0, torch.float32, torch.bfloat16),
+    "int8 m,v": ((2, 2, 0), 0, torch.float32, torch.uint8),
+    "bf16 p,m,v sr": ((1, 1, 1), 1, torch.bfloat16, torch.bfloat16),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    threads = torch.get_num_threads()
+    print(f"{threads} threads; kernel: {verify.build_kernel((2, 2, 0)).adam_lowprec_lanes()} lanes")
+    for name, (mode, rounding, param_dtype, state_dtype) in MODES.items():
+        library = verify.build_kernel(mode)
+        cached = verify.make_inputs([CACHED], mode, False, rounding, np.random.default_rng(0), True)
+        dram = verify.make_inputs([GPT2], mode, False, rounding, np.random.default_rng(0), True)
+        floor = floor_lowprec_(*(torch.zeros(GPT2, dtype=dtype) for dtype in (param_dtype, param_dtype, state_dtype, state_dtype)))
+        scalars = verify.step_scalars(False, 0)
+        times: dict[str, list[float]] = {"kernel, L3-resident": [], "kernel, GPT-2 size": [], "floor, GPT-2 size": []}
+        for round_index in range(args.rounds + 3):
+            start = time.perf_counter()
+            for _ in range(20):
+                verify.run_step(library, cached, mode, rounding, scalars, threads=threads)
+            middle = time.perf_counter()
+            verify.run_step(library, dram, mode, rounding, scalars, threads=threads)
+            end = time.perf_counter()
+            floor()
+            last = time.perf_counter()
+            if round_index >= 3:
+                times["kernel, L3-resident"].append((middle - start) / 20 / CACHED)
+                times["kernel, GPT-2 size"].append((end - middle) / GPT2)
+                times["floor, GPT-2 size"].append((last - end) / GPT2)
+        medians = {key: statistics.median(values) * 1e9 for key, values in times.items()}
+        print(f"{name:14s} " + "  ".join(f"{key} {value:.3f}" for key, value in medians.items())
+              + f"  ns/elem; arithmetic alone = {medians['kernel, L3-resident'] / medians['floor, GPT-2 size']:.2f} x floor")
+        del dram, floor
+
+
+if __name__ == "__main__":
+    main()
