@@ -129,38 +129,22 @@ using V = Avx2;
 #if defined(ADAMKIT_AVX512)
 #if defined(ADAMKIT_EMULATE_AVX512)
 // SIMDe 0.7 lacks these; lane-by-lane forms through memory, obviously right by construction.
-#define ADAMKIT_LANEWISE(name, In, in_type, out_type, expression)                  \
-  inline __m512i name(In x) {                                                      \
-    in_type in[16];                                                                \
-    out_type out[16];                                                              \
-    std::memcpy(in, &x, sizeof(in));                                               \
-    for (int k = 0; k < 16; ++k) out[k] = expression;                              \
-    __m512i result;                                                                \
-    std::memcpy(&result, out, sizeof(result));                                     \
-    return result;                                                                 \
+#define ADAMKIT_LANEWISE(name, In, Out, in_type, out_type, expression) \
+  inline Out name(In x) {                                             \
+    in_type in[16];                                                   \
+    out_type out[16];                                                 \
+    std::memcpy(in, &x, sizeof(in));                                  \
+    for (int k = 0; k < 16; ++k) out[k] = expression;                 \
+    Out result;                                                       \
+    std::memcpy(&result, out, sizeof(result));                        \
+    return result;                                                    \
   }
-ADAMKIT_LANEWISE(emulated_cvtepi8_epi32, __m128i, int8_t, int32_t, int32_t(in[k]))
-ADAMKIT_LANEWISE(emulated_cvtepu8_epi32, __m128i, uint8_t, uint32_t, uint32_t(in[k]))
-ADAMKIT_LANEWISE(emulated_cvtepu16_epi32, __m256i, uint16_t, uint32_t, uint32_t(in[k]))
+ADAMKIT_LANEWISE(emulated_cvtepi8_epi32, __m128i, __m512i, int8_t, int32_t, int32_t(in[k]))      // sign-extend
+ADAMKIT_LANEWISE(emulated_cvtepu8_epi32, __m128i, __m512i, uint8_t, uint32_t, uint32_t(in[k]))   // zero-extend
+ADAMKIT_LANEWISE(emulated_cvtepu16_epi32, __m256i, __m512i, uint16_t, uint32_t, uint32_t(in[k]))
+ADAMKIT_LANEWISE(emulated_cvtepi32_epi8, __m512i, __m128i, uint32_t, uint8_t, uint8_t(in[k]))     // truncate
+ADAMKIT_LANEWISE(emulated_cvtepi32_epi16, __m512i, __m256i, uint32_t, uint16_t, uint16_t(in[k]))
 #undef ADAMKIT_LANEWISE
-inline __m128i emulated_cvtepi32_epi8(__m512i x) {  // truncate each lane to its low byte
-  uint32_t in[16];
-  uint8_t out[16];
-  std::memcpy(in, &x, sizeof(in));
-  for (int k = 0; k < 16; ++k) out[k] = uint8_t(in[k]);
-  __m128i result;
-  std::memcpy(&result, out, sizeof(result));
-  return result;
-}
-inline __m256i emulated_cvtepi32_epi16(__m512i x) {  // truncate each lane to its low word
-  uint32_t in[16];
-  uint16_t out[16];
-  std::memcpy(in, &x, sizeof(in));
-  for (int k = 0; k < 16; ++k) out[k] = uint16_t(in[k]);
-  __m256i result;
-  std::memcpy(&result, out, sizeof(result));
-  return result;
-}
 template <int N>
 inline __m512i emulated_srai_epi32(__m512i x) {  // arithmetic shift right
   int32_t lanes[16];
