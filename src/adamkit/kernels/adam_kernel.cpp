@@ -210,6 +210,11 @@ inline I mix32_lanes(I x) {
   x = V::mullo(x, V::splat(0x846CA68Bu));
   return V::bit_xor(x, V::shift_right<16>(x));
 }
+// 16 random bits per element for stochastic rounding: mix32(index ^ key) for the elements at
+// first + lanes of a parameter (codecs.random_bits)
+inline I noise_lanes(uint32_t first, I lanes, uint32_t key) {
+  return V::bit_and(mix32_lanes(V::bit_xor(V::add(V::splat(first), lanes), V::splat(key))), V::splat(0xFFFF));
+}
 inline bool denormals_are_zero() { return (_mm_getcsr() & 0x0040u) != 0; }  // MXCSR.DAZ of this thread
 #else
 inline bool denormals_are_zero() { return true; }  // the scalar code reads no denormal on purpose
@@ -268,12 +273,9 @@ struct MiniFloat {
   // float(exponent field 128-B, mantissa c) - 2^(1-B) = c 2^(1-B-M), also exact.
   template <bool DENORMALS>
   static F decode_lanes(const uint8_t* bytes, F scale) {
+    if (DENORMALS) return V::mul(decode_lanes_scaled(bytes, V::set1(pow2(127 - kBias))), scale);
     const I code = SIGNED ? V::load_s8(bytes) : V::load_u8(bytes);
     I fields = V::shift_left<23 - M>(code);  // exponent and mantissa where a float has them
-    if (DENORMALS) {  // fields as a float is the code's value times 2^(B-127), a float32 denormal if e = 0
-      if (SIGNED) fields = V::bit_and(fields, V::splat(0x80000000u | (0x7Fu << (23 - M))));  // sign kept
-      return V::mul(V::mul(V::as_float(fields), V::set1(pow2(127 - kBias))), scale);
-    }
     if (SIGNED) fields = V::bit_and(fields, V::splat(0x7Fu << (23 - M)));
     const F normal = V::as_float(V::add(fields, V::splat(uint32_t(127 - kBias) << 23)));
     const F shifted = V::as_float(V::bit_or(fields, V::splat(uint32_t(128 - kBias) << 23)));
@@ -282,13 +284,15 @@ struct MiniFloat {
     if (!SIGNED) return magnitude;
     return V::bit_or(magnitude, V::as_float(V::bit_and(code, V::splat(0x80000000u))));  // sign bit
   }
-  // decode_lanes<true> with its two multiplications as one, by scaled = scale 2^(127-B) (the same
-  // bits: the first multiplication is an exact power-of-two scaling); for blocks where scaled is
-  // finite: every block whose absmax is below about top 2^(B-127) FLT_MAX (m: 1.2e5, v: 8e9).
+  // The codes' bits placed in a float (sign kept), times scaled. A float with those bits is the code's
+  // value times 2^(B-127), a float32 denormal if e = 0; with scaled = 2^(127-B) that multiplication is
+  // exact, and decode_lanes<true> multiplies by scale after it. Its two multiplications as one, by
+  // scaled = scale 2^(127-B), give the same bits wherever that product is finite: every block whose
+  // absmax is below about top 2^(B-127) FLT_MAX (m: 1.2e5, v: 8e9).
   static F decode_lanes_scaled(const uint8_t* bytes, F scaled) {
     const I code = SIGNED ? V::load_s8(bytes) : V::load_u8(bytes);
-    I fields = V::shift_left<23 - M>(code);
-    if (SIGNED) fields = V::bit_and(fields, V::splat(0x80000000u | (0x7Fu << (23 - M))));
+    I fields = V::shift_left<23 - M>(code);  // exponent and mantissa where a float has them
+    if (SIGNED) fields = V::bit_and(fields, V::splat(0x80000000u | (0x7Fu << (23 - M))));  // sign kept
     return V::mul(V::as_float(fields), scaled);
   }
   // encode() of kLanes values, one code per 32-bit lane (the general form, used for short tails and
@@ -330,9 +334,10 @@ struct MiniFloat {
 using ExpAvgCode = MiniFloat<4, 3, true, false>;   // codecs.EXP_AVG_CODE
 using ExpAvgSqCode = MiniFloat<5, 3, false, true>;  // codecs.EXP_AVG_SQ_CODE
 
-// Moment storage within one block: load/load8 give fp32 of element i (position j in the block),
-// store/store8 write it back. An int8 moment is decoded into the block buffer `values` when the
-// block begins, updated there, and encoded by finish_block once the block's absmax is known.
+// Moment storage within one block: load/load_lanes give fp32 of element i (position j in the
+// block), store/store_lanes write it back. An int8 moment is decoded into the block buffer
+// `values` when the block begins, updated there, and encoded by finish_block once the block's
+// absmax is known.
 struct F32Moment {
   static constexpr bool kStaged = false;
   float* data;
@@ -494,10 +499,6 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
         if constexpr (!decltype(may_be_nan)::value) return rounded;
         else return V::blend(rounded, V::splat(0x7FC00000u), V::is_nan(x));
       };
-      auto noise_for = [&](int64_t j, const I lanes) {  // lanes: element offsets in the pair group
-        const I index = V::add(V::splat(local + uint32_t(j)), lanes);
-        return V::bit_and(mix32_lanes(V::bit_xor(index, V::splat(key))), V::splat(0xFFFF));
-      };
       auto stochastic_high = [](F x, I noise, auto may_be_nan) {
         const I truncated = V::add(V::as_int(x), noise);
         if constexpr (!decltype(may_be_nan)::value) return truncated;
@@ -525,7 +526,7 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
           const F second = AMSGRAD ? V::max(old_vmax[h], exp_avg_sq) : exp_avg_sq;
           x = step(x, exp_avg, second);
           // the noise does not depend on x: computed before the branch, it overlaps the division
-          const I noise = ROUNDING == kStochastic ? noise_for(j, h ? odd_lanes : even_lanes) : V::splat(0);
+          const I noise = ROUNDING == kStochastic ? noise_lanes(local + uint32_t(j), h ? odd_lanes : even_lanes, key) : V::splat(0);
           auto round = [&](auto may_be_nan) {
             if (AMSGRAD) new_vmax[h] = nearest_high(second, may_be_nan);
             new_m[h] = nearest_high(exp_avg, may_be_nan);
@@ -565,7 +566,7 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
         grad_value = V::loadu(reinterpret_cast<const float*>(g + i));
       }
       const F old_m = m.load_lanes(i, j), old_v = v.load_lanes(i, j);
-      F x, exp_avg, exp_avg_sq, second, denom;
+      F x, exp_avg, exp_avg_sq, second;
       update(param_value, grad_value, old_m, old_v, x, exp_avg, exp_avg_sq);
       second = exp_avg_sq;
       if (AMSGRAD) {
@@ -576,7 +577,7 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
           least_vmax_lanes = V::min_u32(V::sub(V::as_int(V::bit_and(second, abs_mask)), one), least_vmax_lanes);
         }
       }
-      denom = V::fmadd(V::sqrt(second), inverse_bias_correction2_sqrt, eps);
+      x = step(x, exp_avg, second);  // before the stores and tracking below, which it overlaps
       m.store_lanes(i, j, exp_avg);
       v.store_lanes(i, j, exp_avg_sq);
       if (MomentM::kStaged) {
@@ -588,13 +589,10 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
         peak_v_lanes = V::max(exp_avg_sq, peak_v_lanes);
         least_v_lanes = V::min_u32(V::sub(V::as_int(V::bit_and(exp_avg_sq, abs_mask)), one), least_v_lanes);
       }
-      x = V::fmadd(neg_step_size, V::div(exp_avg, denom), x);
       if (!BF16_PARAMS) {
         V::storeu(reinterpret_cast<float*>(p + i), x);
       } else if (ROUNDING == kStochastic) {
-        const I index = V::add(V::splat(local + uint32_t(j)), element_lanes);
-        const I noise = V::bit_and(mix32_lanes(V::bit_xor(index, V::splat(key))), V::splat(0xFFFF));
-        const I truncated = V::shift_right<16>(V::add(V::as_int(x), noise));
+        const I truncated = V::shift_right<16>(V::add(V::as_int(x), noise_lanes(local + uint32_t(j), element_lanes, key)));
         V::store_u16(reinterpret_cast<uint16_t*>(p + i), V::blend(truncated, V::splat(0x7FC0), V::is_nan(x)));
       } else {
         const I rounded = bf16_nearest_lanes(x);
