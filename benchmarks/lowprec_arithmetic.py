@@ -3,7 +3,7 @@
 For each storage mode, times the fused kernel (the optimizer's own build, all threads) on a
 bucket small enough to stay in L3 — no DRAM traffic, so its time per element is the arithmetic —
 and on a GPT-2-sized bucket, next to that mode's bytes-only floor pass over GPT-2-sized buffers.
-Interleaved round by round, medians, ns per element. If the L3-resident kernel is already slower
+Interleaved round by round (adamkit.bench.time_interleaved), medians, ns per element. If the L3-resident kernel is already slower
 than the floor, no memory optimisation can bring the step down to the floor: only fewer
 instructions per element (wider vectors) can.
 
@@ -12,12 +12,11 @@ instructions per element (wider vectors) can.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 
+from adamkit import bench
 from adamkit.kernels import verify
 from adamkit.kernels.lowprec import floor_lowprec_
 
@@ -41,21 +40,22 @@ def main() -> None:
         dram = verify.make_inputs([GPT2], mode, False, rounding, np.random.default_rng(0), True)
         floor = floor_lowprec_(*(torch.zeros(GPT2, dtype=dtype) for dtype in (param_dtype, param_dtype, state_dtype, state_dtype)))
         scalars = verify.step_scalars(False, 0)
-        times: dict[str, list[float]] = {"kernel, L3-resident": [], "kernel, GPT-2 size": [], "floor, GPT-2 size": []}
-        for round_index in range(args.rounds + 3):
-            start = time.perf_counter()
+
+        def in_cache() -> None:
             for _ in range(20):
                 verify.run_step(library, cached, mode, rounding, scalars, threads=threads)
-            middle = time.perf_counter()
-            verify.run_step(library, dram, mode, rounding, scalars, threads=threads)
-            end = time.perf_counter()
-            floor()
-            last = time.perf_counter()
-            if round_index >= 3:
-                times["kernel, L3-resident"].append((middle - start) / 20 / CACHED)
-                times["kernel, GPT-2 size"].append((end - middle) / GPT2)
-                times["floor, GPT-2 size"].append((last - end) / GPT2)
-        medians = {key: statistics.median(values) * 1e9 for key, values in times.items()}
+
+        seconds = bench.time_interleaved(
+            [
+                bench.Contestant("kernel, L3-resident", in_cache),
+                bench.Contestant("kernel, GPT-2 size", lambda: verify.run_step(library, dram, mode, rounding, scalars, threads=threads)),
+                bench.Contestant("floor, GPT-2 size", floor),
+            ],
+            args.rounds,
+            warmup=3,
+        )
+        elements = {"kernel, L3-resident": 20 * CACHED, "kernel, GPT-2 size": GPT2, "floor, GPT-2 size": GPT2}
+        medians = {key: value / elements[key] * 1e9 for key, value in seconds.items()}
         print(f"{name:14s} " + "  ".join(f"{key} {value:.3f}" for key, value in medians.items())
               + f"  ns/elem; arithmetic alone = {medians['kernel, L3-resident'] / medians['floor, GPT-2 size']:.2f} x floor")
         del dram, floor

@@ -236,8 +236,7 @@ def _decode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
 
 def block_absmax(x: Tensor, offset: int = 0) -> Tensor:
     """max |x| over x's part of each block it touches (x: elements offset.. of a parameter)."""
-    flat = x.detach().reshape(-1).to(torch.float32)
-    return _blocks(flat, offset).abs().amax(dim=1) if flat.numel() else torch.zeros(0)
+    return _blocks(x.detach().reshape(-1).to(torch.float32), offset).abs().amax(dim=1)
 
 
 def quantize(x: Tensor, code: MiniFloat, offset: int = 0, absmax: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -250,7 +249,7 @@ def quantize(x: Tensor, code: MiniFloat, offset: int = 0, absmax: Tensor | None 
     flat = x.detach().reshape(-1).to(torch.float32)
     blocks = _blocks(flat, offset)
     if absmax is None:
-        absmax = blocks.abs().amax(dim=1) if flat.numel() else torch.zeros(0)
+        absmax = blocks.abs().amax(dim=1)  # block_absmax(x, offset), from the blocks at hand
     inverse = _encode_scale(absmax, code)
     r = torch.clamp(blocks.abs() * inverse[:, None], max=code.top)
     codes = _magnitude_code(r, code)

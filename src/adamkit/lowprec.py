@@ -167,9 +167,16 @@ def encode_moments(values: dict[str, Tensor], storages: dict[str, str], span: sh
     return entries
 
 
-def _wrap(entries: dict[str, Tensor], span: shards.Span) -> dict[str, Tensor]:
-    """Local entries as state tensors (DTensors for a sharded parameter)."""
+def _moment_state(key: str, value: Tensor, storage: str, span: shards.Span) -> dict[str, Tensor]:
+    """State entries for one moment's float32 value at this process's elements, as state tensors
+    (DTensors for a sharded parameter)."""
+    entries = encode_moments({key: value}, {key: storage}, span)
     return {name: span.wrap_blocks(t) if name in _ABSMAX_KEYS else span.wrap(t) for name, t in entries.items()}
+
+
+def _zero_comp(span: shards.Span) -> Tensor:
+    """A fresh Kahan compensation buffer (zeros) for this process's elements."""
+    return span.wrap(torch.zeros(span.local_shape, dtype=_BF16))
 
 
 def _shard_plain_entries_(state: dict[str, Any], span: shards.Span) -> None:
@@ -202,10 +209,10 @@ def conform_state_(state: dict[str, Any], param: Tensor, layout: Layout | None, 
         else:
             value = torch.zeros(span.local_shape, dtype=torch.float32)
         state.pop(codecs.absmax_key(key), None)
-        state.update(_wrap(encode_moments({key: value}, {key: target}, span), span))
+        state.update(_moment_state(key, value, target, span))
     if layout is not None and layout.kahan:
         if not isinstance(state.get("kahan_comp"), Tensor) or state["kahan_comp"].shape != param.shape:
-            state["kahan_comp"] = span.wrap(torch.zeros(span.local_shape, dtype=_BF16))
+            state["kahan_comp"] = _zero_comp(span)
     else:
         state.pop("kahan_comp", None)
 
@@ -379,12 +386,11 @@ def prepare_load(
                         f"call load_state_dict(state_dict, convert_state_dtypes=True) to convert it, "
                         f"or construct the optimizer with {setting}={have!r}"
                     )
-                span = shards.span_of(param)
-                new.update(_wrap(encode_moments({key: decode_moment(key, entries, have, span)}, {key: want}, span), span))
+                span = shards.span_of(param)  # only here: it refuses placements low precision cannot shard
+                new.update(_moment_state(key, decode_moment(key, entries, have, span), want, span))
             if target is not None and target.kahan:
                 comp = entries.get("kahan_comp")
                 valid = isinstance(comp, Tensor) and comp.dtype == _BF16 and comp.shape == param.shape
-                span = shards.span_of(param)
-                new["kahan_comp"] = comp.detach().clone() if valid else span.wrap(torch.zeros(span.local_shape, dtype=_BF16))
+                new["kahan_comp"] = comp.detach().clone() if valid else _zero_comp(shards.span_of(param))
             prepared[param] = new
     return prepared

@@ -136,28 +136,28 @@ class Span:
         """
         if self.dtensor is None or not partials:
             return partials  # a plain tensor's blocks are all its own
-        import torch.distributed as dist
-
         first, end = self.block_range()
         full = torch.zeros(len(partials), codecs.num_blocks(self.numel), dtype=torch.float32)
         for row, partial in zip(full, partials):
             row[first:end] = partial
-        param = self.dtensor
-        for dim, placement in enumerate(param.placements):
-            if placement.is_shard():
-                dist.all_reduce(full, op=dist.ReduceOp.MAX, group=param.device_mesh.get_group(dim))
+        _all_reduce_over_shards(full, self.dtensor, "MAX")
         return list(full.unbind(0))
 
 
 def sum_over_shards(dtensor: Any, local_count: int) -> int:
     """A per-shard count summed over the mesh dims that shard ``dtensor`` (replicas count once)."""
+    total = torch.tensor([local_count], dtype=torch.int64)
+    _all_reduce_over_shards(total, dtensor, "SUM")
+    return int(total)
+
+
+def _all_reduce_over_shards(tensor: Tensor, dtensor: Any, op: str) -> None:
+    """``all_reduce(op)`` of ``tensor`` in place over each mesh dim that shards ``dtensor``."""
     import torch.distributed as dist
 
-    total = torch.tensor([local_count], dtype=torch.int64)
     for dim, placement in enumerate(dtensor.placements):
         if placement.is_shard():
-            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=dtensor.device_mesh.get_group(dim))
-    return int(total)
+            dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op), group=dtensor.device_mesh.get_group(dim))
 
 
 def span_of(param: Tensor) -> Span:

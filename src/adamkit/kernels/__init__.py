@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .. import shards
 from ..functional import StepScalars
 from .build import KernelBuildError, load_library
 
@@ -117,11 +118,12 @@ def adam_tensor_(
     tensors = [param, grad, exp_avg, exp_avg_sq] + ([max_exp_avg_sq] if scalars.amsgrad else [])
     if any(t is None for t in tensors):
         return False
-    if type(param) not in (Tensor, torch.nn.Parameter):
-        placements = getattr(param, "placements", None)
-        if placements is None or any(getattr(t, "placements", None) != placements for t in tensors):
-            return False  # not a DTensor, or a grad/state laid out differently (e.g. Partial)
+    if shards.is_dtensor(param):
+        if any(not shards.is_dtensor(t) or t.placements != param.placements for t in tensors):
+            return False  # a grad or state laid out differently (e.g. Partial)
         tensors = [t.to_local() for t in tensors]
+    elif type(param) not in (Tensor, torch.nn.Parameter):
+        return False
     first = tensors[0]
     if first.dtype not in _KERNELS or first.device.type != "cpu" or first.is_sparse or not available():
         return False
@@ -145,12 +147,10 @@ def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
 
 def count_nonfinite(tensor: Tensor) -> int:
     """Number of NaN/Inf entries; a read-only pass (the C kernel for contiguous float buffers)."""
-    if type(tensor) not in (Tensor, torch.nn.Parameter) and hasattr(tensor, "to_local"):
-        # A DTensor (its data_ptr() is 0): count the local part, summed over the shards so
-        # every rank takes the same nonfinite decision.
-        from ..shards import sum_over_shards
-
-        return sum_over_shards(tensor, count_nonfinite(tensor.to_local()))
+    if shards.is_dtensor(tensor):
+        # Its data_ptr() is 0: count the local part, summed over the shards so every rank
+        # takes the same nonfinite decision.
+        return shards.sum_over_shards(tensor, count_nonfinite(tensor.to_local()))
     if tensor.dtype in _NONFINITE_KERNELS and tensor.is_contiguous() and tensor.device.type == "cpu":
         return getattr(_library(), _NONFINITE_KERNELS[tensor.dtype])(tensor.data_ptr(), tensor.numel(), torch.get_num_threads())
     values = tensor.coalesce().values() if tensor.is_sparse else tensor
