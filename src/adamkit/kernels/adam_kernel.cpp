@@ -577,7 +577,6 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
           least_vmax_lanes = V::min_u32(V::sub(V::as_int(V::bit_and(second, abs_mask)), one), least_vmax_lanes);
         }
       }
-      x = step(x, exp_avg, second);  // before the stores and tracking below, which it overlaps
       m.store_lanes(i, j, exp_avg);
       v.store_lanes(i, j, exp_avg_sq);
       if (MomentM::kStaged) {
@@ -589,6 +588,7 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
         peak_v_lanes = V::max(exp_avg_sq, peak_v_lanes);
         least_v_lanes = V::min_u32(V::sub(V::as_int(V::bit_and(exp_avg_sq, abs_mask)), one), least_v_lanes);
       }
+      x = step(x, exp_avg, second);
       if (!BF16_PARAMS) {
         V::storeu(reinterpret_cast<float*>(p + i), x);
       } else if (ROUNDING == kStochastic) {
