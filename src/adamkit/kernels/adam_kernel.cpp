@@ -55,11 +55,14 @@ constexpr int64_t kParallelThreshold = 1 << 15;  // below this, threading costs 
 // memory-bandwidth limit only if its arithmetic stays below it (AVX2 sqrt and div are not cheap).
 // S is the storage type of params, grads and moments; T the arithmetic type (float for _Float16,
 // as torch's fused kernel computes reduced-precision params in fp32 and rounds once).
-// No FMA contraction here: GCC may contract the vector body and the scalar remainder of the loop
-// differently, and then an element's bits would depend on where its tensor (or shard) starts.
+// No implicit FMA contraction here: GCC may contract the vector body and the scalar remainder of
+// the loop differently, and then an element's bits would depend on where its tensor (or shard)
+// starts. The two fused multiply-adds below are explicit, where torch's CPU ops have them
+// (lerp's and add(alpha=)'s vector code), so the result tracks torch.optim's for-loop.
 template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
-__attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, const S* __restrict g, S* __restrict m, S* __restrict v,
-               S* __restrict vmax, int64_t n, const AdamScalars& s) {
+__attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, const S* __restrict g, S* __restrict m,
+                                                            S* __restrict v, S* __restrict vmax, int64_t n,
+                                                            const AdamScalars& s) {
   // maximize flips the sign; an AMP loss scale is divided out (exact for powers of two).
   const T grad_multiplier = T((s.maximize ? -1.0 : 1.0) / s.grad_scale);
   const T decay = T(s.decay), l2 = T(s.l2);
@@ -74,9 +77,9 @@ __attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, con
     T grad = T(g[i]);
     const T old_m = T(m[i]);
     if (SCALE_GRAD) grad *= grad_multiplier;
-    if (L2) grad += l2 * param;                        // Adam + L2: g <- g + wd p
-    T exp_avg = lerp_from_start ? old_m + lerp_weight * (grad - old_m)      // m_t, K&B Alg. 1
-                                : grad - (grad - old_m) * lerp_complement;
+    if (L2) grad = std::fma(param, l2, grad);          // Adam + L2: g <- g + wd p
+    const T diff = grad - old_m;                       // m_t = lerp(m, g, 1 - beta1), K&B Alg. 1
+    T exp_avg = lerp_from_start ? std::fma(lerp_weight, diff, old_m) : std::fma(-diff, lerp_complement, grad);
     T exp_avg_sq = T(v[i]) * beta2 + one_minus_beta2 * grad * grad;       // v_t, K&B Alg. 1
     T second = exp_avg_sq;
     if (AMSGRAD) {                                     // Reddi et al.: v_max <- max(v_max, v_t)
