@@ -66,20 +66,16 @@ def adamkit_contestants(params: list[torch.nn.Parameter], lr: float, weight_deca
     for name, kwargs in (("adamkit", {}), ("adamkit loop path", dict(fused=False))):
         optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
         contestants.append(Contestant(name, optimizer.step))
-    if param_check.loaded() is not None:
-        # The flat path with its per-step parameter check done in Python, to show what the compiled
-        # check saves. It needs params of its own: two flat optimizers would re-home shared params
-        # into their own buffers at every step.
-        copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-        for copy, param in zip(copies, params):
-            copy.grad = param.grad.clone()
-        optimizer = adamkit.AdamW(copies, lr=lr, weight_decay=weight_decay)
+    if gather.loaded() is not None:
+        # The kernel path with its per-step gradient gather done in Python, to show what the
+        # compiled gather saves.
+        optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay)
 
-        def step_with_python_check() -> None:
-            with param_check.python_only():
+        def step_with_python_gather() -> None:
+            with gather.python_only():
                 optimizer.step()
 
-        contestants.append(Contestant("adamkit, Python check", step_with_python_check))
+        contestants.append(Contestant("adamkit, Python gather", step_with_python_gather))
     return contestants
 
 
@@ -101,9 +97,9 @@ def run_case(
     """Median seconds per step for each contestant on ``case``."""
     params = make_params(CASES[case]())
     try:
-        param_check.load()  # wait for the compiled parameter check rather than time its build
+        gather.load()  # wait for the compiled gradient gather rather than time its build
     except kernels.KernelBuildError as error:
-        print(f"compiled parameter check unavailable, timing the Python check: {error}")
+        print(f"compiled gradient gather unavailable, timing the Python gather: {error}")
     everyone = adamkit_contestants(params, lr, weight_decay) + torch_contestants(params, lr, weight_decay)
     everyone.append(floor_contestant(params))
     return time_interleaved([c for c in everyone if c.name not in skip], steps, warmup)
