@@ -430,6 +430,12 @@ class AdamW(_AdamFamily):
     ) -> None:
         super().__init__(params, **_options(locals(), decoupled_weight_decay=True))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # As torch.optim.AdamW: decay stays decoupled whatever is loaded (an Adam checkpoint too).
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
 
 class AMSGrad(_AdamFamily):
     """AMSGrad (Reddi et al., 2018): Adam with a non-decreasing second moment.
@@ -464,3 +470,9 @@ class AMSGrad(_AdamFamily):
         rounding_seed: int = 0,
     ) -> None:
         super().__init__(params, **_options(locals(), amsgrad=True))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # AMSGrad by class, as AdamW is decoupled by class: an Adam checkpoint loads as AMSGrad.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["amsgrad"] = True
