@@ -34,9 +34,6 @@ _ADAMKIT_GROUP_DEFAULTS = {
 class _AdamFamily(Optimizer):
     """Shared plumbing; ``Adam``, ``AdamW`` and ``AMSGrad`` only set defaults."""
 
-    # torch.amp.GradScaler hands us grad_scale / found_inf instead of unscaling grads itself.
-    _step_supports_amp_scaling = True
-
     def __init__(self, params: Any, **options: Any) -> None:
         defaults = {**lowprec.resolve_options(options), "skipped_steps": 0}
         validation.check_hyperparameters(defaults)
@@ -47,6 +44,11 @@ class _AdamFamily(Optimizer):
         super().__init__(params, defaults)
         self._flat_groups: dict[int, flat.FlatGroup] = {}
         self._scalar_cache: dict[int, tuple[dict[str, Any], dict[float, functional.StepScalars]]] = {}
+        if defaults["fused"]:
+            # As torch's fused optimizers: torch.amp.GradScaler then hands over grad_scale and
+            # found_inf instead of unscaling the gradients itself. Only for fused=True, as torch:
+            # Lightning refuses gradient clipping with bf16-mixed when this is set.
+            self._step_supports_amp_scaling = True
         if defaults["fused"] is not False:
             kernels.build.build_in_background()
 
@@ -188,9 +190,10 @@ class _AdamFamily(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the loss.
 
-        ``torch.amp.GradScaler`` sets ``grad_scale`` and ``found_inf`` on the
-        optimizer (as for torch's fused optimizers): the scale is divided out
-        inside the update and a step with ``found_inf`` is skipped.
+        With ``fused=True``, ``torch.amp.GradScaler`` sets ``grad_scale`` and
+        ``found_inf`` on the optimizer (as for torch's fused optimizers): the
+        scale is divided out inside the update and a step with ``found_inf`` is
+        skipped. Otherwise GradScaler unscales the gradients itself, as for torch.
         """
         loss = None
         if closure is not None:
