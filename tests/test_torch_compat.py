@@ -5,8 +5,13 @@ independent truth: every case runs both and compares."""
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import adamkit
 from adamkit import kernels
@@ -107,3 +112,167 @@ def test_grad_scaler_with_unscale_and_clipping_matches_torch(fused):
     assert our_scale == their_scale
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+# -- constructor input: torch's acceptance, torch's errors ----------------------------------
+
+
+def one(*shape, value=1.0):
+    return torch.nn.Parameter(torch.full(shape, value))
+
+
+def tensor_of(value, shape):
+    return torch.tensor(value).reshape(shape)
+
+
+# (id, params factory, kwargs, exception or warning type, regex torch's message matches,
+#  fragments adamkit's message must contain besides: the argument and the value)
+ERROR_CASES = [
+    ("single tensor", lambda: one(1, 1), {}, TypeError, "params argument given to the optimizer should be an iterable of Tensors or dicts", ["params", "(1, 1)"]),
+    ("duplicate in a group", lambda: [p := one(1, 1), p], {}, UserWarning, ".*a parameter group with duplicate parameters.*", []),
+    (
+        "duplicate across groups",
+        lambda: [{"params": (p := one(1, 1))}, {"params": p}],
+        {},
+        ValueError,
+        "some parameters appear in more than one parameter group",
+        ["params[0]", "(1, 1)"],
+    ),
+    ("2-element tensor lr", lambda: [one(2)], dict(lr=torch.tensor([1e-3, 1e-3])), ValueError, "Tensor lr must be 1-element", ["lr", "(2,)"]),
+    ("names on some params", lambda: [("weight", one(1)), one(1)], {}, ValueError, "all optimizer params should be with/without names. Some param names are missing", []),
+    (
+        "names in some groups",
+        lambda: [{"params": [one(1)], "lr": 1e-2}, {"params": [("weight", one(1))]}],
+        {},
+        ValueError,
+        "all optimizer param groups should be with/without names. cannot add param group with names to the optimizer",
+        [],
+    ),
+    ("beta1 = 1", lambda: [one(1)], dict(betas=(1.0, 0.0)), ValueError, "Invalid beta parameter at index 0: 1.0", []),
+    ("negative weight_decay", lambda: [one(1)], dict(weight_decay=-1), ValueError, "Invalid weight_decay", ["-1"]),
+    (
+        "tensor lr with foreach",
+        lambda: [one(1)],
+        dict(lr=torch.tensor(0.001), foreach=True),
+        ValueError,
+        "lr as a Tensor is not supported for capturable=False and foreach=True",
+        ["lr", "0.001"],
+    ),
+    ("float, tensor betas", lambda: [one(1)], dict(betas=(0.9, torch.tensor(0.99))), ValueError, "betas must be either both floats or both Tensors", ["betas", "0.99"]),
+    ("tensor, float betas", lambda: [one(1)], dict(betas=(torch.tensor(0.9), 0.99)), ValueError, "betas must be either both floats or both Tensors", ["betas", "0.9"]),
+    (
+        "tensor betas with foreach",
+        lambda: [one(1)],
+        dict(betas=(torch.tensor(0.9), torch.tensor(0.99)), foreach=True),
+        ValueError,
+        r"betas\[0\] as a Tensor is not supported for capturable=False and foreach=True",
+        ["0.9"],
+    ),
+    ("fused and foreach", lambda: [one(1)], dict(fused=True, foreach=True), RuntimeError, "`fused` and `foreach` cannot be `True` together", ["fused", "True"]),
+]
+
+
+@pytest.mark.parametrize("cls", list(TWINS), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("make_params,kwargs,error,regex,fragments", [pytest.param(*c[1:], id=c[0]) for c in ERROR_CASES])
+def test_construction_errors_match_torch(cls, make_params, kwargs, error, regex, fragments):
+    outcomes = []
+    for candidate in (TWINS[cls], cls):
+        if issubclass(error, Warning):
+            with pytest.warns(error, match=regex):
+                candidate(make_params(), **kwargs)
+            continue
+        with pytest.raises(error, match=regex) as info:
+            candidate(make_params(), **kwargs)
+        outcomes.append(str(info.value))
+    if outcomes:  # torch's words, and adamkit's rule: the argument and the value are named
+        for fragment in fragments:
+            assert fragment in outcomes[1], f"{fragment!r} not in {outcomes[1]!r}"
+
+
+PATH_FLAGS = [dict(fused=False), {}, pytest.param(dict(fused=True), marks=NO_KERNEL)]
+
+
+def twin_runs(make_ours, make_theirs, make_params, steps=4, grads=None):
+    """Step adamkit and torch on equal params with equal gradients; the params after."""
+    results = []
+    for make in (make_ours, make_theirs):
+        torch.manual_seed(0)
+        tensors = make_params()
+        optimizer = make(tensors)
+        unique = list({id(p): p for p in (t for g in optimizer.param_groups for t in g["params"])}.values())
+        for step in range(steps):
+            generator = torch.Generator().manual_seed(step)
+            for p in unique:
+                p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            optimizer.step()
+        results.append([p.detach().clone() for p in unique])
+    return results
+
+
+@pytest.mark.parametrize("path", PATH_FLAGS, ids=lambda p: str(p))
+def test_duplicate_parameter_is_stepped_as_torch_steps_it(path):
+    """torch warns and steps the tensor once per entry (its step count too)."""
+
+    def make_params():
+        a, b = torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(5))
+        return [a, b, a]
+
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        ours, theirs = twin_runs(
+            lambda ps: adamkit.Adam(ps, lr=0.1, **path), lambda ps: torch.optim.Adam(ps, lr=0.1, foreach=False), make_params
+        )
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("path", PATH_FLAGS, ids=lambda p: str(p))
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)], ids=str)
+@pytest.mark.parametrize("cls", list(TWINS), ids=lambda c: c.__name__)
+def test_tensor_lr_and_betas_of_any_one_element_shape(cls, shape, path):
+    """torch accepts lr and betas as tensors of any 1-element shape (betas kept 0-dim) and
+    steps exactly as with the floats."""
+    tensors = dict(lr=tensor_of(0.01, shape), betas=(tensor_of(0.8, shape), tensor_of(0.99, shape)))
+    floats = dict(lr=tensors["lr"].item(), betas=tuple(b.item() for b in tensors["betas"]))  # float32 values
+    ours_groups = cls([one(3)], **tensors, **path).param_groups[0]
+    theirs_groups = TWINS[cls]([one(3)], **tensors).param_groups[0]
+    assert [tuple(b.shape) for b in ours_groups["betas"]] == [tuple(b.shape) for b in theirs_groups["betas"]] == [(), ()]
+    assert tuple(ours_groups["lr"].shape) == tuple(theirs_groups["lr"].shape) == shape
+
+    def make_params():
+        return [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+
+    with_tensors, with_floats = twin_runs(lambda ps: cls(ps, **tensors, **path), lambda ps: cls(ps, **floats, **path), make_params)
+    for a, b in zip(with_tensors, with_floats):
+        assert torch.equal(a, b)
+    theirs, _ = twin_runs(lambda ps: TWINS[cls](ps, **tensors, foreach=False), lambda ps: cls(ps, **floats, **path), make_params)
+    for a, b in zip(with_tensors, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=40)
+@given(shape=st.lists(st.integers(0, 3), min_size=1, max_size=3).filter(lambda s: math.prod(s) != 1), which=st.sampled_from(["lr", "betas[0]", "betas[1]"]))
+def test_any_tensor_hyperparameter_without_one_element_is_refused_as_torch_refuses_it(shape, which):
+    value = torch.full(shape, 0.5)
+    kwargs = dict(lr=value) if which == "lr" else dict(betas=(value, torch.tensor(0.9)) if which == "betas[0]" else (torch.tensor(0.9), value))
+    with pytest.raises((ValueError, RuntimeError)):
+        torch.optim.Adam([one(2)], **kwargs)
+    with pytest.raises(ValueError, match=rf"Tensor {re.escape(which)} must be 1-element") as info:
+        adamkit.Adam([one(2)], **kwargs)
+    assert str(tuple(shape)) in str(info.value)
+
+
+@pytest.mark.parametrize("path", PATH_FLAGS, ids=lambda p: str(p))
+def test_state_dict_of_a_group_with_a_duplicate_round_trips_as_in_torch(path):
+    """torch saves the tensor's id once per entry; the checkpoint loads back into both."""
+    a, b = one(2), one(2)
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        ours, theirs = adamkit.Adam([a, b, a], **path), torch.optim.Adam([a, b, a])
+    a.grad, b.grad = torch.ones(2), torch.ones(2)
+    ours.step()
+    theirs.step()
+    assert ours.state_dict()["param_groups"][0]["params"] == theirs.state_dict()["param_groups"][0]["params"] == [2, 1, 2]  # torch numbers the last entry
+    for saved in (ours.state_dict(), theirs.state_dict()):
+        with pytest.warns(UserWarning, match="duplicate parameters"):
+            fresh = adamkit.Adam([a, b, a], **path)
+        fresh.load_state_dict(saved)
+        assert float(fresh.state[a]["step"]) == 2 and float(fresh.state[b]["step"]) == 1

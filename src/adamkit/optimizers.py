@@ -37,6 +37,8 @@ class _AdamFamily(Optimizer):
     def __init__(self, params: Any, **options: Any) -> None:
         defaults = {**lowprec.resolve_options(options), "skipped_steps": 0}
         validation.check_hyperparameters(defaults)
+        # As torch: tensor betas of any 1-element shape are kept as 0-dim tensors.
+        defaults["betas"] = tuple(b.squeeze() if isinstance(b, Tensor) and b.dim() != 0 else b for b in defaults["betas"])
         lowprec.check_group(defaults)
         params = validation.check_param_list(params)
         if len(params) == 0:
