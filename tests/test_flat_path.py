@@ -231,9 +231,17 @@ def test_params_viewing_a_foreign_buffer_take_the_kernel_one_tensor_at_a_time(am
             assert torch.equal(optimizers[0].state[a][key], optimizers[1].state[b][key]), key
 
 
-def test_fused_true_rejects_what_the_kernel_cannot_run():
-    with pytest.raises(ValueError, match=r"params\[1\].*torch.float16"):
-        adamkit.Adam([nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3, dtype=torch.float16))], fused=True)
+def test_fused_true_refuses_at_the_first_step_what_torch_refuses():
+    """As torch.optim.Adam(fused=True): a parameter that is not a floating-point tensor of a
+    supported device is refused (RuntimeError) at its first step; adamkit updates nothing."""
+    for cls in (torch.optim.Adam, adamkit.Adam):
+        a, c = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3, dtype=torch.complex64))
+        optimizer = cls([a, c], fused=True)
+        a.grad, c.grad = torch.ones(3), torch.ones(3, dtype=torch.complex64)
+        before = a.detach().clone()
+        with pytest.raises(RuntimeError, match=r"`fused=True` requires all the params to be floating point"):
+            optimizer.step()
+    assert torch.equal(a, before) and not any(optimizer.state.values())
 
 
 def test_state_dict_round_trips_with_torch_and_the_loop_path():

@@ -276,3 +276,68 @@ def test_state_dict_of_a_group_with_a_duplicate_round_trips_as_in_torch(path):
             fresh = adamkit.Adam([a, b, a], **path)
         fresh.load_state_dict(saved)
         assert float(fresh.state[a]["step"]) == 2 and float(fresh.state[b]["step"]) == 1
+
+
+# -- fused=True: torch's checks at the first step, and its float32 math for 16-bit params ------
+
+
+@NO_KERNEL
+@pytest.mark.parametrize("cls", list(TWINS), ids=lambda c: c.__name__)
+def test_fused_model_built_on_the_meta_device_as_torch(cls):
+    """Construction is fine; a step with meta params is refused; after to_empty() it runs."""
+    for candidate in (TWINS[cls], cls):
+        with torch.device("meta"):
+            model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1))
+        optimizer = candidate(model.parameters(), fused=True)
+        with torch.device("meta"):
+            for p in model.parameters():
+                p.grad = torch.rand_like(p)
+        with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating point Tensors"):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.to_empty(device="cpu")
+        for p in model.parameters():
+            p.grad = torch.rand_like(p)
+        optimizer.step()  # (to_empty made new Parameters: the optimizer's meta ones have no grad now)
+
+
+@NO_KERNEL
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "options", [dict(), dict(weight_decay=0.1, amsgrad=True), dict(weight_decay=0.1, maximize=True)], ids=lambda o: ",".join(o) or "default"
+)
+@pytest.mark.parametrize("cls", list(TWINS), ids=lambda c: c.__name__)
+def test_fused_16_bit_params_match_torch_fused(cls, options, dtype):
+    """torch's fused kernels take float16/bfloat16 params and compute in float32, storing
+    parameter and moments in the parameter's dtype: so does adamkit's fused=True."""
+
+    def make_params():
+        return [torch.nn.Parameter(torch.randn(4, 3).to(dtype)), torch.nn.Parameter(torch.randn(7).to(dtype))]
+
+    ours, theirs = twin_runs(
+        lambda ps: cls(ps, lr=1e-2, eps=1e-3, fused=True, **options),
+        lambda ps: TWINS[cls](ps, lr=1e-2, eps=1e-3, fused=True, **options),
+        make_params,
+        steps=7,
+    )
+    for a, b in zip(ours, theirs):
+        assert a.dtype == b.dtype == dtype
+        # one rounding of the same float32 value: at most a unit in the last place apart
+        torch.testing.assert_close(a.float(), b.float(), rtol=2 ** -7 if dtype == torch.bfloat16 else 2**-10, atol=1e-5)
+
+
+@NO_KERNEL
+def test_fused_float16_is_computed_in_float32():
+    """The float32 route, not float16 arithmetic: an update below float16's resolution of the
+    moments still lands where float32 math puts it (torch's fused agrees)."""
+    results = {}
+    for name, make in [("ours", lambda ps: adamkit.Adam(ps, lr=1e-3, fused=True)), ("torch", lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True)),
+                       ("float16 math", lambda ps: adamkit.Adam(ps, lr=1e-3, fused=False))]:
+        param = torch.nn.Parameter(torch.full((8,), 1.0, dtype=torch.float16))
+        optimizer = make([param])
+        param.grad = torch.full((8,), 1e-4, dtype=torch.float16)  # g^2 = 1e-8 underflows float16
+        optimizer.step()
+        results[name] = (param.detach().clone(), optimizer.state[param]["exp_avg_sq"].clone())
+    assert torch.equal(results["ours"][0], results["torch"][0])
+    assert torch.equal(results["ours"][1], results["torch"][1])
+    assert not torch.equal(results["ours"][0], results["float16 math"][0])

@@ -26,7 +26,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["StepScalars", "step_scalars", "adam_update_", "adam_sparse_update_", "step_bound"]
+__all__ = [
+    "StepScalars",
+    "step_scalars",
+    "adam_update_",
+    "adam_update_in_float32_",
+    "adam_sparse_update_",
+    "step_bound",
+    "FLOAT32_MATH_DTYPES",
+]
+
+# Storage dtypes whose update torch's fused kernels compute in float32 (opmath).
+FLOAT32_MATH_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,24 @@ def adam_update_(
         second_moment = max_exp_avg_sq
     denom = (second_moment.sqrt() / s.bias_correction2_sqrt).add_(s.eps)
     param.addcdiv_(exp_avg, denom, value=-s.step_size)
+
+
+def adam_update_in_float32_(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    s: StepScalars,
+) -> None:
+    """:func:`adam_update_` computed in float32 for float16/bfloat16 tensors, each result
+    rounded once when written back (parameter and moments keep their dtype): what
+    torch's fused kernels do for these dtypes."""
+    stored = [param, exp_avg, exp_avg_sq] + ([max_exp_avg_sq] if s.amsgrad else [])
+    work = [t.float() for t in stored]
+    adam_update_(work[0], grad.float(), work[1], work[2], work[3] if s.amsgrad else None, s)
+    for target, value in zip(stored, work):
+        target.copy_(value)
 
 
 def adam_sparse_update_(

@@ -80,24 +80,33 @@ class _AdamFamily(Optimizer):
         lowprec.check_group(merged)
         lowprec.check_params(tensors, merged)
         param_group.update(lowprec.canonical_settings(param_group))
-        if merged["fused"] is True:
-            self._check_fused(tensors)
+        if merged["fused"] is True and not kernels.available():
+            kernels.build.load_library()  # fused=True promises the kernel: raises KernelBuildError with the compiler's message
         if merged["decoupled_lr"] and "decoupled_lr_base" not in param_group:
             # lr_0 of the paper's decay, under a key no LR scheduler rewrites (OneCycleLR resets initial_lr).
             param_group["decoupled_lr_base"] = validation.as_float(merged["lr"])
         super().add_param_group(param_group)
 
-    @staticmethod
-    def _check_fused(params: list[Tensor]) -> None:
-        """fused=True promises the flat fused kernel: refuse what it cannot run."""
-        if not kernels.available():
-            kernels.build.load_library()  # raises KernelBuildError with the compiler's message
-        for index, param in enumerate(params):
-            if param.device.type != "cpu" or param.dtype not in kernels.FLAT_PARAM_DTYPES:
-                raise ValueError(
-                    f"Invalid params[{index}]: fused=True supports CPU tensors of dtype "
-                    f"{[str(d) for d in kernels.FLAT_PARAM_DTYPES]}, got {param.dtype} on {param.device}; use fused=None"
-                )
+    def _check_fused_params(self) -> None:
+        """fused=True: torch's check, made before anything is updated.
+
+        As ``torch.optim.Adam(fused=True)``, a parameter is checked when its state is
+        created (its first step with a gradient), not at construction: a model built on
+        the meta device and materialised later (``to_empty``) is fine. It must be a
+        floating-point CPU tensor; float16 and bfloat16 are computed in float32.
+        """
+        for group_index, group in enumerate(self.param_groups):
+            if group["fused"] is not True:
+                continue
+            for index, param in enumerate(group["params"]):
+                if param.grad is None or self.state.get(param):
+                    continue
+                if param.device.type != "cpu" or not param.is_floating_point():
+                    raise RuntimeError(
+                        "`fused=True` requires all the params to be floating point Tensors of supported devices: "
+                        f"['cpu'] but param_groups[{group_index}]['params'][{index}] (shape {tuple(param.shape)}) is "
+                        f"{param.dtype} on {param.device}; nothing was updated"
+                    )
 
     def _group_defaults(self) -> dict[str, Any]:
         """Values for group keys that a torch.optim checkpoint may lack: the constructor's."""
@@ -201,6 +210,7 @@ class _AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_fused_params()
         self._refuse_sparse_low_precision()
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and float(found_inf) != 0) or self._nonfinite_says_skip():
@@ -302,7 +312,7 @@ class _AdamFamily(Optimizer):
                 bucket.step(scalars_for, bucket_ready)
             params = flat_group.leftovers
         params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
-        self._loop_step(params, group["amsgrad"], scalars_for, fused)
+        self._loop_step(params, group["amsgrad"], scalars_for, fused, float32_math=group["fused"] is True)
 
     def _loop_step(
         self,
@@ -310,8 +320,13 @@ class _AdamFamily(Optimizer):
         amsgrad: bool,
         scalars_for: Callable[[float], functional.StepScalars],
         fused: bool = False,
+        float32_math: bool = False,
     ) -> None:
-        """One update per tensor: the reference path, or with ``fused`` the kernel per tensor where it runs."""
+        """One update per tensor: the reference path, or with ``fused`` the kernel per tensor where it runs.
+
+        ``float32_math`` (fused=True): float16 tensors are computed in float32 and written
+        back once, as torch's fused kernels do, until the flat kernel takes them.
+        """
         for param in params:
             grad = param.grad
             if grad is None:
@@ -323,8 +338,12 @@ class _AdamFamily(Optimizer):
             args = (param, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq, scalars)
             if fused and not grad.is_sparse and kernels.adam_tensor_(*args):
                 continue
-            update = functional.adam_sparse_update_ if grad.is_sparse else functional.adam_update_
-            update(*args)
+            if grad.is_sparse:
+                functional.adam_sparse_update_(*args)
+            elif float32_math and param.dtype in functional.FLOAT32_MATH_DTYPES:
+                functional.adam_update_in_float32_(*args)
+            else:
+                functional.adam_update_(*args)
 
     @staticmethod
     def _uses_flat_path(group: dict[str, Any]) -> bool:
