@@ -60,7 +60,7 @@ HYPERPARAMETER_CASES = [
     (dict(foreach="x"), TypeError, ["foreach", "'x'"]),
     (dict(fused=1), TypeError, ["fused", "1"]),
     (dict(capturable=True), ValueError, ["capturable", "True"]),
-    (dict(differentiable=True), ValueError, ["differentiable", "True"]),
+    (dict(differentiable="yes"), TypeError, ["differentiable", "'yes'"]),
     (dict(decoupled_lr="yes"), TypeError, ["decoupled_lr", "'yes'"]),
 ]
 

@@ -149,7 +149,10 @@ ERROR_CASES = [
         [],
     ),
     ("beta1 = 1", lambda: [one(1)], dict(betas=(1.0, 0.0)), ValueError, "Invalid beta parameter at index 0: 1.0", []),
-    ("negative weight_decay", lambda: [one(1)], dict(weight_decay=-1), ValueError, "Invalid weight_decay", ["-1"]),
+    ("negative weight_decay", lambda: [one(1)], dict(weight_decay=-1), ValueError, "Invalid weight_decay value: -1", []),
+    ("negative lr", lambda: [one(1)], dict(lr=-0.5), ValueError, "Invalid learning rate: -0.5", ["lr"]),
+    ("negative eps", lambda: [one(1)], dict(eps=-0.5), ValueError, "Invalid epsilon value: -0.5", ["eps"]),
+    ("beta2 = 1", lambda: [one(1)], dict(betas=(0.9, 1.0)), ValueError, "Invalid beta parameter at index 1: 1.0", []),
     (
         "tensor lr with foreach",
         lambda: [one(1)],
@@ -341,3 +344,167 @@ def test_fused_float16_is_computed_in_float32():
     assert torch.equal(results["ours"][0], results["torch"][0])
     assert torch.equal(results["ours"][1], results["torch"][1])
     assert not torch.equal(results["ours"][0], results["float16 math"][0])
+
+
+# -- differentiable=True: gradients through the step, as torch's ---------------------------------
+#
+# The step is a function of the parameter, its gradient, the state and the (tensor)
+# hyperparameters; with differentiable=True autograd records it. Each case runs one
+# step (or two, with a loss in between) with adamkit and with torch.optim on equal inputs
+# and compares the outputs and the gradients of a scalar of them with respect to every input.
+
+DIFF_CASES = [
+    ("Adam amsgrad", adamkit.Adam, dict(lr=0.9, amsgrad=True), ()),
+    ("AdamW amsgrad", adamkit.AdamW, dict(lr=0.9, amsgrad=True), ()),
+    ("Adam L2 maximize", adamkit.Adam, dict(lr=0.1, weight_decay=0.3, maximize=True), ()),
+    ("Adam tensor lr", adamkit.Adam, dict(), ("lr",)),
+    ("Adam tensor weight_decay", adamkit.Adam, dict(amsgrad=True), ("weight_decay",)),
+    ("AdamW tensor weight_decay", adamkit.AdamW, dict(amsgrad=True), ("weight_decay",)),
+    ("Adam tensor betas", adamkit.Adam, dict(amsgrad=True), ("betas",)),
+    ("AdamW everything", adamkit.AdamW, dict(amsgrad=True), ("lr", "weight_decay", "betas")),
+    ("Adam everything", adamkit.Adam, dict(), ("lr", "weight_decay", "betas")),
+]
+
+
+def diff_inputs(seed: int, tensor_hyper: tuple[str, ...]):
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator, dtype=torch.float64).requires_grad_()
+
+    leaves = dict(p=rand(10), grad=rand(10), exp_avg=rand(10), exp_avg_sq=rand(10), max_exp_avg_sq=rand(10))
+    hyper = {}
+    if "lr" in tensor_hyper:
+        hyper["lr"] = torch.tensor([0.01], dtype=torch.float64, requires_grad=True)  # a 1-element 1-D lr too
+    if "weight_decay" in tensor_hyper:
+        hyper["weight_decay"] = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    if "betas" in tensor_hyper:
+        hyper["beta1"] = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+        hyper["beta2"] = torch.tensor(0.999, dtype=torch.float64, requires_grad=True)
+    return leaves, hyper
+
+
+def differentiable_step(cls, options, leaves, hyper, steps):
+    """``steps`` steps of a fresh optimizer on a non-leaf copy of ``p``; the outputs."""
+    p = leaves["p"].clone()
+    kwargs = dict(options, differentiable=True)
+    kwargs.update({k: v.clone() for k, v in hyper.items() if k in ("lr", "weight_decay")})
+    if "beta1" in hyper:
+        kwargs["betas"] = (hyper["beta1"].clone(), hyper["beta2"].clone())
+    optimizer = cls([p], **kwargs)
+    state = dict(step=torch.tensor(10.0, dtype=torch.float64), exp_avg=leaves["exp_avg"].clone(), exp_avg_sq=leaves["exp_avg_sq"].clone())
+    if kwargs.get("amsgrad"):
+        state["max_exp_avg_sq"] = leaves["max_exp_avg_sq"].clone()
+    optimizer.state[p].update(state)
+    grad = leaves["grad"].clone()
+    loss = None
+    for _ in range(steps):
+        if steps > 1:  # a loss of the parameter, its gradient (added to p.grad) kept in the graph
+            loss = (torch.sum(p) * 1.5 - 2.0) ** 2
+            (g,) = torch.autograd.grad(loss, p, create_graph=True)  # what backward(create_graph=True) adds
+            grad = g.contiguous() if grad is None else grad + g
+        p.grad = grad
+        optimizer.step()
+        if steps > 1:
+            optimizer.zero_grad()
+            grad = None
+    outputs = [p] + [v for v in optimizer.state[p].values() if v.requires_grad]
+    return outputs + ([loss] if loss is not None else [])
+
+
+@pytest.mark.parametrize(
+    "cls,options,tensor_hyper,steps",
+    [pytest.param(*c[1:], 1, id=f"{c[0]}, one step") for c in DIFF_CASES]
+    # Two steps with a loss in between: torch's differentiable AMSGrad cannot (its running
+    # max is written in place), so neither case takes amsgrad.
+    + [pytest.param(c[1], {k: v for k, v in c[2].items() if k != "amsgrad"}, c[3], 2, id=f"{c[0]}, two steps") for c in DIFF_CASES],
+)
+def test_differentiable_step_matches_torch(cls, options, tensor_hyper, steps):
+    leaves, hyper = diff_inputs(0, tensor_hyper)
+    inputs = list(leaves.values()) + list(hyper.values())
+    results = []
+    for candidate in (cls, TWINS[cls]):
+        outputs = differentiable_step(candidate, options, leaves, hyper, steps)
+        weights = [torch.linspace(0.5, 1.5, o.numel(), dtype=o.dtype).reshape(o.shape) for o in outputs]
+        scalar = sum((o * w).sum() for o, w in zip(outputs, weights))
+        grads = torch.autograd.grad(scalar, inputs, allow_unused=True)
+        results.append(([o.detach() for o in outputs], grads))
+    (ours, our_grads), (theirs, their_grads) = results
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+    for name, a, b in zip(list(leaves) + list(hyper), our_grads, their_grads):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=lambda m: f"d/d{name}: {m}")
+
+
+@pytest.mark.parametrize("cls,options,tensor_hyper", [pytest.param(*c[1:], id=c[0]) for c in DIFF_CASES[:4] + DIFF_CASES[-1:]])
+def test_differentiable_step_passes_gradcheck(cls, options, tensor_hyper):
+    """Finite differences agree with the gradients adamkit's differentiable step reports."""
+    leaves, hyper = diff_inputs(1, tensor_hyper)
+    names = list(leaves) + list(hyper)
+
+    def step_of(*values):
+        return tuple(differentiable_step(cls, options, dict(zip(leaves, values[: len(leaves)])), dict(zip(hyper, values[len(leaves) :])), 1))
+
+    assert torch.autograd.gradcheck(step_of, tuple(leaves.values()) + tuple(hyper.values())), names
+
+
+@pytest.mark.parametrize("cls", list(TWINS), ids=lambda c: c.__name__)
+def test_differentiable_training_matches_torch_and_the_plain_step(cls):
+    """On plain tensors with ordinary gradients (torch's differentiable=True steps detached
+    parameters: a leaf that requires grad cannot be changed in place under autograd),
+    differentiable=True steps exactly like torch's, and like the ordinary step up to the
+    rounding of the bias corrections, which torch's differentiable form computes from the
+    float32 step tensor (1 - 0.999 in float32 is off by 1e-5 relative)."""
+
+    def make_params():
+        return [torch.randn(4, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+
+    options = dict(lr=0.05, weight_decay=0.1, amsgrad=True)
+    ours, theirs = twin_runs(lambda ps: cls(ps, differentiable=True, **options), lambda ps: TWINS[cls](ps, differentiable=True, **options), make_params, steps=5)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    plain, _ = twin_runs(lambda ps: cls(ps, **options), lambda ps: TWINS[cls](ps, **options), make_params, steps=5)
+    for a, b in zip(ours, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,regex",
+    [
+        (dict(fused=True), RuntimeError, "`fused` does not support `differentiable`"),
+    ],
+)
+def test_differentiable_refusals_match_torch(kwargs, error, regex):
+    for candidate in (torch.optim.Adam, adamkit.Adam):
+        with pytest.raises(error, match=regex):
+            candidate(params(), differentiable=True, **kwargs)
+
+
+def test_differentiable_step_with_a_step_that_requires_grad_is_refused_as_in_torch():
+    for candidate in (torch.optim.Adam, adamkit.Adam):
+        p = torch.ones(3, dtype=torch.float64)
+        optimizer = candidate([p], differentiable=True)
+        p.grad = torch.ones_like(p)
+        optimizer.step()
+        optimizer.state[p]["step"].requires_grad_()
+        with pytest.raises(RuntimeError, match="`requires_grad` is not supported for `step` in differentiable mode"):
+            optimizer.step()
+
+
+def test_differentiable_accepts_non_leaf_params_like_torch():
+    base = torch.ones(3, requires_grad=True)
+    for candidate in (torch.optim.Adam, adamkit.Adam):
+        candidate([base * 2], differentiable=True)
+        with pytest.raises(ValueError, match="can't optimize a non-leaf Tensor"):
+            candidate([base * 2])
+
+
+@pytest.mark.parametrize("options", [dict(state_dtype="int8"), dict(exp_avg_dtype="bfloat16"), dict(param_rounding="stochastic")], ids=str)
+def test_differentiable_refuses_low_precision_options(options):
+    """The codecs and rounding modes are not differentiable: a clear error naming both."""
+    with pytest.raises(ValueError) as info:
+        adamkit.Adam(params(), differentiable=True, **options)
+    assert "differentiable" in str(info.value) and str(next(iter(options.values()))) in str(info.value)

@@ -7,6 +7,7 @@ torch's keys), and hand tensors to an execution path. The math lives in
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
@@ -29,6 +30,18 @@ _ADAMKIT_GROUP_DEFAULTS = {
     "nonfinite": "propagate",
     "skipped_steps": 0,
 }
+
+
+def _grad_enabled_if_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
+    """torch's ``_use_grad_for_differentiable``: autograd records the step only when the
+    optimizer was built with differentiable=True (otherwise it runs under no_grad)."""
+
+    @functools.wraps(step)
+    def wrapper(self: "_AdamFamily", *args: Any, **kwargs: Any) -> Any:
+        with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
+            return step(self, *args, **kwargs)
+
+    return wrapper
 
 
 class _AdamFamily(Optimizer):
@@ -71,7 +84,7 @@ class _AdamFamily(Optimizer):
         # torch >= 2.6 also accepts named parameters: [(name, tensor), ...]
         tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
         seen = {id(p) for group in getattr(self, "param_groups", []) for p in group["params"]}
-        validation.check_group_params(tensors, seen)
+        validation.check_group_params(tensors, seen, differentiable=bool(self.defaults.get("differentiable")))
         param_group = {**param_group, "params": params}
         if "state_dtype" in param_group:  # the shorthand sets this group's two moments
             param_group = lowprec.resolve_options(param_group)
@@ -80,6 +93,8 @@ class _AdamFamily(Optimizer):
         lowprec.check_group(merged)
         lowprec.check_params(tensors, merged)
         param_group.update(lowprec.canonical_settings(param_group))
+        if merged["differentiable"]:
+            self._check_differentiable({**merged, **param_group})
         if merged["fused"] is True and not kernels.available():
             kernels.build.load_library()  # fused=True promises the kernel: raises KernelBuildError with the compiler's message
         if merged["decoupled_lr"] and "decoupled_lr_base" not in param_group:
@@ -87,15 +102,32 @@ class _AdamFamily(Optimizer):
             param_group["decoupled_lr_base"] = validation.as_float(merged["lr"])
         super().add_param_group(param_group)
 
-    def _check_fused_params(self) -> None:
-        """fused=True: torch's check, made before anything is updated.
+    @staticmethod
+    def _check_differentiable(group: dict[str, Any]) -> None:
+        """differentiable=True runs torch's math on torch's state layout: no codecs, no rounding modes."""
+        for key, plain in (("exp_avg_dtype", (None, "float32")), ("exp_avg_sq_dtype", (None, "float32")), ("param_rounding", ("nearest",))):
+            if group.get(key, plain[0]) not in plain:
+                raise ValueError(
+                    f"Invalid {key}: {group[key]!r} with differentiable=True; the differentiable step keeps torch's "
+                    f"state layout and rounding ({key}={plain[0]!r})"
+                )
+
+    def _check_before_step(self) -> None:
+        """torch's checks at the step, made before anything is updated.
+
+        differentiable=True: a ``step`` that requires grad is refused, as in torch.
 
         As ``torch.optim.Adam(fused=True)``, a parameter is checked when its state is
         created (its first step with a gradient), not at construction: a model built on
         the meta device and materialised later (``to_empty``) is fine. It must be a
-        floating-point CPU tensor; float16 and bfloat16 are computed in float32.
+        floating-point CPU tensor (fused=True); float16 and bfloat16 are computed in float32.
         """
         for group_index, group in enumerate(self.param_groups):
+            if group["differentiable"]:
+                for param in group["params"]:
+                    step = self.state.get(param, {}).get("step")
+                    if param.grad is not None and isinstance(step, Tensor) and step.requires_grad:
+                        raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
             if group["fused"] is not True:
                 continue
             for index, param in enumerate(group["params"]):
@@ -197,7 +229,7 @@ class _AdamFamily(Optimizer):
             state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
 
-    @torch.no_grad()
+    @_grad_enabled_if_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the loss.
 
@@ -210,7 +242,7 @@ class _AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_fused_params()
+        self._check_before_step()
         self._refuse_sparse_low_precision()
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and float(found_inf) != 0) or self._nonfinite_says_skip():
@@ -296,7 +328,38 @@ class _AdamFamily(Optimizer):
 
         return scalars_for
 
+    def _differentiable_scalars(self, group: dict[str, Any]) -> Callable[[Tensor], functional.StepScalars]:
+        """The per-step constants as torch's differentiable=True computes them: from the step
+        tensor and the group's hyperparameters as they are (tensors stay in autograd's graph);
+        never memoised."""
+        lr = group["lr"]
+        lr = lr.squeeze() if isinstance(lr, Tensor) and lr.dim() != 0 else lr  # torch's _to_scalar
+        beta1, beta2 = group["betas"]
+
+        def scalars_for(step: Tensor) -> functional.StepScalars:
+            return functional.step_scalars(
+                step=step.clone(),  # a copy: the state's step is incremented in place at the next step
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                decoupled_lr=group["decoupled_lr"],
+                decoupled_lr_base=group["decoupled_lr_base"] if group["decoupled_lr"] else None,
+                bias_correction=group["bias_correction"],
+                maximize=group["maximize"],
+                amsgrad=group["amsgrad"],
+                differentiable=True,
+            )
+
+        return scalars_for
+
     def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
+        if group["differentiable"]:
+            # torch's differentiable path: the reference loop with torch ops, autograd through it.
+            self._loop_step(group["params"], group["amsgrad"], self._differentiable_scalars(group), differentiable=True)
+            return
         scalars_for = self._group_scalars(group, grad_scale)
         params = group["params"]
         fused = self._uses_flat_path(group)
@@ -321,11 +384,13 @@ class _AdamFamily(Optimizer):
         scalars_for: Callable[[float], functional.StepScalars],
         fused: bool = False,
         float32_math: bool = False,
+        differentiable: bool = False,
     ) -> None:
         """One update per tensor: the reference path, or with ``fused`` the kernel per tensor where it runs.
 
         ``float32_math`` (fused=True): float16 tensors are computed in float32 and written
         back once, as torch's fused kernels do, until the flat kernel takes them.
+        ``differentiable``: ``scalars_for`` takes the step tensor (see ``_differentiable_scalars``).
         """
         for param in params:
             grad = param.grad
@@ -334,7 +399,7 @@ class _AdamFamily(Optimizer):
             state = self._init_state(param, amsgrad)
             state["step"] += 1
             max_exp_avg_sq = state.get("max_exp_avg_sq") if amsgrad else None
-            scalars = scalars_for(state["step"].item())
+            scalars = scalars_for(state["step"] if differentiable else state["step"].item())
             args = (param, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq, scalars)
             if fused and not grad.is_sparse and kernels.adam_tensor_(*args):
                 continue

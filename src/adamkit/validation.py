@@ -36,8 +36,12 @@ def _number(name: str, value: Any) -> float:
         raise TypeError(f"Invalid {name}: expected a real-valued tensor, got dtype {value.dtype}")
     number = as_float(value)
     if not math.isfinite(number):
-        raise ValueError(f"Invalid {name}: {value!r} (must be finite)")
+        raise ValueError(f"Invalid {_TORCH_WORDS.get(name, name)}: {value!r} ({name} must be finite)")
     return number
+
+
+# torch.optim.Adam's words for a bad value, kept so that code matching torch's messages still matches.
+_TORCH_WORDS = {"lr": "learning rate", "eps": "epsilon value", "weight_decay": "weight_decay value"}
 
 
 NONFINITE_POLICIES = ("propagate", "skip", "raise")
@@ -47,7 +51,7 @@ _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 def _non_negative(name: str, value: Any) -> float:
     number = _number(name, value)
     if number < 0:
-        raise ValueError(f"Invalid {name}: {value!r} (must be >= 0)")
+        raise ValueError(f"Invalid {_TORCH_WORDS.get(name, name)}: {value!r} ({name} must be >= 0)")
     return number
 
 
@@ -95,12 +99,14 @@ def check_hyperparameters(group: dict[str, Any]) -> None:
         _flag(name, group.get(name), allow_none=True)
     if group.get("fused") and group.get("foreach"):
         raise RuntimeError("Invalid fused: True with foreach=True; `fused` and `foreach` cannot be `True` together.")
-    for name in ("capturable", "differentiable"):
-        if group.get(name, False) is not False:
-            raise ValueError(
-                f"Invalid {name}: {group[name]!r}; adamkit supports only {name}=False "
-                "(it is accepted for signature compatibility with torch.optim)"
-            )
+    if group.get("capturable", False) is not False:
+        raise ValueError(
+            f"Invalid capturable: {group['capturable']!r}; adamkit supports only capturable=False (capturable=True is "
+            "for CUDA graph capture on accelerators: torch.optim refuses it for CPU tensors at the first step)"
+        )
+    _flag("differentiable", group.get("differentiable", False))
+    if group.get("differentiable") and group.get("fused"):
+        raise RuntimeError("Invalid fused: True with differentiable=True; `fused` does not support `differentiable`")
     if group["nonfinite"] not in NONFINITE_POLICIES:
         raise ValueError(f"Invalid nonfinite: {group['nonfinite']!r} (expected one of {', '.join(map(repr, NONFINITE_POLICIES))})")
     skipped = group.get("skipped_steps", 0)
@@ -128,11 +134,12 @@ def check_param_list(params: Any, where: str = "params") -> list:
     return list(params)
 
 
-def check_group_params(params: list[Any], seen: set[int]) -> None:
+def check_group_params(params: list[Any], seen: set[int], differentiable: bool = False) -> None:
     """Each parameter is a leaf, floating-point (or complex) tensor of no other group.
 
     A tensor twice in one group is allowed, as torch.optim allows it (torch warns, and
-    steps it once per entry).
+    steps it once per entry). With ``differentiable`` (the optimizer's default, as in
+    torch) non-leaf tensors are allowed too, and so are those that retain their grad.
     """
     for index, param in enumerate(params):
         if not isinstance(param, Tensor):
@@ -142,7 +149,7 @@ def check_group_params(params: list[Any], seen: set[int]) -> None:
                 f"Invalid params[{index}]: dtype {param.dtype} is not floating point; "
                 "Adam can only optimize floating-point (or complex) tensors"
             )
-        if not param.is_leaf and param.requires_grad:
+        if not (differentiable or param.is_leaf or param.retains_grad):
             raise ValueError(f"Invalid params[{index}]: can't optimize a non-leaf Tensor (shape {tuple(param.shape)})")
         if param.is_sparse:
             raise TypeError(f"Invalid params[{index}]: sparse parameters are not supported")
