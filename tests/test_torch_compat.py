@@ -508,3 +508,24 @@ def test_differentiable_refuses_low_precision_options(options):
     with pytest.raises(ValueError) as info:
         adamkit.Adam(params(), differentiable=True, **options)
     assert "differentiable" in str(info.value) and str(next(iter(options.values()))) in str(info.value)
+
+
+@NO_KERNEL
+def test_fused_checks_a_parameter_at_its_first_gradient_as_torch():
+    """A parameter without a gradient is not checked (torch checks at state creation); when
+    its first gradient comes, it is -- also after many steps of the others."""
+    outcomes = []
+    for candidate in (torch.optim.Adam, adamkit.Adam):
+        a = torch.nn.Parameter(torch.ones(3))
+        late = torch.nn.Parameter(torch.ones(3, device="meta"))
+        optimizer = candidate([a, late], fused=True)
+        for _ in range(3):
+            a.grad = torch.ones(3)
+            optimizer.step()
+        before = a.detach().clone()
+        late.grad = torch.ones(3, device="meta")
+        with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating point Tensors") as info:
+            optimizer.step()
+        outcomes.append((str(info.value), torch.equal(a, before)))
+    assert "['params'][1]" in outcomes[1][0] and "meta" in outcomes[1][0]
+    assert outcomes[1][1]  # adamkit checks before it updates anything

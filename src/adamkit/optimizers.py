@@ -59,6 +59,8 @@ class _AdamFamily(Optimizer):
         super().__init__(params, defaults)
         self._flat_groups: dict[int, flat.FlatGroup] = {}
         self._scalar_cache: dict[int, tuple[dict[str, Any], dict[float, functional.StepScalars]]] = {}
+        # fused=True: per group, its params list, length, and the params torch would still check.
+        self._fused_unchecked: dict[int, tuple[list[Tensor], int, list[tuple[int, Tensor]]]] = {}
         if defaults["fused"]:
             # As torch's fused optimizers: torch.amp.GradScaler then hands over grad_scale and
             # found_inf instead of unscaling the gradients itself. Only for fused=True, as torch:
@@ -130,15 +132,21 @@ class _AdamFamily(Optimizer):
                         raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
             if group["fused"] is not True:
                 continue
-            for index, param in enumerate(group["params"]):
-                if param.grad is None or self.state.get(param):
-                    continue
-                if param.device.type != "cpu" or not param.is_floating_point():
+            # Only the params not checked yet (those without state, as torch): O(1) per group once all are.
+            params = group["params"]
+            cached = self._fused_unchecked.get(group_index)
+            if cached is None or cached[0] is not params or cached[1] != len(params):
+                pending = [(index, param) for index, param in enumerate(params) if not self.state.get(param)]
+            else:
+                pending = cached[2]
+            for index, param in pending:
+                if param.grad is not None and (param.device.type != "cpu" or not param.is_floating_point()):
                     raise RuntimeError(
                         "`fused=True` requires all the params to be floating point Tensors of supported devices: "
                         f"['cpu'] but param_groups[{group_index}]['params'][{index}] (shape {tuple(param.shape)}) is "
                         f"{param.dtype} on {param.device}; nothing was updated"
                     )
+            self._fused_unchecked[group_index] = (params, len(params), [(i, p) for i, p in pending if p.grad is None])
 
     def _group_defaults(self) -> dict[str, Any]:
         """Values for group keys that a torch.optim checkpoint may lack: the constructor's."""
@@ -149,6 +157,7 @@ class _AdamFamily(Optimizer):
         super().__setstate__(state)
         self._flat_groups = {}
         self._scalar_cache = {}
+        self._fused_unchecked = {}
         for group in self.param_groups:
             for key, value in self._group_defaults().items():
                 group.setdefault(key, value)
