@@ -21,7 +21,7 @@ import torch
 
 import adamkit
 from adamkit import kernels
-from adamkit.kernels import param_check
+from adamkit.kernels import gather
 
 # GPT-2 small (124.4M parameters in 148 tensors), as listed in ANCHORS.md.
 _GPT2_BLOCK = [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,), (768, 3072), (3072,), (3072, 768), (768,)]
