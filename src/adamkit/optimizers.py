@@ -7,6 +7,7 @@ torch's keys), and hand tensors to an execution path. The math lives in
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable
 
@@ -32,15 +33,26 @@ _ADAMKIT_GROUP_DEFAULTS = {
 }
 
 
+def _grad_enabled_if_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
+    """torch's ``_use_grad_for_differentiable``: autograd records the step only when the
+    optimizer was built with differentiable=True (otherwise it runs under no_grad)."""
+
+    @functools.wraps(step)
+    def wrapper(self: "_AdamFamily", *args: Any, **kwargs: Any) -> Any:
+        with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
+            return step(self, *args, **kwargs)
+
+    return wrapper
+
+
 class _AdamFamily(Optimizer):
     """Shared plumbing; ``Adam``, ``AdamW`` and ``AMSGrad`` only set defaults."""
-
-    # torch.amp.GradScaler hands us grad_scale / found_inf instead of unscaling grads itself.
-    _step_supports_amp_scaling = True
 
     def __init__(self, params: Any, **options: Any) -> None:
         defaults = {**lowprec.resolve_options(options), "skipped_steps": 0}
         validation.check_hyperparameters(defaults)
+        # As torch: tensor betas of any 1-element shape are kept as 0-dim tensors.
+        defaults["betas"] = tuple(b.squeeze() if isinstance(b, Tensor) and b.dim() != 0 else b for b in defaults["betas"])
         lowprec.check_group(defaults)
         params = validation.check_param_list(params)
         if len(params) == 0:
@@ -48,6 +60,13 @@ class _AdamFamily(Optimizer):
         super().__init__(params, defaults)
         self._group_plans: dict[int, multi_tensor.GroupPlans] = {}
         self._scalar_cache: dict[int, tuple[dict[str, Any], dict[float, functional.StepScalars]]] = {}
+        # fused=True: per group, its params list, length, and the params torch would still check.
+        self._fused_unchecked: dict[int, tuple[list[Tensor], int, list[tuple[int, Tensor]]]] = {}
+        if defaults["fused"]:
+            # As torch's fused optimizers: torch.amp.GradScaler then hands over grad_scale and
+            # found_inf instead of unscaling the gradients itself. Only for fused=True, as torch:
+            # Lightning refuses gradient clipping with bf16-mixed when this is set.
+            self._step_supports_amp_scaling = True
         if defaults["fused"] is not False:
             kernels.build.build_in_background()
 
@@ -68,7 +87,7 @@ class _AdamFamily(Optimizer):
         # torch >= 2.6 also accepts named parameters: [(name, tensor), ...]
         tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
         seen = {id(p) for group in getattr(self, "param_groups", []) for p in group["params"]}
-        validation.check_group_params(tensors, seen)
+        validation.check_group_params(tensors, seen, differentiable=bool(self.defaults.get("differentiable")))
         param_group = {**param_group, "params": params}
         if "state_dtype" in param_group:  # the shorthand sets this group's two moments
             param_group = lowprec.resolve_options(param_group)
@@ -77,24 +96,58 @@ class _AdamFamily(Optimizer):
         lowprec.check_group(merged)
         lowprec.check_params(tensors, merged)
         param_group.update(lowprec.canonical_settings(param_group))
-        if merged["fused"] is True:
-            self._check_fused(tensors)
+        if merged["differentiable"]:
+            self._check_differentiable({**merged, **param_group})
+        if merged["fused"] is True and not kernels.available():
+            kernels.build.load_library()  # fused=True promises the kernel: raises KernelBuildError with the compiler's message
         if merged["decoupled_lr"] and "decoupled_lr_base" not in param_group:
             # lr_0 of the paper's decay, under a key no LR scheduler rewrites (OneCycleLR resets initial_lr).
             param_group["decoupled_lr_base"] = validation.as_float(merged["lr"])
         super().add_param_group(param_group)
 
     @staticmethod
-    def _check_fused(params: list[Tensor]) -> None:
-        """fused=True promises the fused kernel: refuse what it cannot run."""
-        if not kernels.available():
-            kernels.build.load_library()  # raises KernelBuildError with the compiler's message
-        for index, param in enumerate(params):
-            if param.device.type != "cpu" or param.dtype not in kernels.KERNEL_PARAM_DTYPES:
+    def _check_differentiable(group: dict[str, Any]) -> None:
+        """differentiable=True runs torch's math on torch's state layout: no codecs, no rounding modes."""
+        for key, plain in (("exp_avg_dtype", (None, "float32")), ("exp_avg_sq_dtype", (None, "float32")), ("param_rounding", ("nearest",))):
+            if group.get(key, plain[0]) not in plain:
                 raise ValueError(
-                    f"Invalid params[{index}]: fused=True supports CPU tensors of dtype "
-                    f"{[str(d) for d in kernels.KERNEL_PARAM_DTYPES]}, got {param.dtype} on {param.device}; use fused=None"
+                    f"Invalid {key}: {group[key]!r} with differentiable=True; the differentiable step keeps torch's "
+                    f"state layout and rounding ({key}={plain[0]!r})"
                 )
+
+    def _check_before_step(self) -> None:
+        """torch's checks at the step, made before anything is updated.
+
+        differentiable=True: a ``step`` that requires grad is refused, as in torch.
+
+        As ``torch.optim.Adam(fused=True)``, a parameter is checked when its state is
+        created (its first step with a gradient), not at construction: a model built on
+        the meta device and materialised later (``to_empty``) is fine. It must be a
+        floating-point CPU tensor (fused=True); float16 and bfloat16 are computed in float32.
+        """
+        for group_index, group in enumerate(self.param_groups):
+            if group["differentiable"]:
+                for param in group["params"]:
+                    step = self.state.get(param, {}).get("step")
+                    if param.grad is not None and isinstance(step, Tensor) and step.requires_grad:
+                        raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
+            if group["fused"] is not True:
+                continue
+            # Only the params not checked yet (those without state, as torch): O(1) per group once all are.
+            params = group["params"]
+            cached = self._fused_unchecked.get(group_index)
+            if cached is None or cached[0] is not params or cached[1] != len(params):
+                pending = [(index, param) for index, param in enumerate(params) if not self.state.get(param)]
+            else:
+                pending = cached[2]
+            for index, param in pending:
+                if param.grad is not None and (param.device.type != "cpu" or not param.is_floating_point()):
+                    raise RuntimeError(
+                        "`fused=True` requires all the params to be floating point Tensors of supported devices: "
+                        f"['cpu'] but param_groups[{group_index}]['params'][{index}] (shape {tuple(param.shape)}) is "
+                        f"{param.dtype} on {param.device}; nothing was updated"
+                    )
+            self._fused_unchecked[group_index] = (params, len(params), [(i, p) for i, p in pending if p.grad is None])
 
     def _group_defaults(self) -> dict[str, Any]:
         """Values for group keys that a torch.optim checkpoint may lack: the constructor's."""
@@ -105,6 +158,7 @@ class _AdamFamily(Optimizer):
         super().__setstate__(state)
         self._group_plans = {}
         self._scalar_cache = {}
+        self._fused_unchecked = {}
         for group in self.param_groups:
             for key, value in self._group_defaults().items():
                 group.setdefault(key, value)
@@ -182,18 +236,20 @@ class _AdamFamily(Optimizer):
             state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
 
-    @torch.no_grad()
+    @_grad_enabled_if_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the loss.
 
-        ``torch.amp.GradScaler`` sets ``grad_scale`` and ``found_inf`` on the
-        optimizer (as for torch's fused optimizers): the scale is divided out
-        inside the update and a step with ``found_inf`` is skipped.
+        With ``fused=True``, ``torch.amp.GradScaler`` sets ``grad_scale`` and
+        ``found_inf`` on the optimizer (as for torch's fused optimizers): the
+        scale is divided out inside the update and a step with ``found_inf`` is
+        skipped. Otherwise GradScaler unscales the gradients itself, as for torch.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_before_step()
         self._refuse_sparse_low_precision()
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and float(found_inf) != 0) or self._nonfinite_says_skip():
@@ -271,10 +327,42 @@ class _AdamFamily(Optimizer):
 
         return scalars_for
 
+    def _differentiable_scalars(self, group: dict[str, Any]) -> Callable[[Tensor], functional.StepScalars]:
+        """The per-step constants as torch's differentiable=True computes them: from the step
+        tensor and the group's hyperparameters as they are (tensors stay in autograd's graph);
+        never memoised."""
+        lr = group["lr"]
+        lr = lr.squeeze() if isinstance(lr, Tensor) and lr.dim() != 0 else lr  # torch's _to_scalar
+        beta1, beta2 = group["betas"]
+
+        def scalars_for(step: Tensor) -> functional.StepScalars:
+            return functional.step_scalars(
+                step=step.clone(),  # a copy: the state's step is incremented in place at the next step
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                decoupled_lr=group["decoupled_lr"],
+                decoupled_lr_base=group["decoupled_lr_base"] if group["decoupled_lr"] else None,
+                bias_correction=group["bias_correction"],
+                maximize=group["maximize"],
+                amsgrad=group["amsgrad"],
+                differentiable=True,
+            )
+
+        return scalars_for
+
     def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
+        if group["differentiable"]:
+            # torch's differentiable path: the reference loop with torch ops, autograd through it.
+            self._loop_step(group["params"], group["amsgrad"], self._differentiable_scalars(group), differentiable=True)
+            return
         scalars_for = self._group_scalars(group, grad_scale)
         params = group["params"]
-        if self._uses_kernel(group):
+        kernel = self._uses_kernel(group)
+        if kernel:
             amsgrad = group["amsgrad"]
             for attempt in range(2):
                 plans = self._group_plans.get(index)
@@ -285,10 +373,23 @@ class _AdamFamily(Optimizer):
                     params = left
                     break
         params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
-        self._loop_step(params, group["amsgrad"], scalars_for)
+        # float16 the kernel path leaves to the loop (strided, aliasing): the kernel's float32 math
+        self._loop_step(params, group["amsgrad"], scalars_for, float32_math=kernel)
 
-    def _loop_step(self, params: list[Tensor], amsgrad: bool, scalars_for: Callable[[float], functional.StepScalars]) -> None:
-        """The reference path: one functional update per tensor, torch ops in torch's order."""
+    def _loop_step(
+        self,
+        params: list[Tensor],
+        amsgrad: bool,
+        scalars_for: Callable[[float], functional.StepScalars],
+        float32_math: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        """The reference path: one functional update per tensor, torch ops in torch's order.
+
+        ``float32_math`` (the kernel path, which computes float16 in float32 as torch's fused
+        kernels do): float16 tensors are computed in float32 and written back once.
+        ``differentiable``: ``scalars_for`` takes the step tensor (see ``_differentiable_scalars``).
+        """
         for param in params:
             grad = param.grad
             if grad is None:
@@ -296,8 +397,14 @@ class _AdamFamily(Optimizer):
             state = self._init_state(param, amsgrad)
             state["step"] += 1
             max_exp_avg_sq = state.get("max_exp_avg_sq") if amsgrad else None
-            update = functional.adam_sparse_update_ if grad.is_sparse else functional.adam_update_
-            update(param, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq, scalars_for(state["step"].item()))
+            scalars = scalars_for(state["step"] if differentiable else state["step"].item())
+            args = (param, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq, scalars)
+            if grad.is_sparse:
+                functional.adam_sparse_update_(*args)
+            elif float32_math and param.dtype in functional.FLOAT32_MATH_DTYPES:
+                functional.adam_update_in_float32_(*args)
+            else:
+                functional.adam_update_(*args)
 
     @staticmethod
     def _uses_kernel(group: dict[str, Any]) -> bool:
@@ -403,6 +510,12 @@ class AdamW(_AdamFamily):
     ) -> None:
         super().__init__(params, **_options(locals(), decoupled_weight_decay=True))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # As torch.optim.AdamW: decay stays decoupled whatever is loaded (an Adam checkpoint too).
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
 
 class AMSGrad(_AdamFamily):
     """AMSGrad (Reddi et al., 2018): Adam with a non-decreasing second moment.
@@ -437,3 +550,9 @@ class AMSGrad(_AdamFamily):
         rounding_seed: int = 0,
     ) -> None:
         super().__init__(params, **_options(locals(), amsgrad=True))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # AMSGrad by class, as AdamW is decoupled by class: an Adam checkpoint loads as AMSGrad.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["amsgrad"] = True
