@@ -12,15 +12,34 @@ test_frameworks.py.
 Tolerances. adamkit's kernel computes the per-step scalars in float64 and
 updates in float32; torch's for-loop (``foreach=False``, the reference here)
 rounds in a different order, so the two drift apart by float32 rounding.
-Measured on these models over 12 steps: params within 1.9e-7 of a tensor's
-largest value, moments within 4.9e-7, losses within 2.2e-7 relative; torch's
-own ``fused=True`` kernel differs from its for-loop by up to 3.4e-7 here
-(these tests pass with it standing in for adamkit). ``PARAM_RTOL = 2e-6``
-(about 16 float32 ulps) and ``STATE_RTOL = 5e-6`` leave a 5-10x margin and are
-still far below what a real divergence produces here: stepping a parameter
-that had no gradient moves it by ``lr * weight_decay`` = 1e-3 relative (more
-through the moments) and changes its moments by O(1). Runs of the same
-library are compared bit for bit.
+Measured with today's kernel: on these models over 12 steps params within
+1.9e-7 of a tensor's largest value, moments within 4.9e-7, losses within
+2.2e-7 relative; on the tiny GPT-2 of test_frameworks.py up to 2.4e-6 after 6
+steps (an MLP weight) and 1.5e-6 on LoRA adapters, where torch's own
+``fused=True`` kernel differs from its for-loop by 1.5e-6 and 6e-7.
+``PARAM_RTOL = 5e-6`` (about 40 float32 ulps) and ``STATE_RTOL = 1e-5`` cover
+that and are still 200x below what a real divergence produces here: stepping
+a parameter that had no gradient moves it by ``lr * weight_decay`` = 1e-3
+relative (more through the moments) and changes its moments by O(1). Runs of
+the same library are compared bit for bit.
+
+Some tensors amplify rounding: GPT-2's attention key bias has an exact gradient
+of zero (softmax ignores a constant shift), so its gradient is rounding noise
+that Adam normalises to full-size steps; there torch's own ``fused=True``
+kernel differs from its for-loop by 1e-3 after 6 steps. The framework tests
+therefore also run torch's fused kernel and allow each tensor ``SPREAD_FACTOR``
+(8) times the difference between torch's two kernels on it, when that exceeds
+the fixed tolerance.
+
+Under autocast (bf16/fp16 forward) a float32-rounding difference in a parameter
+can flip a low-precision rounding in the forward, and Adam's normalised update
+amplifies that. Measured by nudging every parameter of torch's own run by one
+float32 ulp (``torch.nextafter``) before training: after 6 steps losses moved
+by up to 3.0e-6 relative, params by 1.7e-5 (GradScaler test here, fp16) and
+5.4e-4 (the Lightning bf16 run in test_frameworks.py), moments by up to 3.1e-3.
+The ``MIXED_*`` tolerances are about 10x those; a parameter stepped without a
+gradient still moves by ~1e-2 relative there (momentum) and is caught, and an
+unscaling mistake is off by the scale factor.
 """
 
 from __future__ import annotations
@@ -38,8 +57,10 @@ from torch import Tensor, nn
 import adamkit
 from helpers import assert_same, max_relative_error
 
-PARAM_RTOL = 2e-6
-STATE_RTOL = 5e-6
+PARAM_RTOL = 5e-6
+STATE_RTOL = 1e-5
+SPREAD_FACTOR = 8
+MIXED_LOSS_RTOL, MIXED_PARAM_RTOL, MIXED_STATE_RTOL = 3e-5, 5e-3, 3e-2
 LOSS_RTOL = 1e-6
 SIZE_RTOL = 0.01  # "same files and sizes (within 1 %)"
 LR = 1e-2
@@ -110,13 +131,29 @@ def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return list(model.named_parameters())
 
 
-def assert_params_close(model: nn.Module, reference: nn.Module, rtol: float = PARAM_RTOL) -> None:
+def spread_tolerance(rtol: float, torch_fused, reference: Tensor, name: str, key: str | None = None) -> float:
+    """``rtol``, or ``SPREAD_FACTOR`` times the relative difference between torch's fused
+    kernel and its for-loop on this tensor (param ``name``, or its state ``key``) where
+    that is larger; ``torch_fused`` is (model, optimizer) of the run on torch's fused kernel."""
+    if torch_fused is None:
+        return rtol
+    model, optimizer = torch_fused
+    fused = dict(named_params(model))[name]
+    if key is not None:
+        fused = optimizer.state[fused][key]
+    return max(rtol, SPREAD_FACTOR * max_relative_error(fused, reference))
+
+
+def assert_params_close(model: nn.Module, reference: nn.Module, rtol: float = PARAM_RTOL, torch_fused=None) -> None:
+    """Each parameter within ``rtol`` of the reference's (relative to the tensor's largest
+    value); with ``torch_fused`` = (model, optimizer) of the same run on torch's fused
+    kernel, within the spread that torch's own two kernels show on that tensor."""
     for (name, p), (_, q) in zip(named_params(model), named_params(reference), strict=True):
-        error = max_relative_error(p, q)
-        assert error <= rtol, f"{name}: relative error {error:.3g} > {rtol:g} against torch.optim"
+        error, tolerance = max_relative_error(p, q), spread_tolerance(rtol, torch_fused, q, name)
+        assert error <= tolerance, f"{name}: relative error {error:.3g} > {tolerance:.3g} against torch.optim"
 
 
-def assert_states_match(optimizer, model, reference_opt, reference, rtol: float = STATE_RTOL) -> None:
+def assert_states_match(optimizer, model, reference_opt, reference, rtol: float = STATE_RTOL, torch_fused=None) -> None:
     """Same params with state, same step counts (exactly), moments within rounding."""
     for (name, p), (_, q) in zip(named_params(model), named_params(reference), strict=True):
         ours, theirs = optimizer.state.get(p, {}), reference_opt.state.get(q, {})
@@ -125,13 +162,13 @@ def assert_states_match(optimizer, model, reference_opt, reference, rtol: float 
             if key == "step":
                 assert float(ours[key]) == float(value), f"{name}: step {float(ours[key])} != torch's {float(value)}"
             else:
-                error = max_relative_error(ours[key], value)
-                assert error <= rtol, f"{name} {key}: relative error {error:.3g}"
+                error, tolerance = max_relative_error(ours[key], value), spread_tolerance(rtol, torch_fused, value, name, key)
+                assert error <= tolerance, f"{name} {key}: relative error {error:.3g} > {tolerance:.3g}"
 
 
-def assert_losses_close(ours: list[float], theirs: list[float]) -> None:
+def assert_losses_close(ours: list[float], theirs: list[float], rtol: float = LOSS_RTOL) -> None:
     for step, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-        assert abs(a - b) <= LOSS_RTOL * abs(b), f"step {step}: loss {a!r} != torch's {b!r}"
+        assert abs(a - b) <= rtol * abs(b), f"step {step}: loss {a!r} != torch's {b!r}"
 
 
 def grad_presence(model: nn.Module) -> list[tuple[str, bool]]:
@@ -598,9 +635,10 @@ def test_grad_scaler_with_autocast_matches_torch(dtype, clip):
             losses[library].append(loss.item())
             scales[library].append(scaler.get_scale())
     assert scales["adamkit"] == scales["torch"]
-    assert_losses_close(losses["adamkit"][:3] + losses["adamkit"][4:], losses["torch"][:3] + losses["torch"][4:])
-    assert_params_close(runs["adamkit"][0], runs["torch"][0])
-    assert_states_match(runs["adamkit"][1], runs["adamkit"][0], runs["torch"][1], runs["torch"][0])
+    finite = [0, 1, 2, 4, 5]
+    assert_losses_close([losses["adamkit"][i] for i in finite], [losses["torch"][i] for i in finite], MIXED_LOSS_RTOL)
+    assert_params_close(runs["adamkit"][0], runs["torch"][0], MIXED_PARAM_RTOL)
+    assert_states_match(runs["adamkit"][1], runs["adamkit"][0], runs["torch"][1], runs["torch"][0], MIXED_STATE_RTOL)
 
 
 def test_compiled_model_matches_torch():
