@@ -340,7 +340,6 @@ def lightning_trainer(max_steps: int, checkpoint_dir: Path | None = None):
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        deterministic=True,
     )
 
 
