@@ -63,7 +63,6 @@ PAIR = ("torch", "adamkit")
 LR, WEIGHT_DECAY = 1e-2, 0.1
 
 
-
 def optimizer_for(library: str, params, **kwargs):
     return LIBRARIES[library](params, lr=LR, weight_decay=WEIGHT_DECAY, **EXTRA[library], **kwargs)
 
@@ -234,12 +233,25 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor, branch: str = "a") -> torch.
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
 
 
-def accelerate_setup(library: str):
-    accelerate = pytest.importorskip("accelerate")
+def reset_accelerate_state() -> None:
+    """accelerate keeps process-wide singletons; each set-up (and the tests after) starts clean."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def clean_accelerate():
+    pytest.importorskip("accelerate")
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()
+
+
+def accelerate_setup(library: str):
+    accelerate = pytest.importorskip("accelerate")
+    reset_accelerate_state()
     accelerator = accelerate.Accelerator(cpu=True)
     model = big_model(0)
     optimizer = optimizer_for(library, model.parameters())
@@ -259,7 +271,7 @@ def accelerate_steps(accelerator, model, optimizer, batches) -> list[float]:
     return losses
 
 
-def test_accelerate_save_state_load_state_and_save_model(tmp_path):
+def test_accelerate_save_state_load_state_and_save_model(tmp_path, clean_accelerate):
     results = {}
     for library in LIBRARIES:
         accelerator, model, optimizer, loader = accelerate_setup(library)
@@ -267,6 +279,7 @@ def test_accelerate_save_state_load_state_and_save_model(tmp_path):
         losses = accelerate_steps(accelerator, model, optimizer, batches[:3])
         accelerator.save_state(str(tmp_path / library / "state"))
         accelerator.save_model(model, str(tmp_path / library / "model"))  # safetensors by default
+        at_save = {k: v.detach().clone() for k, v in model.state_dict().items()}
         losses += accelerate_steps(accelerator, model, optimizer, batches[3:])
 
         # a fresh set-up restored from save_state continues bit for bit
@@ -285,6 +298,7 @@ def test_accelerate_save_state_load_state_and_save_model(tmp_path):
         fresh = big_model(seed=5)
         missing, unexpected = fresh.load_state_dict(saved, strict=False)
         assert not unexpected and set(missing) <= {"head.weight"}, (missing, unexpected)  # the tied copy
+        assert_same(saved, {k: at_save[k] for k in saved}, f"{library} save_model")
         results[library] = dict(losses=losses, model=model, optimizer=optimizer, saved=saved)
         assert_no_shared_storage(model, optimizer)
     ours, theirs, fused = (results[library] for library in ("adamkit", "torch", "torch-fused"))
