@@ -57,6 +57,7 @@ from torch import Tensor, nn
 import adamkit
 from adamkit import kernels
 from helpers import assert_same, max_relative_error
+from paths import path_params
 
 PARAM_RTOL = 5e-6
 STATE_RTOL = 1e-5
@@ -118,19 +119,24 @@ OPTIMIZERS = [
 OPTIMIZER_IDS = [row[0] for row in OPTIMIZERS]
 
 
-def build(library: str, row, params):
-    """The optimizer of ``row`` from one library; torch's is its for-loop (the reference)."""
+def build(library: str, row, params, path: dict | None = None):
+    """The optimizer of ``row`` from one library; torch's is its for-loop (the reference).
+    ``path`` (adamkit only) selects an execution path; by default adamkit picks, as for a user."""
     _, ours, theirs, kwargs = row
-    return ours(params, **kwargs) if library == "adamkit" else theirs(params, foreach=False, **kwargs)
+    return ours(params, **kwargs, **(path or {})) if library == "adamkit" else theirs(params, foreach=False, **kwargs)
 
 
-def both(row=OPTIMIZERS[0], seed: int = 0, model_fn=make_model):
+def both(row=OPTIMIZERS[0], seed: int = 0, model_fn=make_model, path: dict | None = None):
     """Identical models, one with the torch.optim optimizer of ``row`` and one with adamkit's."""
     runs = {}
     for library in ("torch", "adamkit"):
         model = model_fn(seed)
-        runs[library] = (model, build(library, row, model.parameters()))
+        runs[library] = (model, build(library, row, model.parameters(), path))
     return runs
+
+
+# The core checks also run on each execution path a user can select (tests/paths.py).
+ALL_PATHS = [pytest.param({}, id="default"), *path_params()]
 
 
 def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -225,12 +231,13 @@ def train(model, optimizer, schedule, first: int = 0):
     return losses, presence
 
 
+@pytest.mark.parametrize("path", ALL_PATHS)
 @pytest.mark.parametrize("schedule", list(SCHEDULES), ids=list(SCHEDULES))
 @pytest.mark.parametrize("row", OPTIMIZERS, ids=OPTIMIZER_IDS)
-def test_training_matches_torch(row, schedule):
+def test_training_matches_torch(row, schedule, path):
     """Losses, params, .grad None-ness after every reset, and state (which params have
     any, step counts, moments) match torch.optim through the schedule."""
-    runs = both(row)
+    runs = both(row, path=path)
     results = {lib: train(*runs[lib], SCHEDULES[schedule]) for lib in runs}
     (torch_losses, torch_presence), (losses, presence) = results["torch"], results["adamkit"]
     assert presence == torch_presence, "which .grad are None after zero_grad differs from torch"
@@ -263,13 +270,14 @@ def test_param_without_grad_is_not_touched(row):
 # -- .grad and parameter tensors: which tensor, and whose memory ------------------------------
 
 
+@pytest.mark.parametrize("path", ALL_PATHS)
 @pytest.mark.parametrize("set_to_none", [True, False])
-def test_gradient_held_by_the_user_after_zero_grad(set_to_none):
+def test_gradient_held_by_the_user_after_zero_grad(set_to_none, path):
     """``g = p.grad; opt.zero_grad()``: g keeps its values exactly when torch's does
     (set_to_none=True drops the reference, set_to_none=False zeroes g in place), and
     the next backward does not write into g when torch's does not."""
     outcome = {}
-    for library, (model, optimizer) in both().items():
+    for library, (model, optimizer) in both(path=path).items():
         train(model, optimizer, [("a", 1, "opt")] * 2)
         loss_of(model, 50).backward()
         held = {name: (p, p.grad, p.grad.clone()) for name, p in named_params(model) if p.grad is not None}
@@ -292,13 +300,14 @@ def tensor_identity(model: nn.Module) -> list:
     return [(name, id(p), p.data_ptr(), None if p.grad is None else (id(p.grad), p.grad.data_ptr())) for name, p in named_params(model)]
 
 
+@pytest.mark.parametrize("path", ALL_PATHS)
 @pytest.mark.parametrize("how", ["opt", "opt-keep", "module"])
-def test_step_updates_params_and_keeps_grads_in_place(how):
+def test_step_updates_params_and_keeps_grads_in_place(how, path):
     """torch's step writes into each param's own memory and leaves ``p.grad`` the very
     tensor autograd made (including after ``model.zero_grad()``, as HF Trainer calls it):
     whatever moves or replaces a tensor differs from torch."""
     changed = {}
-    for library, (model, optimizer) in both().items():
+    for library, (model, optimizer) in both(path=path).items():
         kept = []
         for step in range(4):
             zero(model, optimizer, how)
@@ -336,11 +345,12 @@ def storage_layout(model, optimizer) -> list[tuple[str, int, list[str]]]:
     ]
 
 
+@pytest.mark.parametrize("path", ALL_PATHS)
 @pytest.mark.parametrize("schedule", ["plain", "unused_branch", "set_to_none_false"])
 @pytest.mark.parametrize("row", OPTIMIZERS, ids=OPTIMIZER_IDS)
-def test_no_two_tensors_share_storage(row, schedule):
+def test_no_two_tensors_share_storage(row, schedule, path):
     """Each param, grad and state tensor is its own storage of its own size, as with torch."""
-    runs = both(row)
+    runs = both(row, path=path)
     layouts = {}
     for library, (model, optimizer) in runs.items():
         train(model, optimizer, SCHEDULES[schedule])
