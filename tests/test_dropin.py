@@ -10,26 +10,26 @@ Only torch and safetensors are needed; the framework runs are in
 test_frameworks.py.
 
 Tolerances. adamkit's kernel computes the per-step scalars in float64 and
-updates in float32; torch's for-loop (``foreach=False``, the reference here)
-rounds in a different order, so the two drift apart by float32 rounding.
-Measured with today's kernel: on these models over 12 steps params within
-1.9e-7 of a tensor's largest value, moments within 4.9e-7, losses within
-2.2e-7 relative; on the tiny GPT-2 of test_frameworks.py up to 2.4e-6 after 6
-steps (an MLP weight) and 1.5e-6 on LoRA adapters, where torch's own
-``fused=True`` kernel differs from its for-loop by 1.5e-6 and 6e-7.
-``PARAM_RTOL = 5e-6`` (about 40 float32 ulps) and ``STATE_RTOL = 1e-5`` cover
-that and are still 200x below what a real divergence produces here: stepping
-a parameter that had no gradient moves it by ``lr * weight_decay`` = 1e-3
+updates in float32 (with fused multiply-adds); torch's for-loop
+(``foreach=False``, the reference here) rounds in a different order, so the two
+drift apart by float32 rounding. Measured (flat kernel of 5841250 and the
+pointer-table kernel of e90ad72/ae7e168): params within 8.6e-7 of a tensor's
+largest value on the small model over 12 steps and 1.8e-6 on the width-96 one
+after 5 steps, moments within 4.9e-7, losses within 2.2e-7 relative; torch's
+own ``fused=True`` kernel differs from its for-loop by up to 2.9e-6 on these
+models. ``PARAM_RTOL = 1e-5`` and ``STATE_RTOL = 2e-5`` leave a 5x margin and
+are still 100x below what a real divergence produces here: stepping a
+parameter that had no gradient moves it by ``lr * weight_decay`` = 1e-3
 relative (more through the moments) and changes its moments by O(1). Runs of
 the same library are compared bit for bit.
 
 Some tensors amplify rounding: GPT-2's attention key bias has an exact gradient
 of zero (softmax ignores a constant shift), so its gradient is rounding noise
 that Adam normalises to full-size steps; there torch's own ``fused=True``
-kernel differs from its for-loop by 1e-3 after 6 steps. The framework tests
-therefore also run torch's fused kernel and allow each tensor ``SPREAD_FACTOR``
-(8) times the difference between torch's two kernels on it, when that exceeds
-the fixed tolerance.
+kernel differs from its for-loop by 5e-4 to 1e-3 after 6 steps. The framework
+tests therefore also run torch's fused kernel and allow each tensor
+``SPREAD_FACTOR`` (8) times the difference between torch's two kernels on it,
+when that exceeds their fixed tolerance (test_frameworks.py).
 
 Under autocast (bf16/fp16 forward) a float32-rounding difference in a parameter
 can flip a low-precision rounding in the forward, and Adam's normalised update
@@ -59,8 +59,8 @@ from adamkit import kernels
 from helpers import assert_same, max_relative_error
 from paths import path_params
 
-PARAM_RTOL = 5e-6
-STATE_RTOL = 1e-5
+PARAM_RTOL = 1e-5
+STATE_RTOL = 2e-5
 SPREAD_FACTOR = 8
 MIXED_LOSS_RTOL, MIXED_PARAM_RTOL, MIXED_STATE_RTOL = 3e-5, 5e-3, 3e-2
 LOSS_RTOL = 1e-6

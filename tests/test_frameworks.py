@@ -8,9 +8,15 @@ configs and data are generated: nothing is downloaded, and the network is never
 tried (offline switches below). The frameworks come with the ``test`` extras;
 ``importorskip`` only guards a machine without them.
 
-Tolerances are test_dropin.py's, measured there: float32 rounding between
-adamkit's kernel and torch's for-loop, and the looser ``MIXED_*`` ones under
-bf16 autocast (Lightning).
+Tolerances (see test_dropin.py for how they were measured). These runs use
+wider models, gradient clipping and warm-up, and some tensors amplify float32
+rounding: adamkit's kernel vs torch's for-loop was measured up to 1.4e-5 on the
+accelerate run's branch weights (torch's fused kernel: 1.6e-6 to 2.9e-6 there)
+and 2.4e-6 on GPT-2's MLP weights. ``FRAMEWORK_PARAM_RTOL = 1e-4`` (7x) and the
+per-tensor spread of torch's own two kernels times ``SPREAD_FACTOR``, whichever
+is larger; the divergences these tests look for (a parameter stepped without a
+gradient, a lost or duplicated tensor, a skipped clip) are 1e-3 and more. Under
+bf16 autocast (Lightning) the ``MIXED_*`` tolerances of test_dropin.py apply.
 """
 
 from __future__ import annotations
@@ -44,7 +50,6 @@ from test_dropin import (  # noqa: E402
     MIXED_LOSS_RTOL,
     MIXED_PARAM_RTOL,
     MIXED_STATE_RTOL,
-    PARAM_RTOL,
     SPREAD_FACTOR,
     SIZE_RTOL,
     assert_losses_close,
@@ -61,6 +66,7 @@ LIBRARIES = {"torch": torch.optim.AdamW, "adamkit": adamkit.AdamW, "torch-fused"
 EXTRA = {"torch": dict(foreach=False), "adamkit": {}, "torch-fused": dict(fused=True)}
 PAIR = ("torch", "adamkit")
 LR, WEIGHT_DECAY = 1e-2, 0.1
+FRAMEWORK_PARAM_RTOL, FRAMEWORK_STATE_RTOL, FRAMEWORK_LOSS_RTOL = 1e-4, 2e-4, 1e-5
 
 
 def optimizer_for(library: str, params, **kwargs):
@@ -187,9 +193,10 @@ def test_hf_trainer_trains_like_torch(hf_runs):
     ours, theirs, fused = (hf_runs[library]["trainer"] for library in ("adamkit", "torch", "torch-fused"))
     spread = (fused.model, unwrap(fused.optimizer))
     assert len(losses_of(theirs)) == 6
-    assert_losses_close(losses_of(ours), losses_of(theirs))
-    assert_params_close(ours.model, theirs.model, torch_fused=spread)
-    assert_states_match(unwrap(ours.optimizer), ours.model, unwrap(theirs.optimizer), theirs.model, torch_fused=spread)
+    assert_losses_close(losses_of(ours), losses_of(theirs), FRAMEWORK_LOSS_RTOL)
+    assert_params_close(ours.model, theirs.model, FRAMEWORK_PARAM_RTOL, torch_fused=spread)
+    optimizers = (unwrap(ours.optimizer), ours.model, unwrap(theirs.optimizer), theirs.model)
+    assert_states_match(*optimizers, FRAMEWORK_STATE_RTOL, torch_fused=spread)
     assert [p.grad is None for p in ours.model.parameters()] == [p.grad is None for p in theirs.model.parameters()]
     assert_no_shared_storage(ours.model, unwrap(ours.optimizer))
 
@@ -302,13 +309,13 @@ def test_accelerate_save_state_load_state_and_save_model(tmp_path, clean_acceler
         results[library] = dict(losses=losses, model=model, optimizer=optimizer, saved=saved)
         assert_no_shared_storage(model, optimizer)
     ours, theirs, fused = (results[library] for library in ("adamkit", "torch", "torch-fused"))
-    assert_losses_close(ours["losses"], theirs["losses"])
-    assert_params_close(ours["model"], theirs["model"], torch_fused=(fused["model"], fused["optimizer"]))
+    assert_losses_close(ours["losses"], theirs["losses"], FRAMEWORK_LOSS_RTOL)
+    assert_params_close(ours["model"], theirs["model"], FRAMEWORK_PARAM_RTOL, torch_fused=(fused["model"], fused["optimizer"]))
     assert sorted(ours["saved"]) == sorted(theirs["saved"])
     for name, tensor in theirs["saved"].items():
         assert ours["saved"][name].shape == tensor.shape
         error = max_relative_error(ours["saved"][name], tensor)
-        assert error <= max(PARAM_RTOL, SPREAD_FACTOR * max_relative_error(fused["saved"][name], tensor)), name
+        assert error <= max(FRAMEWORK_PARAM_RTOL, SPREAD_FACTOR * max_relative_error(fused["saved"][name], tensor)), name
     for kind in ("state", "model"):
         assert_same_files(file_sizes(tmp_path / "adamkit" / kind), file_sizes(tmp_path / "torch" / kind))
 
@@ -412,8 +419,8 @@ def test_peft_lora_steps_only_the_adapters_like_torch():
         assert all(not torch.equal(p, torch.zeros_like(p)) for name, p in lora.items() if "lora_B" in name)
         results[library] = dict(losses=losses, lora=lora, optimizer=optimizer, model=model)
         assert_no_shared_storage(model, optimizer)
-    assert_losses_close(results["adamkit"]["losses"], results["torch"]["losses"])
+    assert_losses_close(results["adamkit"]["losses"], results["torch"]["losses"], FRAMEWORK_LOSS_RTOL)
     for name, p in results["torch"]["lora"].items():
         error = max_relative_error(results["adamkit"]["lora"][name], p)
-        tolerance = max(PARAM_RTOL, SPREAD_FACTOR * max_relative_error(results["torch-fused"]["lora"][name], p))
+        tolerance = max(FRAMEWORK_PARAM_RTOL, SPREAD_FACTOR * max_relative_error(results["torch-fused"]["lora"][name], p))
         assert error <= tolerance, f"{name}: relative error {error:.3g} > {tolerance:.3g}"
