@@ -1,6 +1,6 @@
 """The Adam-family update rule: the one place where the math lives.
 
-Every execution path (the per-tensor loop below, the flat fused kernel, the
+Every execution path (the per-tensor loop below, the fused multi-tensor kernel, the
 low-precision codecs) consumes the same :class:`StepScalars`, computed once per
 step and parameter group by :func:`step_scalars`. The per-element contract is
 

@@ -7,13 +7,14 @@ torch's keys), and hand tensors to an execution path. The math lives in
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import flat, flat_lowprec, functional, kernels, lowprec, state_dicts, validation
+from . import functional, kernels, lowprec, multi_tensor, state_dicts, validation
 
 __all__ = ["Adam", "AdamW", "AMSGrad"]
 
@@ -45,7 +46,7 @@ class _AdamFamily(Optimizer):
         if len(params) == 0:
             raise ValueError("Invalid params: the optimizer got an empty parameter list")
         super().__init__(params, defaults)
-        self._flat_groups: dict[int, flat.FlatGroup] = {}
+        self._group_plans: dict[int, multi_tensor.GroupPlans] = {}
         self._scalar_cache: dict[int, tuple[dict[str, Any], dict[float, functional.StepScalars]]] = {}
         if defaults["fused"] is not False:
             kernels.build.build_in_background()
@@ -85,14 +86,14 @@ class _AdamFamily(Optimizer):
 
     @staticmethod
     def _check_fused(params: list[Tensor]) -> None:
-        """fused=True promises the flat fused kernel: refuse what it cannot run."""
+        """fused=True promises the fused kernel: refuse what it cannot run."""
         if not kernels.available():
             kernels.build.load_library()  # raises KernelBuildError with the compiler's message
         for index, param in enumerate(params):
-            if param.device.type != "cpu" or param.dtype not in kernels.FLAT_PARAM_DTYPES:
+            if param.device.type != "cpu" or param.dtype not in kernels.KERNEL_PARAM_DTYPES:
                 raise ValueError(
                     f"Invalid params[{index}]: fused=True supports CPU tensors of dtype "
-                    f"{[str(d) for d in kernels.FLAT_PARAM_DTYPES]}, got {param.dtype} on {param.device}; use fused=None"
+                    f"{[str(d) for d in kernels.KERNEL_PARAM_DTYPES]}, got {param.dtype} on {param.device}; use fused=None"
                 )
 
     def _group_defaults(self) -> dict[str, Any]:
@@ -102,7 +103,7 @@ class _AdamFamily(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._flat_groups = {}
+        self._group_plans = {}
         self._scalar_cache = {}
         for group in self.param_groups:
             for key, value in self._group_defaults().items():
@@ -127,11 +128,11 @@ class _AdamFamily(Optimizer):
         """
         state_dicts.check_state_dict(self, state_dict, self._group_defaults())
         converted = lowprec.prepare_load(self, state_dict, self._group_defaults(), convert_state_dtypes)
-        old_state, old_groups, flat_groups = self.state, self.param_groups, self._flat_groups
+        old_state, old_groups = self.state, self.param_groups
         try:
             super().load_state_dict(state_dict)
         except BaseException:
-            self.state, self.param_groups, self._flat_groups = old_state, old_groups, flat_groups
+            self.state, self.param_groups = old_state, old_groups
             raise
         for group, old_group in zip(self.param_groups, old_groups):
             if group["decoupled_lr"] and "decoupled_lr_base" not in group:
@@ -139,10 +140,7 @@ class _AdamFamily(Optimizer):
                 group["decoupled_lr_base"] = old_group.get("decoupled_lr_base", validation.as_float(old_group["lr"]))
             group.update({key: old_group.get(key, default) for key, default in lowprec.GROUP_DEFAULTS.items()})
         self.state.update(converted)  # torch's loader casts state to the param dtype; use ours
-        # Keep the flat buffers (no reallocation); the next step copies the loaded state in.
-        self._flat_groups = flat_groups
-        for flat_group in flat_groups.values():
-            flat_group.state_stale = True
+        self._group_plans = {}  # the kernel's tables point at the new state from the next step
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "_AdamFamily":
         """Move and/or cast every moment tensor of the state, in place; returns self.
@@ -168,7 +166,7 @@ class _AdamFamily(Optimizer):
             for param, param_state in self.state.items()
         }
         self.state.update(moved)  # only after every tensor moved: a failure changes nothing
-        self._flat_groups = {}  # the flat buffers are rebuilt from the moved state at the next step
+        self._group_plans = {}  # the kernel's tables point at the moved state from the next step
         return self
 
     # -- the step ---------------------------------------------------------------------
@@ -211,12 +209,8 @@ class _AdamFamily(Optimizer):
     def _refuse_sparse_low_precision(self) -> None:
         """Sparse gradients for low-precision layouts are refused before anything is updated."""
         for index, group in enumerate(self.param_groups):
-            flat_group = self._flat_groups.get(index)
-            if flat_group is None or not flat_group.valid_for(group):
-                candidates = group["params"]
-            else:  # plain buckets handle sparse grads; a low-precision one holds none while its grads are its views
-                buckets = [b for b in flat_group.buckets if isinstance(b, flat_lowprec.LowPrecisionBucket) and not b.grads_in_place()]
-                candidates = [p for bucket in buckets for p in bucket.params] + flat_group.leftovers
+            plans = self._group_plans.get(index)
+            candidates = plans.low_precision if plans is not None and plans.valid_for(group) else group["params"]
             lowprec.refuse_sparse_grads(group, index, candidates)
 
     def _nonfinite_says_skip(self) -> bool:
@@ -225,11 +219,7 @@ class _AdamFamily(Optimizer):
         for group_index, group in enumerate(self.param_groups):
             if group["nonfinite"] == "propagate":
                 continue
-            flat_group = self._flat_groups.get(group_index)
-            if flat_group is not None and flat_group.valid_for(group) and not flat_group.any_nonfinite_grad():
-                params = flat_group.leftovers  # the buckets' gradients are all finite
-            else:
-                params = group["params"]
+            params = group["params"]
             for param in params:
                 if param.grad is None or kernels.count_nonfinite(param.grad) == 0:
                     continue
@@ -284,29 +274,21 @@ class _AdamFamily(Optimizer):
     def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
         scalars_for = self._group_scalars(group, grad_scale)
         params = group["params"]
-        fused = self._uses_flat_path(group)
-        if fused:
-            flat_group = self._flat_groups.get(index)
-            ready = flat_group.readiness() if flat_group is not None and flat_group.valid_for(group) else None
-            if ready is None:  # first step, a changed group, or a param whose .data was replaced
-                flat_group = self._flat_groups[index] = flat.FlatGroup(group, self.state, index)
-                ready = flat_group.readiness() or [False] * len(flat_group.buckets)
-            elif flat_group.state_stale:
-                flat_group.refresh_state(self.state)
-            for bucket, bucket_ready in zip(flat_group.buckets, ready):
-                bucket.step(scalars_for, bucket_ready)
-            params = flat_group.leftovers
+        if self._uses_kernel(group):
+            amsgrad = group["amsgrad"]
+            for attempt in range(2):
+                plans = self._group_plans.get(index)
+                if plans is None or not plans.valid_for(group) or attempt:  # first step, a changed group or moved memory
+                    plans = self._group_plans[index] = multi_tensor.GroupPlans(group, index)
+                left = plans.step(self.state, lambda param: self._init_state(param, amsgrad), scalars_for)
+                if left is not None:
+                    params = left
+                    break
         params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
-        self._loop_step(params, group["amsgrad"], scalars_for, fused)
+        self._loop_step(params, group["amsgrad"], scalars_for)
 
-    def _loop_step(
-        self,
-        params: list[Tensor],
-        amsgrad: bool,
-        scalars_for: Callable[[float], functional.StepScalars],
-        fused: bool = False,
-    ) -> None:
-        """One update per tensor: the reference path, or with ``fused`` the kernel per tensor where it runs."""
+    def _loop_step(self, params: list[Tensor], amsgrad: bool, scalars_for: Callable[[float], functional.StepScalars]) -> None:
+        """The reference path: one functional update per tensor, torch ops in torch's order."""
         for param in params:
             grad = param.grad
             if grad is None:
@@ -314,44 +296,35 @@ class _AdamFamily(Optimizer):
             state = self._init_state(param, amsgrad)
             state["step"] += 1
             max_exp_avg_sq = state.get("max_exp_avg_sq") if amsgrad else None
-            scalars = scalars_for(state["step"].item())
-            args = (param, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq, scalars)
-            if fused and not grad.is_sparse and kernels.adam_tensor_(*args):
-                continue
             update = functional.adam_sparse_update_ if grad.is_sparse else functional.adam_update_
-            update(*args)
+            update(param, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq, scalars_for(state["step"].item()))
 
     @staticmethod
-    def _uses_flat_path(group: dict[str, Any]) -> bool:
-        # fused=None (default) picks the flat fused kernel when it can be built here.
-        return group["fused"] is True or (group["fused"] is None and kernels.available())
+    def _uses_kernel(group: dict[str, Any]) -> bool:
+        """fused=None (default) takes the fused kernel where it can be built; False never does."""
+        if group["fused"] is False:
+            return False
+        if group["fused"] is None and not kernels.available():
+            _warn_reference_path_once()
+            return False
+        return True
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset gradients.
+_warned_reference_path = False
 
-        Parameters on the flat path keep their ``.grad`` as a view of the flat
-        gradient buffer, which is zeroed whatever ``set_to_none`` says: that is
-        what lets autograd write gradients into the buffer without a copy. Other
-        parameters follow torch (``set_to_none=True`` sets ``.grad`` to None).
-        """
-        for index, group in enumerate(self.param_groups):
-            flat_group = self._flat_groups.get(index)
-            params = group["params"]
-            if flat_group is not None and flat_group.valid_for(group):
-                for bucket in flat_group.buckets:
-                    bucket.zero_grad()
-                params = flat_group.leftovers
-            for param in params:
-                if param.grad is None:
-                    continue
-                if set_to_none:
-                    param.grad = None
-                else:
-                    if param.grad.grad_fn is not None:
-                        param.grad.detach_()
-                    else:
-                        param.grad.requires_grad_(False)
-                    param.grad.zero_()
+
+def _warn_reference_path_once() -> None:
+    global _warned_reference_path
+    if not _warned_reference_path:
+        _warned_reference_path = True
+        try:
+            kernels.build.load_library()
+        except kernels.KernelBuildError as error:
+            warnings.warn(
+                f"adamkit: the fused CPU kernel cannot be built here, so every step takes the slower "
+                f"reference path (torch ops per tensor; results are the same): {error}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
 
 def _options(namespace: dict[str, Any], **fixed: Any) -> dict[str, Any]:
