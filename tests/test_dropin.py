@@ -183,7 +183,7 @@ def assert_losses_close(ours: list[float], theirs: list[float], rtol: float = LO
         assert abs(a - b) <= rtol * abs(b), f"step {step}: loss {a!r} != torch's {b!r}"
 
 
-def grad_presence(model: nn.Module) -> list[tuple[str, bool]]:
+def grads_none(model: nn.Module) -> list[tuple[str, bool]]:
     return [(name, p.grad is None) for name, p in named_params(model)]
 
 
@@ -216,11 +216,11 @@ SCHEDULES = {
 
 
 def train(model, optimizer, schedule, first: int = 0):
-    """Run ``schedule``; returns the losses and the grad presence seen after each reset."""
-    losses, presence = [], []
+    """Run ``schedule``; returns the losses and which grads were None after each reset."""
+    losses, none = [], []
     for index, (branch, micro, how) in enumerate(schedule):
         zero(model, optimizer, how)
-        presence.append(grad_presence(model))
+        none.append(grads_none(model))
         total = 0.0
         for k in range(micro):
             loss = loss_of(model, 10 * (first + index) + k, branch) / micro
@@ -228,7 +228,7 @@ def train(model, optimizer, schedule, first: int = 0):
             total += loss.item()
         optimizer.step()
         losses.append(total)
-    return losses, presence
+    return losses, none
 
 
 @pytest.mark.parametrize("path", ALL_PATHS)
@@ -239,9 +239,9 @@ def test_training_matches_torch(row, schedule, path):
     any, step counts, moments) match torch.optim through the schedule."""
     runs = both(row, path=path)
     results = {lib: train(*runs[lib], SCHEDULES[schedule]) for lib in runs}
-    (torch_losses, torch_presence), (losses, presence) = results["torch"], results["adamkit"]
-    assert presence == torch_presence, "which .grad are None after zero_grad differs from torch"
-    assert grad_presence(runs["adamkit"][0]) == grad_presence(runs["torch"][0])
+    (torch_losses, torch_none), (losses, none) = results["torch"], results["adamkit"]
+    assert none == torch_none, "which .grad are None after zero_grad differs from torch"
+    assert grads_none(runs["adamkit"][0]) == grads_none(runs["torch"][0])
     assert_losses_close(losses, torch_losses)
     assert_params_close(runs["adamkit"][0], runs["torch"][0])
     assert_states_match(runs["adamkit"][1], runs["adamkit"][0], runs["torch"][1], runs["torch"][0])
