@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -358,3 +361,33 @@ def test_decoupled_lr_base_survives_schedulers_that_rewrite_initial_lr(path):
         optimizer.step()
         scheduler.step()
         torch.testing.assert_close(param.detach(), before * (1 - 0.5 * lr / 1e-2), rtol=1e-12, atol=0)
+
+
+NO_COMPILER_SCRIPT = """
+import warnings, torch, adamkit
+torch.manual_seed(0)
+params = [torch.nn.Parameter(torch.randn(50)) for _ in range(3)]
+twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+ours, theirs = adamkit.AdamW(params), torch.optim.AdamW(twins, foreach=False)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for _ in range(3):
+        for p, q in zip(params, twins):
+            p.grad = q.grad = torch.randn(50)
+        ours.step(); theirs.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, twins))
+    adamkit.Adam(params).step()  # another optimizer: no second warning
+messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+assert len(messages) == 1, messages
+assert "reference path" in messages[0] and "compiler" in messages[0], messages
+print("ok")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a POSIX environment")
+def test_without_a_compiler_the_reference_path_runs_and_says_so_once(tmp_path):
+    """A machine with no C++ compiler: adamkit still trains (the loop path, torch's arithmetic)
+    and warns once why it is slower."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "ADAMKIT_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", NO_COMPILER_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

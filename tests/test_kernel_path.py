@@ -383,3 +383,4 @@ def test_kernel_equals_torch_fused_adam_bit_for_bit(dtype, options):
         results.append([p.detach().clone() for p in params] + [t for p in params for t in optimizer.state[p].values()])
     for theirs, ours in zip(*results):
         assert torch.equal(theirs, ours)
+
