@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import flat, flat_lowprec, functional, kernels, lowprec, state_dicts, validation
+from . import device, flat, flat_lowprec, functional, kernels, lowprec, state_dicts, validation
 
 __all__ = ["Adam", "AdamW", "AMSGrad"]
 
@@ -89,6 +89,8 @@ class _AdamFamily(Optimizer):
         if not kernels.available():
             kernels.build.load_library()  # raises KernelBuildError with the compiler's message
         for index, param in enumerate(params):
+            if param.device.type != "cpu" and param.is_floating_point():
+                continue  # the device path (issue 14) steps it with fused multi-tensor kernels
             if param.device.type != "cpu" or param.dtype not in kernels.FLAT_PARAM_DTYPES:
                 raise ValueError(
                     f"Invalid params[{index}]: fused=True supports CPU tensors of dtype "
@@ -230,6 +232,10 @@ class _AdamFamily(Optimizer):
                 params = flat_group.leftovers  # the buckets' gradients are all finite
             else:
                 params = group["params"]
+            on_device = [p for p in params if device.takes(p)]
+            if on_device:  # the device path (issue 14): one multi-tensor check and one sync, not one per tensor
+                first = device.first_nonfinite(on_device)
+                params = [p for p in params if not device.takes(p)] + ([on_device[first]] if first is not None else [])
             for param in params:
                 if param.grad is None or kernels.count_nonfinite(param.grad) == 0:
                     continue
@@ -282,8 +288,18 @@ class _AdamFamily(Optimizer):
         return scalars_for
 
     def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
-        scalars_for = self._group_scalars(group, grad_scale)
         params = group["params"]
+        if any(device.takes(p) for p in params):  # the device path (issue 14): non-CPU params
+            # step() has applied found_inf and the nonfinite policy to every group already
+            on_device = [p for p in params if device.takes(p)]
+            device.step_params(self.state, group, index, on_device, getattr(self, "grad_scale", None), None, nonfinite_checked=True)
+            params = [p for p in params if not device.takes(p)]
+            if not params:
+                return
+            scalars_for = self._group_scalars(group, grad_scale)
+            params = lowprec.loop_step(self.state, group, index, params, scalars_for)
+            return self._loop_step(params, group["amsgrad"], scalars_for, self._uses_flat_path(group))
+        scalars_for = self._group_scalars(group, grad_scale)
         fused = self._uses_flat_path(group)
         if fused:
             flat_group = self._flat_groups.get(index)
