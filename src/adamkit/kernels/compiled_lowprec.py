@@ -188,7 +188,8 @@ def step_params(
             grad_scale=grad_scale,
         )
         stream = codecs.stream_id(group_index, positions[id(param)])
-        if shards.is_dtensor(param) or not param.is_contiguous() or not param.grad.is_contiguous():
+        elementwise = [param, param.grad] + [t for k, t in state.items() if k != "step" and not k.endswith("_absmax")]
+        if shards.is_dtensor(param) or not all(t.is_contiguous() for t in elementwise):
             # Shards: the local part with the whole parameter's blocks and streams, as on the CPU.
             lowprec.update_(param, param.grad, state, layout, amsgrad, scalars, seed, stream)
             continue
@@ -198,16 +199,17 @@ def step_params(
             cached = constants[(step, device)] = torch.tensor(_constants(scalars), dtype=torch.float32).to(device)
         key = codecs.block_key(seed, int(step), stream) if layout.rounding == "stochastic" else 0
         absmax = {k: state.get(codecs.absmax_key(k)) for k in lowprec.MOMENT_KEYS}
+        flat = lambda t: None if t is None else t.view(-1)  # 1-D: one graph per family whatever the ndim
         _runner(device)(
-            param.detach(),
-            param.grad,
-            state["exp_avg"],
+            param.detach().view(-1),
+            param.grad.view(-1),
+            flat(state["exp_avg"]),
             absmax["exp_avg"],
-            state["exp_avg_sq"],
+            flat(state["exp_avg_sq"]),
             absmax["exp_avg_sq"],
-            state.get("max_exp_avg_sq") if amsgrad else None,
+            flat(state.get("max_exp_avg_sq")) if amsgrad else None,
             absmax["max_exp_avg_sq"] if amsgrad else None,
-            state.get("kahan_comp") if layout.kahan else None,
+            flat(state.get("kahan_comp")) if layout.kahan else None,
             cached,
             key,
             layout.exp_avg,
