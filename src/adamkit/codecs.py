@@ -226,7 +226,10 @@ def _unblock(blocks: Tensor, offset: int, numel: int) -> Tensor:
 
 def _encode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
     """top / absmax per block (0 for an all-zero block; capped so subnormal blocks stay finite)."""
-    return torch.where(absmax > 0, code.top / absmax, torch.zeros_like(absmax)).clamp_(max=_INV_TOP_LIMIT)
+    # A float32 division, as the C++ kernel's (torch computes `number / tensor` as number * (1 / tensor),
+    # which differs in the last bit for some absmax and would move codes off the kernel's).
+    top = torch.full_like(absmax, code.top)
+    return torch.where(absmax > 0, top / absmax, torch.zeros_like(absmax)).clamp_(max=_INV_TOP_LIMIT)
 
 
 def _decode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:

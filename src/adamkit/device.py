@@ -154,6 +154,7 @@ def _init_dense_state(state: dict[str, Any], param: Tensor, amsgrad: bool) -> No
         state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
+@torch.no_grad()
 def step_params(
     optimizer_state: dict[Tensor, dict[str, Any]],
     group: dict[str, Any],

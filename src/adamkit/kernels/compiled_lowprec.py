@@ -199,10 +199,11 @@ def step_params(
             cached = constants[(step, device)] = torch.tensor(_constants(scalars), dtype=torch.float32).to(device)
         key = codecs.block_key(seed, int(step), stream) if layout.rounding == "stochastic" else 0
         absmax = {k: state.get(codecs.absmax_key(k)) for k in lowprec.MOMENT_KEYS}
-        flat = lambda t: None if t is None else t.view(-1)  # 1-D: one graph per family whatever the ndim
+        # 1-D aliases without a view base: one graph per family whatever the ndim
+        flat = lambda t: None if t is None else t.detach().view(-1).detach()
         _runner(device)(
-            param.detach().view(-1),
-            param.grad.view(-1),
+            flat(param),
+            flat(param.grad),
             flat(state["exp_avg"]),
             absmax["exp_avg"],
             flat(state["exp_avg_sq"]),

@@ -1,0 +1,362 @@
+"""The device path (adamkit.device), run on CPU tensors: its arithmetic, its multi-tensor
+shape, and bitwise agreement of the low-precision codecs with the CPU kernel.
+
+No test needs an accelerator: ``device.force_cpu()`` routes CPU parameters through the
+same code a GPU parameter takes (torch's fused and foreach kernels exist for the CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import adamkit
+from adamkit import codecs, device, kernels
+from adamkit.kernels import compiled_lowprec
+from helpers import max_relative_error, snapshot, assert_same
+from optimizer_table import CASES, WEIGHT_DECAY, OptimizerCase
+from reference import ReferenceAdam
+from test_exactness import F64_RTOL, NON_CONTIGUOUS, STEPS, TorchRun, float32_error, gradients, initial_arrays, learning_rates, torch_float32_error
+from test_lowprec_optim import MODES, assert_same_state, make_params as lowprec_params
+
+IMPLEMENTATIONS = ["fused", "foreach"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- dense parameters: exactness -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.desc)
+def test_float64_matches_reference(case: OptimizerCase, implementation: str) -> None:
+    """Every row of the table, 200 steps of a changing lr, a zero-size, a size-1 and a
+    non-contiguous parameter and one None gradient: float64 within 1e-12 of the reference."""
+    reference = ReferenceAdam(list(initial_arrays()), **case.reference_kwargs())
+    with device.force_cpu(implementation):
+        run = TorchRun(case.build, torch.float64)
+        worst = 0.0
+        for t in range(STEPS):
+            run.step(t)
+            reference.step(list(gradients()[t]), learning_rates()[t])
+            worst = max(worst, *(max_relative_error(p, e) for p, e in zip(run.params, reference.params)))
+    assert worst <= F64_RTOL, f"{case.desc} ({implementation}): params off by {worst:.3g} relative"
+    assert not run.params[NON_CONTIGUOUS].is_contiguous()
+    for param, expected in zip(run.params, reference.state):
+        state = run.optimizer.state[param]
+        assert float(state["step"]) == expected.step
+        for key in ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if case.amsgrad else []):
+            assert max_relative_error(state[key], getattr(expected, key)) <= F64_RTOL, key
+
+
+FLOAT32_CASES = [
+    OptimizerCase(adamkit.AdamW, dict(weight_decay=WEIGHT_DECAY)),
+    OptimizerCase(adamkit.Adam, dict(weight_decay=WEIGHT_DECAY, amsgrad=True, maximize=True)),
+    OptimizerCase(adamkit.AdamW, dict(weight_decay=2e-3, decoupled_lr=True, bias_correction=False)),
+]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", FLOAT32_CASES, ids=lambda c: c.desc)
+def test_float32_error_at_most_twice_torch(case: OptimizerCase, implementation: str) -> None:
+    torch_cls, torch_kwargs, same_math = case.torch_config()
+    torch_reference = {**case.reference_kwargs(), **({} if same_math else {"bias_correction": True})}
+    torch_error = torch_float32_error(torch_cls, tuple(sorted(torch_kwargs.items())), tuple(sorted(torch_reference.items())))
+    with device.force_cpu(implementation):
+        our_error, _ = float32_error(case.build, case.reference_kwargs())
+    assert 0 < our_error <= 2 * torch_error, (our_error, torch_error)
+
+
+def _params(shapes, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype)) for shape in shapes]
+
+
+def _grads(params, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(p.shape, generator=generator).to(p.dtype) for p in params]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("options", [dict(), dict(amsgrad=True, maximize=True)], ids=["plain", "amsgrad-maximize"])
+def test_bitwise_equal_to_torch_fused(dtype, options) -> None:
+    """With torch's configuration the device path is torch's own fused AdamW, bit for bit."""
+    shapes = [(7, 5), (0,), (1,), (300,)]
+    ours, theirs = _params(shapes, dtype), _params(shapes, dtype)
+    a = adamkit.AdamW(ours, lr=1e-2, weight_decay=0.1, **options)
+    b = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1, fused=True, **options)
+    for step in range(5):
+        for p, q, g in zip(ours, theirs, _grads(ours, step)):
+            p.grad, q.grad = g.clone(), g.clone()
+        with device.force_cpu("fused"):
+            a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q)
+        for key, value in b.state[q].items():
+            assert torch.equal(a.state[p][key], value), key
+
+
+# -- the extras ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_grad_scale_and_found_inf_are_applied_without_leaving_tensors(implementation) -> None:
+    """GradScaler's tensors: a power-of-two scale divides out exactly; found_inf=1 changes nothing."""
+    plain, scaled = _params([(40,), (3, 3)]), _params([(40,), (3, 3)])
+    optimizer_plain, optimizer_scaled = adamkit.AdamW(plain, lr=1e-2), adamkit.AdamW(scaled, lr=1e-2)
+    group, scaled_group = optimizer_plain.param_groups[0], optimizer_scaled.param_groups[0]
+    with device.force_cpu(implementation):
+        for step in range(3):
+            for p, q, g in zip(plain, scaled, _grads(plain, step)):
+                p.grad, q.grad = g.clone(), g * 1024
+            device.step_params(optimizer_plain.state, group, 0, plain)
+            device.step_params(optimizer_scaled.state, scaled_group, 0, scaled, torch.tensor(1024.0), torch.zeros(1))
+        before = snapshot(optimizer_scaled)
+        for q in scaled:
+            q.grad = torch.full_like(q, 5.0)
+        device.step_params(optimizer_scaled.state, scaled_group, 0, scaled, torch.tensor(1024.0), torch.ones(1))
+    assert_same(snapshot(optimizer_scaled), before)  # found_inf: no parameter, moment or step changed
+    for p, q in zip(plain, scaled):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_tensor_lr_equals_float_lr(implementation) -> None:
+    floats, tensors = _params([(50,), (2, 8)]), _params([(50,), (2, 8)])
+    a = adamkit.AdamW(floats, lr=3e-3, weight_decay=0.1)
+    b = adamkit.AdamW(tensors, lr=torch.tensor(3e-3), weight_decay=0.1)
+    for step in range(4):
+        for p, q, g in zip(floats, tensors, _grads(floats, step)):
+            p.grad, q.grad = g.clone(), g.clone()
+        with device.force_cpu(implementation):
+            a.step()
+            b.step()
+    for p, q in zip(floats, tensors):
+        assert max_relative_error(q, p) < 1e-6
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("through", ["optimizer", "step_params"])
+def test_nonfinite_skip_changes_nothing(implementation, through) -> None:
+    params = _params([(30,), (4, 4), (6,)])
+    optimizer = adamkit.AdamW(params, lr=1e-2, nonfinite="skip")
+    with device.force_cpu(implementation):
+        for p, g in zip(params, _grads(params, 0)):
+            p.grad = g
+        optimizer.step()
+        before = snapshot(optimizer)
+        for p, g in zip(params, _grads(params, 1)):
+            p.grad = g
+        params[1].grad[2, 3] = float("nan")
+        if through == "optimizer":
+            optimizer.step()
+        else:  # the device-side flag (no host sync on the fused path)
+            device.step_params(optimizer.state, optimizer.param_groups[0], 0, params)
+    after = snapshot(optimizer)
+    if through == "optimizer":
+        assert after["groups"][0]["values"].pop("skipped_steps") == 1
+        before["groups"][0]["values"].pop("skipped_steps")
+    assert_same(after, before)
+
+
+@pytest.mark.parametrize("through", ["optimizer", "step_params"])
+def test_nonfinite_raise_names_the_parameter_and_changes_nothing(through) -> None:
+    params = _params([(30,), (4, 4), (6,)])
+    groups = [{"params": params[:1], "param_names": ["a"]}, {"params": params[1:], "param_names": ["w", "b"]}]
+    optimizer = adamkit.AdamW(groups, lr=1e-2, nonfinite="raise")
+    with device.force_cpu():
+        for p, g in zip(params, _grads(params, 0)):
+            p.grad = g
+        optimizer.step()
+        before = snapshot(optimizer)
+        params[2].grad[1] = float("inf")
+        with pytest.raises(FloatingPointError, match=r"'b' \(param_groups\[1\]\['params'\]\[1\], shape \(6,\)\): 1 NaN/Inf"):
+            if through == "optimizer":
+                optimizer.step()
+            else:
+                device.step_params(optimizer.state, optimizer.param_groups[1], 1, params[1:])
+    assert_same(snapshot(optimizer), before)
+
+
+def test_state_is_torchs_layout_and_loads_into_torch_fused() -> None:
+    """State keys and dtypes as torch's fused AdamW (step a float32 tensor on the param's device)."""
+    ours, theirs = _params([(20,), (3, 4)]), _params([(20,), (3, 4)])
+    a = adamkit.AdamW(ours, lr=1e-2, amsgrad=True)
+    for step in range(3):
+        for p, q, g in zip(ours, theirs, _grads(ours, step)):
+            p.grad, q.grad = g.clone(), g.clone()
+        with device.force_cpu():
+            a.step()
+    b = torch.optim.AdamW(theirs, lr=1e-2, amsgrad=True, fused=True)
+    for q, p in zip(theirs, ours):
+        q.data.copy_(p.detach())
+    b.load_state_dict(copy.deepcopy(a.state_dict()))  # torch keeps same-device tensors as they are
+    for step in range(3, 5):
+        for p, q, g in zip(ours, theirs, _grads(ours, step)):
+            p.grad, q.grad = g.clone(), g.clone()
+        with device.force_cpu():
+            a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q)
+        assert set(a.state[p]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+        assert a.state[p]["step"].dtype == torch.float32 and a.state[p]["step"].device == p.device
+
+
+# -- the multi-tensor shape --------------------------------------------------------------------
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def _ops_per_step(count: int, implementation: str, options: dict, lowprec: bool = False) -> list[str]:
+    params = _params([(17,)] * count)
+    optimizer = adamkit.Adam(params, lr=torch.tensor(1e-2) if options.pop("tensor_lr", False) else 1e-2, **options)
+    with device.force_cpu(implementation):
+        for step in range(3):
+            for p, g in zip(params, _grads(params, step)):
+                p.grad = g
+            if step < 2:  # the first step creates state (zeros_like per tensor, as torch)
+                device.step_params(optimizer.state, optimizer.param_groups[0], 0, params, torch.tensor(2.0), torch.zeros(1))
+                continue
+            with CountOps() as counter:
+                device.step_params(optimizer.state, optimizer.param_groups[0], 0, params, torch.tensor(2.0), torch.zeros(1))
+    return counter.ops
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(amsgrad=True, maximize=True, weight_decay=0.1, bias_correction=False, nonfinite="skip"),
+        dict(decoupled_weight_decay=True, weight_decay=0.1, decoupled_lr=True, tensor_lr=True),
+    ],
+    ids=["plain", "amsgrad-skip-nobc", "decoupled-lr-tensor-lr"],
+)
+def test_op_count_does_not_grow_with_the_number_of_tensors(implementation, options) -> None:
+    few, many = _ops_per_step(10, implementation, dict(options)), _ops_per_step(100, implementation, dict(options))
+    assert few == many, f"{len(few)} ops for 10 tensors, {len(many)} for 100"
+    assert len(few) <= 40
+    if implementation == "fused":
+        assert sum(op.startswith("aten._fused_adam") for op in few) == 1
+
+
+# -- low-precision layouts ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{v}" for v in m.values()))
+def test_low_precision_agrees_with_the_cpu_paths(mode, amsgrad) -> None:
+    """The device path's low-precision step against the CPU loop path, as the flat kernel is."""
+    ours, loop = lowprec_params(), lowprec_params()
+    first = _run_lowprec(ours, forced=True, amsgrad=amsgrad, **mode)
+    second = _run_lowprec(loop, forced=False, amsgrad=amsgrad, fused=False, **mode)
+    assert_same_state(first, second, ours, loop)
+
+
+def _run_lowprec(params, forced, steps=6, beta_grads=None, **kwargs):
+    optimizer = adamkit.AdamW(params, lr=kwargs.pop("lr", 1e-2), **kwargs)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for param in params:
+            grad = torch.randn(param.shape, generator=generator) * torch.rand(1, generator=generator) * 10
+            param.grad = (grad if beta_grads is None else grad * beta_grads).to(param.dtype)
+        if forced:
+            with device.force_cpu():
+                optimizer.step()
+        else:
+            optimizer.step()
+    return optimizer
+
+
+needs_kernel = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: no CPU kernel to compare with")
+
+
+@needs_kernel
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{v}" for v in m.values()))
+def test_int8_and_bf16_codes_are_bitwise_the_cpu_kernels(mode, amsgrad) -> None:
+    """With betas (0.5, 0.5) and no decay the fp32 moments round alike in both paths (the
+    products by 0.5 are exact, so the CPU kernel's multiply-adds round once, as torch's ops),
+    so their stored codes, absmax and bf16 values must be identical bit for bit, step after
+    step (each step decodes what the last one encoded)."""
+    ours, theirs = lowprec_params(), lowprec_params()
+    options = dict(betas=(0.5, 0.5), weight_decay=0.0, amsgrad=amsgrad, maximize=True, **mode)
+    first = _run_lowprec(ours, forced=True, **options)
+    second = _run_lowprec(theirs, forced=False, fused=True, **options)
+    assert any(type(b).__name__ == "LowPrecisionBucket" for b in second._flat_groups[0].buckets)
+    compared = 0
+    for p, q in zip(ours, theirs):
+        for key, value in second.state[q].items():
+            if key != "step" and value.dtype != torch.float32 or key.endswith("_absmax"):
+                assert torch.equal(first.state[p][key], value), key
+                compared += 1
+    assert compared >= 4
+
+
+@needs_kernel
+@pytest.mark.parametrize("rounding", codecs.PARAM_ROUNDINGS)
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_bf16_rounding_is_bitwise_the_cpu_kernels(rounding, state_dtype) -> None:
+    """Zero gradients and decoupled decay: x = (p [+ comp]) * (1 - lr wd) is one fp32 product
+    in both paths, so the rounded bf16 parameters (stochastic: the counter-based stream;
+    Kahan: the compensation) must be identical bit for bit."""
+    ours, theirs = lowprec_params(torch.bfloat16), lowprec_params(torch.bfloat16)
+    options = dict(lr=0.3, weight_decay=0.01, param_rounding=rounding, state_dtype=state_dtype, rounding_seed=11)
+    first = _run_lowprec(ours, forced=True, beta_grads=0.0, steps=8, **options)
+    second = _run_lowprec(theirs, forced=False, beta_grads=0.0, steps=8, fused=True, **options)
+    changed = 0
+    for p, q, start in zip(ours, theirs, lowprec_params(torch.bfloat16)):
+        assert torch.equal(p.view(torch.int16), q.view(torch.int16))
+        changed += int((p != start).sum())
+        if rounding == "kahan":
+            assert torch.equal(first.state[p]["kahan_comp"].view(torch.int16), second.state[q]["kahan_comp"].view(torch.int16))
+    assert changed > 1000  # the parameters moved: the roundings were exercised
+
+
+@pytest.mark.slow
+def test_compiled_kernel_one_graph_per_family_and_same_results() -> None:
+    """torch.compile (inductor's CPU backend here, Triton on GPUs) of one family: one graph for
+    every shape and step, and the eager function's results (codes within one level)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    shapes = [(70, 100), (5000,), (4096 * 3 + 7,)]
+    compiled, eager = lowprec_params(torch.bfloat16, shapes=shapes), lowprec_params(torch.bfloat16, shapes=shapes)
+    options = dict(state_dtype="int8", param_rounding="stochastic", rounding_seed=3)
+    with compiled_lowprec.compile_on_cpu():
+        first = _run_lowprec(compiled, forced=True, steps=3, **options)
+    second = _run_lowprec(eager, forced=True, steps=3, **options)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert_same_state(first, second, compiled, eager, rtol=2**-8)
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+def test_device_benchmark_smoke_run() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_device.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("torch fused", "torch foreach", "adamkit ", "adamkit int8 state", "adamkit bf16 SR"):
+        assert f"\n{name}" in result.stdout, name
