@@ -345,6 +345,41 @@ def test_compiled_kernel_one_graph_per_family_and_same_results() -> None:
     assert_same_state(first, second, compiled, eager, rtol=2**-8)
 
 
+@pytest.mark.parametrize("options", [dict(), dict(state_dtype="int8", amsgrad=True), dict(exp_avg_dtype="bfloat16")], ids=["dense", "int8", "bf16"])
+def test_dtensor_shards_step_as_plain_params(options) -> None:
+    """FSDP2-style Shard(0) DTensor parameters on the device path (1-rank mesh): DTensor state,
+    and the same bits as a plain parameter on the same path (dense: the fused call on the local
+    shard; low precision: the per-parameter path with the whole parameter's blocks, as on the CPU)."""
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    from test_lowprec_optim import one_rank_mesh
+
+    with one_rank_mesh() as mesh:
+        plain = lowprec_params(shapes=[(70, 100)])
+        sharded = [torch.nn.Parameter(distribute_tensor(p.detach().clone(), mesh, [Shard(0)])) for p in lowprec_params(shapes=[(70, 100)])]
+        # the plain twin: the same path for dense params, the CPU loop path for low precision
+        first = adamkit.AdamW(plain, lr=1e-2, fused=False, **options)
+        second = adamkit.AdamW(sharded, lr=1e-2, **options)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            grad = torch.randn(70, 100, generator=generator)
+            plain[0].grad, sharded[0].grad = grad, distribute_tensor(grad, mesh, [Shard(0)])
+            with device.force_cpu():
+                second.step()
+            if options:  # low precision: the CPU loop path
+                first.step()
+            else:
+                with device.force_cpu():
+                    first.step()
+        assert torch.equal(sharded[0].full_tensor(), plain[0].detach())
+        for key, value in first.state[plain[0]].items():
+            got = second.state[sharded[0]][key]
+            if key != "step":
+                assert isinstance(got, DTensor), key
+                got = got.full_tensor()
+            assert torch.equal(got.cpu(), value), key
+
+
 # -- the benchmark -----------------------------------------------------------------------------
 
 

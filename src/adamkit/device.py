@@ -217,9 +217,8 @@ def _policy_flag(
         return found_inf
     indices, flag = flags
     if group["nonfinite"] == "raise":
-        index = first_nonfinite(candidates)
-        if index is not None:
-            param = candidates[index]
+        if bool(flag.any()):  # the one sync; a second pass only to name the parameter
+            param = candidates[indices[int(torch.nonzero(flag)[0, 0])]]
             position = next(i for i, p in enumerate(group["params"]) if p is param)
             names = group.get("param_names")
             name = f"{names[position]!r} " if names else ""
