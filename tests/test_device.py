@@ -125,6 +125,31 @@ def test_grad_scale_and_found_inf_are_applied_without_leaving_tensors(implementa
         assert torch.equal(p, q)
 
 
+def test_grad_scaler_drop_in_is_torch_fused_bit_for_bit() -> None:
+    """torch.amp.GradScaler hands its grad_scale/found_inf tensors to the optimizer: with an
+    overflow on one step and a scale that changes, the device path equals torch's fused AdamW."""
+    def train(optimizer, params):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+        for step in range(6):
+            optimizer.zero_grad()
+            loss = sum(((p - 0.5) ** 2).sum() for p in params) * (float("inf") if step == 3 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        return scaler.get_scale()
+
+    ours, theirs = _params([(30,), (4, 5)]), _params([(30,), (4, 5)])
+    a = adamkit.AdamW(ours, lr=1e-2)
+    b = torch.optim.AdamW(theirs, lr=1e-2, fused=True)
+    with device.force_cpu("fused"):
+        our_scale = train(a, ours)
+    assert our_scale == train(b, theirs)
+    assert a.param_groups[0]["skipped_steps"] == 1
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q)
+        assert torch.equal(a.state[p]["step"], b.state[q]["step"]) and float(a.state[p]["step"]) == 5
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_tensor_lr_equals_float_lr(implementation) -> None:
     floats, tensors = _params([(50,), (2, 8)]), _params([(50,), (2, 8)])

@@ -57,9 +57,11 @@ from torch import Tensor
 from . import functional, lowprec, shards
 from .kernels import compiled_lowprec
 
-__all__ = ["step_params", "takes", "force_cpu", "first_nonfinite", "implementation_for"]
+__all__ = ["step_params", "split", "forced", "force_cpu", "first_nonfinite", "implementation_for"]
 
 _FORCED = {"cpu": False, "implementation": None}
+_PLAIN_STORAGE = (None, "float32")
+_BF16 = torch.bfloat16
 
 
 @contextlib.contextmanager
@@ -79,9 +81,19 @@ def force_cpu(implementation: str | None = None) -> Iterator[None]:
         _FORCED.update(saved)
 
 
-def takes(param: Tensor) -> bool:
-    """Whether the optimizer hands this parameter to the device path."""
-    return param.device.type != "cpu" or _FORCED["cpu"]
+def forced() -> bool:
+    """Whether :func:`force_cpu` is in effect (every parameter takes the device path)."""
+    return _FORCED["cpu"]
+
+
+def split(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """(the parameters for the device path, the rest): those not on the CPU, or all when forced."""
+    if _FORCED["cpu"]:
+        return list(params), []
+    on_device = [p for p in params if not p.is_cpu]
+    if not on_device:
+        return on_device, params
+    return on_device, [p for p in params if p.is_cpu]
 
 
 def implementation_for(device: torch.device) -> str:
@@ -98,6 +110,9 @@ try:
     _FUSED_DEVICES = frozenset(_get_fused_kernels_supported_devices()) | {"cpu", "mps"}
 except ImportError:  # pragma: no cover - older torch
     _FUSED_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps"})
+
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def _local(tensor: Tensor) -> Tensor:
@@ -142,18 +157,6 @@ def _nonfinite_flags(params: list[Tensor]) -> tuple[list[int], Tensor] | None:
     return indices, parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _init_dense_state(state: dict[str, Any], param: Tensor, amsgrad: bool) -> None:
-    if len(state) == 0:
-        # torch's fused AdamW's layout: a float32 step on the parameter's device, moments like it.
-        state["step"] = torch.zeros((), dtype=torch.float32, device=_local(param).device)
-        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-    elif state["step"].device != _local(param).device:  # e.g. a checkpoint loaded with CPU steps
-        state["step"] = state["step"].to(_local(param).device)
-    if amsgrad and "max_exp_avg_sq" not in state:
-        state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-
-
 @torch.no_grad()
 def step_params(
     optimizer_state: dict[Tensor, dict[str, Any]],
@@ -172,25 +175,40 @@ def step_params(
     all groups at once), so no flag is computed here.
     """
     amsgrad = group["amsgrad"]
+    # torch's layout for every non-bf16 parameter unless the group asks for low-precision moments
+    plain_group = group.get("exp_avg_dtype") in _PLAIN_STORAGE and group.get("exp_avg_sq_dtype") in _PLAIN_STORAGE
     dense: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     low: list[Tensor] = []
-    for param in params:
-        if param.grad is None:
+    for param in params:  # one light pass (this loop is the path's per-tensor cost on the host)
+        grad = param.grad
+        if grad is None:
             continue
-        if param.grad.is_sparse:
+        if grad.is_sparse:
             raise RuntimeError(
                 f"the device path has no sparse-gradient update (parameter of shape {tuple(param.shape)} on "
                 f"{param.device}); step it on the CPU"
             )
-        state = optimizer_state[param]
-        layout = lowprec.layout_for(group, param)
-        if layout is None:
-            if state and lowprec._not_plain(state, param):
-                lowprec.conform_state_(state, param, None, amsgrad)  # e.g. after a group's dtype was changed
-            _init_dense_state(state, param, amsgrad)
-            dense.setdefault((_local(param).device, param.dtype), []).append(param)
-        else:
+        dtype = param.dtype
+        if not (plain_group and dtype is not _BF16) and lowprec.layout_for(group, param) is not None:
             low.append(param)
+            continue
+        state = optimizer_state[param]
+        where = param.device  # a DTensor's local device
+        if not state:
+            # torch's fused AdamW's layout: a float32 step on the parameter's device, moments like it.
+            state["step"] = torch.zeros((), dtype=torch.float32, device=where)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        elif len(state) > 4 or state["exp_avg"].dtype is not dtype:
+            lowprec.conform_state_(state, param, None, amsgrad)  # low-precision state: the group's dtype was changed
+        if amsgrad and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        if state["step"].device != where:  # e.g. a checkpoint loaded with CPU steps
+            state["step"] = state["step"].to(where)
+        bucket = dense.get((where, dtype))
+        if bucket is None:
+            bucket = dense[(where, dtype)] = []
+        bucket.append(param)
     flag = found_inf
     nonfinite = group.get("nonfinite", "propagate")
     if nonfinite != "propagate" and not nonfinite_checked and (dense or low):
@@ -266,12 +284,17 @@ def _dense_step(
     """One multi-tensor step of the dense params of one (device, dtype)."""
     amsgrad = group["amsgrad"]
     states = [optimizer_state[p] for p in members]
-    params = [_real(_local(p)) for p in members]
-    grads = [_real(_local(p.grad)) for p in members]
-    exp_avgs = [_real(_local(s["exp_avg"])) for s in states]
-    exp_avg_sqs = [_real(_local(s["exp_avg_sq"])) for s in states]
-    max_exp_avg_sqs = [_real(_local(s["max_exp_avg_sq"])) for s in states] if amsgrad else []
+    params = members
+    grads = [p.grad for p in members]
+    exp_avgs = [s["exp_avg"] for s in states]
+    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+    max_exp_avg_sqs = [s["max_exp_avg_sq"] for s in states] if amsgrad else []
     steps = [s["step"] for s in states]
+    if members[0].is_complex() or any(type(p) not in _PLAIN_TYPES for p in members):
+        # complex: real and imaginary parts as independent coordinates; DTensors: their local shards
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (
+            [_real(_local(t)) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
+        )
     lr = group["lr"]
     if isinstance(lr, Tensor):
         lr = lr.to(device)

@@ -232,10 +232,10 @@ class _AdamFamily(Optimizer):
                 params = flat_group.leftovers  # the buckets' gradients are all finite
             else:
                 params = group["params"]
-            on_device = [p for p in params if device.takes(p)]
+            on_device, params = device.split(params)
             if on_device:  # the device path (issue 14): one multi-tensor check and one sync, not one per tensor
                 first = device.first_nonfinite(on_device)
-                params = [p for p in params if not device.takes(p)] + ([on_device[first]] if first is not None else [])
+                params = params + ([on_device[first]] if first is not None else [])
             for param in params:
                 if param.grad is None or kernels.count_nonfinite(param.grad) == 0:
                     continue
@@ -288,18 +288,13 @@ class _AdamFamily(Optimizer):
         return scalars_for
 
     def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
+        # The device path (issue 14) takes the parameters not on the CPU (all of them under
+        # device.force_cpu()); step() has applied found_inf and the nonfinite policy already.
+        device_step = lambda ps: device.step_params(self.state, group, index, ps, getattr(self, "grad_scale", None), None, nonfinite_checked=True)
+        if device.forced():
+            return device_step(group["params"])
+        scalars_for = _lazy(lambda: self._group_scalars(group, grad_scale))  # a tensor lr is read only if a CPU path runs
         params = group["params"]
-        if any(device.takes(p) for p in params):  # the device path (issue 14): non-CPU params
-            # step() has applied found_inf and the nonfinite policy to every group already
-            on_device = [p for p in params if device.takes(p)]
-            device.step_params(self.state, group, index, on_device, getattr(self, "grad_scale", None), None, nonfinite_checked=True)
-            params = [p for p in params if not device.takes(p)]
-            if not params:
-                return
-            scalars_for = self._group_scalars(group, grad_scale)
-            params = lowprec.loop_step(self.state, group, index, params, scalars_for)
-            return self._loop_step(params, group["amsgrad"], scalars_for, self._uses_flat_path(group))
-        scalars_for = self._group_scalars(group, grad_scale)
         fused = self._uses_flat_path(group)
         if fused:
             flat_group = self._flat_groups.get(index)
@@ -312,6 +307,9 @@ class _AdamFamily(Optimizer):
             for bucket, bucket_ready in zip(flat_group.buckets, ready):
                 bucket.step(scalars_for, bucket_ready)
             params = flat_group.leftovers
+        on_device, params = device.split(params)
+        if on_device:
+            device_step(on_device)
         params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
         self._loop_step(params, group["amsgrad"], scalars_for, fused)
 
@@ -368,6 +366,18 @@ class _AdamFamily(Optimizer):
                     else:
                         param.grad.requires_grad_(False)
                     param.grad.zero_()
+
+
+def _lazy(make: Callable[[], Callable[[float], functional.StepScalars]]) -> Callable[[float], functional.StepScalars]:
+    """``make()``'s function, built on its first call."""
+    built: list[Callable[[float], functional.StepScalars]] = []
+
+    def call(step: float) -> functional.StepScalars:
+        if not built:
+            built.append(make())
+        return built[0](step)
+
+    return call
 
 
 def _options(namespace: dict[str, Any], **fixed: Any) -> dict[str, Any]:

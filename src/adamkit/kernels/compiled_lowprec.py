@@ -170,6 +170,10 @@ def step_params(
         layout = lowprec.layout_for(group, param)
         state = optimizer_state[param]
         lowprec.conform_state_(state, param, layout, amsgrad)
+        if not shards.is_dtensor(param):  # e.g. a checkpoint loaded onto the CPU: state follows the parameter
+            for name, value in list(state.items()):
+                if name != "step" and isinstance(value, Tensor) and value.device != param.device:
+                    state[name] = value.to(param.device)
         state["step"] += 1  # a float32 CPU scalar (the rounding key and the constants are formed on the host)
         step = state["step"].item()
         scalars = functional.step_scalars(
