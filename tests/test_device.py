@@ -168,7 +168,7 @@ def test_tensor_lr_equals_float_lr(implementation) -> None:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("through", ["optimizer", "step_params"])
 def test_nonfinite_skip_changes_nothing(implementation, through) -> None:
-    params = _params([(30,), (4, 4), (6,)])
+    params = _params([(30,), (4, 4), (0,), (6,)])
     optimizer = adamkit.AdamW(params, lr=1e-2, nonfinite="skip")
     with device.force_cpu(implementation):
         for p, g in zip(params, _grads(params, 0)):

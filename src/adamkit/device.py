@@ -135,7 +135,12 @@ def first_nonfinite(params: list[Tensor]) -> int | None:
     indices, flag = flags
     if not bool(flag.any()):  # the one sync
         return None
-    return indices[int(torch.nonzero(flag)[0, 0])]
+    return _first_flagged(indices, flag)
+
+
+def _first_flagged(indices: list[int], flag: Tensor) -> int:
+    """The smallest parameter index whose flag is set (a second read, only once one is)."""
+    return min(indices[i] for i in torch.nonzero(flag).flatten().tolist())
 
 
 def _nonfinite_flags(params: list[Tensor]) -> tuple[list[int], Tensor] | None:
@@ -143,7 +148,7 @@ def _nonfinite_flags(params: list[Tensor]) -> tuple[list[int], Tensor] | None:
     by_key: dict[tuple[Any, Any], list[int]] = {}
     for index, param in enumerate(params):
         grad = param.grad
-        if grad is not None and not grad.is_sparse:
+        if grad is not None and not grad.is_sparse and grad.numel():  # (an empty tensor has no inf-norm)
             by_key.setdefault((_local(grad).device, grad.dtype), []).append(index)
     if not by_key:
         return None
@@ -236,7 +241,7 @@ def _policy_flag(
     indices, flag = flags
     if group["nonfinite"] == "raise":
         if bool(flag.any()):  # the one sync; a second pass only to name the parameter
-            param = candidates[indices[int(torch.nonzero(flag)[0, 0])]]
+            param = candidates[_first_flagged(indices, flag)]
             position = next(i for i, p in enumerate(group["params"]) if p is param)
             names = group.get("param_names")
             name = f"{names[position]!r} " if names else ""
