@@ -301,20 +301,21 @@ def _dense_step(
             [_real(_local(t)) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
         )
     lr = group["lr"]
-    if isinstance(lr, Tensor):
-        lr = lr.to(device)
+    fused = implementation_for(device) == "fused"
+    if isinstance(lr, Tensor) and not (fused and lr.is_cpu):
+        lr = lr.to(device)  # the fused kernels read a CPU lr tensor on the host themselves (no transfer)
     if isinstance(grad_scale, (int, float)):
         grad_scale = None if grad_scale == 1.0 else torch.full((), float(grad_scale), dtype=torch.float32, device=device)
     elif grad_scale is not None:
-        grad_scale = grad_scale.to(device)
+        grad_scale = grad_scale.to(device, non_blocking=True)
     if flag is not None:
-        flag = flag.to(device)
+        flag = flag.to(device, non_blocking=True)
     torch._foreach_add_(steps, 1)
     hyper = _group_hyperparameters(group)
-    if implementation_for(device) == "fused":
+    if fused:
         kernel_steps = steps if group["bias_correction"] else [_inf_step(device)] * len(steps)
-        fused = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
-        fused(
+        kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+        kernel(
             params,
             grads,
             exp_avgs,
