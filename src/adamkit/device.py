@@ -25,11 +25,13 @@ adamkit's extras expressed in those calls, with the contract of
   gradients; a NaN or Inf anywhere makes it 1) is passed as ``found_inf``, which the
   fused kernel honours per element without a host sync; the step counts are then
   put back with one ``_foreach_sub_``. ``"raise"`` needs the answer on the host: one
-  sync per call, then a second pass only when the flag is set (to name the parameter).
-  (Through the optimizer, ``step()`` decides ``skip``/``raise`` for all groups at once
-  before anything changes, with :func:`first_nonfinite`: one multi-tensor op and one
-  sync per device and step, since a skipped step must change no group and counts in
-  every group's ``skipped_steps``, a host integer.)
+  sync per call, then a second read only when the flag is set (to name the parameter).
+  The ``_foreach_`` body has no per-element skip, so there a set flag costs one sync.
+  (Through the optimizer, ``step()`` decides ``skip``/``raise`` for all groups before
+  anything changes, with :func:`first_nonfinite`: one multi-tensor op and one sync per
+  param group and step, since a skipped step must change no group and counts in every
+  group's ``skipped_steps``, a host integer. ``step()`` also reads GradScaler's
+  ``found_inf`` on the host once per step, as it does for CPU parameters.)
 * AMSGrad, maximize, fp32/bf16/fp16/fp64 and complex parameters (as real views).
 
 Low-precision layouts (int8 / bf16 moments, bf16 parameters with stochastic or Kahan
