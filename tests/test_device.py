@@ -298,8 +298,8 @@ def _run_lowprec(params, forced, steps=6, beta_grads=None, **kwargs):
     for _ in range(steps):
         for param in params:
             grad = torch.randn(param.shape, generator=generator) * torch.rand(1, generator=generator) * 10
-            param.grad = (grad if beta_grads is None else grad * beta_grads).to(param.dtype)
-        if forced:
+            param.grad = (grad if beta_grads is None else grad * beta_grads).to(param.device, param.dtype)
+        if forced and params[0].is_cpu:
             with device.force_cpu():
                 optimizer.step()
         else:
@@ -308,47 +308,62 @@ def _run_lowprec(params, forced, steps=6, beta_grads=None, **kwargs):
 
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: no CPU kernel to compare with")
+_ACCELERATOR = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+# CPU tensors forced onto the device path; and, where this machine has one, the accelerator itself
+# (compiled kernels: inductor's Triton backend). No test needs an accelerator.
+TARGETS = ["cpu"] + ([_ACCELERATOR.type] if _ACCELERATOR is not None else [])
+
+
+def _on(target: str, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    return params if target == "cpu" else [torch.nn.Parameter(p.detach().to(target)) for p in params]
+
+
+def _cpu_state(optimizer, param) -> dict:
+    return {key: value.cpu() for key, value in optimizer.state[param].items()}
 
 
 @needs_kernel
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{v}" for v in m.values()))
-def test_int8_and_bf16_codes_are_bitwise_the_cpu_kernels(mode, amsgrad) -> None:
+def test_int8_and_bf16_codes_are_bitwise_the_cpu_kernels(mode, amsgrad, target) -> None:
     """With betas (0.5, 0.5) and no decay the fp32 moments round alike in both paths (the
     products by 0.5 are exact, so the CPU kernel's multiply-adds round once, as torch's ops),
     so their stored codes, absmax and bf16 values must be identical bit for bit, step after
     step (each step decodes what the last one encoded)."""
-    ours, theirs = lowprec_params(), lowprec_params()
+    ours, theirs = _on(target, lowprec_params()), lowprec_params()
     options = dict(betas=(0.5, 0.5), weight_decay=0.0, amsgrad=amsgrad, maximize=True, **mode)
     first = _run_lowprec(ours, forced=True, **options)
     second = _run_lowprec(theirs, forced=False, fused=True, **options)
     assert any(type(b).__name__ == "LowPrecisionBucket" for b in second._flat_groups[0].buckets)
     compared = 0
     for p, q in zip(ours, theirs):
+        state = _cpu_state(first, p)
         for key, value in second.state[q].items():
             if key != "step" and value.dtype != torch.float32 or key.endswith("_absmax"):
-                assert torch.equal(first.state[p][key], value), key
+                assert torch.equal(state[key], value), key
                 compared += 1
     assert compared >= 4
 
 
 @needs_kernel
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("rounding", codecs.PARAM_ROUNDINGS)
 @pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
-def test_bf16_rounding_is_bitwise_the_cpu_kernels(rounding, state_dtype) -> None:
+def test_bf16_rounding_is_bitwise_the_cpu_kernels(rounding, state_dtype, target) -> None:
     """Zero gradients and decoupled decay: x = (p [+ comp]) * (1 - lr wd) is one fp32 product
     in both paths, so the rounded bf16 parameters (stochastic: the counter-based stream;
     Kahan: the compensation) must be identical bit for bit."""
-    ours, theirs = lowprec_params(torch.bfloat16), lowprec_params(torch.bfloat16)
+    ours, theirs = _on(target, lowprec_params(torch.bfloat16)), lowprec_params(torch.bfloat16)
     options = dict(lr=0.3, weight_decay=0.01, param_rounding=rounding, state_dtype=state_dtype, rounding_seed=11)
     first = _run_lowprec(ours, forced=True, beta_grads=0.0, steps=8, **options)
     second = _run_lowprec(theirs, forced=False, beta_grads=0.0, steps=8, fused=True, **options)
     changed = 0
     for p, q, start in zip(ours, theirs, lowprec_params(torch.bfloat16)):
-        assert torch.equal(p.view(torch.int16), q.view(torch.int16))
-        changed += int((p != start).sum())
+        assert torch.equal(p.detach().cpu().view(torch.int16), q.detach().view(torch.int16))
+        changed += int((q != start).sum())
         if rounding == "kahan":
-            assert torch.equal(first.state[p]["kahan_comp"].view(torch.int16), second.state[q]["kahan_comp"].view(torch.int16))
+            assert torch.equal(_cpu_state(first, p)["kahan_comp"].view(torch.int16), second.state[q]["kahan_comp"].view(torch.int16))
     assert changed > 1000  # the parameters moved: the roundings were exercised
 
 
