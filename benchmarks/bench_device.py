@@ -30,7 +30,6 @@ script, not speed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
