@@ -279,6 +279,25 @@ def test_op_count_does_not_grow_with_the_number_of_tensors(implementation, optio
         assert sum(op.startswith("aten._fused_adam") for op in few) == 1
 
 
+@pytest.mark.parametrize(
+    "options, expected, absent",
+    [
+        (dict(), "aten._fused_adamw_", "aten._foreach_lerp_"),
+        (dict(foreach=True), "aten._foreach_lerp_", "aten._fused_adamw_"),
+        (dict(fused=False), "aten.lerp_", "aten._fused_adamw_"),  # the reference loop, on any device
+    ],
+    ids=["default", "foreach", "fused-false"],
+)
+def test_foreach_and_fused_choose_the_body_as_in_torch(options, expected, absent) -> None:
+    params = _params([(5,), (3,)])
+    optimizer = adamkit.AdamW(params, lr=1e-2, **options)
+    for p, g in zip(params, _grads(params, 0)):
+        p.grad = g
+    with device.force_cpu(), CountOps() as counter:
+        optimizer.step()
+    assert expected in counter.ops and absent not in counter.ops, counter.ops
+
+
 # -- low-precision layouts ---------------------------------------------------------------------
 
 

@@ -84,7 +84,8 @@ def force_cpu(implementation: str | None = None) -> Iterator[None]:
 
 
 def forced() -> bool:
-    """Whether :func:`force_cpu` is in effect (every parameter takes the device path)."""
+    """Whether :func:`force_cpu` is in effect (every parameter takes the device path, unless
+    its group has ``fused=False``: the reference loop, as for a parameter on a device)."""
     return _FORCED["cpu"]
 
 
@@ -98,10 +99,13 @@ def split(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     return on_device, [p for p in params if p.is_cpu]
 
 
-def implementation_for(device: torch.device) -> str:
-    """``"fused"`` where torch has fused Adam kernels for the device, else ``"foreach"``."""
+def implementation_for(device: torch.device, group: dict[str, Any] | None = None) -> str:
+    """``"fused"`` where torch has fused Adam kernels for the device, else ``"foreach"``
+    (also when the group asks for ``foreach=True``, as torch.optim's does)."""
     if _FORCED["implementation"] is not None:
         return _FORCED["implementation"]
+    if group is not None and group.get("foreach") is True and group.get("fused") is not True:
+        return "foreach"
     return "fused" if device.type in _FUSED_DEVICES else "foreach"
 
 
@@ -303,7 +307,7 @@ def _dense_step(
             [_real(_local(t)) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
         )
     lr = group["lr"]
-    fused = implementation_for(device) == "fused"
+    fused = implementation_for(device, group) == "fused"
     if isinstance(lr, Tensor) and not (fused and lr.is_cpu):
         lr = lr.to(device)  # the fused kernels read a CPU lr tensor on the host themselves (no transfer)
     if isinstance(grad_scale, (int, float)):

@@ -291,7 +291,7 @@ class _AdamFamily(Optimizer):
         # The device path (issue 14) takes the parameters not on the CPU (all of them under
         # device.force_cpu()); step() has applied found_inf and the nonfinite policy already.
         device_step = lambda ps: device.step_params(self.state, group, index, ps, getattr(self, "grad_scale", None), None, nonfinite_checked=True)
-        if device.forced():
+        if device.forced() and group["fused"] is not False:
             return device_step(group["params"])
         scalars_for = _lazy(lambda: self._group_scalars(group, grad_scale))  # a tensor lr is read only if a CPU path runs
         params = group["params"]
@@ -307,7 +307,7 @@ class _AdamFamily(Optimizer):
             for bucket, bucket_ready in zip(flat_group.buckets, ready):
                 bucket.step(scalars_for, bucket_ready)
             params = flat_group.leftovers
-        on_device, params = device.split(params)
+        on_device, params = device.split(params) if group["fused"] is not False else ([], params)  # False: the loop for all
         if on_device:
             device_step(on_device)
         params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
