@@ -101,6 +101,24 @@ def test_bitwise_equal_to_torch_fused(dtype, options) -> None:
             assert torch.equal(a.state[p][key], value), key
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_complex_parameters_step_as_real_pairs(implementation) -> None:
+    """Complex parameters: real and imaginary parts are independent coordinates (as in torch)."""
+    generator = torch.Generator().manual_seed(3)
+    ours = [torch.nn.Parameter(torch.randn(6, 4, dtype=torch.complex128, generator=generator))]
+    loop = [torch.nn.Parameter(ours[0].detach().clone())]
+    a = adamkit.AdamW(ours, lr=1e-2, amsgrad=True)
+    b = adamkit.AdamW(loop, lr=1e-2, amsgrad=True, fused=False)
+    for _ in range(5):
+        grad = torch.randn(6, 4, dtype=torch.complex128, generator=generator)
+        ours[0].grad, loop[0].grad = grad.clone(), grad.clone()
+        with device.force_cpu(implementation):
+            a.step()
+        b.step()
+    assert ours[0].dtype == torch.complex128 and a.state[ours[0]]["exp_avg"].dtype == torch.complex128
+    assert max_relative_error(torch.view_as_real(ours[0]), torch.view_as_real(loop[0])) < 1e-13
+
+
 # -- the extras ------------------------------------------------------------------------------
 
 
