@@ -139,11 +139,18 @@ def family_step(
             comp.copy_(x - rounded.to(torch.float32))  # what rounding lost, rounded to bf16
 
 
+# Inductor's Triton code divides with div.full (approximate) and flushes denormals unless told
+# otherwise: the block scales (top / absmax, 1 / inverse) must be IEEE divisions, and tiny moments
+# must stay denormal, for the codes to be the CPU kernel's (options read by inductor's Triton
+# backend; its C++ backend divides and keeps denormals as IEEE C++ does).
+_INDUCTOR_OPTIONS = {"eager_numerics.division_rounding": True, "eager_numerics.disable_ftz": True}
+
+
 @functools.cache
 def _compiled() -> Any:
     # dynamic=True: one graph per family for every shape; the family's strings and
     # flags are guarded constants, the key a symbolic integer.
-    return torch.compile(family_step, dynamic=True, fullgraph=True)
+    return torch.compile(family_step, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
 
 
 def _runner(device: torch.device) -> Any:
