@@ -111,7 +111,7 @@ def make_lowprec_model(mode: str) -> nn.Module:
 
 def make_lowprec_optimizer(params: Any, mode: str) -> adamkit.AdamW:
     # fused=False: one process then runs the same per-tensor torch ops that DTensor shards run
-    # (the flat kernel may fuse a multiply-add, which moves an int8 code now and then).
+    # (the C++ kernel may fuse a multiply-add, which moves an int8 code now and then).
     return adamkit.AdamW(params, fused=False, **OPTIMIZER_KWARGS, **LOWPREC_MODES[mode]["options"])
 
 

@@ -96,8 +96,8 @@ def assert_same(a, b, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def compiled_param_check():
-    """The compiled per-step parameter check (kernels/param_check.cpp), built if needed.
+def compiled_gather():
+    """The compiled per-step gradient gather (kernels/gather.cpp), built if needed.
 
     Skipped only where it cannot be built for want of torch's C++ headers or a
     compiler; where both exist a failed build is a failure.
@@ -109,10 +109,10 @@ def compiled_param_check():
     import pytest
     from torch.utils import cpp_extension
 
-    from adamkit.kernels import param_check
+    from adamkit.kernels import gather
 
     header = Path(cpp_extension.include_paths()[0]) / "torch" / "csrc" / "autograd" / "python_variable.h"
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not header.exists() or compiler is None:
-        pytest.skip(f"no torch C++ headers ({header}) or no C++ compiler: the compiled check cannot be built")
-    return param_check.load()
+        pytest.skip(f"no torch C++ headers ({header}) or no C++ compiler: the compiled gather cannot be built")
+    return gather.load()

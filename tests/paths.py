@@ -2,13 +2,13 @@
 
 Each entry is a dict of extra constructor keyword arguments that selects a path:
 ``{"fused": False}`` is the reference per-tensor loop, ``{"fused": True}`` the
-flat fused kernel (the default ``fused=None`` picks it when it can be built).
+fused multi-tensor kernel (the default ``fused=None`` picks it when it can be built).
 When a new path lands, add its kwargs here and every test that iterates
 ``PATHS`` covers it. Use :func:`path_params` in ``pytest.mark.parametrize``.
 
-The flat path only re-homes dense, contiguous, non-empty float32/float64 CPU
-params that require grad; tests that want to exercise it must build such
-params (others silently take the loop path, which is correct but untested).
+The kernel takes contiguous float32/float64/float16/bfloat16 CPU params with dense
+contiguous gradients; tests that want to exercise it must build such params (others
+silently take the loop path, which is correct but untested).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from adamkit import kernels
 
 PATHS: list[dict] = [{"fused": False}, {"fused": True}]
 
-_NAMES = {(("fused", False),): "loop", (("fused", True),): "flat"}
+_NAMES = {(("fused", False),): "loop", (("fused", True),): "kernel"}
 
 
 def path_id(kwargs: dict) -> str:
@@ -27,7 +27,7 @@ def path_id(kwargs: dict) -> str:
     return _NAMES.get(key) or ("default" if not kwargs else ",".join(f"{k}={v}" for k, v in key))
 
 
-def is_flat(kwargs: dict) -> bool:
+def is_kernel(kwargs: dict) -> bool:
     return kwargs.get("fused") is True
 
 
@@ -36,17 +36,27 @@ def path_params() -> list:
     params = []
     for kwargs in PATHS:
         marks = []
-        if is_flat(kwargs):
-            marks.append(pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: no flat path"))
+        if is_kernel(kwargs):
+            marks.append(pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: no kernel path"))
         params.append(pytest.param(kwargs, id=path_id(kwargs), marks=marks))
     return params
 
 
-def assert_flat_path_used(params, kwargs: dict) -> None:
-    """On the flat path, the eligible params have been re-homed into one shared buffer."""
-    if not is_flat(kwargs):
+def assert_kernel_path_used(optimizer, params, kwargs: dict) -> None:
+    """On the kernel path, the kernel stepped every contiguous float CPU param; and, as in torch,
+    no param shares memory with another (the kernel reads tensors where they are)."""
+    storages = [p.untyped_storage().data_ptr() for p in params]
+    assert len(set(storages)) == len(storages), "params share storage"
+    if not is_kernel(kwargs):
         return
-    eligible = [p for p in params if p.is_contiguous() and p.numel() > 0 and p.requires_grad]
-    assert eligible, "no param the flat path could take"
-    storages = {p.untyped_storage().data_ptr() for p in eligible}
-    assert len(storages) == 1, f"flat path not taken: {len(storages)} storages for {len(eligible)} params"
+    eligible = [p for p in params if p.is_contiguous() and p.device.type == "cpu" and p.dtype in kernels.KERNEL_PARAM_DTYPES]
+    assert eligible, "no param the kernel could take"
+    stepped = {
+        id(param)
+        for plans in optimizer._group_plans.values()
+        for plan in plans.plans
+        for param, usable in zip(plan.params, plan.usable)
+        if usable
+    }
+    missing = [tuple(p.shape) for p in eligible if id(p) not in stepped]
+    assert not missing, f"kernel path not taken for params of shapes {missing}"

@@ -14,7 +14,7 @@ from torch.optim import lr_scheduler
 
 import adamkit
 from helpers import max_relative_error, twin
-from paths import assert_flat_path_used, is_flat, path_params
+from paths import assert_kernel_path_used, path_params
 from reference import ReferenceAdam
 
 
@@ -66,7 +66,7 @@ def test_param_groups_with_different_hyperparameters(path):
         references[1].step([gc], 3e-3)
     for p, e in zip([a, b, c], references[0].params + references[1].params):
         assert max_relative_error(p, e) <= 1e-12
-    assert_flat_path_used([a, b], path)
+    assert_kernel_path_used(optimizer, [a, b], path)
 
 
 @pytest.mark.parametrize("path", path_params())
@@ -137,7 +137,7 @@ def test_lr_schedulers_match_torch(name, ours, theirs, path):
     their_lrs = run(torch_opt, their_params, 20, scheduler=SCHEDULERS[name](torch_opt))
     assert our_lrs == their_lrs and len(set(our_lrs)) > 2
     assert mine.param_groups[0]["betas"] == torch_opt.param_groups[0]["betas"]  # OneCycleLR cycles beta1
-    assert_flat_path_used(our_params, path)
+    assert_kernel_path_used(mine, our_params, path)
     for p, q in zip(our_params, their_params):
         assert max_relative_error(p, q) <= 1e-12
 
@@ -168,9 +168,11 @@ def test_tensor_lr_matches_float_lr_and_torch(path):
 
 
 @pytest.mark.parametrize("path", path_params())
-def test_zero_grad(path):
-    """Loop path: torch's zero_grad (None grads, then step() is a no-op). Flat path: the
-    gradient views are kept and zeroed (README), i.e. torch's set_to_none=False."""
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_and_the_next_step_match_torch(path, set_to_none):
+    """Every path: torch's zero_grad. set_to_none=True leaves None grads and the next step
+    changes nothing (no weight, step count or moment moves); set_to_none=False leaves zero
+    grads, which still move the params through momentum, as in torch."""
     params = [seeded((4,), 1), seeded((2,), 2)]
     torch_params = [twin(p) for p in params]
     optimizer = adamkit.Adam(params, **path)
@@ -178,20 +180,22 @@ def test_zero_grad(path):
     run(optimizer, params, 2)
     run(theirs, torch_params, 2)
     before = [p.detach().clone() for p in params]
-    optimizer.zero_grad()
-    theirs.zero_grad(set_to_none=not is_flat(path))
+    held = [p.grad for p in params]  # the user's reference to a gradient survives zero_grad
+    held_values = [g.clone() for g in held]
+    optimizer.zero_grad(set_to_none=set_to_none)
+    theirs.zero_grad(set_to_none=set_to_none)
+    if set_to_none:
+        assert all(torch.equal(g, v) for g, v in zip(held, held_values))
     for p, q in zip(params, torch_params):
-        assert (p.grad is None) == (q.grad is None) and (p.grad is None or not p.grad.any())
+        assert (p.grad is None) == (q.grad is None) == set_to_none
+        assert p.grad is None or not p.grad.any()
     optimizer.step()
     theirs.step()
     for p, q, b in zip(params, torch_params, before):
         assert torch.equal(p, q)
-        assert torch.equal(p, b) == (not is_flat(path))  # zero grads still move p through momentum
-    expected_steps = 3 if is_flat(path) else 2
-    assert all(float(s["step"]) == expected_steps for s in optimizer.state.values())
-    feed(params, 3)
-    optimizer.zero_grad(set_to_none=False)
-    assert all(p.grad is not None and not p.grad.any() for p in params)
+        assert torch.equal(p, b) == set_to_none
+    assert [float(s["step"]) for s in optimizer.state.values()] == [float(s["step"]) for s in theirs.state.values()]
+    assert all(float(s["step"]) == (2 if set_to_none else 3) for s in optimizer.state.values())
 
 
 def _continue_identically(original, copy_, steps=5):
@@ -200,7 +204,7 @@ def _continue_identically(original, copy_, steps=5):
     assert set(map(id, optimizer2.state)) == set(map(id, params2))  # state keyed by the copied params
     run(optimizer, params, steps, first=100)
     run(optimizer2, params2, steps, first=100)
-    assert_flat_path_used(params2, {"fused": optimizer2.param_groups[0]["fused"]})
+    assert_kernel_path_used(optimizer2, params2, {"fused": optimizer2.param_groups[0]["fused"]})
     for p, q in zip(params, params2):
         assert torch.equal(p, q)
     for p, q in zip(params, params2):

@@ -60,7 +60,7 @@ HYPERPARAMETER_CASES = [
     (dict(foreach="x"), TypeError, ["foreach", "'x'"]),
     (dict(fused=1), TypeError, ["fused", "1"]),
     (dict(capturable=True), ValueError, ["capturable", "True"]),
-    (dict(differentiable=True), ValueError, ["differentiable", "True"]),
+    (dict(differentiable="yes"), TypeError, ["differentiable", "'yes'"]),
     (dict(decoupled_lr="yes"), TypeError, ["decoupled_lr", "'yes'"]),
 ]
 
@@ -110,7 +110,7 @@ PARAM_CASES = [
     pytest.param([], ValueError, ["params", "empty"], id="empty list"),
     pytest.param(iter([]), ValueError, ["params", "empty"], id="empty iterator"),
     pytest.param([{"params": {p(3)}}], TypeError, ["set"], id="set in a group"),
-    pytest.param([shared, shared], ValueError, ["params[1]", "(2, 2)", "twice"], id="duplicate in a group"),
+    # (a tensor twice in one group is allowed with torch's warning: test_torch_compat.py)
     pytest.param([{"params": [shared]}, {"params": [shared]}], ValueError, ["params[0]", "(2, 2)", "another param group"], id="duplicate across groups"),
     pytest.param([p(3, dtype=torch.int64)], TypeError, ["params[0]", "torch.int64"], id="int64 param"),
     pytest.param([p(3, dtype=torch.bool)], TypeError, ["params[0]", "torch.bool"], id="bool param"),
@@ -139,7 +139,6 @@ def test_rejected_add_param_group_changes_nothing():
     before = snapshot(optimizer)
     bad_groups = [
         ({"params": [a]}, ValueError, ["another param group"]),
-        ({"params": [b, b]}, ValueError, ["twice"]),
         ({"params": [b], "lr": nan}, ValueError, ["lr", "nan"]),
         ({"params": [b], "eps": -1.0}, ValueError, ["eps", "-1.0"]),
         ({"params": [b], "weight_decay": "x"}, TypeError, ["weight_decay", "'x'"]),

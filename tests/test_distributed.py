@@ -88,8 +88,7 @@ def test_zero_redundancy_optimizer_matches_one_process_bitwise(work_dir, referen
     owned = []
     for rank in range(ds.WORLD_SIZE):
         result = ds.load_result(work_dir, name, rank)
-        # With bucket views the params are not adamkit's to re-home: the kernel steps them one
-        # tensor at a time, with the flat path's arithmetic, so the result is still bitwise equal.
+        # Bucket views are stepped where they lie, with the kernel's arithmetic: bitwise equal.
         assert_same(result, params)
         owned.append(result["owned_params"])
     # The optimizer state really is partitioned: each rank holds a strict part of it.
@@ -117,7 +116,7 @@ def test_fsdp2_matches_one_process(work_dir, reference, name, amsgrad):
     for rank in range(ds.WORLD_SIZE):
         result = ds.load_result(work_dir, name, rank)
         assert 0 < result["local_numel"] < total  # the parameters really are sharded DTensors
-        # The kernel steps each local shard with the flat path's arithmetic: bitwise equal.
+        # The kernel steps each local shard with the same per-element arithmetic: bitwise equal.
         assert_same(result, reference[amsgrad][ds.STEPS])
 
 

@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from helpers import as_param, max_abs_error, max_relative_error, set_grads
 import adamkit
 from optimizer_table import BASE_LR, CASES, WEIGHT_DECAY, WEIGHT_DECAY_PAPER, OptimizerCase
-from paths import assert_flat_path_used, path_params
+from paths import assert_kernel_path_used, path_params
 from reference import ReferenceAdam
 
 SHAPES = [(1,), (0,), (4097,), (6, 5)]
@@ -106,7 +106,7 @@ def test_float64_matches_reference(case: OptimizerCase, path: dict) -> None:
             worst = max(worst, max_relative_error(param, expected))
     assert worst <= F64_RTOL, f"{case.desc}: params differ from the reference by {worst:.3g} relative"
     assert not run.params[NON_CONTIGUOUS].is_contiguous()
-    assert_flat_path_used(run.params, path)
+    assert_kernel_path_used(run.optimizer, run.params, path)
 
     for index, (param, expected) in enumerate(zip(run.params, reference.state)):
         state = run.optimizer.state[param]
@@ -117,7 +117,7 @@ def test_float64_matches_reference(case: OptimizerCase, path: dict) -> None:
             assert error <= F64_RTOL, f"{case.desc}: state {key} of param {index} off by {error:.3g}"
 
 
-def float32_error(build, reference_kwargs: dict) -> tuple[float, list[torch.Tensor]]:
+def float32_error(build, reference_kwargs: dict) -> tuple[float, "TorchRun"]:
     """Max abs error over all steps and params of a float32 run against the float64 reference."""
     reference = ReferenceAdam(list(initial_arrays()), **reference_kwargs)
     run = TorchRun(build, torch.float32)
@@ -126,7 +126,7 @@ def float32_error(build, reference_kwargs: dict) -> tuple[float, list[torch.Tens
         run.step(t)
         reference.step(list(gradients()[t]), learning_rates()[t])
         error = max(error, max_abs_error(run.params, reference.params))
-    return error, run.params
+    return error, run
 
 
 @functools.cache
@@ -142,8 +142,8 @@ def test_float32_error_at_most_twice_torch(case: OptimizerCase, path: dict) -> N
     # torch is measured against the reference of its own configuration (the nearest one).
     torch_reference = {**case.reference_kwargs(), **({} if same_math else {"bias_correction": True})}
     torch_error = torch_float32_error(torch_cls, tuple(sorted(torch_kwargs.items())), tuple(sorted(torch_reference.items())))
-    our_error, params = float32_error(lambda ps: case.build(ps, **path), case.reference_kwargs())
-    assert_flat_path_used(params, path)
+    our_error, run = float32_error(lambda ps: case.build(ps, **path), case.reference_kwargs())
+    assert_kernel_path_used(run.optimizer, run.params, path)
     assert torch_error > 0, "float32 torch matched float64 exactly: the comparison would be vacuous"
     assert our_error <= 2 * torch_error, (
         f"{case.desc}: float32 error {our_error:.3g} > 2 x torch.optim's {torch_error:.3g}"

@@ -15,7 +15,7 @@ import torch
 
 import adamkit
 from helpers import max_relative_error, twin
-from paths import assert_flat_path_used, path_params
+from paths import assert_kernel_path_used, path_params
 
 SHAPES = [(3,), (0,), (4, 5)]
 K_BEFORE, K_AFTER = 7, 8
@@ -92,7 +92,7 @@ def test_torch_checkpoint_continues_in_adamkit(pair, path):
     assert mine.param_groups[0]["lr"] == 3e-3
     train(theirs, theirs_params, K_BEFORE, K_AFTER)
     train(mine, our_params, K_BEFORE, K_AFTER)
-    assert_flat_path_used(our_params, path)
+    assert_kernel_path_used(mine, our_params, path)
     assert_same_trajectory(theirs, theirs_params, mine, our_params)
 
 
@@ -111,7 +111,7 @@ def test_adamkit_checkpoint_continues_in_torch(pair, path):
     theirs.load_state_dict(checkpoint)
     train(mine, our_params, K_BEFORE, K_AFTER)
     train(theirs, theirs_params, K_BEFORE, K_AFTER)
-    assert_flat_path_used(our_params, path)
+    assert_kernel_path_used(mine, our_params, path)
     assert_same_trajectory(mine, our_params, theirs, theirs_params)
 
 

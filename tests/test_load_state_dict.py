@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import adamkit
 from helpers import assert_same, snapshot, twin
-from paths import assert_flat_path_used, path_params
+from paths import assert_kernel_path_used, path_params
 
 nan, inf = float("nan"), float("inf")
 
@@ -31,7 +31,7 @@ def trained(path=None):
         for param in (a, b, c):
             param.grad = torch.full_like(param, 0.5 + step)
         optimizer.step()
-    assert_flat_path_used([a, b], path)
+    assert_kernel_path_used(optimizer, [a, b], path)
     return optimizer, [a, b, c]
 
 

@@ -69,22 +69,22 @@ def assert_same_state(first, second, params_first, params_second, rtol=4 * 2**-2
 
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{v}" for v in m.values()))
-def test_flat_kernel_and_loop_path_agree(mode, amsgrad):
-    flat_params, loop_params = make_params(), make_params()
-    flat = run(flat_params, amsgrad=amsgrad, **mode)
+def test_kernel_and_loop_path_agree(mode, amsgrad):
+    kernel_params, loop_params = make_params(), make_params()
+    kernel = run(kernel_params, amsgrad=amsgrad, **mode)
     loop = run(loop_params, amsgrad=amsgrad, fused=False, **mode)
-    assert any(type(b).__name__ == "LowPrecisionBucket" for b in flat._flat_groups[0].buckets)
-    assert_same_state(flat, loop, flat_params, loop_params)
+    assert any(plan.layout is not None and plan.usable.all() for plan in kernel._group_plans[0].plans)
+    assert_same_state(kernel, loop, kernel_params, loop_params)
 
 
 @pytest.mark.parametrize("rounding", codecs.PARAM_ROUNDINGS)
 @pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
-def test_bf16_params_flat_and_loop_agree(rounding, state_dtype):
-    flat_params, loop_params = make_params(torch.bfloat16), make_params(torch.bfloat16)
-    flat = run(flat_params, param_rounding=rounding, state_dtype=state_dtype, rounding_seed=3)
+def test_bf16_params_kernel_and_loop_agree(rounding, state_dtype):
+    kernel_params, loop_params = make_params(torch.bfloat16), make_params(torch.bfloat16)
+    kernel = run(kernel_params, param_rounding=rounding, state_dtype=state_dtype, rounding_seed=3)
     loop = run(loop_params, param_rounding=rounding, state_dtype=state_dtype, rounding_seed=3, fused=False)
-    assert all(p.dtype == torch.bfloat16 for p in flat_params)
-    assert_same_state(flat, loop, flat_params, loop_params, rtol=2**-8)
+    assert all(p.dtype == torch.bfloat16 for p in kernel_params)
+    assert_same_state(kernel, loop, kernel_params, loop_params, rtol=2**-8)
 
 
 def test_int8_state_does_not_depend_on_packing():
@@ -386,7 +386,7 @@ def test_sparse_gradient_with_low_precision_layout_is_refused_before_anything_ch
     embedding = make_params(dtype, seed=1, shapes=[(70, 100)])[0]
     optimizer = adamkit.AdamW([{"params": plain}, {"params": [embedding], **options}], lr=1e-2, fused=fused)
     params = plain + [embedding]
-    if after_dense_step:  # the low-precision flat bucket exists and holds the embedding
+    if after_dense_step:  # the kernel plans exist and hold the embedding
         for param in params:
             param.grad = torch.randn(param.shape, generator=generator).to(param.dtype)
         optimizer.step()

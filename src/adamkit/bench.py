@@ -21,7 +21,7 @@ import torch
 
 import adamkit
 from adamkit import kernels
-from adamkit.kernels import param_check
+from adamkit.kernels import gather
 
 # GPT-2 small (124.4M parameters in 148 tensors), as listed in ANCHORS.md.
 _GPT2_BLOCK = [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,), (768, 3072), (3072,), (3072, 768), (768,)]
@@ -31,12 +31,17 @@ CASES: dict[str, Callable[[], list[tuple[int, ...]]]] = {
     "tiny": lambda: [(32, 64), (32,), (10, 32), (10,)],
     "quick": lambda: [(4096, 256), (256,)] + [(256, 768), (768,), (256, 256), (256,), (256, 1024), (1024,), (1024, 256), (256,)] * 4,
 }
+# Cases timed the way trainers call the step: zero_grad(set_to_none=True), then gradients in fresh
+# tensors (as backward makes them) before every step.
+TRAINER_CASES = {f"{name}-trainer": name for name in ("gpt2", "many-small", "quick")}
+CASES.update({trainer: CASES[name] for trainer, name in TRAINER_CASES.items()})
 
 
 @dataclass
 class Contestant:
     name: str
     step: Callable[[], None]
+    prepare: Callable[[], None] | None = None  # untimed, before each step (fresh gradients)
 
 
 def make_params(shapes: list[tuple[int, ...]], seed: int = 0) -> list[torch.nn.Parameter]:
@@ -57,29 +62,37 @@ def torch_contestants(params: list[torch.nn.Parameter], lr: float, weight_decay:
         ("torch fused", dict(fused=True)),
     ):
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
-        contestants.append(Contestant(name, optimizer.step))
+        contestants.append(Contestant(name, optimizer.step, fresh_gradients(params, optimizer.zero_grad)))
     return contestants
+
+
+def fresh_gradients(params: list[torch.nn.Parameter], optimizer_zero_grad: Callable[..., None]) -> Callable[[], None]:
+    """A prepare step: the optimizer's zero_grad(set_to_none=True), then new gradient tensors."""
+    sources = [p.grad.clone() for p in params]
+
+    def prepare() -> None:
+        optimizer_zero_grad(set_to_none=True)
+        for param, source in zip(params, sources):
+            param.grad = torch.empty_like(param).copy_(source)
+
+    return prepare
 
 
 def adamkit_contestants(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> list[Contestant]:
     contestants = []
     for name, kwargs in (("adamkit", {}), ("adamkit loop path", dict(fused=False))):
         optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
-        contestants.append(Contestant(name, optimizer.step))
-    if param_check.loaded() is not None:
-        # The flat path with its per-step parameter check done in Python, to show what the compiled
-        # check saves. It needs params of its own: two flat optimizers would re-home shared params
-        # into their own buffers at every step.
-        copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-        for copy, param in zip(copies, params):
-            copy.grad = param.grad.clone()
-        optimizer = adamkit.AdamW(copies, lr=lr, weight_decay=weight_decay)
+        contestants.append(Contestant(name, optimizer.step, fresh_gradients(params, optimizer.zero_grad)))
+    if gather.loaded() is not None:
+        # The kernel path with its per-step gradient gather done in Python, to show what the
+        # compiled gather saves.
+        optimizer = adamkit.AdamW(params, lr=lr, weight_decay=weight_decay)
 
-        def step_with_python_check() -> None:
-            with param_check.python_only():
+        def step_with_python_gather() -> None:
+            with gather.python_only():
                 optimizer.step()
 
-        contestants.append(Contestant("adamkit, Python check", step_with_python_check))
+        contestants.append(Contestant("adamkit, Python gather", step_with_python_gather, fresh_gradients(params, optimizer.zero_grad)))
     return contestants
 
 
@@ -101,10 +114,13 @@ def run_case(
     """Median seconds per step for each contestant on ``case``."""
     params = make_params(CASES[case]())
     try:
-        param_check.load()  # wait for the compiled parameter check rather than time its build
+        gather.load()  # wait for the compiled gradient gather rather than time its build
     except kernels.KernelBuildError as error:
-        print(f"compiled parameter check unavailable, timing the Python check: {error}")
+        print(f"compiled gradient gather unavailable, timing the Python gather: {error}")
     everyone = adamkit_contestants(params, lr, weight_decay) + torch_contestants(params, lr, weight_decay)
+    if case not in TRAINER_CASES:  # gradients stay where they are between steps
+        for contestant in everyone:
+            contestant.prepare = None
     everyone.append(floor_contestant(params))
     return time_interleaved([c for c in everyone if c.name not in skip], steps, warmup)
 
@@ -114,6 +130,8 @@ def time_interleaved(contestants: list[Contestant], steps: int, warmup: int) -> 
     times: dict[str, list[float]] = {c.name: [] for c in contestants}
     for round_index in range(warmup + steps):
         for contestant in contestants:
+            if contestant.prepare is not None:
+                contestant.prepare()
             gc.disable()
             start = time.perf_counter()
             contestant.step()
@@ -141,19 +159,24 @@ def _release_free_heap() -> None:
         pass
 
 
-def measure_memory(case: str, steps: int = 3) -> dict[str, float]:
-    """RSS (MiB) around adamkit steps on ``case``: what the optimizer adds beyond params + grads.
+MEMORY_SUBJECTS = {
+    "adamkit": lambda params: adamkit.AdamW(params, lr=1e-3, weight_decay=1e-2),
+    "torch fused": lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, fused=True),
+}
 
-    Run it in a fresh process. RSS is read after ``malloc_trim`` so freed
-    memory (the parameters' old storage, re-homed into the flat buffer) does
-    not count as live. The peak of a steady-state step is read from
-    VmHWM after resetting it (``/proc/self/clear_refs``), so it excludes the
-    one-time re-homing of the first step.
+
+def measure_memory(case: str, subject: str = "adamkit", steps: int = 3) -> dict[str, float]:
+    """RSS (MiB) around ``subject``'s steps on ``case``: what the optimizer adds beyond params + grads.
+
+    Run it in a fresh process, once per subject. RSS is read after ``malloc_trim`` so
+    freed memory does not count as live. The first step's peak (it allocates the state)
+    is VmHWM; the peak of a steady-state step is read from VmHWM after resetting it
+    (``/proc/self/clear_refs``).
     """
     params = make_params(CASES[case]())
     gc.collect()
     baseline = _rss_mib("VmRSS")
-    optimizer = adamkit.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    optimizer = MEMORY_SUBJECTS[subject](params)
     optimizer.step()
     after_first = _rss_mib("VmRSS")
     first_peak = _rss_mib("VmHWM")
@@ -184,7 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", choices=sorted(CASES), action="append", help="shape set to time (repeatable; default: quick)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per contestant after warm-up (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
-    parser.add_argument("--memory", action="store_true", help="also report adamkit's RSS growth (first case only)")
+    parser.add_argument("--memory", choices=sorted(MEMORY_SUBJECTS), help="report this optimizer's RSS growth on the first case, then exit (run each in its own process)")
     parser.add_argument("--skip", action="append", default=[], help="contestant to leave out (repeatable), e.g. 'torch for-loop'")
 
 
@@ -193,10 +216,10 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"adamkit bench: --steps must be >= 1, got {args.steps}")
     cases = args.case or ["quick"]
     if args.memory:
-        # First, before anything else has touched the heap of this process.
-        for key, value in measure_memory(cases[0]).items():
-            print(f"memory {cases[0]}: {key} = {value:.1f}")
-        print()
+        # Alone in this process: nothing else has touched the heap.
+        for key, value in measure_memory(cases[0], args.memory).items():
+            print(f"memory {cases[0]}, {args.memory}: {key} = {value:.1f}")
+        return 0
     for case in cases:
         medians = run_case(case, steps=args.steps, warmup=args.warmup, skip=tuple(args.skip))
         print(format_table(case, medians))

@@ -1,6 +1,6 @@
 """The Adam-family update rule: the one place where the math lives.
 
-Every execution path (the per-tensor loop below, the flat fused kernel, the
+Every execution path (the per-tensor loop below, the fused multi-tensor kernel, the
 low-precision codecs) consumes the same :class:`StepScalars`, computed once per
 step and parameter group by :func:`step_scalars`. The per-element contract is
 
@@ -26,7 +26,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["StepScalars", "step_scalars", "adam_update_", "adam_sparse_update_", "step_bound"]
+__all__ = [
+    "StepScalars",
+    "step_scalars",
+    "adam_update_",
+    "adam_update_in_float32_",
+    "adam_sparse_update_",
+    "step_bound",
+    "FLOAT32_MATH_DTYPES",
+]
+
+# Storage dtypes whose update torch's fused kernels compute in float32 (opmath).
+FLOAT32_MATH_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,10 @@ class StepScalars:
     maximize: bool
     amsgrad: bool
     grad_scale: float = 1.0  # an AMP loss scale to divide out of the gradient
+    # torch's differentiable=True: the scalars may be tensors in autograd's graph (from the
+    # step tensor and tensor hyperparameters), and the update avoids in-place ops on
+    # tensors autograd saved.
+    differentiable: bool = False
 
 
 def step_scalars(
@@ -60,11 +75,18 @@ def step_scalars(
     maximize: bool,
     amsgrad: bool,
     grad_scale: float = 1.0,
+    differentiable: bool = False,
 ) -> StepScalars:
-    """Compute the per-step constants for step number ``step`` (1-based)."""
+    """Compute the per-step constants for step number ``step`` (1-based).
+
+    With ``differentiable`` (torch's differentiable=True), ``step`` is the state's step
+    tensor and ``lr``, ``beta1``, ``beta2``, ``weight_decay`` may be tensors that require
+    grad: the same expressions then build autograd's graph, as in torch.
+    """
     if bias_correction:
         bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        bias_correction2 = 1 - beta2**step
+        bias_correction2_sqrt = bias_correction2.sqrt() if isinstance(bias_correction2, Tensor) else bias_correction2**0.5
         step_size = lr / bias_correction1
     else:
         # Reddi et al. / pre-correction form: m_t / sqrt(v_t) used as is.
@@ -94,6 +116,7 @@ def step_scalars(
         maximize=maximize,
         amsgrad=amsgrad,
         grad_scale=grad_scale,
+        differentiable=differentiable,
     )
 
 
@@ -105,7 +128,13 @@ def adam_update_(
     max_exp_avg_sq: Tensor | None,
     s: StepScalars,
 ) -> None:
-    """Apply one Adam-family step to one tensor, in place (the reference path)."""
+    """Apply one Adam-family step to one tensor, in place (the reference path).
+
+    With ``s.differentiable`` it is torch's differentiable=True form of the same math:
+    scalars may be tensors in autograd's graph, and no tensor autograd saved is changed
+    in place (the running max is taken out of place, ``exp_avg`` is cloned for the final
+    division, the gradient is never written), so gradients flow through the step.
+    """
     if param.is_complex():
         # Real and imaginary parts are independent coordinates, as in torch.
         param, grad, exp_avg, exp_avg_sq = (torch.view_as_real(t) for t in (param, grad, exp_avg, exp_avg_sq))
@@ -115,18 +144,54 @@ def adam_update_(
         grad = -grad
     if s.grad_scale != 1.0:
         grad = grad / s.grad_scale
-    if s.decay != 1.0:
+    if isinstance(s.decay, Tensor) or s.decay != 1.0:
         param.mul_(s.decay)
-    if s.l2 != 0:
+    if isinstance(s.l2, Tensor):
+        # g + l2 * p out of place, with a copy of p: autograd saves it, and p changes in place below
+        grad = torch.addcmul(grad, param.clone(), s.l2)
+    elif s.l2 != 0:
         grad = grad.add(param, alpha=s.l2)
-    exp_avg.lerp_(grad, 1 - s.beta1)
-    exp_avg_sq.mul_(s.beta2).addcmul_(grad, grad, value=1 - s.beta2)
+    # torch casts a tensor beta1 to the parameter's dtype for lerp_ (pytorch issue 140601).
+    beta1 = s.beta1.to(param.dtype) if isinstance(s.beta1, Tensor) else s.beta1
+    exp_avg.lerp_(grad, 1 - beta1)
+    if isinstance(s.beta2, Tensor) and s.beta2.requires_grad:
+        # v + (g^2 - v)(1 - beta2) = beta2 v + (1 - beta2) g^2, with beta2 in the graph
+        exp_avg_sq.lerp_(torch.square(grad), weight=1 - s.beta2)
+    else:
+        exp_avg_sq.mul_(s.beta2).addcmul_(grad, grad, value=1 - s.beta2)
     second_moment = exp_avg_sq
     if s.amsgrad:
-        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        if s.differentiable:
+            max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq.clone(), exp_avg_sq))
+        else:
+            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         second_moment = max_exp_avg_sq
+    if s.differentiable:
+        # torch's form: -step_size folded into the denominator (addcdiv_'s value must be a number)
+        step_size_neg = -s.step_size
+        denom = (second_moment.sqrt() / (s.bias_correction2_sqrt * step_size_neg)).add_(s.eps / step_size_neg)
+        param.addcdiv_(exp_avg.clone(), denom)
+        return
     denom = (second_moment.sqrt() / s.bias_correction2_sqrt).add_(s.eps)
     param.addcdiv_(exp_avg, denom, value=-s.step_size)
+
+
+def adam_update_in_float32_(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    s: StepScalars,
+) -> None:
+    """:func:`adam_update_` computed in float32 for float16/bfloat16 tensors, each result
+    rounded once when written back (parameter and moments keep their dtype): what
+    torch's fused kernels do for these dtypes."""
+    stored = [param, exp_avg, exp_avg_sq] + ([max_exp_avg_sq] if s.amsgrad else [])
+    work = [t.float() for t in stored]
+    adam_update_(work[0], grad.float(), work[1], work[2], work[3] if s.amsgrad else None, s)
+    for target, value in zip(stored, work):
+        target.copy_(value)
 
 
 def adam_sparse_update_(

@@ -5,7 +5,7 @@ A parameter's *layout* says how its step is stored: the parameter dtype, the sto
 of ``exp_avg`` and of ``exp_avg_sq``/``max_exp_avg_sq`` (see :mod:`adamkit.codecs`),
 and how an fp32 result is written back to a bfloat16 parameter. Every layout runs
 the one update rule, :func:`adamkit.functional.adam_update_`, on float32 values:
-decode -> update -> encode. The flat path (``flat_lowprec.py``) does the same in
+decode -> update -> encode. The kernel path (``multi_tensor.py``) does the same in
 one fused kernel pass.
 
 Group keys (recorded in ``state_dict()['param_groups']``):
@@ -252,7 +252,7 @@ def update_(
             span.local(state["kahan_comp"]).copy_((work - rounded.to(torch.float32)).to(_BF16))
 
 
-def _not_plain(state: dict[str, Any], param: Tensor) -> bool:
+def not_plain(state: dict[str, Any], param: Tensor) -> bool:
     exp_avg = state.get("exp_avg")
     return (isinstance(exp_avg, Tensor) and exp_avg.dtype != param.dtype) or any(key in state for key in EXTRA_STATE_KEYS)
 
@@ -301,7 +301,7 @@ def loop_step(
         layout = layout_for(group, param)
         state = optimizer_state[param] if param in optimizer_state else None
         if layout is None:
-            if state and _not_plain(state, param):
+            if state and not_plain(state, param):
                 conform_state_(state, param, None, amsgrad)  # e.g. after a group's dtype was changed
             plain.append(param)
             continue

@@ -7,13 +7,15 @@ torch's keys), and hand tensors to an execution path. The math lives in
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import device, flat, flat_lowprec, functional, kernels, lowprec, state_dicts, validation
+from . import device, functional, kernels, lowprec, multi_tensor, state_dicts, validation
 
 __all__ = ["Adam", "AdamW", "AMSGrad"]
 
@@ -31,22 +33,40 @@ _ADAMKIT_GROUP_DEFAULTS = {
 }
 
 
+def _grad_enabled_if_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
+    """torch's ``_use_grad_for_differentiable``: autograd records the step only when the
+    optimizer was built with differentiable=True (otherwise it runs under no_grad)."""
+
+    @functools.wraps(step)
+    def wrapper(self: "_AdamFamily", *args: Any, **kwargs: Any) -> Any:
+        with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
+            return step(self, *args, **kwargs)
+
+    return wrapper
+
+
 class _AdamFamily(Optimizer):
     """Shared plumbing; ``Adam``, ``AdamW`` and ``AMSGrad`` only set defaults."""
-
-    # torch.amp.GradScaler hands us grad_scale / found_inf instead of unscaling grads itself.
-    _step_supports_amp_scaling = True
 
     def __init__(self, params: Any, **options: Any) -> None:
         defaults = {**lowprec.resolve_options(options), "skipped_steps": 0}
         validation.check_hyperparameters(defaults)
+        # As torch: tensor betas of any 1-element shape are kept as 0-dim tensors.
+        defaults["betas"] = tuple(b.squeeze() if isinstance(b, Tensor) and b.dim() != 0 else b for b in defaults["betas"])
         lowprec.check_group(defaults)
         params = validation.check_param_list(params)
         if len(params) == 0:
             raise ValueError("Invalid params: the optimizer got an empty parameter list")
         super().__init__(params, defaults)
-        self._flat_groups: dict[int, flat.FlatGroup] = {}
+        self._group_plans: dict[int, multi_tensor.GroupPlans] = {}
         self._scalar_cache: dict[int, tuple[dict[str, Any], dict[float, functional.StepScalars]]] = {}
+        # fused=True: per group, its params list, length, and the params torch would still check.
+        self._fused_unchecked: dict[int, tuple[list[Tensor], int, list[tuple[int, Tensor]]]] = {}
+        if defaults["fused"]:
+            # As torch's fused optimizers: torch.amp.GradScaler then hands over grad_scale and
+            # found_inf instead of unscaling the gradients itself. Only for fused=True, as torch:
+            # Lightning refuses gradient clipping with bf16-mixed when this is set.
+            self._step_supports_amp_scaling = True
         if defaults["fused"] is not False:
             kernels.build.build_in_background()
 
@@ -67,7 +87,7 @@ class _AdamFamily(Optimizer):
         # torch >= 2.6 also accepts named parameters: [(name, tensor), ...]
         tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
         seen = {id(p) for group in getattr(self, "param_groups", []) for p in group["params"]}
-        validation.check_group_params(tensors, seen)
+        validation.check_group_params(tensors, seen, differentiable=bool(self.defaults.get("differentiable")))
         param_group = {**param_group, "params": params}
         if "state_dtype" in param_group:  # the shorthand sets this group's two moments
             param_group = lowprec.resolve_options(param_group)
@@ -76,26 +96,60 @@ class _AdamFamily(Optimizer):
         lowprec.check_group(merged)
         lowprec.check_params(tensors, merged)
         param_group.update(lowprec.canonical_settings(param_group))
-        if merged["fused"] is True:
-            self._check_fused(tensors)
+        if merged["differentiable"]:
+            self._check_differentiable({**merged, **param_group})
+        if merged["fused"] is True and not kernels.available():
+            kernels.build.load_library()  # fused=True promises the kernel: raises KernelBuildError with the compiler's message
         if merged["decoupled_lr"] and "decoupled_lr_base" not in param_group:
             # lr_0 of the paper's decay, under a key no LR scheduler rewrites (OneCycleLR resets initial_lr).
             param_group["decoupled_lr_base"] = validation.as_float(merged["lr"])
         super().add_param_group(param_group)
 
     @staticmethod
-    def _check_fused(params: list[Tensor]) -> None:
-        """fused=True promises the flat fused kernel: refuse what it cannot run."""
-        if not kernels.available():
-            kernels.build.load_library()  # raises KernelBuildError with the compiler's message
-        for index, param in enumerate(params):
-            if param.device.type != "cpu" and param.is_floating_point():
-                continue  # the device path (issue 14) steps it with fused multi-tensor kernels
-            if param.device.type != "cpu" or param.dtype not in kernels.FLAT_PARAM_DTYPES:
+    def _check_differentiable(group: dict[str, Any]) -> None:
+        """differentiable=True runs torch's math on torch's state layout: no codecs, no rounding modes."""
+        for key, plain in (("exp_avg_dtype", (None, "float32")), ("exp_avg_sq_dtype", (None, "float32")), ("param_rounding", ("nearest",))):
+            if group.get(key, plain[0]) not in plain:
                 raise ValueError(
-                    f"Invalid params[{index}]: fused=True supports CPU tensors of dtype "
-                    f"{[str(d) for d in kernels.FLAT_PARAM_DTYPES]}, got {param.dtype} on {param.device}; use fused=None"
+                    f"Invalid {key}: {group[key]!r} with differentiable=True; the differentiable step keeps torch's "
+                    f"state layout and rounding ({key}={plain[0]!r})"
                 )
+
+    def _check_before_step(self) -> None:
+        """torch's checks at the step, made before anything is updated.
+
+        differentiable=True: a ``step`` that requires grad is refused, as in torch.
+
+        As ``torch.optim.Adam(fused=True)``, a parameter is checked when its state is
+        created (its first step with a gradient), not at construction: a model built on
+        the meta device and materialised later (``to_empty``) is fine. It must be a
+        floating-point CPU tensor (fused=True); float16 and bfloat16 are computed in float32.
+        """
+        for group_index, group in enumerate(self.param_groups):
+            if group["differentiable"]:
+                for param in group["params"]:
+                    step = self.state.get(param, {}).get("step")
+                    if param.grad is not None and isinstance(step, Tensor) and step.requires_grad:
+                        raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
+            if group["fused"] is not True:
+                continue
+            # Only the params not checked yet (those without state, as torch): O(1) per group once all are.
+            params = group["params"]
+            cached = self._fused_unchecked.get(group_index)
+            if cached is None or cached[0] is not params or cached[1] != len(params):
+                pending = [(index, param) for index, param in enumerate(params) if not self.state.get(param)]
+            else:
+                pending = cached[2]
+            for index, param in pending:
+                if param.grad is not None and param.device.type != "cpu" and param.is_floating_point():
+                    continue  # the device path (issue 14): torch's fused multi-tensor kernels there
+                if param.grad is not None and (param.device.type != "cpu" or not param.is_floating_point()):
+                    raise RuntimeError(
+                        "`fused=True` requires all the params to be floating point Tensors of supported devices: "
+                        f"['cpu'] but param_groups[{group_index}]['params'][{index}] (shape {tuple(param.shape)}) is "
+                        f"{param.dtype} on {param.device}; nothing was updated"
+                    )
+            self._fused_unchecked[group_index] = (params, len(params), [(i, p) for i, p in pending if p.grad is None])
 
     def _group_defaults(self) -> dict[str, Any]:
         """Values for group keys that a torch.optim checkpoint may lack: the constructor's."""
@@ -104,8 +158,9 @@ class _AdamFamily(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._flat_groups = {}
+        self._group_plans = {}
         self._scalar_cache = {}
+        self._fused_unchecked = {}
         for group in self.param_groups:
             for key, value in self._group_defaults().items():
                 group.setdefault(key, value)
@@ -129,11 +184,11 @@ class _AdamFamily(Optimizer):
         """
         state_dicts.check_state_dict(self, state_dict, self._group_defaults())
         converted = lowprec.prepare_load(self, state_dict, self._group_defaults(), convert_state_dtypes)
-        old_state, old_groups, flat_groups = self.state, self.param_groups, self._flat_groups
+        old_state, old_groups = self.state, self.param_groups
         try:
             super().load_state_dict(state_dict)
         except BaseException:
-            self.state, self.param_groups, self._flat_groups = old_state, old_groups, flat_groups
+            self.state, self.param_groups = old_state, old_groups
             raise
         for group, old_group in zip(self.param_groups, old_groups):
             if group["decoupled_lr"] and "decoupled_lr_base" not in group:
@@ -141,10 +196,7 @@ class _AdamFamily(Optimizer):
                 group["decoupled_lr_base"] = old_group.get("decoupled_lr_base", validation.as_float(old_group["lr"]))
             group.update({key: old_group.get(key, default) for key, default in lowprec.GROUP_DEFAULTS.items()})
         self.state.update(converted)  # torch's loader casts state to the param dtype; use ours
-        # Keep the flat buffers (no reallocation); the next step copies the loaded state in.
-        self._flat_groups = flat_groups
-        for flat_group in flat_groups.values():
-            flat_group.state_stale = True
+        self._group_plans = {}  # the kernel's tables point at the new state from the next step
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "_AdamFamily":
         """Move and/or cast every moment tensor of the state, in place; returns self.
@@ -170,7 +222,7 @@ class _AdamFamily(Optimizer):
             for param, param_state in self.state.items()
         }
         self.state.update(moved)  # only after every tensor moved: a failure changes nothing
-        self._flat_groups = {}  # the flat buffers are rebuilt from the moved state at the next step
+        self._group_plans = {}  # the kernel's tables point at the moved state from the next step
         return self
 
     # -- the step ---------------------------------------------------------------------
@@ -186,18 +238,20 @@ class _AdamFamily(Optimizer):
             state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
 
-    @torch.no_grad()
+    @_grad_enabled_if_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the loss.
 
-        ``torch.amp.GradScaler`` sets ``grad_scale`` and ``found_inf`` on the
-        optimizer (as for torch's fused optimizers): the scale is divided out
-        inside the update and a step with ``found_inf`` is skipped.
+        With ``fused=True``, ``torch.amp.GradScaler`` sets ``grad_scale`` and
+        ``found_inf`` on the optimizer (as for torch's fused optimizers): the
+        scale is divided out inside the update and a step with ``found_inf`` is
+        skipped. Otherwise GradScaler unscales the gradients itself, as for torch.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_before_step()
         self._refuse_sparse_low_precision()
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and float(found_inf) != 0) or self._nonfinite_says_skip():
@@ -213,12 +267,8 @@ class _AdamFamily(Optimizer):
     def _refuse_sparse_low_precision(self) -> None:
         """Sparse gradients for low-precision layouts are refused before anything is updated."""
         for index, group in enumerate(self.param_groups):
-            flat_group = self._flat_groups.get(index)
-            if flat_group is None or not flat_group.valid_for(group):
-                candidates = group["params"]
-            else:  # plain buckets handle sparse grads; a low-precision one holds none while its grads are its views
-                buckets = [b for b in flat_group.buckets if isinstance(b, flat_lowprec.LowPrecisionBucket) and not b.grads_in_place()]
-                candidates = [p for bucket in buckets for p in bucket.params] + flat_group.leftovers
+            plans = self._group_plans.get(index)
+            candidates = plans.low_precision if plans is not None and plans.valid_for(group) else group["params"]
             lowprec.refuse_sparse_grads(group, index, candidates)
 
     def _nonfinite_says_skip(self) -> bool:
@@ -227,12 +277,7 @@ class _AdamFamily(Optimizer):
         for group_index, group in enumerate(self.param_groups):
             if group["nonfinite"] == "propagate":
                 continue
-            flat_group = self._flat_groups.get(group_index)
-            if flat_group is not None and flat_group.valid_for(group) and not flat_group.any_nonfinite_grad():
-                params = flat_group.leftovers  # the buckets' gradients are all finite
-            else:
-                params = group["params"]
-            on_device, params = device.split(params)
+            on_device, params = device.split(group["params"])
             if on_device:  # the device path (issue 14): one multi-tensor check and one sync, not one per tensor
                 first = device.first_nonfinite(on_device)
                 params = params + ([on_device[first]] if first is not None else [])
@@ -287,7 +332,38 @@ class _AdamFamily(Optimizer):
 
         return scalars_for
 
+    def _differentiable_scalars(self, group: dict[str, Any]) -> Callable[[Tensor], functional.StepScalars]:
+        """The per-step constants as torch's differentiable=True computes them: from the step
+        tensor and the group's hyperparameters as they are (tensors stay in autograd's graph);
+        never memoised."""
+        lr = group["lr"]
+        lr = lr.squeeze() if isinstance(lr, Tensor) and lr.dim() != 0 else lr  # torch's _to_scalar
+        beta1, beta2 = group["betas"]
+
+        def scalars_for(step: Tensor) -> functional.StepScalars:
+            return functional.step_scalars(
+                step=step.clone(),  # a copy: the state's step is incremented in place at the next step
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                decoupled_lr=group["decoupled_lr"],
+                decoupled_lr_base=group["decoupled_lr_base"] if group["decoupled_lr"] else None,
+                bias_correction=group["bias_correction"],
+                maximize=group["maximize"],
+                amsgrad=group["amsgrad"],
+                differentiable=True,
+            )
+
+        return scalars_for
+
     def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
+        if group["differentiable"]:
+            # torch's differentiable path: the reference loop with torch ops, autograd through it.
+            self._loop_step(group["params"], group["amsgrad"], self._differentiable_scalars(group), differentiable=True)
+            return
         # The device path (issue 14) takes the parameters not on the CPU (all of them under
         # device.force_cpu()); step() has applied found_inf and the nonfinite policy already.
         device_step = lambda ps: device.step_params(self.state, group, index, ps, getattr(self, "grad_scale", None), None, nonfinite_checked=True)
@@ -295,32 +371,38 @@ class _AdamFamily(Optimizer):
             return device_step(group["params"])
         scalars_for = _lazy(lambda: self._group_scalars(group, grad_scale))  # a tensor lr is read only if a CPU path runs
         params = group["params"]
-        fused = self._uses_flat_path(group)
-        if fused:
-            flat_group = self._flat_groups.get(index)
-            ready = flat_group.readiness() if flat_group is not None and flat_group.valid_for(group) else None
-            if ready is None:  # first step, a changed group, or a param whose .data was replaced
-                flat_group = self._flat_groups[index] = flat.FlatGroup(group, self.state, index)
-                ready = flat_group.readiness() or [False] * len(flat_group.buckets)
-            elif flat_group.state_stale:
-                flat_group.refresh_state(self.state)
-            for bucket, bucket_ready in zip(flat_group.buckets, ready):
-                bucket.step(scalars_for, bucket_ready)
-            params = flat_group.leftovers
+        kernel = self._uses_kernel(group)
+        if kernel:
+            amsgrad = group["amsgrad"]
+            for attempt in range(2):
+                plans = self._group_plans.get(index)
+                if plans is None or not plans.valid_for(group) or attempt:  # first step, a changed group or moved memory
+                    plans = self._group_plans[index] = multi_tensor.GroupPlans(group, index)
+                left = plans.step(self.state, lambda param: self._init_state(param, amsgrad), scalars_for)
+                if left is not None:
+                    params = left
+                    break
         on_device, params = device.split(params) if group["fused"] is not False else ([], params)  # False: the loop for all
         if on_device:
             device_step(on_device)
         params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
-        self._loop_step(params, group["amsgrad"], scalars_for, fused)
+        # float16 the kernel path leaves to the loop (strided, aliasing): the kernel's float32 math
+        self._loop_step(params, group["amsgrad"], scalars_for, float32_math=kernel)
 
     def _loop_step(
         self,
         params: list[Tensor],
         amsgrad: bool,
         scalars_for: Callable[[float], functional.StepScalars],
-        fused: bool = False,
+        float32_math: bool = False,
+        differentiable: bool = False,
     ) -> None:
-        """One update per tensor: the reference path, or with ``fused`` the kernel per tensor where it runs."""
+        """The reference path: one functional update per tensor, torch ops in torch's order.
+
+        ``float32_math`` (the kernel path, which computes float16 in float32 as torch's fused
+        kernels do): float16 tensors are computed in float32 and written back once.
+        ``differentiable``: ``scalars_for`` takes the step tensor (see ``_differentiable_scalars``).
+        """
         for param in params:
             grad = param.grad
             if grad is None:
@@ -328,44 +410,41 @@ class _AdamFamily(Optimizer):
             state = self._init_state(param, amsgrad)
             state["step"] += 1
             max_exp_avg_sq = state.get("max_exp_avg_sq") if amsgrad else None
-            scalars = scalars_for(state["step"].item())
+            scalars = scalars_for(state["step"] if differentiable else state["step"].item())
             args = (param, grad, state["exp_avg"], state["exp_avg_sq"], max_exp_avg_sq, scalars)
-            if fused and not grad.is_sparse and kernels.adam_tensor_(*args):
-                continue
-            update = functional.adam_sparse_update_ if grad.is_sparse else functional.adam_update_
-            update(*args)
+            if grad.is_sparse:
+                functional.adam_sparse_update_(*args)
+            elif float32_math and param.dtype in functional.FLOAT32_MATH_DTYPES:
+                functional.adam_update_in_float32_(*args)
+            else:
+                functional.adam_update_(*args)
 
     @staticmethod
-    def _uses_flat_path(group: dict[str, Any]) -> bool:
-        # fused=None (default) picks the flat fused kernel when it can be built here.
-        return group["fused"] is True or (group["fused"] is None and kernels.available())
+    def _uses_kernel(group: dict[str, Any]) -> bool:
+        """fused=None (default) takes the fused kernel where it can be built; False never does."""
+        if group["fused"] is False:
+            return False
+        if group["fused"] is None and not kernels.available():
+            _warn_reference_path_once()
+            return False
+        return True
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset gradients.
+_warned_reference_path = False
 
-        Parameters on the flat path keep their ``.grad`` as a view of the flat
-        gradient buffer, which is zeroed whatever ``set_to_none`` says: that is
-        what lets autograd write gradients into the buffer without a copy. Other
-        parameters follow torch (``set_to_none=True`` sets ``.grad`` to None).
-        """
-        for index, group in enumerate(self.param_groups):
-            flat_group = self._flat_groups.get(index)
-            params = group["params"]
-            if flat_group is not None and flat_group.valid_for(group):
-                for bucket in flat_group.buckets:
-                    bucket.zero_grad()
-                params = flat_group.leftovers
-            for param in params:
-                if param.grad is None:
-                    continue
-                if set_to_none:
-                    param.grad = None
-                else:
-                    if param.grad.grad_fn is not None:
-                        param.grad.detach_()
-                    else:
-                        param.grad.requires_grad_(False)
-                    param.grad.zero_()
+
+def _warn_reference_path_once() -> None:
+    global _warned_reference_path
+    if not _warned_reference_path:
+        _warned_reference_path = True
+        try:
+            kernels.build.load_library()
+        except kernels.KernelBuildError as error:
+            warnings.warn(
+                f"adamkit: the fused CPU kernel cannot be built here, so every step takes the slower "
+                f"reference path (torch ops per tensor; results are the same): {error}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
 
 def _lazy(make: Callable[[], Callable[[float], functional.StepScalars]]) -> Callable[[float], functional.StepScalars]:
@@ -456,6 +535,12 @@ class AdamW(_AdamFamily):
     ) -> None:
         super().__init__(params, **_options(locals(), decoupled_weight_decay=True))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # As torch.optim.AdamW: decay stays decoupled whatever is loaded (an Adam checkpoint too).
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
 
 class AMSGrad(_AdamFamily):
     """AMSGrad (Reddi et al., 2018): Adam with a non-decreasing second moment.
@@ -490,3 +575,9 @@ class AMSGrad(_AdamFamily):
         rounding_seed: int = 0,
     ) -> None:
         super().__init__(params, **_options(locals(), amsgrad=True))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # AMSGrad by class, as AdamW is decoupled by class: an Adam checkpoint loads as AMSGrad.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["amsgrad"] = True

@@ -94,7 +94,8 @@ def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any, group_de
         for param_id, param in zip(ids, group["params"]):
             if isinstance(param_id, bool) or not isinstance(param_id, (int, str)):
                 raise TypeError(f"{where}['params']: parameter id {param_id!r} is not an int")
-            if param_id in params_by_id:
+            if param_id in params_by_id and params_by_id[param_id][0] is not param:
+                # (the same id for the same tensor is a tensor listed twice, which torch allows)
                 raise ValueError(f"{where}['params']: parameter id {param_id!r} appears more than once")
             params_by_id[param_id] = (param, merged)
 

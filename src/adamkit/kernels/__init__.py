@@ -1,4 +1,4 @@
-"""Fused CPU kernels on flat buffers, called through ctypes (the GIL is released)."""
+"""Fused CPU kernels over tables of tensor pointers, called through ctypes (the GIL is released)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ from .. import shards
 from ..functional import StepScalars
 from .build import KernelBuildError, load_library
 
-__all__ = ["count_nonfinite", "adam_flat_caller", "adam_tensor_", "pack_scalars", "floor_flat_", "available", "KernelBuildError", "SUPPORTED_DTYPES", "FLAT_PARAM_DTYPES"]
+__all__ = [
+    "count_nonfinite", "AdamTensorTable", "adam_multi_step", "load_floats", "store_floats", "pack_scalars",
+    "floor_flat_", "available", "KernelBuildError", "PLAIN_DTYPES", "KERNEL_PARAM_DTYPES",
+]  # fmt: skip
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+# torch's layout (state in the param's dtype) in the plain kernel; float16 with fp32 math, as torch's fused.
+PLAIN_DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2}
 # bfloat16 params take the low-precision kernel (kernels/lowprec.py): fp32 math, rounded writes.
-FLAT_PARAM_DTYPES = SUPPORTED_DTYPES + (torch.bfloat16,)
-_KERNELS = {torch.float32: "adam_flat_f32", torch.float64: "adam_flat_f64"}
+KERNEL_PARAM_DTYPES = (*PLAIN_DTYPES, torch.bfloat16)
 
 
 class _AdamScalars(ctypes.Structure):
@@ -36,14 +39,31 @@ class _AdamScalars(ctypes.Structure):
     ]
 
 
-_POINTER_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.POINTER(_AdamScalars), ctypes.c_int]
+class AdamTensorTable(ctypes.Structure):
+    """``AdamTensorTable`` in adam_kernel.cpp: one pointer per tensor and role, element prefix sums."""
+
+    _fields_ = [
+        ("p", ctypes.c_void_p),
+        ("g", ctypes.c_void_p),
+        ("m", ctypes.c_void_p),
+        ("v", ctypes.c_void_p),
+        ("vmax", ctypes.c_void_p),
+        ("prefix", ctypes.c_void_p),
+        ("scalar_index", ctypes.c_void_p),
+        ("count", ctypes.c_int64),
+    ]
+
+
+_FLOAT_POINTERS = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
 
 
 def _library() -> ctypes.CDLL:
     library = load_library()
     if not getattr(library, "_adamkit_typed", False):
-        for name in ("adam_flat_f32", "adam_flat_f64"):
-            getattr(library, name).argtypes = _POINTER_ARGS
+        library.adam_multi_step.argtypes = [ctypes.POINTER(AdamTensorTable), ctypes.c_void_p, ctypes.c_int32, ctypes.c_int]
+        library.adam_multi_step.restype = None
+        for name in ("load_floats", "store_floats"):
+            getattr(library, name).argtypes = _FLOAT_POINTERS
             getattr(library, name).restype = None
         library.floor_flat_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int]
         library.floor_flat_f32.restype = None
@@ -63,13 +83,9 @@ def available() -> bool:
     return True
 
 
-def _address(tensor: Tensor | None, start: int) -> int | None:
-    return None if tensor is None else tensor.data_ptr() + start * tensor.element_size()
-
-
 @functools.lru_cache(maxsize=128)
 def pack_scalars(s: StepScalars) -> _AdamScalars:
-    """The kernel's view of the per-step constants (build once per step, reuse per call)."""
+    """The kernel's view of the per-step constants."""
     return _AdamScalars(
         s.beta1,
         s.beta2,
@@ -84,58 +100,24 @@ def pack_scalars(s: StepScalars) -> _AdamScalars:
     )
 
 
-def adam_flat_caller(
-    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Tensor | None
-) -> Callable[[_AdamScalars, int, int], None]:
-    """Bind the kernel to fixed contiguous 1-D buffers; call it with (scalars, start, end)."""
-    function = getattr(_library(), _KERNELS[param.dtype])
-    buffers = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
-    element_size = param.element_size()
-    bases = [_address(t, 0) for t in buffers]
-    byref = ctypes.byref
-
-    def call(scalars: _AdamScalars, start: int, end: int) -> None:
-        if end <= start:
-            return
-        if scalars.amsgrad and bases[4] is None:
-            raise ValueError("amsgrad step requested but no max_exp_avg_sq buffer was bound")
-        shift = start * element_size
-        p, g, m, v, vmax = (None if base is None else base + shift for base in bases)
-        function(p, g, m, v, vmax, end - start, byref(scalars), torch.get_num_threads())
-
-    return call
+def scalars_array(scalars: list[StepScalars]) -> ctypes.Array:
+    """A C array of the kernel's per-step constants, one entry per distinct step count."""
+    return (_AdamScalars * len(scalars))(*map(pack_scalars, scalars))
 
 
-def adam_tensor_(
-    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Tensor | None, scalars: StepScalars
-) -> bool:
-    """Step one tensor with the fused kernel, in place; False (nothing done) if the kernel cannot run it.
+def adam_multi_step(table: AdamTensorTable, scalars: ctypes.Array, dtype: torch.dtype) -> None:
+    """Step every tensor of ``table`` in one parallel region (see ``adam_multi_step`` in adam_kernel.cpp)."""
+    _library().adam_multi_step(ctypes.byref(table), scalars, PLAIN_DTYPES[dtype], torch.get_num_threads())
 
-    For parameters the flat path leaves out but whose memory is plain: views of
-    someone else's buffer (ZeroRedundancyOptimizer's bucket views) and DTensor
-    shards (FSDP2), whose local parts are updated element-wise like any tensor.
-    """
-    tensors = [param, grad, exp_avg, exp_avg_sq] + ([max_exp_avg_sq] if scalars.amsgrad else [])
-    if any(t is None for t in tensors):
-        return False
-    if shards.is_dtensor(param):
-        if any(not shards.is_dtensor(t) or t.placements != param.placements for t in tensors):
-            return False  # a grad or state laid out differently (e.g. Partial)
-        tensors = [t.to_local() for t in tensors]
-    elif type(param) not in (Tensor, torch.nn.Parameter):
-        return False
-    first = tensors[0]
-    if first.dtype not in _KERNELS or first.device.type != "cpu" or first.is_sparse or not available():
-        return False
-    for t in tensors:
-        if t.dtype != first.dtype or t.device != first.device or t.is_sparse or t.shape != first.shape or not t.is_contiguous():
-            return False
-    if first.numel() == 0:
-        return True
-    local_param, local_grad, local_exp_avg, local_exp_avg_sq = tensors[:4]
-    local_max = tensors[4] if scalars.amsgrad else None
-    adam_flat_caller(local_param, local_grad, local_exp_avg, local_exp_avg_sq, local_max)(pack_scalars(scalars), 0, first.numel())
-    return True
+
+def load_floats(pointers: int, values: int, count: int) -> None:
+    """values[i] = *pointers[i]: read ``count`` float32 scalar tensors (step counts) by address."""
+    _library().load_floats(pointers, values, count)
+
+
+def store_floats(pointers: int, values: int, count: int) -> None:
+    """*pointers[i] = values[i]: write ``count`` float32 scalar tensors by address."""
+    _library().store_floats(pointers, values, count)
 
 
 def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:

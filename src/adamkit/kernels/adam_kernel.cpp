@@ -7,6 +7,10 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #ifdef ADAMKIT_LOWPREC
 #include "simd.h"  // the low-precision kernel's vector path: V is AVX-512 (16 lanes) or AVX2 (8)
 #endif
@@ -18,6 +22,28 @@ struct AdamScalars {  // mirrors adamkit.functional.StepScalars
   int32_t maximize, amsgrad;
 };
 
+// The tensors of one step, torch's layout kept: one pointer per tensor and role (a null table for
+// max_exp_avg_sq without amsgrad). prefix[k] is the number of elements before tensor k
+// (prefix[count] the total); tensor k uses scalars[scalar_index[k]] (its own step count).
+struct AdamTensorTable {
+  void* const* p;
+  const void* const* g;
+  void* const* m;
+  void* const* v;
+  void* const* vmax;
+  const int64_t* prefix;
+  const int32_t* scalar_index;
+  int64_t count;
+};
+
+// Step counts live in each parameter's own float32 scalar tensor (torch's state layout).
+void load_floats(float* const* pointers, float* values, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) values[i] = *pointers[i];
+}
+void store_floats(float* const* pointers, const float* values, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) *pointers[i] = values[i];
+}
+
 }  // extern "C"
 
 namespace {
@@ -27,9 +53,16 @@ constexpr int64_t kParallelThreshold = 1 << 15;  // below this, threading costs 
 #ifndef ADAMKIT_LOWPREC  // a low-precision mode's library (see below) holds only its own kernel
 // Compile-time switches drop the work a configuration does not need: the kernel runs near the
 // memory-bandwidth limit only if its arithmetic stays below it (AVX2 sqrt and div are not cheap).
-template <typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
-void adam_flat(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
-               T* __restrict vmax, int64_t n, const AdamScalars& s, int threads) {
+// S is the storage type of params, grads and moments; T the arithmetic type (float for _Float16,
+// as torch's fused kernel computes reduced-precision params in fp32 and rounds once).
+// No implicit FMA contraction here: GCC may contract the vector body and the scalar remainder of
+// the loop differently, and then an element's bits would depend on where its tensor (or shard)
+// starts. The two fused multiply-adds below are explicit, where torch's CPU ops have them
+// (lerp's and add(alpha=)'s vector code), so the result tracks torch.optim's for-loop.
+template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
+__attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, const S* __restrict g, S* __restrict m,
+                                                            S* __restrict v, S* __restrict vmax, int64_t n,
+                                                            const AdamScalars& s) {
   // maximize flips the sign; an AMP loss scale is divided out (exact for powers of two).
   const T grad_multiplier = T((s.maximize ? -1.0 : 1.0) / s.grad_scale);
   const T decay = T(s.decay), l2 = T(s.l2);
@@ -38,39 +71,83 @@ void adam_flat(T* __restrict p, const T* __restrict g, T* __restrict m, T* __res
   const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
   const T inverse_bias_correction2_sqrt = T(1.0 / s.bias_correction2_sqrt), eps = T(s.eps);
   const T neg_step_size = T(-s.step_size);
-#pragma omp parallel for simd schedule(static) num_threads(threads) if (n >= kParallelThreshold)
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    T param = p[i] * decay;                            // AdamW: p <- p (1 - lr wd)
-    T grad = g[i];
+    T param = T(p[i]) * decay;                         // AdamW: p <- p (1 - lr wd)
+    T grad = T(g[i]);
+    const T old_m = T(m[i]);
     if (SCALE_GRAD) grad *= grad_multiplier;
-    if (L2) grad += l2 * param;                        // Adam + L2: g <- g + wd p
-    T exp_avg = lerp_from_start ? m[i] + lerp_weight * (grad - m[i])      // m_t, K&B Alg. 1
-                                : grad - (grad - m[i]) * lerp_complement;
-    T exp_avg_sq = v[i] * beta2 + one_minus_beta2 * grad * grad;         // v_t, K&B Alg. 1
+    if (L2) grad = std::fma(param, l2, grad);          // Adam + L2: g <- g + wd p
+    const T diff = grad - old_m;                       // m_t = lerp(m, g, 1 - beta1), K&B Alg. 1
+    T exp_avg = lerp_from_start ? std::fma(lerp_weight, diff, old_m) : std::fma(-diff, lerp_complement, grad);
+    T exp_avg_sq = T(v[i]) * beta2 + one_minus_beta2 * grad * grad;       // v_t, K&B Alg. 1
     T second = exp_avg_sq;
     if (AMSGRAD) {                                     // Reddi et al.: v_max <- max(v_max, v_t)
-      second = vmax[i] > exp_avg_sq ? vmax[i] : exp_avg_sq;
-      vmax[i] = second;
+      const T old_vmax = T(vmax[i]);
+      second = old_vmax > exp_avg_sq ? old_vmax : exp_avg_sq;
+      vmax[i] = S(second);
     }
     T denom = std::sqrt(second) * inverse_bias_correction2_sqrt + eps;  // sqrt(v_hat) + eps
-    m[i] = exp_avg;
-    v[i] = exp_avg_sq;
-    p[i] = param + neg_step_size * (exp_avg / denom);  // p <- p - lr m_hat / (sqrt(v_hat) + eps)
+    m[i] = S(exp_avg);
+    v[i] = S(exp_avg_sq);
+    p[i] = S(param + neg_step_size * (exp_avg / denom));  // p <- p - lr m_hat / (sqrt(v_hat) + eps)
   }
 }
 
-template <typename T>
-void adam_flat_dispatch(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamScalars& s, int threads) {
+// Walks the elements [begin, end) of the tensors laid end to end (prefix[k] = elements before
+// tensor k), calling visit(tensor, first element, count) for each piece of a tensor in the range.
+template <typename Visit>
+void for_each_piece(const int64_t* prefix, int64_t count, int64_t begin, int64_t end, Visit visit) {
+  int64_t k = std::upper_bound(prefix, prefix + count + 1, begin) - prefix - 1;
+  for (; k < count && prefix[k] < end; ++k) {
+    const int64_t first = std::max(begin, prefix[k]), last = std::min(end, prefix[k + 1]);
+    if (last > first) visit(k, first - prefix[k], last - first);
+  }
+}
+
+// One parallel region for all the tensors of a step: the elements of the tensors laid end to end
+// are cut into one equal range per thread (so many small tensors cost no more than one big one).
+template <typename Visit>
+void parallel_pieces(const int64_t* prefix, int64_t count, int threads, Visit visit) {
+  const int64_t total = prefix[count];
+  constexpr int64_t kAlign = 64;  // range boundaries on whole cache lines of a float tensor
+  const int teams = total >= kParallelThreshold ? std::max(threads, 1) : 1;
+#pragma omp parallel num_threads(teams) if (teams > 1)
+  {
+#ifdef _OPENMP
+    const int64_t team = omp_get_thread_num(), size = omp_get_num_threads();
+#else
+    const int64_t team = 0, size = 1;
+#endif
+    const int64_t begin = team == 0 ? 0 : (total * team / size) / kAlign * kAlign;
+    const int64_t end = team + 1 == size ? total : (total * (team + 1) / size) / kAlign * kAlign;
+    for_each_piece(prefix, count, begin, end, visit);
+  }
+}
+
+template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
+void adam_multi(const AdamTensorTable& t, const AdamScalars* scalars, int threads) {
+  parallel_pieces(t.prefix, t.count, threads, [&](int64_t k, int64_t first, int64_t n) {
+    auto at = [&](void* const* table) { return table ? static_cast<S*>(table[k]) + first : nullptr; };
+    adam_span<S, T, AMSGRAD, L2, SCALE_GRAD>(at(t.p), static_cast<const S*>(t.g[k]) + first, at(t.m), at(t.v),
+                                             at(t.vmax), n, scalars[t.scalar_index[k]]);
+  });
+}
+
+template <typename S, typename T>
+void adam_multi_dispatch(const AdamTensorTable& t, const AdamScalars* scalars, int threads) {
+  // amsgrad, L2, maximize and grad_scale are the group's: the same in every entry of scalars
+  const AdamScalars& s = scalars[0];
   const int variant = (s.amsgrad ? 4 : 0) | (s.l2 != 0 ? 2 : 0) | (s.maximize || s.grad_scale != 1.0 ? 1 : 0);
   switch (variant) {
-    case 0: return adam_flat<T, false, false, false>(p, g, m, v, vmax, n, s, threads);
-    case 1: return adam_flat<T, false, false, true>(p, g, m, v, vmax, n, s, threads);
-    case 2: return adam_flat<T, false, true, false>(p, g, m, v, vmax, n, s, threads);
-    case 3: return adam_flat<T, false, true, true>(p, g, m, v, vmax, n, s, threads);
-    case 4: return adam_flat<T, true, false, false>(p, g, m, v, vmax, n, s, threads);
-    case 5: return adam_flat<T, true, false, true>(p, g, m, v, vmax, n, s, threads);
-    case 6: return adam_flat<T, true, true, false>(p, g, m, v, vmax, n, s, threads);
-    default: return adam_flat<T, true, true, true>(p, g, m, v, vmax, n, s, threads);
+    case 0: return adam_multi<S, T, false, false, false>(t, scalars, threads);
+    case 1: return adam_multi<S, T, false, false, true>(t, scalars, threads);
+    case 2: return adam_multi<S, T, false, true, false>(t, scalars, threads);
+    case 3: return adam_multi<S, T, false, true, true>(t, scalars, threads);
+    case 4: return adam_multi<S, T, true, false, false>(t, scalars, threads);
+    case 5: return adam_multi<S, T, true, false, true>(t, scalars, threads);
+    case 6: return adam_multi<S, T, true, true, false>(t, scalars, threads);
+    default: return adam_multi<S, T, true, true, true>(t, scalars, threads);
   }
 }
 
@@ -105,14 +182,12 @@ extern "C" {
 int64_t count_nonfinite_f32(const float* x, int64_t n, int threads) { return count_nonfinite<float>(x, n, threads); }
 int64_t count_nonfinite_f64(const double* x, int64_t n, int threads) { return count_nonfinite<double>(x, n, threads); }
 
-void adam_flat_f32(float* p, const float* g, float* m, float* v, float* vmax, int64_t n,
-                   const AdamScalars* s, int threads) {
-  adam_flat_dispatch<float>(p, g, m, v, vmax, n, *s, threads);
-}
-
-void adam_flat_f64(double* p, const double* g, double* m, double* v, double* vmax, int64_t n,
-                   const AdamScalars* s, int threads) {
-  adam_flat_dispatch<double>(p, g, m, v, vmax, n, *s, threads);
+// One step of every tensor in the table; dtype 0 float32, 1 float64, 2 float16 (fp32 math).
+void adam_multi_step(const AdamTensorTable* t, const AdamScalars* scalars, int32_t dtype, int threads) {
+  if (t->count <= 0) return;
+  if (dtype == 0) adam_multi_dispatch<float, float>(*t, scalars, threads);
+  else if (dtype == 1) adam_multi_dispatch<double, double>(*t, scalars, threads);
+  else adam_multi_dispatch<_Float16, float>(*t, scalars, threads);
 }
 
 void floor_flat_f32(float* p, const float* g, float* m, float* v, int64_t n, int threads) {
@@ -137,22 +212,24 @@ void floor_flat_f32(float* p, const float* g, float* m, float* v, int64_t n, int
 // only use is an addition).
 extern "C" {
 
-struct LowPrecBuffers {
-  void* p;                     // params: float32 or bfloat16 (uint16 bits)
-  const void* g;               // grads, same dtype as params
-  void* m;                     // exp_avg storage
-  void* v;                     // exp_avg_sq storage
-  void* vmax;                  // max_exp_avg_sq storage (amsgrad) or null
-  uint16_t* comp;              // bf16 Kahan compensation (param_rounding="kahan") or null
-  float* m_absmax;             // per-block absmax of int8 moments, else null
-  float* v_absmax;
-  float* vmax_absmax;
-  const int64_t* block_start;  // [blocks + 1] element offsets; a block lies inside one parameter
-  const int32_t* block_param;  // [blocks] index of the block's parameter within the bucket
-  const int64_t* param_start;  // [params] element offset of each parameter
-  const uint32_t* param_stream;  // [params] stochastic-rounding stream of each parameter
-  const float* steps;          // [params] step count of each parameter (already incremented)
-  uint64_t seed;               // stochastic-rounding seed
+struct LowPrecBuffers {  // per-parameter tables, torch's layout kept: one tensor per parameter and role
+  void* const* p;                 // params: float32 or bfloat16 (uint16 bits)
+  const void* const* g;           // grads, same dtype as params
+  void* const* m;                 // exp_avg storage
+  void* const* v;                 // exp_avg_sq storage
+  void* const* vmax;              // max_exp_avg_sq storage (amsgrad) or null
+  void* const* comp;              // bf16 Kahan compensation (param_rounding="kahan") or null
+  float* const* m_absmax;         // per-block absmax of int8 moments, else null
+  float* const* v_absmax;
+  float* const* vmax_absmax;
+  const int32_t* block_param;     // [blocks] the block's parameter (index into the tables)
+  const int64_t* block_local;     // [blocks] its first element within the parameter (a multiple of 256)
+  const int64_t* numel;           // [params] elements of each parameter
+  const int64_t* param_offset;    // [params] the tensor's first element within its whole parameter (shards)
+  const uint32_t* param_stream;   // [params] stochastic-rounding stream of each parameter
+  const float* steps;             // [params] step count of each parameter (already incremented)
+  const int32_t* scalar_index;    // [params] which entry of the step's scalars the parameter uses
+  uint64_t seed;                  // stochastic-rounding seed
   int32_t param_format, m_format, v_format, rounding;
 };
 
@@ -430,21 +507,27 @@ struct UpdateConstants {
 // One block: decode, update and (for bf16/fp32 storage) encode element by element; int8 moments
 // are staged and encoded once the block's absmax is known.
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
-void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block) {
+void step_block(const LowPrecBuffers& b, const UpdateConstants* constants, int64_t block) {
   using PT = typename std::conditional<BF16_PARAMS, uint16_t, float>::type;
-  PT* __restrict p = static_cast<PT*>(b.p);
-  const PT* __restrict g = static_cast<const PT*>(b.g);
-  uint16_t* __restrict comp = b.comp;
-  const int64_t base = b.block_start[block], n = b.block_start[block + 1] - base;
   const int32_t param = b.block_param[block];
-  MomentM m{static_cast<decltype(MomentM::data)>(b.m)};
-  MomentV v{static_cast<decltype(MomentV::data)>(b.v)};
-  MomentV vmax{static_cast<decltype(MomentV::data)>(b.vmax)};
-  m.begin_block(b.m_absmax, block, base, n);
-  v.begin_block(b.v_absmax, block, base, n);
-  if (AMSGRAD) vmax.begin_block(b.vmax_absmax, block, base, n);
+  const int64_t first = b.block_local[block], n = std::min(kBlock, b.numel[param] - first);
+  const int64_t base = 0;  // the pointers below start at the block's first element
+  PT* __restrict p = static_cast<PT*>(b.p[param]) + first;
+  const PT* __restrict g = static_cast<const PT*>(b.g[param]) + first;
+  uint16_t* __restrict comp = b.comp ? static_cast<uint16_t*>(b.comp[param]) + first : nullptr;
+  const UpdateConstants& c = constants[b.scalar_index[param]];
+  auto storage = [&](void* const* table, auto* typed) {
+    return table ? static_cast<decltype(typed)>(table[param]) + first : nullptr;
+  };
+  auto absmax = [&](float* const* table) { return table ? table[param] + first / kBlock : nullptr; };
+  MomentM m{storage(b.m, decltype(MomentM::data){})};
+  MomentV v{storage(b.v, decltype(MomentV::data){})};
+  MomentV vmax{storage(b.vmax, decltype(MomentV::data){})};
+  m.begin_block(absmax(b.m_absmax), 0, base, n);
+  v.begin_block(absmax(b.v_absmax), 0, base, n);
+  if (AMSGRAD) vmax.begin_block(absmax(b.vmax_absmax), 0, base, n);
   const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
-  const uint32_t local = uint32_t(base - b.param_start[param]);
+  const uint32_t local = uint32_t(b.param_offset[param] + first);  // element index within the whole parameter
   float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // block absmax of staged (int8) moments
   // and bits of their smallest non-zero |value|, minus 1 (so that 0 wraps to the largest)
   uint32_t least_m = ~0u, least_v = ~0u, least_vmax = ~0u;
@@ -659,18 +742,20 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants& c, int64_t block
       if (ROUNDING == kKahan) comp[i] = bf16_nearest(x - bf16_value(rounded));  // what rounding lost
     }
   }
-  m.finish_block(b.m_absmax, block, base, n, peak_m, least_m + 1u);
-  v.finish_block(b.v_absmax, block, base, n, peak_v, least_v + 1u);
-  if (AMSGRAD) vmax.finish_block(b.vmax_absmax, block, base, n, peak_vmax, least_vmax + 1u);
+  m.finish_block(absmax(b.m_absmax), 0, base, n, peak_m, least_m + 1u);
+  v.finish_block(absmax(b.v_absmax), 0, base, n, peak_v, least_v + 1u);
+  if (AMSGRAD) vmax.finish_block(absmax(b.vmax_absmax), 0, base, n, peak_vmax, least_vmax + 1u);
 }
 
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
-void adam_lowprec(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, int64_t last, int threads) {
-  const UpdateConstants constants(s);
-  const bool parallel = (b.block_start[last] - b.block_start[first]) >= kParallelThreshold;
+void adam_lowprec(const LowPrecBuffers& b, const AdamScalars* scalars, int32_t kinds, int64_t blocks, int threads) {
+  std::vector<UpdateConstants> constants;
+  constants.reserve(kinds);
+  for (int32_t k = 0; k < kinds; ++k) constants.emplace_back(scalars[k]);
+  const bool parallel = blocks * kBlock >= kParallelThreshold;
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
-  for (int64_t block = first; block < last; ++block)
-    step_block<MomentM, MomentV, AMSGRAD, BF16_PARAMS, ROUNDING>(b, constants, block);
+  for (int64_t block = 0; block < blocks; ++block)
+    step_block<MomentM, MomentV, AMSGRAD, BF16_PARAMS, ROUNDING>(b, constants.data(), block);
 }
 
 #ifdef ADAMKIT_LOWPREC
@@ -684,11 +769,11 @@ using ModeV = MomentOf<ADAMKIT_V_FORMAT, ExpAvgSqCode>;
 constexpr bool kBF16Params = ADAMKIT_PARAM_FORMAT == kBF16;
 
 template <bool AMSGRAD>
-void dispatch_rounding(const LowPrecBuffers& b, const AdamScalars& s, int64_t first, int64_t last, int threads) {
-  if (!kBF16Params) return adam_lowprec<ModeM, ModeV, AMSGRAD, false, kNearest>(b, s, first, last, threads);
-  if (b.rounding == kStochastic) return adam_lowprec<ModeM, ModeV, AMSGRAD, kBF16Params, kStochastic>(b, s, first, last, threads);
-  if (b.rounding == kKahan) return adam_lowprec<ModeM, ModeV, AMSGRAD, kBF16Params, kKahan>(b, s, first, last, threads);
-  adam_lowprec<ModeM, ModeV, AMSGRAD, kBF16Params, kNearest>(b, s, first, last, threads);
+void dispatch_rounding(const LowPrecBuffers& b, const AdamScalars* s, int32_t kinds, int64_t blocks, int threads) {
+  if (!kBF16Params) return adam_lowprec<ModeM, ModeV, AMSGRAD, false, kNearest>(b, s, kinds, blocks, threads);
+  if (b.rounding == kStochastic) return adam_lowprec<ModeM, ModeV, AMSGRAD, kBF16Params, kStochastic>(b, s, kinds, blocks, threads);
+  if (b.rounding == kKahan) return adam_lowprec<ModeM, ModeV, AMSGRAD, kBF16Params, kKahan>(b, s, kinds, blocks, threads);
+  adam_lowprec<ModeM, ModeV, AMSGRAD, kBF16Params, kNearest>(b, s, kinds, blocks, threads);
 }
 #endif  // ADAMKIT_LOWPREC
 
@@ -728,14 +813,15 @@ int32_t adam_lowprec_lanes() {
 #endif
 }
 
-// One fused step over blocks [first, last) of a low-precision flat bucket. Returns 0, or -1 if
-// the buffers' formats are not the ones this library was compiled for.
-int32_t adam_lowprec_step(const LowPrecBuffers* b, const AdamScalars* s, int64_t first, int64_t last, int threads) {
+// One fused step over `blocks` blocks of the parameters in the tables, in one parallel region;
+// parameter k uses scalars[scalar_index[k]] (one entry per distinct step count, `kinds` entries).
+// Returns 0, or -1 if the formats are not the ones this library was compiled for.
+int32_t adam_lowprec_step(const LowPrecBuffers* b, const AdamScalars* s, int32_t kinds, int64_t blocks, int threads) {
   if (b->m_format != ADAMKIT_M_FORMAT || b->v_format != ADAMKIT_V_FORMAT || b->param_format != ADAMKIT_PARAM_FORMAT)
     return -1;
-  if (last <= first) return 0;
-  if (s->amsgrad) dispatch_rounding<true>(*b, *s, first, last, threads);
-  else dispatch_rounding<false>(*b, *s, first, last, threads);
+  if (blocks <= 0 || kinds <= 0) return 0;
+  if (s->amsgrad) dispatch_rounding<true>(*b, s, kinds, blocks, threads);
+  else dispatch_rounding<false>(*b, s, kinds, blocks, threads);
   return 0;
 }
 #endif  // ADAMKIT_LOWPREC

@@ -9,12 +9,14 @@ from __future__ import annotations
 import ctypes
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ..codecs import BLOCK_SIZE as BLOCK  # the kernel's kBlock
 from .build import load_library
 
-__all__ = ["FORMATS", "LowPrecBuffers", "library_for", "floor_lowprec_"]
+__all__ = ["FORMATS", "LowPrecBuffers", "TABLE_FIELDS", "block_tables", "make_buffers", "library_for", "floor_lowprec_"]
 
 FORMATS = {"float32": 0, "bfloat16": 1, "int8": 2}
 ROUNDINGS = {"nearest": 0, "stochastic": 1, "kahan": 2}
@@ -22,6 +24,8 @@ PARAM_FORMATS = {torch.float32: 0, torch.bfloat16: 1}
 
 
 class LowPrecBuffers(ctypes.Structure):
+    """The kernel's tables (``LowPrecBuffers`` in adam_kernel.cpp): per-parameter pointers, per-block indices."""
+
     _fields_ = [
         ("p", ctypes.c_void_p),
         ("g", ctypes.c_void_p),
@@ -32,17 +36,40 @@ class LowPrecBuffers(ctypes.Structure):
         ("m_absmax", ctypes.c_void_p),
         ("v_absmax", ctypes.c_void_p),
         ("vmax_absmax", ctypes.c_void_p),
-        ("block_start", ctypes.c_void_p),
         ("block_param", ctypes.c_void_p),
-        ("param_start", ctypes.c_void_p),
+        ("block_local", ctypes.c_void_p),
+        ("numel", ctypes.c_void_p),
+        ("param_offset", ctypes.c_void_p),
         ("param_stream", ctypes.c_void_p),
         ("steps", ctypes.c_void_p),
+        ("scalar_index", ctypes.c_void_p),
         ("seed", ctypes.c_uint64),
         ("param_format", ctypes.c_int32),
         ("m_format", ctypes.c_int32),
         ("v_format", ctypes.c_int32),
         ("rounding", ctypes.c_int32),
     ]
+
+
+TABLE_FIELDS = tuple(name for name, _ in LowPrecBuffers._fields_[:16])
+
+
+def block_tables(numels: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
+    """(block_param int32, block_local int64): blocks of 256 counted from each parameter's first element."""
+    counts = (numels + BLOCK - 1) // BLOCK
+    block_param = np.repeat(np.arange(len(numels), dtype=np.int32), counts)
+    first_block = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    block_local = (np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first_block, counts)) * BLOCK
+    return block_param, block_local
+
+
+def make_buffers(tables: dict[str, "np.ndarray | None"], seed: int, formats: tuple[int, int, int, int]) -> LowPrecBuffers:
+    """The kernel's struct over numpy ``tables`` (keyed by TABLE_FIELDS; None for an absent role).
+
+    The struct holds raw addresses: the caller keeps ``tables`` alive while it is in use.
+    """
+    addresses = [None if tables.get(name) is None else tables[name].ctypes.data for name in TABLE_FIELDS]
+    return LowPrecBuffers(*addresses, seed, *formats)
 
 
 def library_for(param_dtype: torch.dtype, exp_avg: str, exp_avg_sq: str) -> ctypes.CDLL:
@@ -60,7 +87,7 @@ def library_for(param_dtype: torch.dtype, exp_avg: str, exp_avg_sq: str) -> ctyp
         library.adam_lowprec_step.argtypes = [
             ctypes.POINTER(LowPrecBuffers),
             ctypes.POINTER(_AdamScalars),
-            ctypes.c_int64,
+            ctypes.c_int32,
             ctypes.c_int64,
             ctypes.c_int,
         ]

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _AdamScalars
 from .build import FLAGS, _cpu_fingerprint, compile_cached, headers_digest
-from .lowprec import LowPrecBuffers
+from .lowprec import LowPrecBuffers, block_tables, make_buffers
 
 __all__ = ["SCALAR_FLAGS", "EMULATE_AVX512_FLAGS", "MODES", "build_kernel", "compare_builds", "simde_available"]
 
@@ -39,8 +39,8 @@ SCALAR_FLAGS = ("-mno-avx2",)
 EMULATE_AVX512_FLAGS = ("-DADAMKIT_EMULATE_AVX512", "-Wno-psabi")
 # every (exp_avg, exp_avg_sq, param) storage format
 MODES = [(m, v, p) for m in (F32, BF16, INT8) for v in (F32, BF16, INT8) for p in (F32, BF16)]
-_POINTERS = ("p", "g", "m", "v", "vmax", "comp", "m_absmax", "v_absmax", "vmax_absmax",
-             "block_start", "block_param", "param_start", "param_stream", "steps")
+_ELEMENT_BUFFERS = ("p", "g", "m", "v", "vmax", "comp")  # one element per parameter element
+_BLOCK_BUFFERS = ("m_absmax", "v_absmax", "vmax_absmax")  # one per block of 256
 _KERNEL = Path(__file__).with_name("adam_kernel.cpp")
 
 
@@ -57,7 +57,7 @@ def build_kernel(mode: tuple[int, int, int], extra_flags: Iterable[str] = (), so
                             _cpu_fingerprint() + headers_digest(source.parent))
     library = ctypes.CDLL(str(target))
     library.adam_lowprec_step.argtypes = [ctypes.POINTER(LowPrecBuffers), ctypes.POINTER(_AdamScalars),
-                                          ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+                                          ctypes.c_int32, ctypes.c_int64, ctypes.c_int]
     library.adam_lowprec_step.restype = ctypes.c_int32
     if hasattr(library, "adam_lowprec_lanes"):  # not in revisions before the AVX-512 path
         library.adam_lowprec_lanes.restype = ctypes.c_int32
@@ -78,21 +78,17 @@ def make_inputs(sizes: list[int], mode: tuple[int, int, int], amsgrad: bool, rou
     """Buffers of one bucket of parameters with ``sizes`` elements in storage ``mode``."""
     m, v, p = mode
     n = sum(sizes)
-    block_start, block_param, param_start = [], [], []
-    offset = 0
-    for index, size in enumerate(sizes):
-        param_start.append(offset)
-        for start in range(0, size, 256):
-            block_start.append(offset + start)
-            block_param.append(index)
-        offset += size
+    numel = np.array(sizes, np.int64)
+    block_param, block_local = block_tables(numel)
     blocks = len(block_param)
     state: dict[str, np.ndarray | None] = {
-        "block_start": np.array(block_start + [n], np.int64),
-        "block_param": np.array(block_param, np.int32),
-        "param_start": np.array(param_start, np.int64),
+        "numel": numel,
+        "block_param": block_param,
+        "block_local": block_local,
+        "param_offset": np.zeros(len(sizes), np.int64),
         "param_stream": rng.integers(0, 2**32, len(sizes), dtype=np.uint64).astype(np.uint32),
         "steps": rng.integers(1, 10**6, len(sizes)).astype(np.float32),
+        "scalar_index": np.zeros(len(sizes), np.int32),
     }
 
     def floats(scale: float) -> np.ndarray:
@@ -137,9 +133,16 @@ def run_step(library: ctypes.CDLL, state: dict, mode: tuple[int, int, int], roun
              threads: int = 1, seed: int = 0x123456789ABCDEF) -> None:
     """One kernel call over all blocks of ``state``, in place."""
     m, v, p = mode
-    buffers = LowPrecBuffers(*[None if state[key] is None else state[key].ctypes.data for key in _POINTERS],
-                             seed, p, m, v, rounding)
-    result = library.adam_lowprec_step(ctypes.byref(buffers), ctypes.byref(scalars), 0, len(state["block_param"]), threads)
+    # The parameters' elements lie end to end in each buffer: the tables point at each one's start.
+    element_starts = np.concatenate(([0], np.cumsum(state["numel"])[:-1]))
+    block_starts = np.concatenate(([0], np.cumsum((state["numel"] + 255) // 256)[:-1]))
+    tables = {key: state[key] for key in ("numel", "block_param", "block_local", "param_offset", "param_stream", "steps", "scalar_index")}
+    for keys, starts in ((_ELEMENT_BUFFERS, element_starts), (_BLOCK_BUFFERS, block_starts)):
+        for key in keys:
+            buffer = state[key]
+            tables[key] = None if buffer is None else (buffer.ctypes.data + starts * buffer.itemsize).astype(np.int64)
+    buffers = make_buffers(tables, seed, (p, m, v, rounding))
+    result = library.adam_lowprec_step(ctypes.byref(buffers), ctypes.byref(scalars), 1, len(state["block_param"]), threads)
     if result != 0:
         raise RuntimeError(f"the kernel refused storage mode {mode}")
 

@@ -1,0 +1,152 @@
+"""The kernel path's per-step gathering of gradient pointers, compiled against the installed torch.
+
+:func:`grad_pointers` writes, for each parameter of a kernel plan, the data pointer of its
+``.grad`` (0 for None, -1 for a gradient the kernel cannot read) and reports whether a
+parameter's own memory moved. ``gather.cpp`` does it about 20x faster than Python, which
+matters for many small tensors. The module includes torch's headers, so its build takes
+~25 s: it is compiled once per torch/Python/compiler in a background thread when an
+optimizer with many tensors is built, cached beside the kernels, and until it is ready (or
+if it cannot be built) :func:`python_grad_pointers` answers, with the same answers. A failed
+build is remembered in the cache (a ``.failed`` note), so a machine without torch's headers
+does not pay for the attempt in every process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.machinery
+import importlib.util
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import shards
+from .build import KernelBuildError, compile_cached
+
+__all__ = ["grad_pointers", "python_grad_pointers", "load", "build_in_background", "loaded", "python_only"]
+
+_module: ModuleType | None = None
+_lock = threading.Lock()
+_attempted = False
+
+
+def _flags() -> list[str]:
+    from torch.utils import cpp_extension
+
+    includes = [f"-I{path}" for path in (*cpp_extension.include_paths(), sysconfig.get_paths()["include"])]
+    library_dirs = cpp_extension.library_paths()
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [
+        "-O2", "-fPIC", "-shared", "-std=c++20", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *includes,
+        *(f"-L{path}" for path in library_dirs), *(f"-Wl,-rpath,{path}" for path in library_dirs),
+        "-ltorch_python", "-ltorch", "-ltorch_cpu", "-lc10",
+    ]  # fmt: skip
+
+
+def load() -> ModuleType:
+    """Build (once, cached) and import the extension; raises KernelBuildError if it cannot."""
+    global _module, _attempted
+    with _lock:
+        if _module is not None:
+            return _module
+        _attempted = True
+        suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+        key = f"{torch.__version__} {sys.version} {torch._C._GLIBCXX_USE_CXX11_ABI}"
+        source = Path(__file__).with_name("gather.cpp")
+        target = compile_cached("gather", [source], _flags(), suffix, key, remember_failure=True)
+        name = "_adamkit_gather"
+        spec = importlib.util.spec_from_file_location(name, target)
+        if spec is None or spec.loader is None:
+            raise KernelBuildError(f"cannot import the gradient gather from {target}")
+        try:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except ImportError as error:
+            raise KernelBuildError(f"importing the gradient gather {target} failed: {error}") from error
+        _module = module
+        return module
+
+
+def _try_load() -> None:
+    try:
+        load()
+    except KernelBuildError:
+        pass  # the Python gather stays in use
+
+
+def build_in_background() -> None:
+    """Start building the extension on a daemon thread (once per process)."""
+    if _module is None and not _attempted and not _lock.locked():
+        threading.Thread(target=_try_load, name="adamkit-gather-build", daemon=True).start()
+
+
+@contextlib.contextmanager
+def python_only() -> Iterator[None]:
+    """Use the Python gather inside the block (for comparisons and benchmarks)."""
+    global _module
+    saved, _module = _module, None
+    try:
+        yield
+    finally:
+        _module = saved
+
+
+def loaded() -> ModuleType | None:
+    """The extension if it is already imported, else None (never waits for a build)."""
+    return _module
+
+
+def _readable(grad: Tensor, param: Tensor) -> bool:
+    return (
+        grad.layout is torch.strided
+        and grad.device.type == "cpu"
+        and grad.dtype is param.dtype
+        and grad.numel() == param.numel()
+        and grad.is_contiguous()
+        and not grad.is_neg()
+        and not grad.is_conj()
+    )
+
+
+def python_grad_pointers(params: list[Tensor], param_addresses: np.ndarray, out: np.ndarray) -> int:
+    """The gather in Python: the same answers as ``gather.cpp``, and DTensor parameters too.
+
+    A DTensor's gradient is read through its local part, if it is placed like the parameter
+    (a Partial gradient is not reduced yet: the loop path handles it).
+    """
+    for index, param in enumerate(params):
+        grad = param.grad
+        if shards.is_dtensor(param):
+            if grad is not None and (not shards.is_dtensor(grad) or grad.placements != param.placements):
+                out[index] = -1
+                continue
+            param = param.to_local()
+            grad = None if grad is None else grad.to_local()
+        if param.data_ptr() != param_addresses[index]:
+            return 1
+        if grad is None:
+            out[index] = 0
+        elif _readable(grad, param):
+            out[index] = grad.data_ptr() or 1  # an empty grad has no memory: present, never read
+        else:
+            out[index] = -1
+    return 0
+
+
+def grad_pointers(params: list[Tensor], param_addresses: np.ndarray, out: np.ndarray, plain: bool) -> int:
+    """Fill ``out`` (int64, one entry per param) as documented in gather.cpp; return 0, or 1 if a
+    parameter's memory moved. ``plain``: every param is a plain tensor (no DTensor), so the
+    compiled gather may answer."""
+    module = _module
+    if plain and module is not None:
+        status = module.grad_pointers(params, param_addresses, out)
+        if status is not None:
+            return status
+    return python_grad_pointers(params, param_addresses, out)

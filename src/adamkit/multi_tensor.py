@@ -1,0 +1,327 @@
+"""The CPU kernel path: torch's layout kept, one kernel call per step for all of a group's tensors.
+
+Each parameter, gradient and state tensor stays its own tensor, where torch keeps it.
+The kernel takes tables of data pointers (parameter, gradient, ``exp_avg``,
+``exp_avg_sq``, ``max_exp_avg_sq``; for low-precision layouts also the int8 block
+scales and the Kahan buffer) and runs one parallel region over the elements of all
+the tensors laid end to end (``adam_kernel.cpp``): no per-tensor thread start-up,
+which is what makes many small tensors cheap.
+
+A :class:`Plan` holds what stays fixed between steps for the parameters of one group
+with one dtype and layout: their addresses, sizes, state pointers and step counters.
+Each step, gradient pointers are gathered wherever autograd put them
+(``kernels/gather.py``); a parameter whose ``.grad`` is None is skipped, exactly as
+torch skips it (its weight, ``step`` and moments stay as they were). A gradient the
+kernel cannot read (sparse, strided, another dtype), and parameters it cannot hold
+(other devices, non-contiguous or overlapping memory, complex dtypes, sharded
+low-precision parameters) take the reference loop (``functional.py``), which does
+the same arithmetic per element.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import codecs, kernels, lowprec, shards
+from .functional import StepScalars
+from .kernels import gather
+from .kernels import lowprec as lowprec_kernels
+
+__all__ = ["GroupPlans", "Plan", "kernel_layout"]
+
+# Groups with this many kernel params build the compiled gradient gather in the background;
+# below it the Python gather costs well under a millisecond per step.
+COMPILED_GATHER_MIN_PARAMS = 256
+_MOMENTS = lowprec.MOMENT_KEYS
+_TORCH_STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.uint8}
+# state keys -> the low-precision kernel's table names (LowPrecBuffers in adam_kernel.cpp)
+_LOWPREC_FIELDS = {
+    "exp_avg": "m", "exp_avg_sq": "v", "max_exp_avg_sq": "vmax", "kahan_comp": "comp",
+    "exp_avg_absmax": "m_absmax", "exp_avg_sq_absmax": "v_absmax", "max_exp_avg_sq_absmax": "vmax_absmax",
+}  # fmt: skip
+
+
+def _local(tensor: Tensor) -> Tensor:
+    return tensor.to_local() if shards.is_dtensor(tensor) else tensor
+
+
+def kernel_layout(group: dict[str, Any], param: Tensor) -> tuple[bool, lowprec.Layout | None]:
+    """(whether the kernel can hold ``param``, its low-precision layout or None for torch's)."""
+    layout = lowprec.layout_for(group, param)
+    if shards.is_dtensor(param):
+        if layout is not None:  # a shard's int8 blocks may straddle ranks: the loop path agrees scales
+            return False, layout
+    elif type(param) not in (Tensor, torch.nn.Parameter):
+        return False, layout
+    local = _local(param)
+    supported = kernels.PLAIN_DTYPES if layout is None else (torch.float32, torch.bfloat16)
+    return local.device.type == "cpu" and local.dtype in supported and local.is_contiguous(), layout
+
+
+def _overlapping(tensors: list[Tensor]) -> set[int]:
+    """Indices of tensors whose memory overlaps another's (the kernel's pointers must not alias)."""
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(tensors) if t.numel())
+    overlapping: set[int] = set()
+    furthest_end, furthest_index = -1, -1
+    for start, end, index in spans:
+        if start < furthest_end:
+            overlapping.update((index, furthest_index))
+        if end > furthest_end:
+            furthest_end, furthest_index = end, index
+    return overlapping
+
+
+def _addresses(tensors: list[Tensor | None]) -> np.ndarray:
+    return np.array([0 if t is None else _local(t).data_ptr() for t in tensors], dtype=np.int64)
+
+
+class Plan:
+    """The parameters of one group with one dtype and layout, as the kernel's tables."""
+
+    def __init__(self, params: list[Tensor], layout: lowprec.Layout | None, amsgrad: bool, streams: list[int], seed: int) -> None:
+        self.params = params
+        self.locals = [_local(p) for p in params]
+        self.layout = layout
+        self.amsgrad = amsgrad
+        self.seed = seed
+        self.dtype = self.locals[0].dtype
+        self.plain_tensors = not any(shards.is_dtensor(p) for p in params)
+        self.param_addresses = _addresses(self.locals)
+        self.numels = np.array([t.numel() for t in self.locals], dtype=np.int64)
+        self.streams = np.array(streams, dtype=np.int64).astype(np.uint32)
+        self.grad_addresses = np.zeros(len(params), dtype=np.int64)
+        self.bound: list[dict[str, Any] | None] = [None] * len(params)  # the state dict each row points at
+        self.has_state = np.zeros(len(params), dtype=bool)
+        self._all_present: dict[str, Any] | None = None  # the step's tables when every param has a grad
+        self.usable = np.zeros(len(params), dtype=bool)  # state ready for the kernel
+        self.tables: dict[str, np.ndarray] = {}
+        if len(params) >= COMPILED_GATHER_MIN_PARAMS and self.plain_tensors:
+            gather.build_in_background()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _state_roles(self) -> list[str]:
+        roles = list(_MOMENTS if self.amsgrad else _MOMENTS[:2])
+        if self.layout is not None:
+            roles += [codecs.absmax_key(key) for key in roles if self.layout.storage(key) == "int8"]
+            if self.layout.kahan:
+                roles.append("kahan_comp")
+        return roles
+
+    def _state_fits(self, state: dict[str, Any], index: int) -> bool:
+        """Whether ``state`` is stored as the kernel reads it (else that param takes the loop path)."""
+        local = self.locals[index]
+        for role in self._state_roles():
+            tensor = state.get(role)
+            if not isinstance(tensor, Tensor) or shards.is_dtensor(tensor) != shards.is_dtensor(self.params[index]):
+                return False
+            tensor = _local(tensor)
+            if tensor.device != local.device or not tensor.is_contiguous():
+                return False
+            if role.endswith("_absmax"):
+                if tensor.dtype != torch.float32 or tensor.numel() != codecs.num_blocks(local.numel()):
+                    return False
+                continue
+            if self.layout is None:
+                expected = local.dtype
+            elif role == "kahan_comp":
+                expected = torch.bfloat16
+            else:
+                expected = _TORCH_STORAGE[self.layout.storage(role)]
+            if tensor.dtype != expected or tensor.numel() != local.numel():
+                return False
+        step = state.get("step")
+        return isinstance(step, Tensor) and step.dtype == torch.float32 and step.device.type == "cpu" and step.numel() == 1
+
+    def bind(self, optimizer_state: dict[Tensor, dict[str, Any]], init_state: Callable[[Tensor], dict[str, Any]]) -> None:
+        """Point the tables at each param's state, creating it for params that have a grad and none yet
+        (as torch, a param never stepped has no state)."""
+        for index, param in enumerate(self.params):
+            if not optimizer_state.get(param) and self.grad_addresses[index] <= 0:
+                self.bound[index] = None
+                self.usable[index] = False
+                continue
+            if self.layout is None:
+                state = init_state(param)  # creates what is missing (max_exp_avg_sq once amsgrad is on)
+                if lowprec.not_plain(state, param):
+                    lowprec.conform_state_(state, param, None, self.amsgrad)  # the group's storage changed
+            else:
+                state = optimizer_state[param]
+                lowprec.conform_state_(state, param, self.layout, self.amsgrad)
+            self.bound[index] = state
+            self.usable[index] = self._state_fits(state, index)
+        self.has_state = np.array([state is not None for state in self.bound], dtype=bool)
+        entries = [state if usable else {} for state, usable in zip(self.bound, self.usable)]
+        # The tables hold raw addresses: keep the tensors themselves alive while they are in use.
+        self.bound_tensors = [tensor for entry in entries for tensor in entry.values()]
+        for role in ("step", *self._state_roles()):
+            self.tables[role] = _addresses([entry.get(role) for entry in entries])
+        self._all_present = None
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def gather(self) -> bool:
+        """Read this step's gradient pointers; False if a param's memory moved (rebuild the plans)."""
+        return gather.grad_pointers(self.params, self.param_addresses, self.grad_addresses, self.plain_tensors) == 0
+
+    def needs_state(self) -> bool:
+        """Whether a param has a gradient but no state yet (bind again before stepping)."""
+        return bool(((self.grad_addresses > 0) & ~self.has_state).any())
+
+    def loop_params(self) -> list[Tensor]:
+        """Params with a gradient the kernel cannot take this step: the caller steps them in the loop."""
+        outside = (self.grad_addresses < 0) | ((self.grad_addresses > 0) & ~self.usable)
+        return [self.params[i] for i in np.flatnonzero(outside)]
+
+    def step(self, scalars_for: Callable[[float], StepScalars]) -> None:
+        """One kernel call for every param whose gradient the kernel reads this step."""
+        present = (self.grad_addresses > 0) & self.usable
+        everyone = bool(present.all())
+        rows = None if everyone else np.flatnonzero(present)
+        if rows is not None and rows.size == 0:
+            return
+
+        def pick(table: np.ndarray) -> np.ndarray:
+            return table if rows is None else np.ascontiguousarray(table[rows])
+
+        step_addresses = pick(self.tables["step"])
+        steps = np.empty(len(step_addresses), dtype=np.float32)
+        kernels.load_floats(step_addresses.ctypes.data, steps.ctypes.data, len(steps))
+        steps += 1  # torch's counter: float32, incremented before use
+        if len(steps) and (steps == steps[0]).all():  # the common case: one step count for all
+            kinds, scalar_index = steps[:1], np.zeros(len(steps), dtype=np.int32)
+        else:
+            kinds, scalar_index = np.unique(steps, return_inverse=True)
+            scalar_index = scalar_index.astype(np.int32)
+        scalars = kernels.scalars_array([scalars_for(float(step)) for step in kinds])
+        grads = pick(self.grad_addresses)
+        if self.layout is None:
+            self._step_plain(pick, grads, scalars, scalar_index, everyone)
+        else:
+            self._step_lowprec(pick, grads, scalars, len(kinds), scalar_index, steps, everyone)
+        kernels.store_floats(step_addresses.ctypes.data, steps.ctypes.data, len(steps))
+
+    def _fixed(self, pick: Callable[[np.ndarray], np.ndarray], everyone: bool, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Tables that depend only on which params take part: cached for the all-present case."""
+        if not everyone:
+            return make()
+        if self._all_present is None:
+            self._all_present = make()
+        return self._all_present
+
+    def _step_plain(self, pick, grads: np.ndarray, scalars: ctypes.Array, scalar_index: np.ndarray, everyone: bool) -> None:
+        def make() -> dict[str, Any]:
+            prefix = np.zeros(len(pick(self.numels)) + 1, dtype=np.int64)
+            np.cumsum(pick(self.numels), out=prefix[1:])
+            return {"prefix": prefix, **{role: pick(self.tables[role]) for role in _MOMENTS if role in self.tables}}
+
+        fixed = self._fixed(pick, everyone, make)
+        moments = [fixed.get(role) for role in _MOMENTS]
+        table = kernels.AdamTensorTable(
+            pick(self.param_addresses).ctypes.data,
+            grads.ctypes.data,
+            *(None if m is None else m.ctypes.data for m in moments),
+            fixed["prefix"].ctypes.data,
+            scalar_index.ctypes.data,
+            len(grads),
+        )
+        kernels.adam_multi_step(table, scalars, self.dtype)
+
+    def _step_lowprec(self, pick, grads, scalars: ctypes.Array, kinds: int, scalar_index: np.ndarray, steps: np.ndarray, everyone: bool) -> None:
+        def make() -> dict[str, Any]:
+            numels = pick(self.numels)
+            block_param, block_local = lowprec_kernels.block_tables(numels)
+            fixed = {
+                "p": pick(self.param_addresses),
+                "numel": numels,
+                "param_offset": np.zeros(len(numels), dtype=np.int64),  # whole parameters (shards take the loop)
+                "param_stream": pick(self.streams),
+                "block_param": block_param,
+                "block_local": block_local,
+            }
+            fixed.update({_LOWPREC_FIELDS[role]: pick(table) for role, table in self.tables.items() if role != "step"})
+            return fixed
+
+        fixed = self._fixed(pick, everyone, make)
+        tables = {**fixed, "g": grads, "steps": steps, "scalar_index": scalar_index}
+        layout = self.layout
+        library = lowprec_kernels.library_for(layout.param_dtype, layout.exp_avg, layout.exp_avg_sq)
+        formats = (
+            lowprec_kernels.PARAM_FORMATS[layout.param_dtype],
+            lowprec_kernels.FORMATS[layout.exp_avg],
+            lowprec_kernels.FORMATS[layout.exp_avg_sq],
+            lowprec_kernels.ROUNDINGS[layout.rounding],
+        )
+        buffers = lowprec_kernels.make_buffers(tables, self.seed, formats)
+        status = library.adam_lowprec_step(ctypes.byref(buffers), scalars, kinds, len(fixed["block_param"]), torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"low-precision kernel built for another storage mode than {layout}")
+
+
+class GroupPlans:
+    """The kernel plans of one param group (one per dtype and layout) and the params left to the loop."""
+
+    def __init__(self, group: dict[str, Any], group_index: int) -> None:
+        self.source = group["params"]
+        self.count = len(self.source)
+        self.amsgrad = group["amsgrad"]
+        self.storage_settings = lowprec.settings_of(group)
+        by_kind: dict[tuple[Any, ...], list[int]] = {}
+        self.leftovers: list[Tensor] = []
+        self.low_precision: list[Tensor] = []  # params in a low-precision layout (they need dense grads)
+        for position, param in enumerate(self.source):
+            fits, layout = kernel_layout(group, param)
+            if layout is not None:
+                self.low_precision.append(param)
+            if fits:
+                by_kind.setdefault((_local(param).dtype, layout), []).append(position)
+            else:
+                self.leftovers.append(param)
+        # Aliasing params (duplicates, overlapping views) step one after another in the loop, as in torch.
+        positions = [i for members in by_kind.values() for i in members]
+        overlapping = {positions[i] for i in _overlapping([_local(self.source[i]) for i in positions])}
+        self.plans = []
+        for (dtype, layout), members in by_kind.items():
+            kept = [i for i in members if i not in overlapping]
+            self.leftovers += [self.source[i] for i in members if i in overlapping]
+            if kept:
+                streams = [codecs.stream_id(group_index, i) for i in kept]
+                self.plans.append(Plan([self.source[i] for i in kept], layout, self.amsgrad, streams, group.get("rounding_seed", 0)))
+        self.bound_state: dict[Tensor, dict[str, Any]] | None = None
+        self.bound_size = -1
+
+    def valid_for(self, group: dict[str, Any]) -> bool:
+        return (
+            group["params"] is self.source
+            and len(self.source) == self.count
+            and group["amsgrad"] == self.amsgrad
+            and lowprec.settings_of(group) == self.storage_settings
+        )
+
+    def step(
+        self,
+        optimizer_state: dict[Tensor, dict[str, Any]],
+        init_state: Callable[[Tensor], dict[str, Any]],
+        scalars_for: Callable[[float], StepScalars],
+    ) -> list[Tensor] | None:
+        """Step the kernel's params; returns the params the loop must step, or None if the plans
+        are out of date (a param's memory moved): rebuild them and call again."""
+        if not all(plan.gather() for plan in self.plans):
+            return None
+        # A replaced state (optimizer.state = ..., or an entry deleted) re-points the tables; the
+        # optimizer's own load_state_dict and to() rebuild the plans.
+        rebind = optimizer_state is not self.bound_state or len(optimizer_state) != self.bound_size
+        loop = list(self.leftovers)
+        for plan in self.plans:
+            if rebind or plan.needs_state():
+                plan.bind(optimizer_state, init_state)
+            loop += plan.loop_params()
+        self.bound_state, self.bound_size = optimizer_state, len(optimizer_state)
+        for plan in self.plans:
+            plan.step(scalars_for)
+        return loop
