@@ -59,7 +59,7 @@ from torch import Tensor
 from . import functional, lowprec, shards
 from .kernels import compiled_lowprec
 
-__all__ = ["step_params", "split", "forced", "force_cpu", "first_nonfinite", "implementation_for"]
+__all__ = ["step_params", "split", "forced", "force_cpu", "first_nonfinite", "implementation_for", "has_fused_kernels"]
 
 _FORCED = {"cpu": False, "implementation": None}
 _PLAIN_STORAGE = (None, "float32")
@@ -119,6 +119,11 @@ except ImportError:  # pragma: no cover - older torch
 
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def has_fused_kernels(where: torch.device) -> bool:
+    """Whether torch has fused Adam kernels for this device (so ``fused=True`` accepts its parameters)."""
+    return where.type in _FUSED_DEVICES
 
 
 def _local(tensor: Tensor) -> Tensor:

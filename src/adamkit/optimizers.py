@@ -141,7 +141,7 @@ class _AdamFamily(Optimizer):
             else:
                 pending = cached[2]
             for index, param in pending:
-                if param.grad is not None and param.device.type != "cpu" and param.is_floating_point():
+                if param.grad is not None and param.is_floating_point() and device.has_fused_kernels(param.device):
                     continue  # the device path (issue 14): torch's fused multi-tensor kernels there
                 if param.grad is not None and (param.device.type != "cpu" or not param.is_floating_point()):
                     raise RuntimeError(
