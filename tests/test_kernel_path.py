@@ -315,23 +315,24 @@ def test_compiled_and_python_gather_agree_on_every_kind_of_gradient():
     params[7].grad = torch.randn(4)
     addresses = np.array([p.data_ptr() for p in params], dtype=np.int64)
     compiled, python = np.zeros(8, np.int64), np.zeros(8, np.int64)
-    assert module.grad_pointers(params, addresses, compiled) == 0
+    assert module.grad_pointers(params, addresses, compiled, 2) == 0
     assert gather.python_grad_pointers(params, addresses, python) == 0
     assert compiled.tolist() == python.tolist()
     assert compiled[0] == 0 and compiled[2] == -1 and compiled[3] == -1
     assert compiled[5] == base.data_ptr() + 16
     addresses[6] += 4  # a param whose memory moved: the caller must rebuild
-    assert module.grad_pointers(params, addresses, compiled) == 1
+    assert module.grad_pointers(params, addresses, compiled, 2) == 1
     assert gather.python_grad_pointers(params, addresses, python) == 1
 
 
 def test_wrong_arguments_leave_the_answer_to_python():
     module = compiled_gather()
     out = np.zeros(1, np.int64)
-    assert module.grad_pointers((), np.zeros(0, np.int64), np.zeros(0, np.int64)) is None
-    assert module.grad_pointers([torch.zeros(1)], b"\0" * 3, out) is None
-    assert module.grad_pointers([torch.zeros(1)], np.zeros(1, np.int64), b"\0" * 8) is None  # read-only output
-    assert module.grad_pointers(["not a tensor"], np.zeros(1, np.int64), out) is None
+    assert module.grad_pointers((), np.zeros(0, np.int64), np.zeros(0, np.int64), 1) is None
+    assert module.grad_pointers([torch.zeros(1)], b"\0" * 3, out, 1) is None
+    assert module.grad_pointers([torch.zeros(1)], np.zeros(1, np.int64), b"\0" * 8, 1) is None  # read-only output
+    assert module.grad_pointers(["not a tensor"], np.zeros(1, np.int64), out, 1) is None
+    assert module.grad_pointers([torch.zeros(1)], np.zeros(1, np.int64), out) is None  # no thread count
 
 
 def test_a_failed_build_is_remembered_and_the_python_gather_answers(tmp_path, monkeypatch):

@@ -253,7 +253,10 @@ def test_tensor_lr_and_betas_of_any_one_element_shape(cls, shape, path):
 
 
 @settings(max_examples=40)
-@given(shape=st.lists(st.integers(0, 3), min_size=1, max_size=3).filter(lambda s: math.prod(s) != 1), which=st.sampled_from(["lr", "betas[0]", "betas[1]"]))
+@given(
+    shape=st.lists(st.integers(0, 3), min_size=1, max_size=3).filter(lambda s: math.prod(s) != 1),
+    which=st.sampled_from(["lr", "betas[0]", "betas[1]"]),
+)
 def test_any_tensor_hyperparameter_without_one_element_is_refused_as_torch_refuses_it(shape, which):
     value = torch.full(shape, 0.5)
     kwargs = dict(lr=value) if which == "lr" else dict(betas=(value, torch.tensor(0.9)) if which == "betas[0]" else (torch.tensor(0.9), value))
@@ -273,7 +276,8 @@ def test_state_dict_of_a_group_with_a_duplicate_round_trips_as_in_torch(path):
     a.grad, b.grad = torch.ones(2), torch.ones(2)
     ours.step()
     theirs.step()
-    assert ours.state_dict()["param_groups"][0]["params"] == theirs.state_dict()["param_groups"][0]["params"] == [2, 1, 2]  # torch numbers the last entry
+    saved_ids = [optimizer.state_dict()["param_groups"][0]["params"] for optimizer in (ours, theirs)]
+    assert saved_ids[0] == saved_ids[1] == [2, 1, 2]  # torch numbers a tensor by its last entry
     for saved in (ours.state_dict(), theirs.state_dict()):
         with pytest.warns(UserWarning, match="duplicate parameters"):
             fresh = adamkit.Adam([a, b, a], **path)
@@ -463,7 +467,9 @@ def test_differentiable_training_matches_torch_and_the_plain_step(cls):
         return [torch.randn(4, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
 
     options = dict(lr=0.05, weight_decay=0.1, amsgrad=True)
-    ours, theirs = twin_runs(lambda ps: cls(ps, differentiable=True, **options), lambda ps: TWINS[cls](ps, differentiable=True, **options), make_params, steps=5)
+    ours, theirs = twin_runs(
+        lambda ps: cls(ps, differentiable=True, **options), lambda ps: TWINS[cls](ps, differentiable=True, **options), make_params, steps=5
+    )
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)
     plain, _ = twin_runs(lambda ps: cls(ps, **options), lambda ps: TWINS[cls](ps, **options), make_params, steps=5)

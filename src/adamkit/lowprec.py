@@ -140,31 +140,49 @@ def _storage_of(layout: Layout | None, key: str, param: Tensor) -> str:
     return layout.storage(key) if layout is not None else _plain_storage(param)
 
 
+def _decode(key: str, local_state: dict[str, Tensor], storage: str, offset: int, blocks: tuple[int, int]) -> Tensor:
+    """float32 value of moment ``key`` from plain local tensors (an absmax: the whole parameter's)."""
+    entries = {key: local_state[key]}
+    if storage == "int8":
+        first, end = blocks
+        entries[codecs.absmax_key(key)] = local_state[codecs.absmax_key(key)][first:end]
+    return codecs.decode(key, entries, storage, offset)
+
+
+def _encode(
+    values: dict[str, Tensor], storages: dict[str, str], offset: int, blocks: tuple[int, int], agree_absmax: Any = None
+) -> dict[str, Tensor]:
+    """State entries (plain tensors) for the moments' float32 values at local elements starting at
+    global index ``offset``; ``agree_absmax`` turns local partial block maxima into the whole
+    parameter's (None: the tensor is the whole parameter, every block it touches is its own)."""
+    if agree_absmax is None:
+        return {name: t for key, value in values.items() for name, t in codecs.encode(key, value, storages[key]).items()}
+    int8 = [key for key in values if storages[key] == "int8"]
+    absmaxes = dict(zip(int8, agree_absmax([codecs.block_absmax(values[key], offset) for key in int8])))
+    first, end = blocks
+    entries: dict[str, Tensor] = {}
+    for key, value in values.items():
+        if key in absmaxes:
+            entries.update(codecs.encode(key, value, "int8", offset, absmaxes[key][first:end]))
+            entries[codecs.absmax_key(key)] = absmaxes[key]
+        else:
+            entries.update(codecs.encode(key, value, storages[key]))
+    return entries
+
+
 def decode_moment(key: str, entries: dict[str, Any], storage: str, span: shards.Span) -> Tensor:
     """float32 value of moment ``key`` at this process's elements of the parameter."""
     local = {key: span.local(entries[key])}
     if storage == "int8":
-        first, end = span.block_range()
-        local[codecs.absmax_key(key)] = span.local_blocks(entries[codecs.absmax_key(key)])[first:end]
-    return codecs.decode(key, local, storage, span.offset)
+        local[codecs.absmax_key(key)] = span.local_blocks(entries[codecs.absmax_key(key)])
+    return _decode(key, local, storage, span.offset, span.block_range())
 
 
 def encode_moments(values: dict[str, Tensor], storages: dict[str, str], span: shards.Span) -> dict[str, Tensor]:
     """State entries for the moments' float32 values at this process's elements (local tensors;
     an int8 moment's absmax covers the whole parameter's blocks, agreed across its shards)."""
-    if span.dtensor is None:  # a whole parameter: every block it touches is its own
-        return {name: t for key, value in values.items() for name, t in codecs.encode(key, value, storages[key]).items()}
-    int8 = [key for key in values if storages[key] == "int8"]
-    absmaxes = dict(zip(int8, span.agree_absmax([codecs.block_absmax(values[key], span.offset) for key in int8])))
-    first, end = span.block_range()
-    entries: dict[str, Tensor] = {}
-    for key, value in values.items():
-        if key in absmaxes:
-            entries.update(codecs.encode(key, value, "int8", span.offset, absmaxes[key][first:end]))
-            entries[codecs.absmax_key(key)] = absmaxes[key]
-        else:
-            entries.update(codecs.encode(key, value, storages[key]))
-    return entries
+    agree = None if span.dtensor is None else span.agree_absmax
+    return _encode(values, storages, span.offset, span.block_range(), agree)
 
 
 def _moment_state(key: str, value: Tensor, storage: str, span: shards.Span) -> dict[str, Tensor]:
@@ -232,24 +250,24 @@ def update_(
     A DTensor parameter steps its local part (see :mod:`adamkit.shards`).
     """
     keys = moment_keys(amsgrad)
-    span = shards.span_of(param)
-    local_param = span.local(param.detach())
-    moments = {key: decode_moment(key, state, layout.storage(key), span) for key in keys}
-    work = local_param.to(torch.float32)  # fp32 params: the parameter itself, updated in place
+    local = shards.localize(param, grad, state)  # sharding resolved once: plain tensors and offsets below
+    moments = {key: _decode(key, local.state, layout.storage(key), local.offset, local.blocks) for key in keys}
+    work = local.param.to(torch.float32)  # fp32 params: the parameter itself, updated in place
     if layout.kahan:
-        work = work + span.local(state["kahan_comp"]).to(torch.float32)
+        work = work + local.state["kahan_comp"].to(torch.float32)
     functional.adam_update_(
-        work, span.local(grad).to(torch.float32), moments["exp_avg"], moments["exp_avg_sq"], moments.get("max_exp_avg_sq"), scalars
+        work, local.grad.to(torch.float32), moments["exp_avg"], moments["exp_avg_sq"], moments.get("max_exp_avg_sq"), scalars
     )
     coded = {key: moments[key] for key in keys if layout.storage(key) != "float32"}  # float32: decoded in place
-    for name, tensor in encode_moments(coded, {key: layout.storage(key) for key in coded}, span).items():
-        (span.local_blocks(state[name]) if name in _ABSMAX_KEYS else span.local(state[name])).copy_(tensor)
+    agree = local.agree_absmax if shards.is_dtensor(param) else None
+    for name, tensor in _encode(coded, {key: layout.storage(key) for key in coded}, local.offset, local.blocks, agree).items():
+        local.state[name].copy_(tensor)
     if layout.param_dtype == _BF16:
         step = int(state["step"].item())
-        rounded = codecs.round_to_bf16(work, layout.rounding, seed, step, stream, span.offset)
-        local_param.copy_(rounded)
+        rounded = codecs.round_to_bf16(work, layout.rounding, seed, step, stream, local.offset)
+        local.param.copy_(rounded)
         if layout.kahan:
-            span.local(state["kahan_comp"]).copy_((work - rounded.to(torch.float32)).to(_BF16))
+            local.state["kahan_comp"].copy_((work - rounded.to(torch.float32)).to(_BF16))
 
 
 def not_plain(state: dict[str, Any], param: Tensor) -> bool:

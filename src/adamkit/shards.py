@@ -45,7 +45,7 @@ from torch import Tensor
 
 from . import codecs
 
-__all__ = ["Span", "span_of", "is_dtensor", "unsupported_placements", "sum_over_shards"]
+__all__ = ["Span", "LocalStep", "span_of", "localize", "is_dtensor", "unsupported_placements", "sum_over_shards"]
 
 try:  # torch.distributed is optional in some torch builds
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -142,6 +142,39 @@ class Span:
             row[first:end] = partial
         _all_reduce_over_shards(full, self.dtensor, "MAX")
         return list(full.unbind(0))
+
+
+@dataclass(frozen=True)
+class LocalStep:
+    """One parameter's step as this process sees it, resolved once where the step starts.
+
+    ``param``, ``grad`` and the element-wise ``state`` entries are this process's plain local
+    tensors (views: writing them writes the state); an absmax entry is the whole parameter's
+    block vector. Codecs and kernels take these with ``offset`` (the global index of the first
+    local element) and ``blocks`` (the global blocks the local elements touch); the only call
+    back into torch.distributed is ``agree_absmax``, for int8 blocks that straddle shards.
+    """
+
+    param: Tensor
+    grad: Tensor
+    state: dict[str, Tensor]
+    offset: int
+    blocks: tuple[int, int]
+    span: Span
+
+    def agree_absmax(self, partials: list[Tensor]) -> list[Tensor]:
+        return self.span.agree_absmax(partials)
+
+
+def localize(param: Tensor, grad: Tensor, state: dict[str, Any]) -> LocalStep:
+    """``param``'s step in this process's plain tensors (see :class:`LocalStep`)."""
+    span = span_of(param)
+    local_state = {
+        name: span.local_blocks(tensor) if name.endswith("_absmax") else span.local(tensor)
+        for name, tensor in state.items()
+        if name != "step" and isinstance(tensor, Tensor)
+    }
+    return LocalStep(span.local(param.detach()), span.local(grad), local_state, span.offset, span.block_range(), span)
 
 
 def sum_over_shards(dtensor: Any, local_count: int) -> int:

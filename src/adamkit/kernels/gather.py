@@ -44,7 +44,7 @@ def _flags() -> list[str]:
     library_dirs = cpp_extension.library_paths()
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [
-        "-O2", "-fPIC", "-shared", "-std=c++20", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *includes,
+        "-O2", "-fPIC", "-shared", "-std=c++20", "-w", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *includes,
         *(f"-L{path}" for path in library_dirs), *(f"-Wl,-rpath,{path}" for path in library_dirs),
         "-ltorch_python", "-ltorch", "-ltorch_cpu", "-lc10",
     ]  # fmt: skip
@@ -146,7 +146,7 @@ def grad_pointers(params: list[Tensor], param_addresses: np.ndarray, out: np.nda
     compiled gather may answer."""
     module = _module
     if plain and module is not None:
-        status = module.grad_pointers(params, param_addresses, out)
+        status = module.grad_pointers(params, param_addresses, out, torch.get_num_threads())
         if status is not None:
             return status
     return python_grad_pointers(params, param_addresses, out)
