@@ -358,3 +358,28 @@ def test_a_failed_build_is_remembered_and_the_python_gather_answers(tmp_path, mo
     loop_model, _ = train(steps=4, dtype=torch.float64, fused=False)
     assert gather.loaded() is None
     assert_same_params(kernel_model, loop_model, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "options",
+    [{}, dict(amsgrad=True), dict(maximize=True), dict(weight_decay=0.3), dict(betas=(0.2, 0.9), eps=1e-6)],
+    ids=["default", "amsgrad", "maximize", "l2", "small-beta1"],
+)
+def test_kernel_equals_torch_fused_adam_bit_for_bit(dtype, options):
+    """The kernel rounds op for op as torch's vector code does (lerp's and addcmul's FMAs,
+    addcdiv's order, the division by the bias correction): Adam equals torch's fused Adam.
+    Sizes are whole vectors: torch's scalar remainder loop rounds without those FMAs, so its
+    last few elements of a tensor may differ by an ulp (adamkit's do not depend on position)."""
+    results = []
+    for build in (lambda ps: torch.optim.Adam(ps, lr=0.1, fused=True, **options), lambda ps: adamkit.Adam(ps, lr=0.1, **options)):
+        generator = torch.Generator().manual_seed(0)
+        params = [nn.Parameter(torch.randn(n, generator=generator, dtype=dtype)) for n in (4096, 64, 1024)]
+        optimizer = build(params)
+        for _ in range(5):
+            for param in params:
+                param.grad = torch.randn(param.shape, generator=generator, dtype=dtype)
+            optimizer.step()
+        results.append([p.detach().clone() for p in params] + [t for p in params for t in optimizer.state[p].values()])
+    for theirs, ours in zip(*results):
+        assert torch.equal(theirs, ours)

@@ -66,10 +66,10 @@ __attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, con
   // maximize flips the sign; an AMP loss scale is divided out (exact for powers of two).
   const T grad_multiplier = T((s.maximize ? -1.0 : 1.0) / s.grad_scale);
   const T decay = T(s.decay), l2 = T(s.l2);
-  const T lerp_weight = T(1.0 - s.beta1), lerp_complement = T(s.beta1);
+  const T lerp_weight = T(1.0 - s.beta1), lerp_weight_minus_one = lerp_weight - T(1);  // as torch's lerp_vec
   const bool lerp_from_start = (1.0 - s.beta1) < 0.5;  // torch's lerp picks the stabler form
   const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
-  const T inverse_bias_correction2_sqrt = T(1.0 / s.bias_correction2_sqrt), eps = T(s.eps);
+  const T bias_correction2_sqrt = T(s.bias_correction2_sqrt), eps = T(s.eps);
   const T neg_step_size = T(-s.step_size);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -79,18 +79,18 @@ __attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, con
     if (SCALE_GRAD) grad *= grad_multiplier;
     if (L2) grad = std::fma(param, l2, grad);          // Adam + L2: g <- g + wd p
     const T diff = grad - old_m;                       // m_t = lerp(m, g, 1 - beta1), K&B Alg. 1
-    T exp_avg = lerp_from_start ? std::fma(lerp_weight, diff, old_m) : std::fma(-diff, lerp_complement, grad);
-    T exp_avg_sq = T(v[i]) * beta2 + one_minus_beta2 * grad * grad;       // v_t, K&B Alg. 1
+    T exp_avg = std::fma(lerp_from_start ? lerp_weight : lerp_weight_minus_one, diff, lerp_from_start ? old_m : grad);
+    T exp_avg_sq = std::fma(one_minus_beta2 * grad, grad, T(v[i]) * beta2);  // v_t, K&B Alg. 1
     T second = exp_avg_sq;
     if (AMSGRAD) {                                     // Reddi et al.: v_max <- max(v_max, v_t)
       const T old_vmax = T(vmax[i]);
       second = old_vmax > exp_avg_sq ? old_vmax : exp_avg_sq;
       vmax[i] = S(second);
     }
-    T denom = std::sqrt(second) * inverse_bias_correction2_sqrt + eps;  // sqrt(v_hat) + eps
+    T denom = std::sqrt(second) / bias_correction2_sqrt + eps;  // sqrt(v_hat) + eps, divided as torch does
     m[i] = S(exp_avg);
     v[i] = S(exp_avg_sq);
-    p[i] = S(param + neg_step_size * (exp_avg / denom));  // p <- p - lr m_hat / (sqrt(v_hat) + eps)
+    p[i] = S(param + neg_step_size * exp_avg / denom);  // p <- p - lr m_hat / (sqrt(v_hat) + eps), as addcdiv
   }
 }
 
