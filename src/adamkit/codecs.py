@@ -61,6 +61,8 @@ __all__ = [
     "round_to_bf16",
     "stream_id",
     "random_bits",
+    "bits_for_key",
+    "stochastic_bf16",
 ]
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
@@ -224,7 +226,10 @@ def _unblock(blocks: Tensor, offset: int, numel: int) -> Tensor:
 
 def _encode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
     """top / absmax per block (0 for an all-zero block; capped so subnormal blocks stay finite)."""
-    return torch.where(absmax > 0, code.top / absmax, torch.zeros_like(absmax)).clamp_(max=_INV_TOP_LIMIT)
+    # A float32 division, as the C++ kernel's (torch computes `number / tensor` as number * (1 / tensor),
+    # which differs in the last bit for some absmax and would move codes off the kernel's).
+    top = torch.full_like(absmax, code.top)
+    return torch.where(absmax > 0, top / absmax, torch.zeros_like(absmax)).clamp_(max=_INV_TOP_LIMIT)
 
 
 def _decode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
@@ -348,13 +353,17 @@ def block_key(seed: int, step: int, stream: int) -> int:
     return _mix32(key ^ stream)
 
 
-def random_bits(seed: int, step: int, stream: int, numel: int, offset: int = 0) -> Tensor:
+def random_bits(seed: int, step: int, stream: int, numel: int, offset: int = 0, device: Any = None) -> Tensor:
     """16 random bits per element, a pure function of (seed, step, stream, element index).
 
     The elements are ``offset .. offset + numel - 1`` of the parameter (a shard's own part).
     """
-    key = block_key(seed, step, stream)
-    index = torch.arange(offset, offset + numel, dtype=torch.int64) & _MASK32
+    return bits_for_key(block_key(seed, step, stream), numel, offset, device)
+
+
+def bits_for_key(key: int, numel: int, offset: int = 0, device: Any = None) -> Tensor:
+    """:func:`random_bits` for a parameter's ``block_key`` (int64 tensor of 16-bit values)."""
+    index = torch.arange(offset, offset + numel, dtype=torch.int64, device=device) & _MASK32
     return _mix32(index ^ key) & 0xFFFF
 
 
@@ -367,8 +376,13 @@ def round_to_bf16(x: Tensor, rounding: str, seed: int = 0, step: int = 0, stream
     """
     if rounding != "stochastic":
         return x.to(torch.bfloat16)
+    return stochastic_bf16(x, block_key(seed, step, stream), offset)
+
+
+def stochastic_bf16(x: Tensor, key: int, offset: int = 0) -> Tensor:
+    """:func:`round_to_bf16`'s stochastic rounding with the parameter's ``block_key`` given."""
     bits = x.reshape(-1).view(torch.int32).to(torch.int64) & _MASK32
-    rounded = ((bits + random_bits(seed, step, stream, x.numel(), offset)) >> 16) & 0xFFFF
+    rounded = ((bits + bits_for_key(key, x.numel(), offset, x.device)) >> 16) & 0xFFFF
     result = torch.where(rounded >= 0x8000, rounded - 0x10000, rounded).to(torch.int16).view(torch.bfloat16)
     result = torch.where(torch.isnan(x.reshape(-1)), x.reshape(-1).to(torch.bfloat16), result)
     return result.view(x.shape)

@@ -192,9 +192,9 @@ def _moment_state(key: str, value: Tensor, storage: str, span: shards.Span) -> d
     return {name: span.wrap_blocks(t) if name in _ABSMAX_KEYS else span.wrap(t) for name, t in entries.items()}
 
 
-def _zero_comp(span: shards.Span) -> Tensor:
+def _zero_comp(span: shards.Span, device: Any = None) -> Tensor:
     """A fresh Kahan compensation buffer (zeros) for this process's elements."""
-    return span.wrap(torch.zeros(span.local_shape, dtype=_BF16))
+    return span.wrap(torch.zeros(span.local_shape, dtype=_BF16, device=device))
 
 
 def _shard_plain_entries_(state: dict[str, Any], span: shards.Span) -> None:
@@ -225,12 +225,12 @@ def conform_state_(state: dict[str, Any], param: Tensor, layout: Layout | None, 
         if key in state:
             value = decode_moment(key, state, stored_as(key, state), span)
         else:
-            value = torch.zeros(span.local_shape, dtype=torch.float32)
+            value = torch.zeros(span.local_shape, dtype=torch.float32, device=param.device)
         state.pop(codecs.absmax_key(key), None)
         state.update(_moment_state(key, value, target, span))
     if layout is not None and layout.kahan:
         if not isinstance(state.get("kahan_comp"), Tensor) or state["kahan_comp"].shape != param.shape:
-            state["kahan_comp"] = _zero_comp(span)
+            state["kahan_comp"] = _zero_comp(span, param.device)
     else:
         state.pop("kahan_comp", None)
 
@@ -409,6 +409,6 @@ def prepare_load(
             if target is not None and target.kahan:
                 comp = entries.get("kahan_comp")
                 valid = isinstance(comp, Tensor) and comp.dtype == _BF16 and comp.shape == param.shape
-                new["kahan_comp"] = comp.detach().clone() if valid else _zero_comp(shards.span_of(param))
+                new["kahan_comp"] = comp.detach().clone() if valid else _zero_comp(shards.span_of(param), param.device)
             prepared[param] = new
     return prepared

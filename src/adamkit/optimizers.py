@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import functional, kernels, lowprec, multi_tensor, state_dicts, validation
+from . import device, functional, kernels, lowprec, multi_tensor, state_dicts, validation
 
 __all__ = ["Adam", "AdamW", "AMSGrad"]
 
@@ -141,6 +141,8 @@ class _AdamFamily(Optimizer):
             else:
                 pending = cached[2]
             for index, param in pending:
+                if param.grad is not None and param.is_floating_point() and device.has_fused_kernels(param.device):
+                    continue  # the device path (issue 14): torch's fused multi-tensor kernels there
                 if param.grad is not None and (param.device.type != "cpu" or not param.is_floating_point()):
                     raise RuntimeError(
                         "`fused=True` requires all the params to be floating point Tensors of supported devices: "
@@ -275,7 +277,10 @@ class _AdamFamily(Optimizer):
         for group_index, group in enumerate(self.param_groups):
             if group["nonfinite"] == "propagate":
                 continue
-            params = group["params"]
+            on_device, params = device.split(group["params"])
+            if on_device:  # the device path (issue 14): one multi-tensor check and one sync, not one per tensor
+                first = device.first_nonfinite(on_device)
+                params = params + ([on_device[first]] if first is not None else [])
             for param in params:
                 if param.grad is None or kernels.count_nonfinite(param.grad) == 0:
                     continue
@@ -361,7 +366,12 @@ class _AdamFamily(Optimizer):
             # torch's differentiable path: the reference loop with torch ops, autograd through it.
             self._loop_step(group["params"], group["amsgrad"], self._differentiable_scalars(group), differentiable=True)
             return
-        scalars_for = self._group_scalars(group, grad_scale)
+        # The device path (issue 14) takes the parameters not on the CPU (all of them under
+        # device.force_cpu()); step() has applied found_inf and the nonfinite policy already.
+        device_step = lambda ps: device.step_params(self.state, group, index, ps, getattr(self, "grad_scale", None), None, nonfinite_checked=True)
+        if device.forced() and group["fused"] is not False:
+            return device_step(group["params"])
+        scalars_for = _lazy(lambda: self._group_scalars(group, grad_scale))  # a tensor lr is read only if a CPU path runs
         params = group["params"]
         kernel = self._uses_kernel(group)
         if kernel:
@@ -374,6 +384,9 @@ class _AdamFamily(Optimizer):
                 if left is not None:
                     params = left
                     break
+        on_device, params = device.split(params) if group["fused"] is not False else ([], params)  # False: the loop for all
+        if on_device:
+            device_step(on_device)
         params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
         # float16 the kernel path leaves to the loop (strided, aliasing): the kernel's float32 math
         self._loop_step(params, group["amsgrad"], scalars_for, float32_math=kernel)
@@ -434,6 +447,18 @@ def _warn_reference_path_once() -> None:
                 RuntimeWarning,
                 stacklevel=4,
             )
+
+
+def _lazy(make: Callable[[], Callable[[float], functional.StepScalars]]) -> Callable[[float], functional.StepScalars]:
+    """``make()``'s function, built on its first call."""
+    built: list[Callable[[float], functional.StepScalars]] = []
+
+    def call(step: float) -> functional.StepScalars:
+        if not built:
+            built.append(make())
+        return built[0](step)
+
+    return call
 
 
 def _options(namespace: dict[str, Any], **fixed: Any) -> dict[str, Any]:

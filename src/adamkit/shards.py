@@ -137,7 +137,7 @@ class Span:
         if self.dtensor is None or not partials:
             return partials  # a plain tensor's blocks are all its own
         first, end = self.block_range()
-        full = torch.zeros(len(partials), codecs.num_blocks(self.numel), dtype=torch.float32)
+        full = torch.zeros(len(partials), codecs.num_blocks(self.numel), dtype=torch.float32, device=partials[0].device)
         for row, partial in zip(full, partials):
             row[first:end] = partial
         _all_reduce_over_shards(full, self.dtensor, "MAX")
