@@ -100,8 +100,8 @@ class Plan:
         self._all_present: dict[str, Any] | None = None  # the step's tables when every param has a grad
         self.usable = np.zeros(len(params), dtype=bool)  # state ready for the kernel
         self.tables: dict[str, np.ndarray] = {}
-        if len(params) >= COMPILED_GATHER_MIN_PARAMS and self.plain_tensors:
-            gather.build_in_background()
+        if self.plain_tensors:  # small plans use the compiled gather only if it is built already
+            gather.build_in_background(build=len(params) >= COMPILED_GATHER_MIN_PARAMS)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -181,74 +181,68 @@ class Plan:
     def step(self, scalars_for: Callable[[float], StepScalars]) -> None:
         """One kernel call for every param whose gradient the kernel reads this step."""
         present = (self.grad_addresses > 0) & self.usable
-        everyone = bool(present.all())
-        rows = None if everyone else np.flatnonzero(present)
-        if rows is not None and rows.size == 0:
-            return
+        if present.all():  # the common case: the call's tables are built once and kept
+            if self._all_present is None:
+                self._all_present = self._call(None)
+            call = self._all_present
+        else:
+            rows = np.flatnonzero(present)
+            if rows.size == 0:
+                return
+            call = self._call(rows)
+            call.grads[:] = self.grad_addresses[rows]
+        steps, count = call.steps, len(call.steps)
+        kernels.load_floats(call.step_table, call.step_values, count)
+        steps += 1  # torch's counter: float32, incremented before use
+        if (steps == steps[0]).all():  # the common case: one step count for all
+            kinds = steps[:1]
+            if call.mixed_steps:
+                call.scalar_index.fill(0)
+                call.mixed_steps = False
+        else:
+            kinds, inverse = np.unique(steps, return_inverse=True)
+            call.scalar_index[:] = inverse
+            call.mixed_steps = True
+        scalars = kernels.scalars_array([scalars_for(float(step)) for step in kinds])
+        call.launch(scalars, len(kinds))
+        kernels.store_floats(call.step_table, call.step_values, count)
+
+    def _call(self, rows: np.ndarray | None) -> "_KernelCall":
+        """The kernel's tables for the params in ``rows`` (None: all of them)."""
 
         def pick(table: np.ndarray) -> np.ndarray:
             return table if rows is None else np.ascontiguousarray(table[rows])
 
-        step_addresses = pick(self.tables["step"])
-        steps = np.empty(len(step_addresses), dtype=np.float32)
-        kernels.load_floats(step_addresses.ctypes.data, steps.ctypes.data, len(steps))
-        steps += 1  # torch's counter: float32, incremented before use
-        if len(steps) and (steps == steps[0]).all():  # the common case: one step count for all
-            kinds, scalar_index = steps[:1], np.zeros(len(steps), dtype=np.int32)
-        else:
-            kinds, scalar_index = np.unique(steps, return_inverse=True)
-            scalar_index = scalar_index.astype(np.int32)
-        scalars = kernels.scalars_array([scalars_for(float(step)) for step in kinds])
-        grads = pick(self.grad_addresses)
+        call = _KernelCall(pick(self.tables["step"]), self.grad_addresses if rows is None else np.empty(len(rows), np.int64))
+        numels = pick(self.numels)
         if self.layout is None:
-            self._step_plain(pick, grads, scalars, scalar_index, everyone)
-        else:
-            self._step_lowprec(pick, grads, scalars, len(kinds), scalar_index, steps, everyone)
-        kernels.store_floats(step_addresses.ctypes.data, steps.ctypes.data, len(steps))
-
-    def _fixed(self, pick: Callable[[np.ndarray], np.ndarray], everyone: bool, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Tables that depend only on which params take part: cached for the all-present case."""
-        if not everyone:
-            return make()
-        if self._all_present is None:
-            self._all_present = make()
-        return self._all_present
-
-    def _step_plain(self, pick, grads: np.ndarray, scalars: ctypes.Array, scalar_index: np.ndarray, everyone: bool) -> None:
-        def make() -> dict[str, Any]:
-            prefix = np.zeros(len(pick(self.numels)) + 1, dtype=np.int64)
-            np.cumsum(pick(self.numels), out=prefix[1:])
-            return {"prefix": prefix, **{role: pick(self.tables[role]) for role in _MOMENTS if role in self.tables}}
-
-        fixed = self._fixed(pick, everyone, make)
-        moments = [fixed.get(role) for role in _MOMENTS]
-        table = kernels.AdamTensorTable(
-            pick(self.param_addresses).ctypes.data,
-            grads.ctypes.data,
-            *(None if m is None else m.ctypes.data for m in moments),
-            fixed["prefix"].ctypes.data,
-            scalar_index.ctypes.data,
-            len(grads),
-        )
-        kernels.adam_multi_step(table, scalars, self.dtype)
-
-    def _step_lowprec(self, pick, grads, scalars: ctypes.Array, kinds: int, scalar_index: np.ndarray, steps: np.ndarray, everyone: bool) -> None:
-        def make() -> dict[str, Any]:
-            numels = pick(self.numels)
-            block_param, block_local = lowprec_kernels.block_tables(numels)
-            fixed = {
-                "p": pick(self.param_addresses),
-                "numel": numels,
-                "param_offset": np.zeros(len(numels), dtype=np.int64),  # whole parameters (shards take the loop)
-                "param_stream": pick(self.streams),
-                "block_param": block_param,
-                "block_local": block_local,
-            }
-            fixed.update({_LOWPREC_FIELDS[role]: pick(table) for role, table in self.tables.items() if role != "step"})
-            return fixed
-
-        fixed = self._fixed(pick, everyone, make)
-        tables = {**fixed, "g": grads, "steps": steps, "scalar_index": scalar_index}
+            prefix = call.keep(np.zeros(len(numels) + 1, dtype=np.int64))
+            np.cumsum(numels, out=prefix[1:])
+            moments = [call.keep(pick(self.tables[role])) if role in self.tables else None for role in _MOMENTS]
+            table = kernels.AdamTensorTable(
+                call.keep(pick(self.param_addresses)).ctypes.data,
+                call.grads.ctypes.data,
+                *(None if m is None else m.ctypes.data for m in moments),
+                prefix.ctypes.data,
+                call.scalar_index.ctypes.data,
+                len(numels),
+            )
+            call.bind(lambda scalars, kinds: kernels.adam_multi_step(table, scalars, self.dtype))
+            return call
+        block_param, block_local = lowprec_kernels.block_tables(numels)
+        tables = {
+            "p": pick(self.param_addresses),
+            "g": call.grads,
+            "numel": numels,
+            "param_offset": np.zeros(len(numels), dtype=np.int64),  # whole parameters (shards take the loop)
+            "param_stream": pick(self.streams),
+            "block_param": block_param,
+            "block_local": block_local,
+            "steps": call.steps,
+            "scalar_index": call.scalar_index,
+        }
+        tables.update({_LOWPREC_FIELDS[role]: pick(table) for role, table in self.tables.items() if role != "step"})
+        call.keep(tables)
         layout = self.layout
         library = lowprec_kernels.library_for(layout.param_dtype, layout.exp_avg, layout.exp_avg_sq)
         formats = (
@@ -258,9 +252,36 @@ class Plan:
             lowprec_kernels.ROUNDINGS[layout.rounding],
         )
         buffers = lowprec_kernels.make_buffers(tables, self.seed, formats)
-        status = library.adam_lowprec_step(ctypes.byref(buffers), scalars, kinds, len(fixed["block_param"]), torch.get_num_threads())
-        if status != 0:
-            raise RuntimeError(f"low-precision kernel built for another storage mode than {layout}")
+        blocks = len(block_param)
+
+        def launch(scalars: ctypes.Array, kinds: int) -> None:
+            status = library.adam_lowprec_step(ctypes.byref(buffers), scalars, kinds, blocks, torch.get_num_threads())
+            if status != 0:
+                raise RuntimeError(f"low-precision kernel built for another storage mode than {layout}")
+
+        call.bind(launch)
+        return call
+
+
+class _KernelCall:
+    """The tables of one kernel call (raw addresses into numpy arrays it keeps alive), and the
+    per-step buffers the call reads: gradient addresses, step counts and each param's scalars."""
+
+    def __init__(self, step_addresses: np.ndarray, grads: np.ndarray) -> None:
+        self.step_addresses = step_addresses
+        self.grads = grads
+        self.steps = np.empty(len(step_addresses), dtype=np.float32)
+        self.scalar_index = np.zeros(len(step_addresses), dtype=np.int32)
+        self.step_table, self.step_values = step_addresses.ctypes.data, self.steps.ctypes.data
+        self.mixed_steps = False
+        self._kept: list[Any] = []
+
+    def keep(self, value: Any) -> Any:
+        self._kept.append(value)
+        return value
+
+    def bind(self, launch: Callable[[ctypes.Array, int], None]) -> None:
+        self.launch = launch
 
 
 class GroupPlans:

@@ -57,7 +57,13 @@ class AdamTensorTable(ctypes.Structure):
 _FLOAT_POINTERS = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
 
 
+_typed_library: ctypes.CDLL | None = None
+
+
 def _library() -> ctypes.CDLL:
+    global _typed_library
+    if _typed_library is not None:
+        return _typed_library
     library = load_library()
     if not getattr(library, "_adamkit_typed", False):
         library.adam_multi_step.argtypes = [ctypes.POINTER(AdamTensorTable), ctypes.c_void_p, ctypes.c_int32, ctypes.c_int]
@@ -71,6 +77,7 @@ def _library() -> ctypes.CDLL:
             getattr(library, name).argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
             getattr(library, name).restype = ctypes.c_int64
         library._adamkit_typed = True
+    _typed_library = library
     return library
 
 

@@ -105,13 +105,20 @@ def headers_digest(directory: Path) -> str:
 
 
 def compile_cached(
-    stem: str, sources: list[Path], flags: list[str], suffix: str, extra_key: str = "", remember_failure: bool = False
+    stem: str,
+    sources: list[Path],
+    flags: list[str],
+    suffix: str,
+    extra_key: str = "",
+    remember_failure: bool = False,
+    build: bool = True,
 ) -> Path:
     """Compile ``sources`` with ``flags`` into the cache (once per source/flags/compiler/key).
 
     ``remember_failure``: a failed build leaves a ``.failed`` note beside the target and
     later calls fail at once instead of compiling again (for builds too slow to retry
-    in every process); delete the note to retry.
+    in every process); delete the note to retry. ``build=False``: only a build already in
+    the cache is returned (KernelBuildError otherwise).
     """
     compiler = _compiler()
     try:
@@ -124,6 +131,8 @@ def compile_cached(
     failure_note = target.with_name(f"{stem}-{key}.failed")
     if remember_failure and not target.exists() and failure_note.exists():
         raise KernelBuildError(f"building {stem} failed before on this machine (details in {failure_note}; delete it to retry)")
+    if not target.exists() and not build:
+        raise KernelBuildError(f"{stem} is not built yet on this machine")
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(target.parent)

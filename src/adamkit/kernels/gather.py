@@ -50,17 +50,20 @@ def _flags() -> list[str]:
     ]  # fmt: skip
 
 
-def load() -> ModuleType:
-    """Build (once, cached) and import the extension; raises KernelBuildError if it cannot."""
+def load(build: bool = True) -> ModuleType:
+    """Build (once, cached) and import the extension; raises KernelBuildError if it cannot.
+
+    ``build=False`` imports it only if it is already built on this machine."""
     global _module, _attempted
     with _lock:
         if _module is not None:
             return _module
-        _attempted = True
+        if build:
+            _attempted = True
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
         key = f"{torch.__version__} {sys.version} {torch._C._GLIBCXX_USE_CXX11_ABI}"
         source = Path(__file__).with_name("gather.cpp")
-        target = compile_cached("gather", [source], _flags(), suffix, key, remember_failure=True)
+        target = compile_cached("gather", [source], _flags(), suffix, key, remember_failure=True, build=build)
         name = "_adamkit_gather"
         spec = importlib.util.spec_from_file_location(name, target)
         if spec is None or spec.loader is None:
@@ -74,17 +77,24 @@ def load() -> ModuleType:
         return module
 
 
-def _try_load() -> None:
+def _try_load(build: bool) -> None:
     try:
-        load()
+        load(build)
     except KernelBuildError:
         pass  # the Python gather stays in use
 
 
-def build_in_background() -> None:
-    """Start building the extension on a daemon thread (once per process)."""
-    if _module is None and not _attempted and not _lock.locked():
-        threading.Thread(target=_try_load, name="adamkit-gather-build", daemon=True).start()
+_looked_for_a_build = False
+
+
+def build_in_background(build: bool = True) -> None:
+    """Start building (or with ``build=False`` only importing an already built) extension on a
+    daemon thread, once per process: small optimizers use it if it exists, large ones build it."""
+    global _looked_for_a_build
+    if _module is not None or _attempted or _lock.locked() or (not build and _looked_for_a_build):
+        return
+    _looked_for_a_build = True
+    threading.Thread(target=_try_load, args=(build,), name="adamkit-gather-build", daemon=True).start()
 
 
 @contextlib.contextmanager
