@@ -97,7 +97,7 @@ class Plan:
         self.grad_addresses = np.zeros(len(params), dtype=np.int64)
         self.bound: list[dict[str, Any] | None] = [None] * len(params)  # the state dict each row points at
         self.has_state = np.zeros(len(params), dtype=bool)
-        self._all_present: dict[str, Any] | None = None  # the step's tables when every param has a grad
+        self._all_present: _KernelCall | None = None  # the call when every param has a grad (kept)
         self.usable = np.zeros(len(params), dtype=bool)  # state ready for the kernel
         self.tables: dict[str, np.ndarray] = {}
         if self.plain_tensors:  # small plans use the compiled gather only if it is built already
@@ -176,7 +176,7 @@ class Plan:
     def loop_params(self) -> list[Tensor]:
         """Params with a gradient the kernel cannot take this step: the caller steps them in the loop."""
         outside = (self.grad_addresses < 0) | ((self.grad_addresses > 0) & ~self.usable)
-        return [self.params[i] for i in np.flatnonzero(outside)]
+        return [self.params[i] for i in np.flatnonzero(outside)] if outside.any() else []
 
     def step(self, scalars_for: Callable[[float], StepScalars]) -> None:
         """One kernel call for every param whose gradient the kernel reads this step."""
