@@ -29,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "StepScalars",
     "step_scalars",
+    "rule_options",
     "adam_update_",
     "adam_update_in_float32_",
     "adam_sparse_update_",
@@ -117,6 +118,18 @@ def step_scalars(
         amsgrad=amsgrad,
         grad_scale=grad_scale,
         differentiable=differentiable,
+    )
+
+
+def rule_options(group: dict) -> dict:
+    """A param group's choice of update rule: the :func:`step_scalars` arguments besides the numbers."""
+    return dict(
+        decoupled_weight_decay=group["decoupled_weight_decay"],
+        decoupled_lr=group["decoupled_lr"],
+        decoupled_lr_base=group["decoupled_lr_base"] if group["decoupled_lr"] else None,
+        bias_correction=group["bias_correction"],
+        maximize=group["maximize"],
+        amsgrad=group["amsgrad"],
     )
 
 

@@ -297,18 +297,6 @@ class _AdamFamily(Optimizer):
                 )
         return skip
 
-    @staticmethod
-    def _rule_options(group: dict[str, Any]) -> dict[str, Any]:
-        """The group's choice of update rule (what ``functional.step_scalars`` needs besides the numbers)."""
-        return dict(
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            decoupled_lr=group["decoupled_lr"],
-            decoupled_lr_base=group["decoupled_lr_base"] if group["decoupled_lr"] else None,
-            bias_correction=group["bias_correction"],
-            maximize=group["maximize"],
-            amsgrad=group["amsgrad"],
-        )
-
     def _group_scalars(self, group: dict[str, Any], grad_scale: float) -> Callable[[float], functional.StepScalars]:
         """The per-step constants of ``group`` as a function of the step count (memoised)."""
         lr, eps, weight_decay = (v.item() if isinstance(v, Tensor) else v for v in (group["lr"], group["eps"], group["weight_decay"]))
@@ -320,7 +308,7 @@ class _AdamFamily(Optimizer):
             eps=float(eps),
             weight_decay=float(weight_decay),
             grad_scale=grad_scale,
-            **self._rule_options(group),
+            **functional.rule_options(group),
         )
         cached = self._scalar_cache.get(id(group))
         if cached is None or cached[0] != options:
@@ -356,7 +344,7 @@ class _AdamFamily(Optimizer):
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 differentiable=True,
-                **self._rule_options(group),
+                **functional.rule_options(group),
             )
 
         return scalars_for

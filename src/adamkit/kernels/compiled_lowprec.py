@@ -190,13 +190,8 @@ def step_params(
             beta2=beta2,
             eps=eps,
             weight_decay=weight_decay,
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            decoupled_lr=group["decoupled_lr"],
-            decoupled_lr_base=group["decoupled_lr_base"] if group["decoupled_lr"] else None,
-            bias_correction=group["bias_correction"],
-            maximize=group["maximize"],
-            amsgrad=amsgrad,
             grad_scale=grad_scale,
+            **functional.rule_options(group),
         )
         stream = codecs.stream_id(group_index, positions[id(param)])
         elementwise = [param, param.grad] + [t for k, t in state.items() if k != "step" and not k.endswith("_absmax")]
