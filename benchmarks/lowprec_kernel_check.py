@@ -1,7 +1,8 @@
 """Check a changed low-precision kernel against an earlier revision, bit for bit, and time both.
 
-Builds src/adamkit/kernels/adam_kernel.cpp and the same file at a git revision (default 09ced4b,
-the last before the vector code; or --reference FILE) for every storage mode, and compares them
+Builds src/adamkit/kernels/adam_kernel.cpp and the same file at a git revision (default e90ad72,
+the first with per-tensor pointer tables: earlier revisions take flat buffers, another calling
+convention; or --reference FILE) for every storage mode, and compares them
 with adamkit.kernels.verify (the harness behind ``adamkit check-kernels``: realistic and garbage
 inputs, every variant, with and without DAZ/FTZ). Then times both on one thread, 2^18 elements
 (L3-resident), kernel call only (ctypes), calls alternated, min of 300 each.
@@ -52,7 +53,7 @@ def time_pair(libraries, mode, rounding=0, n=1 << 18, rounds=300):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference-rev", default="09ced4b", help="git revision of the reference kernel")
+    parser.add_argument("--reference-rev", default="e90ad72", help="git revision of the reference kernel")
     parser.add_argument("--reference", help="reference kernel source file (instead of a revision)")
     parser.add_argument("--no-time", action="store_true")
     parser.add_argument("--emulate-avx512", action="store_true",
