@@ -61,10 +61,13 @@ def main() -> int:
     args = parser.parse_args()
     reference_source = args.reference
     if reference_source is None:
-        text = subprocess.run(["git", "show", f"{args.reference_rev}:src/adamkit/kernels/adam_kernel.cpp"],
-                              cwd=ROOT, check=True, capture_output=True).stdout
-        reference_source = pathlib.Path(tempfile.mkdtemp()) / "reference_adam_kernel.cpp"
-        reference_source.write_bytes(text)
+        folder = pathlib.Path(tempfile.mkdtemp())
+        for name in ("adam_kernel.cpp", "simd.h"):  # the kernel and the header it includes, at that revision
+            shown = subprocess.run(["git", "show", f"{args.reference_rev}:src/adamkit/kernels/{name}"],
+                                   cwd=ROOT, capture_output=True)
+            if shown.returncode == 0:
+                (folder / name).write_bytes(shown.stdout)
+        reference_source = folder / "adam_kernel.cpp"
     reference_source = pathlib.Path(reference_source)
     flags = verify.EMULATE_AVX512_FLAGS if args.emulate_avx512 else ()
     reference = {mode: verify.build_kernel(mode, (), reference_source) for mode in verify.MODES}
