@@ -57,8 +57,11 @@ constexpr int64_t kParallelThreshold = 1 << 15;  // below this, threading costs 
 // as torch's fused kernel computes reduced-precision params in fp32 and rounds once).
 // No implicit FMA contraction here: GCC may contract the vector body and the scalar remainder of
 // the loop differently, and then an element's bits would depend on where its tensor (or shard)
-// starts. The two fused multiply-adds below are explicit, where torch's CPU ops have them
-// (lerp's and add(alpha=)'s vector code), so the result tracks torch.optim's for-loop.
+// starts. The fused multiply-adds are explicit instead: the moments' where torch's CPU vector
+// code has them (lerp, addcmul, add with alpha), so m and v track torch.optim's rounding; the
+// denominator and the step as FMAs with one division per element, which keeps the arithmetic
+// under the memory traffic (torch's own order costs a second division: ~10 % on many small
+// tensors, benchmarks/RESULTS.md).
 template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
 __attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, const S* __restrict g, S* __restrict m,
                                                             S* __restrict v, S* __restrict vmax, int64_t n,
@@ -69,7 +72,7 @@ __attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, con
   const T lerp_weight = T(1.0 - s.beta1), lerp_weight_minus_one = lerp_weight - T(1);  // as torch's lerp_vec
   const bool lerp_from_start = (1.0 - s.beta1) < 0.5;  // torch's lerp picks the stabler form
   const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
-  const T bias_correction2_sqrt = T(s.bias_correction2_sqrt), eps = T(s.eps);
+  const T inverse_bias_correction2_sqrt = T(1.0 / s.bias_correction2_sqrt), eps = T(s.eps);
   const T neg_step_size = T(-s.step_size);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -87,10 +90,10 @@ __attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, con
       second = old_vmax > exp_avg_sq ? old_vmax : exp_avg_sq;
       vmax[i] = S(second);
     }
-    T denom = std::sqrt(second) / bias_correction2_sqrt + eps;  // sqrt(v_hat) + eps, divided as torch does
+    T denom = std::fma(std::sqrt(second), inverse_bias_correction2_sqrt, eps);  // sqrt(v_hat) + eps
     m[i] = S(exp_avg);
     v[i] = S(exp_avg_sq);
-    p[i] = S(param + neg_step_size * exp_avg / denom);  // p <- p - lr m_hat / (sqrt(v_hat) + eps), as addcdiv
+    p[i] = S(std::fma(neg_step_size, exp_avg / denom, param));  // p <- p - lr m_hat / (sqrt(v_hat) + eps)
   }
 }
 
