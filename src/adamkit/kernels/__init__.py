@@ -54,7 +54,7 @@ class AdamTensorTable(ctypes.Structure):
     ]
 
 
-_FLOAT_POINTERS = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+_FLOAT_POINTERS = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
 
 
 _typed_library: ctypes.CDLL | None = None
@@ -119,12 +119,12 @@ def adam_multi_step(table: AdamTensorTable, scalars: ctypes.Array, dtype: torch.
 
 def load_floats(pointers: int, values: int, count: int) -> None:
     """values[i] = *pointers[i]: read ``count`` float32 scalar tensors (step counts) by address."""
-    _library().load_floats(pointers, values, count)
+    _library().load_floats(pointers, values, count, torch.get_num_threads())
 
 
 def store_floats(pointers: int, values: int, count: int) -> None:
     """*pointers[i] = values[i]: write ``count`` float32 scalar tensors by address."""
-    _library().store_floats(pointers, values, count)
+    _library().store_floats(pointers, values, count, torch.get_num_threads())
 
 
 def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:

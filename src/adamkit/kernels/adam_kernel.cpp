@@ -36,11 +36,14 @@ struct AdamTensorTable {
   int64_t count;
 };
 
-// Step counts live in each parameter's own float32 scalar tensor (torch's state layout).
-void load_floats(float* const* pointers, float* values, int64_t n) {
+// Step counts live in each parameter's own float32 scalar tensor (torch's state layout): one
+// scattered read or write each, which two threads overlap for many tensors.
+void load_floats(float* const* pointers, float* values, int64_t n, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (n >= 4096)
   for (int64_t i = 0; i < n; ++i) values[i] = *pointers[i];
 }
-void store_floats(float* const* pointers, const float* values, int64_t n) {
+void store_floats(float* const* pointers, const float* values, int64_t n, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (n >= 4096)
   for (int64_t i = 0; i < n; ++i) *pointers[i] = values[i];
 }
 
