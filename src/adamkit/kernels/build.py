@@ -60,13 +60,18 @@ def _compiler() -> str:
 
 
 def build_in_background() -> None:
-    """Start compiling (or loading) the kernel on a thread, so the first step need not wait.
-
-    Optimizers call this when they are built; the forward and backward passes
-    before the first step usually hide the compile time entirely.
-    """
-    if _load_library.cache_info().currsize == 0 and not _build_lock.locked():
+    """Have the kernel ready before the first step: loaded now if it is in the cache, else
+    compiled on a thread (the forward and backward passes before the first step usually hide
+    the compile time). Optimizers call this when they are built. No thread when none is needed:
+    a thread's first allocations cost a few MiB of memory of their own."""
+    if _load_library.cache_info().currsize or _build_lock.locked():
+        return
+    try:
+        _compile(build=False)
+    except KernelBuildError:
         threading.Thread(target=_try_load, name="adamkit-kernel-build", daemon=True).start()
+        return
+    _try_load()
 
 
 def _try_load() -> None:
@@ -86,10 +91,8 @@ def load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
         return _load_library(tuple(defines))
 
 
-@functools.lru_cache(maxsize=None)
-def _load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
-    import torch  # noqa: F401  (loads torch's libgomp first so the kernel shares it)
-
+def _compile(defines: tuple[str, ...] = (), build: bool = True) -> Path:
+    """The cached library of a variant (compiled first if ``build``; see compile_cached)."""
     here = Path(__file__).parent
     flags = [*FLAGS, *(f"-D{define}" for define in defines)]
     if not defines:
@@ -97,7 +100,15 @@ def _load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
         # step 20,000 tensors of 1,000 elements ~20 % faster than GCC's default 256-bit choice,
         # and large tensors as fast (measured, benchmarks/RESULTS.md). No effect without AVX-512.
         flags.append("-mprefer-vector-width=512")
-    target = compile_cached("adam_kernel", [here / name for name in SOURCES], flags, ".so", _cpu_fingerprint() + headers_digest(here))
+    sources = [here / name for name in SOURCES]
+    return compile_cached("adam_kernel", sources, flags, ".so", _cpu_fingerprint() + headers_digest(here), build=build)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
+    import torch  # noqa: F401  (loads torch's libgomp first so the kernel shares it)
+
+    target = _compile(defines)
     try:
         return ctypes.CDLL(str(target))
     except OSError as error:
