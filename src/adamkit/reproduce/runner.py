@@ -51,15 +51,27 @@ class Runner:
                 results.append(fn(**kwargs))
                 self._tick()
             return results
-        if self._pool is None:
-            context = multiprocessing.get_context("spawn" if sys.platform != "linux" else "forkserver")
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_worker_init)
+        self._ensure_pool()
         futures = {self._pool.submit(fn, **kwargs): i for i, kwargs in enumerate(kwargs_list)}
         results: list[Any] = [None] * len(kwargs_list)
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             self._tick()
         return results
+
+    def submit(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> "Pending":
+        """Start one run without waiting (in a worker process when ``jobs`` > 1); ``.result()`` waits."""
+        self.runs += 1
+        if self.jobs == 1:
+            return Pending(lambda: fn(**kwargs), self._tick)
+        self._ensure_pool()
+        future = self._pool.submit(fn, **kwargs)
+        return Pending(future.result, self._tick)
+
+    def _ensure_pool(self) -> None:
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn" if sys.platform != "linux" else "forkserver")
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_worker_init)
 
     def _tick(self) -> None:
         if self._progress is not None:
@@ -75,6 +87,19 @@ class Runner:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class Pending:
+    """A run started by :meth:`Runner.submit`; ``result()`` waits for it (once)."""
+
+    def __init__(self, get: Callable[[], Any], done: Callable[[], None]) -> None:
+        self._get, self._done, self._value, self._has = get, done, None, False
+
+    def result(self) -> Any:
+        if not self._has:
+            self._value, self._has = self._get(), True
+            self._done()
+        return self._value
 
 
 class Progress:
