@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -104,6 +104,24 @@ def bootstrap_interval(values: Sequence[float], statistic: str, *, level: float 
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail], method="linear") if np.all(np.isfinite(means)) else _quantiles_with_inf(means, tail)
     return Interval(statistic, estimate, float(low), float(high), int(data.size), level, tuple(map(float, data)))
+
+
+def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], float], label: str, *, level: float = LEVEL,
+                        resamples: int = 2000, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of any statistic of ``n`` seeds: ``statistic(indices)`` is
+    evaluated on all seeds (the estimate) and on ``resamples`` resamplings of them."""
+    everything = np.arange(n)
+    estimate = float(statistic(everything))
+    if n < 2:
+        return Interval(label, estimate, estimate, estimate, n, level)
+    rng = np.random.default_rng(seed)
+    draws = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(resamples)], dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return Interval(label, estimate, -math.inf, math.inf, n, level)
+    tail = (1 - level) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return Interval(label, estimate, float(low), float(high), n, level)
 
 
 def _quantiles_with_inf(means: np.ndarray, tail: float) -> tuple[float, float]:

@@ -97,15 +97,17 @@ def tune(
     factor: float = 2.0,
     width: int = 2,
     max_points: int = 13,
+    cache: dict[tuple[str, float, int], Any] | None = None,
 ) -> tuple[dict[str, TuningCurve], dict[tuple[str, float, int], Any]]:
     """Tune each candidate in ``start`` (name → centre value) on the tuning ``seeds``.
 
     Returns each candidate's :class:`TuningCurve` and every run's result keyed by
-    (name, value, seed), so the chosen runs can be reused.
+    (name, value, seed), so the chosen runs can be reused; ``cache`` (such a dict from
+    an earlier call) supplies runs already made, e.g. to score the same runs at two budgets.
     """
     if factor <= 1 or factor > math.sqrt(10) + 1e-9:
         raise ValueError(f"Invalid factor: {factor} (grids at most half a decade apart)")
-    results: dict[tuple[str, float, int], Any] = {}
+    results: dict[tuple[str, float, int], Any] = cache if cache is not None else {}
     grids: dict[str, list[float]] = {name: [] for name in start}
 
     def submit(points: dict[str, list[float]]) -> None:
