@@ -144,7 +144,6 @@ def excess(tail_x: list[float]) -> float:
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    runner.announce(estimated_runs(settings, len(seeds)))
     pending = runner.submit(deterministic_task, {"steps": settings.steps, "chunk": settings.chunk})  # runs alongside the sweep
     # α sweep of the stochastic problem: one task per α runs every seed (elements of one vector)
     make = lambda name, alpha, _seed: {"alpha": alpha, "steps": settings.stochastic_steps, "seeds": list(seeds), "chunk": settings.chunk}  # noqa: E731

@@ -90,7 +90,6 @@ def windows(result: dict, budget: int) -> tuple[float, float]:
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    runner.announce(estimated_runs(settings, len(seeds)))
     runs = runner.map(trial, [{"steps": max(settings.budgets), "seed": seed} for seed in seeds])
     claims = []
     for budget in settings.budgets:

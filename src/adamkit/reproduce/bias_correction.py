@@ -121,7 +121,6 @@ def largest_stable(curve_values: list[float], results: dict, name: str, seeds: l
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    runner.announce(estimated_runs(settings, len(seeds)))
     make = lambda name, lr, seed: {"beta1": CANDIDATES[name][0], "corrected": CANDIDATES[name][1], "lr": lr, "seed": seed,  # noqa: E731
                                    "steps": max(settings.budgets), "eval_every": settings.eval_every, "hidden": settings.hidden,
                                    "latent": settings.latent, "n_train": settings.n_train, "batch_size": settings.batch_size}

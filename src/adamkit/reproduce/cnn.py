@@ -82,7 +82,6 @@ def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | N
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    runner.announce(estimated_runs(settings, len(seeds)))
     comparison = tuned_comparison(runner, trial, partial(_kwargs, settings=settings), score, START, seeds, settings.tuning_seeds,
                                   score_name="mean training cost over the last 10 % of evaluations")
     intervals, holds = rule(comparison.scores)

@@ -168,7 +168,6 @@ def rule_construction(errors: dict[str, list[float]], negative_fraction: float) 
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    runner.announce(estimated_runs(settings, len(seeds)))
     # Part 1: deterministic for a given seed (the first seed draws the data). The claim is about the
     # solution each method converges to, so every lr of a 2× grid that fits the training set counts.
     jobs = [(n, centre * 2.0**k) for n, centre in CONSTRUCTION_START.items() for k in range(-3, 4)]

@@ -89,7 +89,6 @@ def trial(steps: int, seed: int) -> dict:
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    runner.announce(estimated_runs(settings, len(seeds)))
     runs = runner.map(trial, [{"steps": settings.steps, "seed": seed} for seed in seeds])
     labels = list(runs[0]["max_deviation"])
     worst = {label: [r["max_deviation"][label] for r in runs] for label in labels}

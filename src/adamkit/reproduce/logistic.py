@@ -86,7 +86,6 @@ def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | N
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    runner.announce(estimated_runs(settings, len(seeds)))
     claims, figures, extra = [], [], {}
     for l2 in [settings.l2, *settings.sensitivity]:
         make = partial(_kwargs, settings=settings, l2=l2)

@@ -72,7 +72,6 @@ def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | N
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    runner.announce(estimated_runs(settings, len(seeds)))
     make = partial(_kwargs, settings=settings)
     comparison = tuned_comparison(runner, trial, make, score, START, seeds, settings.tuning_seeds,
                                   score_name="mean training cost over the last 10 % of evaluations")

@@ -91,7 +91,6 @@ def score(result: dict) -> float:
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    runner.announce(estimated_runs(settings, len(seeds)))
     make = lambda name, lr, seed: {"name": name, "lr": lr, "seed": seed, "first_steps": settings.first_steps,  # noqa: E731
                                    "second_steps": settings.second_steps}
     comparison = tuned_comparison(runner, trial, make, score, START, seeds, settings.tuning_seeds,

@@ -58,7 +58,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(quadratic_steps=20000, lrs=[3e-4, 1e-3, 3e-3, 1e-2], n_train=500, hidden=128, steps=2000)
+        return cls(quadratic_steps=20000, lrs=[1e-3, 3e-3, 1e-2], n_train=200, hidden=128, steps=2000, max_points=9)
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
@@ -144,7 +144,6 @@ def slope(lrs: list[float], best_log_decay: list[float]) -> float:
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    runner.announce(estimated_runs(settings, len(seeds)))
     pending = runner.submit(quadratic_fixed_points, {"steps": settings.quadratic_steps})
     half_steps = settings.steps / 2  # Σ η_t for cosine annealing to 0
     start = {}
