@@ -52,7 +52,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(steps=1_000_000, stochastic_steps=100_000)
+        return cls(steps=300_000, stochastic_steps=50_000)
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:

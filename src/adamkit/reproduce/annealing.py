@@ -39,7 +39,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(budgets=(6000, 8000))
+        return cls(budgets=(5000, 7000))
 
     @classmethod
     def full(cls) -> "Settings":

@@ -46,11 +46,11 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(budgets=(80, 200), hidden=30, latent=5, n_train=500, eval_every=20, tuning_seeds=1)
+        return cls(budgets=(60, 150), hidden=30, latent=5, n_train=300, eval_every=15, tuning_seeds=1)
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(budgets=(600, 2500), hidden=100, latent=10, n_train=5000, eval_every=50)
+        return cls(budgets=(500, 2000), hidden=100, latent=10, n_train=5000, eval_every=50)
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:

@@ -40,7 +40,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(channels=4, n_train=1000, epochs=3, tuning_seeds=1)
+        return cls(channels=4, n_train=500, epochs=2, tuning_seeds=1)
 
     @classmethod
     def full(cls) -> "Settings":

@@ -45,7 +45,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(epochs=6, l2=1e-3, tuning_seeds=1, n_train=2000)
+        return cls(epochs=4, l2=1e-3, tuning_seeds=1, n_train=1000)
 
     @classmethod
     def full(cls) -> "Settings":

@@ -54,11 +54,11 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(quadratic_steps=3000, lrs=[3e-3, 1e-2], n_train=300, hidden=32, steps=200, tuning_seeds=1, max_points=7)
+        return cls(quadratic_steps=3000, lrs=[3e-3, 1e-2], n_train=300, hidden=32, steps=150, tuning_seeds=1, max_points=6)
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(quadratic_steps=20000, lrs=[1e-3, 3e-3, 1e-2], n_train=200, hidden=128, steps=2000, max_points=9)
+        return cls(quadratic_steps=20000, lrs=[1e-3, 3e-3, 1e-2], n_train=200, hidden=128, steps=2000, max_points=8)
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
