@@ -48,7 +48,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(steps=10_000, stochastic_steps=5_000)
+        return cls(steps=20_000, stochastic_steps=5_000)
 
     @classmethod
     def full(cls) -> "Settings":

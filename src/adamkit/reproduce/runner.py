@@ -108,7 +108,10 @@ class Progress:
     def __init__(self, desc: str, disable: bool | None = None) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=0, desc=desc, unit="run", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=disable)
+        interactive = sys.stderr.isatty()
+        # not a terminal (a log file): still report, every 30 s, one line each
+        self.bar = tqdm(total=0, desc=desc, unit="run", file=sys.stderr, dynamic_ncols=interactive, mininterval=0.5 if interactive else 30.0,
+                        disable=disable if disable is not None else False, ascii=not interactive)
         self.started = time.perf_counter()
 
     def callback(self, done: int, more: int) -> None:
