@@ -130,8 +130,13 @@ class Claim:
         """Why the verdict is what it is, in one line."""
         if self.unbracketed:
             return "no verdict: the optimum is not bracketed for " + ", ".join(self.unbracketed)
+        if self.note and self.holds is None:
+            return self.note
+        point = all(i.n < 2 or i.low == i.high for i in self.intervals)
         if self.holds is None:
             return "the 95 % interval straddles the rule's threshold"
+        if point:
+            return "the measured value " + ("satisfies" if self.holds else "violates") + " the rule (deterministic or a single seed: no interval)"
         return "the whole 95 % interval " + ("satisfies" if self.holds else "violates") + " the rule"
 
     def measured_text(self) -> str:
