@@ -111,6 +111,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             intervals=[interval],
             holds=holds,
             budget=f"{budget:,} steps",
+            note="" if len(complete) == len(pairs) else f"no verdict: {len(pairs) - len(complete)} seed(s) did not reach both windows within the budget",
         ))
     fig, (ax1, ax2) = new_figure(ncols=2)
     steps = np.arange(1, max(settings.budgets) + 1)
