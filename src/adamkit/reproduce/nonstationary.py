@@ -43,7 +43,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(first_steps=100, second_steps=600, tuning_seeds=1)
+        return cls(first_steps=300, second_steps=1500, tuning_seeds=1)
 
     @classmethod
     def full(cls) -> "Settings":
