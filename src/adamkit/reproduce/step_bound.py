@@ -83,7 +83,8 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
     over_rigorous = [float(np.max(r["max"] / r["bound"])) for r in results]
     stated = stats.bootstrap_interval([x / STATED for x in largest], "largest |Δθ| / (α(1−β1)/√(1−β2)), per seed")
     rigorous = stats.bootstrap_interval(over_rigorous, "largest |Δθ| / (α · our rigorous bound_t), per seed")
-    exceeded = stated.low > 1.0
+    worst = stats.bootstrap_interval([max(largest) / STATED], "largest |Δθ| over all seeds / (α(1−β1)/√(1−β2))")
+    exceeded = [x for x in largest if x > STATED]
     claims = [
         Claim(
             key="step-bound",
@@ -93,12 +94,13 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             measured={"largest |Δθ|/α": Measure(largest, "× α"),
                       "largest |Δθ| / our rigorous per-step bound": Measure(over_rigorous),
                       "fraction of elements with |Δθ| > α": Measure([float(r["above_one"].mean()) for r in results])},
-            rule="95 % bootstrap interval of the per-seed largest |Δθ| / (α(1−β1)/√(1−β2)) below 1 (above 1: the stated bound is exceeded, "
-                 "a finding); our rigorous bound (which includes the bias corrections) reported alongside",
-            intervals=[stated, rigorous],
-            holds=stats.below(stated, 1.0),
-            note=("FINDING: the stated bound is exceeded in every seed; the bias corrections, which the stated bound leaves out, "
-                  "allow steps up to our rigorous bound" if exceeded else ""),
+            rule="a worst-case bound: one step above it in any seed is a counterexample, so the rule is largest |Δθ| over all steps, "
+                 "elements and seeds ≤ α(1−β1)/√(1−β2) (float64, no statistical uncertainty); the per-seed interval and our rigorous "
+                 "bound (which includes the bias corrections) are reported alongside",
+            intervals=[worst, stated, rigorous],
+            holds=not exceeded,
+            note=(f"FINDING: K&B's stated bound is exceeded in {len(exceeded)} of {len(largest)} seeds (largest {max(largest):.3g} α); "
+                  "the bias corrections, which the stated bound leaves out, allow steps up to our rigorous bound, which holds" if exceeded else ""),
         )
     ]
     fig, (ax1, ax2) = new_figure(ncols=2)
