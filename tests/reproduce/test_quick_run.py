@@ -37,6 +37,10 @@ def test_results_validate_against_schema(quick_report):
     broken["claims"][0]["verdict"] = "maybe"
     with pytest.raises(jsonschema.ValidationError):
         report.validate(broken)
+    no_interval = copy.deepcopy(quick_report["document"])
+    no_interval["claims"][0]["intervals"] = []
+    with pytest.raises(jsonschema.ValidationError):
+        report.validate(no_interval)
 
 
 def test_every_experiment_and_claim_has_a_verdict(quick_report):
@@ -47,7 +51,29 @@ def test_every_experiment_and_claim_has_a_verdict(quick_report):
     assert len(keys) == len(set(keys)) >= len(EXPERIMENTS)
     for claim in document["claims"]:
         assert claim["verdict"] in VERDICTS
-        assert claim["measured"] and claim["paper"] and claim["rule"]
+        assert claim["measured"] and claim["rule"] and claim["intervals"] and claim["reason"]
+        assert claim["paper"]["reference"] and claim["paper"]["statement"]
+        # no verdict rests on an optimum that is not bracketed
+        if any(not curve["bracketed"] for curve in claim["tuning"]):
+            assert claim["verdict"] == "inconclusive"
+        for curve in claim["tuning"]:
+            assert curve["chosen"] in curve["values"]
+            assert all(b / a <= 10**0.5 * (1 + 1e-9) for a, b in zip(curve["values"], curve["values"][1:]))
+
+
+def test_comparisons_tune_every_optimizer_with_equal_trials(quick_report):
+    for claim in quick_report["document"]["claims"]:
+        if claim["tuning"] and claim["key"] != "amsgrad-stochastic":
+            assert len({len(curve["values"]) for curve in claim["tuning"]}) == 1, claim["key"]
+
+
+def test_reference_numbers_are_not_attributed_to_papers(quick_report):
+    """Numbers from our reference runs (ANCHORS.md) may appear only in the labelled reference column."""
+    for claim in quick_report["document"]["claims"]:
+        for number in ("0.228", "0.034", "0.997", "0.154", "0.159", "0.192"):
+            assert number not in claim["paper"]["statement"], claim["key"]
+        if claim["reference"]:
+            assert claim["reference"].startswith("reference run (ours")
 
 
 def test_deterministic_experiments_reach_expected_verdicts(quick_report):
@@ -64,6 +90,7 @@ def test_html_has_summary_sections_and_embedded_images(quick_report):
     for experiment in document["experiments"]:
         assert f'id="{experiment["name"]}"' in html
         assert f"adamkit reproduce --only {experiment['name']} --quick --seeds 1" in html
+    assert "indicative" in html
 
 
 def test_unknown_only_name_lists_valid_names(tmp_path, capsys):
@@ -92,3 +119,5 @@ def test_unwritable_out_fails_before_training(tmp_path, capsys, monkeypatch):
 def test_bad_seed_count_is_rejected(tmp_path, capsys):
     assert cli.main(["reproduce", "--quick", "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert "--seeds" in capsys.readouterr().err
+    assert cli.main(["reproduce", "--quick", "--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert "--jobs" in capsys.readouterr().err

@@ -1,14 +1,20 @@
 """``adamkit reproduce``: the papers' claims about Adam, measured on offline data.
 
-Each experiment is a module with ``NAME``, ``TITLE``, ``Settings.quick()/full()``
-and ``run(settings, seeds, bar)``; :data:`EXPERIMENTS` lists them in report order.
+Each experiment is a module with ``NAME``, ``TITLE``, ``Settings.quick()/full()``,
+``estimated_runs(settings, n_seeds)`` and ``run(settings, seeds, runner)``;
+:data:`EXPERIMENTS` lists them in report order. Shared machinery: :mod:`.stats`
+(intervals, rules, scores), :mod:`.tuning` (bracketed tuner), :mod:`.runner`
+(parallel processes, progress).
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import amsgrad_online, annealing, bias_correction, cnn, generalization, invariance, logistic, mlp, nonstationary, sparse, step_bound, tuning, weight_decay
+from . import (
+    amsgrad_online, annealing, bias_correction, cnn, generalization, invariance, little_tuning, logistic, mlp, nonstationary,
+    sparse, step_bound, weight_decay,
+)
 
 _MODULES: list[ModuleType] = [
     logistic,
@@ -20,7 +26,7 @@ _MODULES: list[ModuleType] = [
     weight_decay,
     invariance,
     step_bound,
-    tuning,
+    little_tuning,
     annealing,
     nonstationary,
     sparse,

@@ -1,4 +1,4 @@
-"""``adamkit reproduce [--quick] [--only NAME ...] [--seeds N] [--out DIR]``."""
+"""``adamkit reproduce [--quick] [--only NAME ...] [--seeds N] [--seed-offset K] [--jobs J] [--out DIR]``."""
 
 from __future__ import annotations
 
@@ -16,19 +16,21 @@ import torch
 import adamkit
 
 from . import EXPERIMENTS, report
-from .common import Bar
 
 DEFAULT_OUT = "adamkit-report"
-FULL_SEEDS = 3
+FULL_SEEDS = 5
+QUICK_SEEDS = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="smaller problems and one seed (a few minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="smaller problems and two seeds, verdicts indicative (under 3 minutes on 2 cores)")
     parser.add_argument(
         "--only", nargs="+", action="extend", metavar="NAME", default=None,
         help="run only these experiments: " + ", ".join(EXPERIMENTS),
     )
-    parser.add_argument("--seeds", type=int, default=None, metavar="N", help=f"seeds per experiment (default 1 with --quick, else {FULL_SEEDS})")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N", help=f"seeds per experiment (default {QUICK_SEEDS} with --quick, else {FULL_SEEDS})")
+    parser.add_argument("--seed-offset", type=int, default=0, metavar="K", help="use seeds K, K+1, ... (a second run with other seeds checks stability)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="J", help="parallel processes (default: the CPUs this process may use)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report directory (default ./{DEFAULT_OUT}/)")
 
 
@@ -50,9 +52,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"adamkit reproduce: error: unknown experiment(s) for --only: {', '.join(unknown)}; "
               f"valid names: {', '.join(EXPERIMENTS)}", file=sys.stderr)
         return 2
-    n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else FULL_SEEDS)
+    n_seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else FULL_SEEDS)
     if n_seeds < 1:
         print(f"adamkit reproduce: error: invalid --seeds: {n_seeds} (must be at least 1)", file=sys.stderr)
+        return 2
+    jobs = args.jobs if args.jobs is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if jobs < 1 or args.seed_offset < 0:
+        print(f"adamkit reproduce: error: invalid --jobs {jobs} or --seed-offset {args.seed_offset} (jobs ≥ 1, offset ≥ 0)", file=sys.stderr)
         return 2
     out = Path(args.out)
     problem = _check_out(out)
@@ -60,29 +66,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"adamkit reproduce: error: cannot write the report to --out {str(out)!r}: {problem}", file=sys.stderr)
         return 2
 
-    from tqdm import tqdm
+    from .runner import Progress, Runner
 
-    # One thread: on a shared 2-core machine a second OpenMP thread that has to wait for a
-    # busy core makes small models up to 10x slower (measured), never faster.
+    # One thread per process: on a shared 2-core machine a second OpenMP thread that has to wait for a
+    # busy core makes small models up to 10x slower (measured), never faster; the processes are the parallelism.
     torch.set_num_threads(1)
-    seeds = list(range(n_seeds))
+    seeds = list(range(args.seed_offset, args.seed_offset + n_seeds))
     started = datetime.datetime.now().astimezone()
     wall = time.perf_counter()
     results = []
-    for name in names:
-        module = EXPERIMENTS[name]
-        settings = module.Settings.quick() if args.quick else module.Settings.full()
-        total = module.total_work(settings, n_seeds)
-        with tqdm(total=total, desc=f"{name:<14}", unit="step", file=sys.stderr, dynamic_ncols=True,
-                  mininterval=0.5, disable=None) as bar:
-            begin = time.perf_counter()
-            result = module.run(settings, seeds, Bar(bar.update))
-            result.seconds = time.perf_counter() - begin
-            bar.update(max(0, total - bar.n))
-        results.append(result)
+    progress = Progress("adamkit reproduce")
+    settings_of = {name: (EXPERIMENTS[name].Settings.quick() if args.quick else EXPERIMENTS[name].Settings.full()) for name in names}
+    try:
+        with Runner(jobs, progress.callback) as runner:
+            runner.announce(sum(EXPERIMENTS[name].estimated_runs(settings_of[name], n_seeds) for name in names))
+            for name in names:
+                progress.bar.set_postfix_str(name)
+                begin = time.perf_counter()
+                result = EXPERIMENTS[name].run(settings_of[name], seeds, runner)
+                result.seconds = time.perf_counter() - begin
+                results.append(result)
+    finally:
+        progress.close()
     command = "adamkit reproduce" + "".join(
         [" --quick" if args.quick else "", f" --only {' '.join(names)}" if args.only else "",
-         f" --seeds {n_seeds}", f" --out {shlex.quote(str(out))}"]
+         f" --seeds {n_seeds}", f" --seed-offset {args.seed_offset}" if args.seed_offset else "", f" --out {shlex.quote(str(out))}"]
     )
     meta = {
         "adamkit_version": adamkit.__version__,
@@ -91,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
         "quick": bool(args.quick),
         "seeds": seeds,
         "threads": torch.get_num_threads(),
+        "jobs": jobs,
         "started": started.isoformat(timespec="seconds"),
         "wall_seconds": round(time.perf_counter() - wall, 2),
     }
     document = report.write_report(out, results, meta)
-    width = max(len(c["statement"]) for c in document["claims"])
+    width = max(len(c["key"]) for c in document["claims"])
     for claim in document["claims"]:
-        print(f"{claim['statement']:<{width}}  {claim['verdict']}")
+        print(f"{claim['key']:<{width}}  {claim['verdict']:<17}  {'; '.join(i['text'] for i in claim['intervals'])}")
     print(f"report: {os.path.join(str(out), 'index.html')} ({meta['wall_seconds']:.0f} s)")
     return 0

@@ -2,9 +2,10 @@
 figures, optimizer construction and a small training loop.
 
 An experiment module exposes ``NAME``, ``TITLE``, a ``Settings`` dataclass with
-``quick()`` and ``full()`` constructors, and ``run(settings, seeds, bar) ->
-ExperimentResult``. Verdicts come from the rule functions in each module, applied
-to the measured numbers; nothing here writes a verdict by hand.
+``quick()`` and ``full()`` constructors, ``estimated_runs(settings, n_seeds)`` and
+``run(settings, seeds, runner) -> ExperimentResult``; its independent training runs
+go through ``runner.map`` (parallel processes). Verdicts come from the rules in each
+module applied to the measured intervals (:mod:`.stats`); nothing writes a verdict by hand.
 """
 
 from __future__ import annotations
@@ -20,18 +21,25 @@ from torch import nn
 
 import adamkit
 
+from .stats import Interval
+from .tuning import TuningCurve
+
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 DEFECT_REPRODUCED = "defect reproduced"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, DEFECT_REPRODUCED)
+INCONCLUSIVE = "inconclusive"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, DEFECT_REPRODUCED, INCONCLUSIVE)
 
 
-def verdict(holds: bool, *, defect: bool = False) -> str:
-    """The verdict for a claim whose rule evaluated to ``holds``.
+def verdict(holds: bool | None, *, defect: bool = False) -> str:
+    """The verdict for a claim whose rule evaluated to ``holds`` (None: the interval straddles
+    the rule's threshold, so the measurement cannot decide).
 
     ``defect`` claims describe a known weakness of Adam: seeing it is a
     "defect reproduced", not seeing it is "not reproduced".
     """
+    if holds is None:
+        return INCONCLUSIVE
     if not holds:
         return NOT_REPRODUCED
     return DEFECT_REPRODUCED if defect else REPRODUCED
@@ -83,17 +91,59 @@ def _fmt(x: float, digits: int) -> str:
 
 @dataclass
 class Claim:
-    """One row of the summary table."""
+    """One row of the summary table.
+
+    ``paper_statement`` holds only what the paper states (ANCHORS.md, in our words);
+    ``reference`` any other reference figure, with its origin. ``intervals`` are the
+    rule's statistics with their 95 % intervals; ``holds`` is the rule's outcome on
+    them (None: inconclusive). A claim that rests on a tuning curve whose optimum is
+    not bracketed gets no verdict (``inconclusive``, with the reason).
+    """
 
     key: str
     statement: str
+    paper_ref: str
+    paper_statement: str
     measured: dict[str, Measure]
-    paper: str
     rule: str
-    verdict: str
+    intervals: list[Interval]
+    holds: bool | None
+    defect: bool = False
+    reference: str = ""
+    tuning: list[TuningCurve] = field(default_factory=list)
+    budget: str = ""
+    horizon: dict[str, Any] | None = None
+    note: str = ""
+
+    @property
+    def unbracketed(self) -> list[str]:
+        return [c.name for c in self.tuning if not c.bracketed]
+
+    @property
+    def verdict(self) -> str:
+        if self.unbracketed:
+            return INCONCLUSIVE
+        return verdict(self.holds, defect=self.defect)
+
+    @property
+    def reason(self) -> str:
+        """Why the verdict is what it is, in one line."""
+        if self.unbracketed:
+            return "no verdict: the optimum is not bracketed for " + ", ".join(self.unbracketed)
+        if self.note and self.holds is None:
+            return self.note
+        point = all(i.n < 2 or i.low == i.high for i in self.intervals)
+        if self.holds is None:
+            return "the 95 % interval straddles the rule's threshold"
+        if point:
+            return "the measured value " + ("satisfies" if self.holds else "violates") + " the rule (deterministic or a single seed: no interval)"
+        return "the whole 95 % interval " + ("satisfies" if self.holds else "violates") + " the rule"
 
     def measured_text(self) -> str:
         return "; ".join(f"{name}: {m.text()}" for name, m in self.measured.items())
+
+    def interval_text(self) -> str:
+        return "; ".join(f"{i.statistic}: {i.text()}" for i in self.intervals)
 
 
 @dataclass
@@ -114,20 +164,10 @@ class ExperimentResult:
     claims: list[Claim]
     figures: list[Figure]
     seeds: list[int]
+    deviations: list[str] = field(default_factory=list)
     notes: str = ""
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Bar:
-    """A progress sink: ``update(n)``. The CLI passes a tqdm bar; tests a no-op."""
-
-    def __init__(self, callback: Callable[[int], Any] | None = None) -> None:
-        self._callback = callback
-
-    def update(self, n: int = 1) -> None:
-        if self._callback is not None:
-            self._callback(n)
 
 
 class Timer:
@@ -213,66 +253,47 @@ def train_classifier(
     scheduler: Any = None,
     evals_per_epoch: int = 1,
     loss_fn: Callable = nn.functional.cross_entropy,
-    bar: Bar | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Minibatch training; returns (epochs elapsed, full training loss) at each evaluation.
+    """Minibatch training; returns (epochs elapsed, full training cost) at each evaluation.
 
-    The loss is evaluated on the whole training set in eval mode (no dropout),
-    which is the "training cost" the papers plot. A non-finite loss stops the
-    run early and is recorded as such. ``evals_per_epoch=0`` evaluates only once,
-    after the last epoch.
+    The cost is evaluated on the whole training set in eval mode (no dropout),
+    plus ``penalty()`` (an L2 term) when given: the "training cost" the papers plot.
+    A non-finite cost stops the run early and is recorded as such.
+    ``evals_per_epoch=0`` evaluates only once, after the last epoch.
     """
+    def cost() -> float:
+        value = full_loss(model, loss_fn, x, y)
+        if penalty is not None:
+            with torch.no_grad():
+                value += float(penalty())
+        return value
+
     n = len(x)
     batches = max(1, math.ceil(n / batch_size))
     eval_every = max(1, batches // evals_per_epoch) if evals_per_epoch > 0 else math.inf
-    ticks, losses = ([0.0], [full_loss(model, loss_fn, x, y)]) if evals_per_epoch > 0 else ([], [])
+    ticks, losses = ([0.0], [cost()]) if evals_per_epoch > 0 else ([], [])
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
         for b in range(batches):
             index = order[b * batch_size : (b + 1) * batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[index]), y[index])
+            if penalty is not None:
+                loss = loss + penalty()
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             if evals_per_epoch > 0 and ((b + 1) % eval_every == 0 or b == batches - 1):
-                current = full_loss(model, loss_fn, x, y)
+                current = cost()
                 ticks.append(epoch + (b + 1) / batches)
                 losses.append(current)
                 if not math.isfinite(current):
-                    if bar is not None:
-                        bar.update(epochs - epoch)
                     return ticks, losses
-        if bar is not None:
-            bar.update(1)
     if evals_per_epoch == 0:
-        ticks, losses = [float(epochs)], [full_loss(model, loss_fn, x, y)]
+        ticks, losses = [float(epochs)], [cost()]
     return ticks, losses
-
-
-def training_curves(
-    learning_rates: dict[str, float],
-    seeds: Sequence[int],
-    build_model: Callable[[], nn.Module],
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    epochs: int,
-    bar: Bar | None = None,
-) -> tuple[list[float], dict[str, list[list[float]]], dict[str, Measure]]:
-    """Train a fresh model per (optimizer, seed); return the ticks, the loss curves and final losses."""
-    curves: dict[str, list[list[float]]] = {name: [] for name in learning_rates}
-    ticks: list[float] = []
-    for name, lr in learning_rates.items():
-        for seed in seeds:
-            generator = seed_everything(seed)
-            model = build_model()
-            optimizer = make_optimizer(name, model.parameters(), lr)
-            ticks, losses = train_classifier(model, optimizer, x_train, y_train, epochs=epochs,
-                                             batch_size=128, generator=generator, evals_per_epoch=1, bar=bar)
-            curves[name].append(losses)
-    final = {name: Measure([r[-1] for r in runs]) for name, runs in curves.items()}
-    return ticks, curves, final
 
 
 def mlp(sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
@@ -309,3 +330,22 @@ def new_figure(width: float = 6.4, height: float = 4.0, ncols: int = 1) -> tuple
 
 def finite_or_inf(x: float) -> float:
     return x if math.isfinite(x) else math.inf
+
+
+def plot_tuning(ax: Any, curves: Sequence[TuningCurve], ylabel: str, title: str = "Tuning curves (star: chosen)") -> None:
+    """Each candidate's tuning score against its hyperparameter; the chosen value starred,
+    an unbracketed optimum marked in the legend."""
+    for k, curve in enumerate(curves):
+        scores = np.array([s if math.isfinite(s) else np.nan for s in curve.scores])
+        label = curve.name + ("" if curve.bracketed else " (NOT bracketed)")
+        ax.plot(curve.values, scores, marker="o", markersize=3, color=f"C{k}", label=label)
+        i = curve.values.index(curve.chosen)
+        if math.isfinite(curve.scores[i]):
+            ax.plot([curve.chosen], [curve.scores[i]], marker="*", markersize=14, color=f"C{k}", markeredgecolor="k")
+        blown = [v for v, s in zip(curve.values, curve.scores) if not math.isfinite(s)]
+        if blown:
+            top = np.nanmax(scores) if np.any(np.isfinite(scores)) else 1.0
+            ax.plot(blown, [top] * len(blown), "x", color=f"C{k}")
+    parameter = curves[0].parameter if curves else "value"
+    ax.set(xscale="log", yscale="log", xlabel=f"{parameter} (log grid; x: diverged)", ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)

@@ -28,18 +28,71 @@ _MEASURE = {
     "additionalProperties": False,
 }
 
+_NUMBER = {"type": ["number", "null"]}
+
+_INTERVAL = {
+    "type": "object",
+    "required": ["statistic", "estimate", "low", "high", "level", "n", "values", "text"],
+    "properties": {
+        "statistic": {"type": "string", "minLength": 1},
+        "estimate": _NUMBER,
+        "low": _NUMBER,
+        "high": _NUMBER,
+        "level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "n": {"type": "integer", "minimum": 1},
+        "values": {"type": "array", "items": _NUMBER},
+        "text": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
+
+_TUNING = {
+    "type": "object",
+    "required": ["name", "parameter", "score", "values", "scores", "per_seed", "seeds", "chosen", "bracketed"],
+    "properties": {
+        "name": {"type": "string"},
+        "parameter": {"type": "string"},
+        "score": {"type": "string"},
+        "values": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1},
+        "scores": {"type": "array", "items": _NUMBER, "minItems": 1},
+        "per_seed": {"type": "array", "items": {"type": "array", "items": _NUMBER}},
+        "seeds": {"type": "array", "items": {"type": "integer"}},
+        "chosen": {"type": "number", "exclusiveMinimum": 0},
+        "bracketed": {"type": "boolean"},
+    },
+    "additionalProperties": False,
+}
+
 _CLAIM = {
     "type": "object",
-    "required": ["key", "experiment", "statement", "measured", "measured_text", "paper", "rule", "verdict"],
+    "required": ["key", "experiment", "statement", "paper", "reference", "measured", "measured_text", "rule", "intervals",
+                 "verdict", "reason", "tuning", "budget", "horizon", "note"],
     "properties": {
         "key": {"type": "string", "minLength": 1},
         "experiment": {"type": "string", "minLength": 1},
         "statement": {"type": "string", "minLength": 1},
+        "paper": {
+            "type": "object",
+            "required": ["reference", "statement"],
+            "properties": {"reference": {"type": "string", "minLength": 1}, "statement": {"type": "string", "minLength": 1}},
+            "additionalProperties": False,
+        },
+        "reference": {"type": ["string", "null"]},
         "measured": {"type": "object", "minProperties": 1, "additionalProperties": _MEASURE},
         "measured_text": {"type": "string"},
-        "paper": {"type": "string", "minLength": 1},
         "rule": {"type": "string", "minLength": 1},
+        "intervals": {"type": "array", "items": _INTERVAL, "minItems": 1},
         "verdict": {"enum": list(VERDICTS)},
+        "reason": {"type": "string", "minLength": 1},
+        "tuning": {"type": "array", "items": _TUNING},
+        "budget": {"type": "string"},
+        "horizon": {
+            "type": ["object", "null"],
+            "required": ["criterion", "improvement", "flattened"],
+            "properties": {"criterion": {"type": "string"}, "improvement": _NUMBER, "flattened": {"type": "boolean"}},
+            "additionalProperties": False,
+        },
+        "note": {"type": "string"},
     },
     "additionalProperties": False,
 }
@@ -56,6 +109,7 @@ SCHEMA: dict[str, Any] = {
         "quick": {"type": "boolean"},
         "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
         "threads": {"type": "integer", "minimum": 1},
+        "jobs": {"type": "integer", "minimum": 1},
         "started": {"type": "string"},
         "wall_seconds": {"type": "number", "minimum": 0},
         "experiments": {
@@ -63,7 +117,7 @@ SCHEMA: dict[str, Any] = {
             "minItems": 1,
             "items": {
                 "type": "object",
-                "required": ["name", "title", "source", "seconds", "seeds", "setup", "command", "figures", "claims"],
+                "required": ["name", "title", "source", "seconds", "seeds", "setup", "deviations", "command", "figures", "claims"],
                 "properties": {
                     "name": {"type": "string"},
                     "title": {"type": "string"},
@@ -71,6 +125,7 @@ SCHEMA: dict[str, Any] = {
                     "seconds": {"type": "number", "minimum": 0},
                     "seeds": {"type": "array", "items": {"type": "integer"}},
                     "setup": {"type": "object"},
+                    "deviations": {"type": "array", "items": {"type": "string"}},
                     "command": {"type": "string"},
                     "notes": {"type": "string"},
                     "figures": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+\.png$"}, "minItems": 1},
@@ -91,8 +146,8 @@ def validate(document: dict[str, Any]) -> None:
     jsonschema.validate(document, SCHEMA, cls=jsonschema.Draft202012Validator)
 
 
-def rerun_command(name: str, quick: bool, seeds: int) -> str:
-    return f"adamkit reproduce --only {name}" + (" --quick" if quick else "") + f" --seeds {seeds}"
+def rerun_command(name: str, quick: bool, seeds: int, offset: int = 0) -> str:
+    return f"adamkit reproduce --only {name}" + (" --quick" if quick else "") + f" --seeds {seeds}" + (f" --seed-offset {offset}" if offset else "")
 
 
 def _jsonable(value: Any) -> Any:
@@ -118,7 +173,8 @@ def build_document(results: list[ExperimentResult], meta: dict[str, Any], figure
                 "seconds": round(result.seconds, 2),
                 "seeds": list(result.seeds),
                 "setup": _jsonable(result.setup),
-                "command": rerun_command(result.name, meta["quick"], len(meta["seeds"])),
+                "command": rerun_command(result.name, meta["quick"], len(meta["seeds"]), min(meta["seeds"])),
+                "deviations": list(result.deviations),
                 "notes": result.notes,
                 "figures": figure_files[result.name],
                 "claims": [c.key for c in result.claims],
@@ -131,11 +187,18 @@ def build_document(results: list[ExperimentResult], meta: dict[str, Any], figure
                     "key": claim.key,
                     "experiment": result.name,
                     "statement": claim.statement,
+                    "paper": {"reference": claim.paper_ref, "statement": claim.paper_statement},
+                    "reference": claim.reference or None,
                     "measured": {name: m.to_json() for name, m in claim.measured.items()},
                     "measured_text": claim.measured_text(),
-                    "paper": claim.paper,
                     "rule": claim.rule,
+                    "intervals": [i.to_json() | {"text": i.text()} for i in claim.intervals],
                     "verdict": claim.verdict,
+                    "reason": claim.reason,
+                    "tuning": [c.to_json() for c in claim.tuning],
+                    "budget": claim.budget,
+                    "horizon": _jsonable(claim.horizon) if claim.horizon is not None else None,
+                    "note": claim.note,
                 }
             )
     return {**meta, "experiments": experiments, "claims": claims}
@@ -150,6 +213,9 @@ th{background:#f2f2f2}
 .v-reproduced{background:#d8f3dc;color:#1b4332}
 .v-not-reproduced{background:#ffe5d9;color:#7f1d1d}
 .v-defect-reproduced{background:#e0e7ff;color:#1e3a8a}
+.v-inconclusive{background:#fef3c7;color:#78350f}
+.small{font-size:0.85em;color:#444}
+.unbracketed{color:#b91c1c;font-weight:600}
 figure{margin:1em 0}
 figure img{max-width:100%;border:1px solid #ddd}
 code,pre{background:#f6f6f6;padding:0.15em 0.35em;border-radius:3px}
@@ -159,6 +225,31 @@ section{border-top:2px solid #ddd;margin-top:2em}
 
 def _badge(verdict: str) -> str:
     return f'<span class="v v-{verdict.replace(" ", "-")}">{html.escape(verdict)}</span>'
+
+
+def _intervals_html(claim: dict[str, Any]) -> str:
+    e = html.escape
+    return "<br>".join(f"{e(i['statistic'])}: <b>{e(i['text'])}</b>" for i in claim["intervals"])
+
+
+def _tuning_html(claim: dict[str, Any]) -> str:
+    """One row per tuned candidate: its grid with the chosen value in bold, and whether it is bracketed."""
+    e = html.escape
+    if not claim["tuning"]:
+        return ""
+    rows = []
+    for curve in claim["tuning"]:
+        cells = []
+        for value, score in zip(curve["values"], curve["scores"]):
+            text = f"{value:.3g}: {'diverged' if score is None else f'{score:.4g}'}"
+            cells.append(f"<b>[{e(text)}]</b>" if value == curve["chosen"] else e(text))
+        bracket = "bracketed" if curve["bracketed"] else '<span class="unbracketed">NOT bracketed</span>'
+        rows.append(f"<tr><td>{e(curve['name'])}</td><td>{e(curve['parameter'])} = {curve['chosen']:.3g}</td><td>{bracket}</td>"
+                    f"<td class=\"small\">{', '.join(cells)}</td></tr>")
+    score = claim["tuning"][0]["score"]
+    return (f"<p class=\"small\">Tuning for <i>{e(claim['key'])}</i> (score: {e(score)}; lower is better; "
+            f"tuning seeds {e(str(claim['tuning'][0]['seeds']))}; chosen value in brackets):</p>"
+            "<table><tr><th>candidate</th><th>chosen</th><th>optimum</th><th>grid: value: score</th></tr>" + "".join(rows) + "</table>")
 
 
 def render_html(document: dict[str, Any], images: dict[str, bytes], captions: dict[str, str]) -> str:
@@ -172,35 +263,62 @@ def render_html(document: dict[str, Any], images: dict[str, bytes], captions: di
         "<title>adamkit reproduce report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>adamkit reproduce: the papers' claims about Adam, measured</h1>",
-        f"<p>Command: <code>{e(document['command'])}</code> — {'quick sizes' if document['quick'] else 'full sizes'}, "
+        f"<p>Command: <code>{e(document['command'])}</code> — {'quick sizes, verdicts indicative only' if document['quick'] else 'full sizes'}, "
         f"seeds {e(str(document['seeds']))}, torch {e(document['torch_version'])}, adamkit {e(document['adamkit_version'])}, "
-        f"{document.get('threads', '?')} thread(s), wall time {document['wall_seconds']:.1f} s, started {e(document.get('started', ''))}.</p>",
-        "<p>Verdicts are computed from the measured numbers by the rule shown for each claim. "
-        "<b>defect reproduced</b> marks a known weakness of Adam that the measurement shows. "
-        + ("Quick mode uses smaller problems and one seed: verdicts that depend on size can differ from the full run. " if document["quick"] else "")
-        + f"Totals: {counts['reproduced']} reproduced, {counts['defect reproduced']} defect reproduced, {counts['not reproduced']} not reproduced.</p>",
-        "<h2 id=\"summary\">Summary</h2><table><tr><th>Claim</th><th>Experiment</th><th>Measured (mean ± std over seeds)</th><th>Paper</th><th>Verdict</th></tr>",
+        f"{document.get('jobs', 1)} process(es) × {document.get('threads', '?')} thread(s), wall time {document['wall_seconds']:.1f} s, "
+        f"started {e(document.get('started', ''))}.</p>",
+        "<p>How to read this. <b>Paper</b> holds only what the paper states (in our words) and where; a number from our own "
+        "reference runs appears only in the <i>Reference run (ours)</i> column. Every optimizer in a comparison is tuned on a log grid "
+        "(at most half a decade apart), extended until its chosen value has a worse neighbour on both sides, with the same number of "
+        "trials per optimizer; a claim whose optimum is not bracketed gets no verdict. Rules apply to paired per-seed differences "
+        "with 95 % percentile-bootstrap intervals: <b>reproduced</b> (or <b>defect reproduced</b>, for a known weakness of Adam) when the "
+        "whole interval satisfies the rule, <b>not reproduced</b> when the whole interval violates it, <b>inconclusive</b> when it "
+        "straddles the threshold. Scores are means over the last 10 % of evaluations. "
+        + ("<b>Quick mode: smaller problems and fewer seeds; the verdicts are indicative only.</b> " if document["quick"] else "")
+        + f"Totals: {counts['reproduced']} reproduced, {counts['defect reproduced']} defect reproduced, "
+        f"{counts['not reproduced']} not reproduced, {counts['inconclusive']} inconclusive.</p>",
+        "<h2 id=\"summary\">Summary</h2><table><tr><th>Claim tested</th><th>Paper (where: what it states)</th>"
+        "<th>Measured (mean ± std over seeds)</th><th>Rule statistic: estimate [95 % interval]</th><th>Verdict</th></tr>",
     ]
     for claim in document["claims"]:
+        budget = f" <span class=\"small\">({e(claim['budget'])})</span>" if claim["budget"] else ""
         parts.append(
-            f"<tr><td>{e(claim['statement'])}</td><td><a href=\"#{e(claim['experiment'])}\">{e(claim['experiment'])}</a></td>"
-            f"<td>{e(claim['measured_text'])}</td><td>{e(claim['paper'])}</td><td>{_badge(claim['verdict'])}</td></tr>"
+            f"<tr><td>{e(claim['statement'])}{budget} <a href=\"#{e(claim['experiment'])}\">[{e(claim['experiment'])}]</a></td>"
+            f"<td><i>{e(claim['paper']['reference'])}</i>: {e(claim['paper']['statement'])}</td>"
+            f"<td class=\"small\">{e(claim['measured_text'])}</td><td class=\"small\">{_intervals_html(claim)}</td>"
+            f"<td>{_badge(claim['verdict'])}<br><span class=\"small\">{e(claim['reason'])}</span></td></tr>"
         )
     parts.append("</table>")
     for exp in document["experiments"]:
         parts.append(f"<section id=\"{e(exp['name'])}\"><h2>{e(exp['title'])}</h2>")
         parts.append(f"<p>Source: {e(exp['source'])}. Time taken: {exp['seconds']:.1f} s. Seeds: {e(str(exp['seeds']))}.</p>")
         parts.append(f"<p>Rerun just this experiment: <code>{e(exp['command'])}</code></p>")
+        if exp["deviations"]:
+            parts.append("<h3>Deviations from the paper</h3><ul>" + "".join(f"<li>{e(d)}</li>" for d in exp["deviations"]) + "</ul>")
         parts.append("<h3>Setup</h3><table>")
         for key, value in exp["setup"].items():
-            parts.append(f"<tr><th>{e(str(key))}</th><td>{e(value if isinstance(value, str) else json.dumps(value))}</td></tr>")
-        parts.append("</table><h3>Claims</h3><table><tr><th>Claim</th><th>Measured</th><th>Paper reports</th><th>Rule</th><th>Verdict</th></tr>")
+            parts.append(f"<tr><th>{e(str(key))}</th><td>{e(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))}</td></tr>")
+        parts.append("</table><h3>Claims</h3><table><tr><th>Claim tested</th><th>Paper</th><th>Reference run (ours)</th><th>Measured</th>"
+                     "<th>Rule</th><th>Interval(s)</th><th>Verdict</th></tr>")
         for claim in claims_by_exp.get(exp["name"], []):
+            horizon = ""
+            if claim["horizon"]:
+                h = claim["horizon"]
+                improvement = "n/a" if h["improvement"] is None else f"{h['improvement']:.1%}"
+                horizon = (f"<br><span class=\"small\">Horizon: {e(h['criterion'])}: {'met' if h['flattened'] else 'NOT met'} "
+                           f"(improvement {improvement}).</span>")
+            note = f"<br><b>{e(claim['note'])}</b>" if claim["note"] else ""
+            budget = f"<br><span class=\"small\">Budget: {e(claim['budget'])}</span>" if claim["budget"] else ""
             parts.append(
-                f"<tr><td>{e(claim['statement'])}</td><td>{e(claim['measured_text'])}</td><td>{e(claim['paper'])}</td>"
-                f"<td>{e(claim['rule'])}</td><td>{_badge(claim['verdict'])}</td></tr>"
+                f"<tr><td>{e(claim['statement'])}{budget}{horizon}{note}</td>"
+                f"<td><i>{e(claim['paper']['reference'])}</i>: {e(claim['paper']['statement'])}</td>"
+                f"<td class=\"small\">{e(claim['reference'] or '—')}</td><td class=\"small\">{e(claim['measured_text'])}</td>"
+                f"<td class=\"small\">{e(claim['rule'])}</td><td class=\"small\">{_intervals_html(claim)}</td>"
+                f"<td>{_badge(claim['verdict'])}<br><span class=\"small\">{e(claim['reason'])}</span></td></tr>"
             )
         parts.append("</table>")
+        for claim in claims_by_exp.get(exp["name"], []):
+            parts.append(_tuning_html(claim))
         if exp.get("notes"):
             parts.append(f"<p><b>Notes.</b> {e(exp['notes'])}</p>")
         for filename in exp["figures"]:

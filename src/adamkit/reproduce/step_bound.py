@@ -1,9 +1,11 @@
-"""Experiment 8b: Adam's step is bounded by the step size (Kingma & Ba, Sec. 2.1).
+"""Experiment 8b: Adam's step against the bound Kingma & Ba state (Sec. 2.1).
 
-K&B: |Δθ| ≤ α(1 − β1)/√(1 − β2) in the worst case and |Δθ| ≲ α typically. The
-rigorous per-step bound (Cauchy-Schwarz, :func:`adamkit.functional.step_bound`)
-is α(1−β1)/(1−β1^t)·√((1−β2^t)/(1−β2))·√((1−r^t)/(1−r)), r = β1²/β2. A real
-training run (an MLP on MNIST, float64, no weight decay) records every |Δθ|/α.
+K&B: |Δθ| ≤ α(1 − β1)/√(1 − β2) when (1 − β1) > √(1 − β2), else ≤ α (3.16 α at the
+defaults), and |Δθ| ≲ α typically. That stated bound ignores the bias corrections;
+a rigorous per-step bound (Cauchy-Schwarz, ours, :func:`adamkit.functional.step_bound`)
+is α(1−β1)/(1−β1^t)·√((1−β2^t)/(1−β2))·√((1−r^t)/(1−r)), r = β1²/β2, which is larger.
+A real training run (an MLP on MNIST, float64, no weight decay) records every |Δθ|/α;
+a step above the stated bound is reported as a finding, not hidden.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import torch
 from torch import nn
 
 from ..functional import step_bound
-from . import data
-from .common import Bar, Claim, ExperimentResult, Figure, Measure, make_optimizer, mlp, new_figure, seed_everything, verdict
+from . import data, stats
+from .common import Claim, ExperimentResult, Figure, Measure, make_optimizer, mlp, new_figure, seed_everything
+from .runner import Runner
 
 NAME = "step-bound"
-TITLE = "The step-size bound |Δθ| ≤ α·bound"
+TITLE = "The step-size bound |Δθ| ≤ α(1 − β1)/√(1 − β2)"
+STATED = (1 - 0.9) / (1 - 0.999) ** 0.5  # K&B's stated worst case at the defaults, × α
+PAPER_REF = "Kingma & Ba (2015), Sec. 2.1"
 LR = 1e-3
 BETAS = (0.9, 0.999)
 BINS = np.linspace(-12, 2, 141)  # log10(|Δθ|/α)
@@ -40,22 +45,22 @@ class Settings:
         return cls(steps=1500, hidden=256)
 
 
-def total_work(settings: Settings, n_seeds: int) -> int:
-    return settings.steps * n_seeds
+def estimated_runs(settings: Settings, n_seeds: int) -> int:
+    return n_seeds
 
 
-def measure(settings: Settings, seed: int, bar: Bar | None = None) -> dict[str, np.ndarray]:
+def measure(steps: int, hidden: int, n_train: int, seed: int) -> dict[str, np.ndarray]:
     """Per step: max |Δθ|/α, the rigorous bound, the fraction above 1; and a histogram of log10 |Δθ|/α."""
-    split = data.mnist(settings.n_train, 0, seed=seed)
+    split = data.mnist(n_train, 0, seed=seed)
     x, y = split.x_train.double(), split.y_train
     generator = seed_everything(seed)
-    model = mlp([784, settings.hidden, 10]).double()
+    model = mlp([784, hidden, 10]).double()
     optimizer = make_optimizer("Adam", model.parameters(), LR, betas=BETAS)
     counts = np.zeros(len(BINS) - 1)
     maxima, bounds, above_one = [], [], []
     zeros = 0
     before = nn.utils.parameters_to_vector(model.parameters()).detach().clone()
-    for t in range(1, settings.steps + 1):
+    for t in range(1, steps + 1):
         index = torch.randint(len(x), (64,), generator=generator)
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x[index]), y[index]).backward()
@@ -69,30 +74,33 @@ def measure(settings: Settings, seed: int, bar: Bar | None = None) -> dict[str, 
         maxima.append(ratio.max())
         above_one.append(float(np.mean(ratio > 1.0)))
         bounds.append(step_bound(1.0, BETAS[0], BETAS[1], t))
-        if bar is not None:
-            bar.update(1)
     return {"max": np.array(maxima), "bound": np.array(bounds), "above_one": np.array(above_one), "counts": counts, "zeros": zeros}
 
 
-def rule_bound(max_over_bound: float) -> bool:
-    """No element's |Δθ|/α exceeds the rigorous bound at its step (1e-9 relative slack for rounding)."""
-    return max_over_bound <= 1.0 + 1e-9
-
-
-def run(settings: Settings, seeds: list[int], bar: Bar | None = None) -> ExperimentResult:
-    results = [measure(settings, seed, bar) for seed in seeds]
-    max_over_bound = Measure([float(np.max(r["max"] / r["bound"])) for r in results])
-    largest = Measure([float(r["max"].max()) for r in results], "× α")
-    above = Measure([float(r["above_one"].mean()) for r in results])
+def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
+    results = runner.map(measure, [{"steps": settings.steps, "hidden": settings.hidden, "n_train": settings.n_train, "seed": s} for s in seeds])
+    largest = [float(r["max"].max()) for r in results]
+    over_rigorous = [float(np.max(r["max"] / r["bound"])) for r in results]
+    stated = stats.bootstrap_interval([x / STATED for x in largest], "largest |Δθ| / (α(1−β1)/√(1−β2)), per seed")
+    rigorous = stats.bootstrap_interval(over_rigorous, "largest |Δθ| / (α · our rigorous bound_t), per seed")
+    worst = stats.bootstrap_interval([max(largest) / STATED], "largest |Δθ| over all seeds / (α(1−β1)/√(1−β2))")
+    exceeded = [x for x in largest if x > STATED]
     claims = [
         Claim(
             key="step-bound",
-            statement="Every parameter step of Adam is bounded by the step size α (times a constant set by β1, β2)",
-            measured={"max over steps of (|Δθ|/α) / bound_t": max_over_bound, "largest |Δθ|/α": largest,
-                      "fraction of elements with |Δθ| > α": above},
-            paper="|Δθ| ≤ α(1−β1)/√(1−β2) in the worst case (3.16α for the defaults), ≲ α in practice (Kingma & Ba, Sec. 2.1)",
-            rule="max over all steps and elements of |Δθ|/(α·bound_t) ≤ 1 (+1e-9), bound_t = adamkit.functional.step_bound",
-            verdict=verdict(rule_bound(max(max_over_bound.values))),
+            statement="Every parameter step of Adam stays within the bound K&B state, α(1−β1)/√(1−β2) = 3.16 α at the defaults",
+            paper_ref=PAPER_REF,
+            paper_statement="effective step |Δ| ≤ α(1−β1)/√(1−β2) when (1−β1) > √(1−β2), else ≤ α (3.16 α at the defaults); typically |Δ| ≲ α",
+            measured={"largest |Δθ|/α": Measure(largest, "× α"),
+                      "largest |Δθ| / our rigorous per-step bound": Measure(over_rigorous),
+                      "fraction of elements with |Δθ| > α": Measure([float(r["above_one"].mean()) for r in results])},
+            rule="a worst-case bound: one step above it in any seed is a counterexample, so the rule is largest |Δθ| over all steps, "
+                 "elements and seeds ≤ α(1−β1)/√(1−β2) (float64, no statistical uncertainty); the per-seed interval and our rigorous "
+                 "bound (which includes the bias corrections) are reported alongside",
+            intervals=[worst, stated, rigorous],
+            holds=not exceeded,
+            note=(f"FINDING: K&B's stated bound is exceeded in {len(exceeded)} of {len(largest)} seeds (largest {max(largest):.3g} α); "
+                  "the bias corrections, which the stated bound leaves out, allow steps up to our rigorous bound, which holds" if exceeded else ""),
         )
     ]
     fig, (ax1, ax2) = new_figure(ncols=2)
@@ -115,7 +123,7 @@ def run(settings: Settings, seeds: list[int], bar: Bar | None = None) -> Experim
     return ExperimentResult(
         name=NAME,
         title=TITLE,
-        source="Kingma & Ba (2015), Sec. 2.1",
+        source=PAPER_REF,
         setup={
             "data": f"MNIST, {settings.n_train} of the real digits, minibatches of 64 drawn with replacement",
             "model": f"784-{settings.hidden}-10 ReLU MLP, float64",
@@ -124,6 +132,7 @@ def run(settings: Settings, seeds: list[int], bar: Bar | None = None) -> Experim
             "seeds": seeds,
             "exact-zero steps (not in the histogram)": int(sum(r["zeros"] for r in results)),
         },
+        deviations=["a 784-hidden-10 MLP on 4,000 digits stands in for 'typical' training; the paper has no experiment on the bound"],
         claims=claims,
         figures=[Figure("step-bound", fig, "Every |Δθ|/α of the run against K&B's bound and the rigorous per-step bound.")],
         seeds=seeds,

@@ -1,106 +1,203 @@
-"""Experiment 8c: Adam "typically requires little tuning" (Kingma & Ba, abstract).
+"""Bracketed, equal tuning of one hyperparameter per optimizer (Kingma & Ba, Sec. 6.2:
+"a dense grid"; Wilson et al., Sec. 4: grids extended whenever the best value was at an edge).
 
-Final training loss of an MLP on MNIST over learning rates spanning 4 decades,
-Adam against SGD with Nesterov momentum. Measured as the width, in decades, of
-the learning rates whose final loss is within 1.5× of that optimizer's best.
+Each candidate (an optimizer, or an optimizer at a fixed learning rate) starts on a log
+grid ``start · factor^k``, k = −width..width. While its best value sits at an edge of
+its grid the grid is extended by one point on that side, until the best value has a
+strictly worse neighbour on both sides ("bracketed") or ``max_points`` is reached. Then
+every candidate's grid is widened alternately below and above until all have the same
+number of trials. A candidate whose best value is still at an edge is *not bracketed*
+and a claim resting on it gets no verdict.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
-from . import data
-from .common import (
-    Bar, Claim, ExperimentResult, Figure, Measure, finite_or_inf, make_optimizer, mlp, new_figure, seed_everything,
-    train_classifier, verdict,
-)
-
-NAME = "little-tuning"
-TITLE = "Little tuning: final loss over four decades of learning rate"
-OPTIMIZERS = ("Adam", "SGD-Nesterov")
-TOLERANCE = 1.5
+from .runner import Runner
 
 
 @dataclass
-class Settings:
-    lrs: list[float]
-    n_train: int
-    hidden: int
-    epochs: int
+class TuningCurve:
+    """One candidate's tuning grid: values tried, their scores (lower is better), the choice."""
 
-    @classmethod
-    def quick(cls) -> "Settings":
-        return cls(lrs=[1e-4, 1e-3, 1e-2, 1e-1, 1.0], n_train=1500, hidden=64, epochs=2)
+    name: str
+    parameter: str
+    values: list[float]
+    scores: list[float]  # mean over the tuning seeds
+    per_seed: list[list[float]]  # per value, per tuning seed
+    seeds: list[int]
+    chosen: float
+    bracketed: bool
+    score_name: str = ""
 
-    @classmethod
-    def full(cls) -> "Settings":
-        return cls(lrs=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], n_train=4000, hidden=256, epochs=3)
+    def to_json(self) -> dict[str, Any]:
+        finite = lambda x: float(x) if math.isfinite(x) else None  # noqa: E731
+        return {
+            "name": self.name,
+            "parameter": self.parameter,
+            "score": self.score_name,
+            "values": [float(v) for v in self.values],
+            "scores": [finite(s) for s in self.scores],
+            "per_seed": [[finite(s) for s in row] for row in self.per_seed],
+            "seeds": list(self.seeds),
+            "chosen": float(self.chosen),
+            "bracketed": bool(self.bracketed),
+        }
+
+    def text(self) -> str:
+        return f"{self.name}: {self.parameter} = {self.chosen:.3g} ({'bracketed' if self.bracketed else 'NOT bracketed'}, {len(self.values)} points)"
 
 
-def total_work(settings: Settings, n_seeds: int) -> int:
-    return len(OPTIMIZERS) * len(settings.lrs) * n_seeds * settings.epochs
+def best_index(scores: Sequence[float]) -> int:
+    """Index of the lowest score; the first on ties; 0 when every score is infinite."""
+    return int(np.argmin(np.asarray(scores, dtype=float)))
 
 
-def good_width(lrs: list[float], losses: list[float], tolerance: float = TOLERANCE) -> float:
-    """Decades covered by the grid points whose loss is within ``tolerance``× the best
-    (each point of a log-spaced grid counts for one grid spacing)."""
-    spacing = float(np.log10(lrs[1] / lrs[0]))
-    best = min(losses)
-    return spacing * sum(1 for loss in losses if loss <= tolerance * best)
+def bracketed(scores: Sequence[float]) -> bool:
+    """The best score is finite and both its neighbours on the (sorted) grid are strictly worse."""
+    i = best_index(scores)
+    s = list(scores)
+    return math.isfinite(s[i]) and 0 < i < len(s) - 1 and s[i - 1] > s[i] and s[i + 1] > s[i]
 
 
-def rule_little_tuning(width_adam: float, width_sgd: float) -> bool:
-    """Adam's good learning-rate range is wider than SGD-Nesterov's."""
-    return width_adam > width_sgd
+def extension(values: Sequence[float], scores: Sequence[float], factor: float) -> float | None:
+    """The next value to try, or None when bracketed. All scores infinite: go down (smaller steps)."""
+    if bracketed(scores):
+        return None
+    i = best_index(scores)
+    if not math.isfinite(scores[i]):
+        return min(values) / factor
+    if i == len(values) - 1:
+        return max(values) * factor
+    if i == 0:
+        return min(values) / factor
+    # interior best with a tie at a neighbour: widen on the tied side
+    return max(values) * factor if scores[i + 1] <= scores[i] else min(values) / factor
 
 
-def run(settings: Settings, seeds: list[int], bar: Bar | None = None) -> ExperimentResult:
-    split = data.mnist(settings.n_train, 0)
-    final = {name: np.zeros((len(seeds), len(settings.lrs))) for name in OPTIMIZERS}
-    for name in OPTIMIZERS:
-        for i, lr in enumerate(settings.lrs):
-            for k, seed in enumerate(seeds):
-                generator = seed_everything(seed)
-                model = mlp([784, settings.hidden, settings.hidden, 10])
-                optimizer = make_optimizer(name, model.parameters(), lr)
-                _, losses = train_classifier(model, optimizer, split.x_train, split.y_train, epochs=settings.epochs,
-                                             batch_size=64, generator=generator, bar=bar, evals_per_epoch=0)
-                final[name][k, i] = finite_or_inf(losses[-1])
-    widths = {name: Measure([good_width(settings.lrs, list(final[name][k])) for k in range(len(seeds))], "decades") for name in OPTIMIZERS}
-    claims = [
-        Claim(
-            key="little-tuning",
-            statement="Adam needs little tuning: its good learning-rate range is wider than SGD-Nesterov's",
-            measured={f"{name} width within {TOLERANCE}× of best": widths[name] for name in OPTIMIZERS}
-            | {f"{name} best final loss": Measure(list(final[name].min(axis=1))) for name in OPTIMIZERS},
-            paper="hyper-parameters have intuitive interpretations and typically require little tuning (Kingma & Ba, abstract)",
-            rule=f"mean width (decades of lr with final loss ≤ {TOLERANCE}× the optimizer's best): Adam > SGD-Nesterov",
-            verdict=verdict(rule_little_tuning(widths["Adam"].mean, widths["SGD-Nesterov"].mean)),
+def _aggregate(per_seed: Sequence[float]) -> float:
+    return float(np.mean(per_seed)) if all(math.isfinite(x) for x in per_seed) else math.inf
+
+
+def tune(
+    runner: Runner,
+    fn: Callable[..., Any],
+    make_kwargs: Callable[[Hashable, float, int], dict[str, Any]],
+    score: Callable[[Any], float],
+    start: dict[str, float],
+    seeds: Sequence[int],
+    *,
+    parameter: str = "α",
+    score_name: str = "",
+    factor: float = 2.0,
+    width: int = 2,
+    max_points: int = 13,
+    cache: dict[tuple[str, float, int], Any] | None = None,
+) -> tuple[dict[str, TuningCurve], dict[tuple[str, float, int], Any]]:
+    """Tune each candidate in ``start`` (name → centre value) on the tuning ``seeds``.
+
+    Returns each candidate's :class:`TuningCurve` and every run's result keyed by
+    (name, value, seed), so the chosen runs can be reused; ``cache`` (such a dict from
+    an earlier call) supplies runs already made, e.g. to score the same runs at two budgets.
+    """
+    if factor <= 1 or factor > math.sqrt(10) + 1e-9:
+        raise ValueError(f"Invalid factor: {factor} (grids at most half a decade apart)")
+    results: dict[tuple[str, float, int], Any] = cache if cache is not None else {}
+    grids: dict[str, list[float]] = {name: [] for name in start}
+
+    def submit(points: dict[str, list[float]]) -> None:
+        jobs = [(name, value, seed) for name, values in points.items() for value in values for seed in seeds]
+        jobs = [j for j in jobs if j not in results]
+        outputs = runner.map(fn, [make_kwargs(*j) for j in jobs])
+        for job, output in zip(jobs, outputs):
+            results[job] = output
+        for name, values in points.items():
+            grids[name] = sorted(set(grids[name]) | set(values))
+
+    def scores_of(name: str) -> list[float]:
+        return [_aggregate([score(results[(name, v, s)]) for s in seeds]) for v in grids[name]]
+
+    submit({name: [centre * factor**k for k in range(-width, width + 1)] for name, centre in start.items()})
+    while True:  # extend until bracketed
+        more = {}
+        for name in start:
+            if len(grids[name]) < max_points:
+                value = extension(grids[name], scores_of(name), factor)
+                if value is not None:
+                    more[name] = [value]
+        if not more:
+            break
+        runner.announce(len(more) * len(seeds))
+        submit(more)
+    target = max(len(g) for g in grids.values())
+    while True:  # equal trials: widen the shorter grids alternately below and above
+        more = {}
+        for name, grid in grids.items():
+            if len(grid) < target:
+                below = sum(v < start[name] for v in grid)
+                above = sum(v > start[name] for v in grid)
+                more[name] = [min(grid) / factor if below <= above else max(grid) * factor]
+        if not more:
+            break
+        runner.announce(len(more) * len(seeds))
+        submit(more)
+    curves = {}
+    for name in start:
+        scores = scores_of(name)
+        curves[name] = TuningCurve(
+            name=name, parameter=parameter, values=list(grids[name]), scores=scores,
+            per_seed=[[score(results[(name, v, s)]) for s in seeds] for v in grids[name]], seeds=list(seeds),
+            chosen=grids[name][best_index(scores)], bracketed=bracketed(scores), score_name=score_name,
         )
-    ]
-    fig, ax = new_figure()
-    for name in OPTIMIZERS:
-        values = np.where(np.isfinite(final[name]), final[name], np.nan)
-        line = ax.plot(settings.lrs, np.nanmean(values, axis=0), marker="o", label=name)[0]
-        if len(seeds) > 1:
-            ax.fill_between(settings.lrs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.2)
-    ax.set(xscale="log", yscale="log", xlabel="learning rate (log scale)", ylabel="final training loss, cross-entropy (nats, log scale)",
-           title=f"Final loss after {settings.epochs} epochs over 4 decades of learning rate")
-    ax.legend()
-    return ExperimentResult(
-        name=NAME,
-        title=TITLE,
-        source="Kingma & Ba (2015), abstract and Sec. 1",
-        setup={
-            "data": f"MNIST, {settings.n_train} of the real digits",
-            "model": f"784-{settings.hidden}-{settings.hidden}-10 ReLU MLP, minibatch 64, {settings.epochs} epochs, constant lr",
-            "optimizers": "adamkit.Adam (defaults otherwise); torch.optim.SGD(momentum=0.9, nesterov=True)",
-            "learning rates": settings.lrs,
-            "seeds": seeds,
-        },
-        claims=claims,
-        figures=[Figure("little-tuning", fig, "Final training loss against learning rate (band: min-max over seeds; diverged runs are left out).")],
-        seeds=seeds,
-    )
+    return curves, results
+
+
+def evaluate_chosen(
+    runner: Runner,
+    fn: Callable[..., Any],
+    make_kwargs: Callable[[Hashable, float, int], dict[str, Any]],
+    curves: dict[str, TuningCurve],
+    results: dict[tuple[str, float, int], Any],
+    seeds: Sequence[int],
+) -> dict[str, list[Any]]:
+    """Each candidate's runs at its chosen value for every seed (reusing tuning runs)."""
+    jobs = [(name, curve.chosen, seed) for name, curve in curves.items() for seed in seeds]
+    missing = [j for j in jobs if j not in results]
+    for job, output in zip(missing, runner.map(fn, [make_kwargs(*j) for j in missing])):
+        results[job] = output
+    return {name: [results[(name, curve.chosen, seed)] for seed in seeds] for name, curve in curves.items()}
+
+
+def unbracketed(curves: dict[str, TuningCurve], names: Sequence[str] | None = None) -> list[str]:
+    """Names of the candidates (of ``names``, default all) whose optimum is not bracketed."""
+    return [n for n in (names or list(curves)) if not curves[n].bracketed]
+
+
+@dataclass
+class Comparison:
+    """The outcome of :func:`tuned_comparison`: tuning curves and the chosen runs on every seed."""
+
+    curves: dict[str, TuningCurve]
+    runs: dict[str, list[Any]]
+    scores: dict[str, list[float]] = field(default_factory=dict)
+
+
+def tuned_comparison(
+    runner: Runner,
+    fn: Callable[..., Any],
+    make_kwargs: Callable[[Hashable, float, int], dict[str, Any]],
+    score: Callable[[Any], float],
+    start: dict[str, float],
+    seeds: Sequence[int],
+    tuning_seeds: int,
+    **tune_options: Any,
+) -> Comparison:
+    """Tune every candidate on the first ``tuning_seeds`` seeds, then run the chosen values on all seeds."""
+    curves, results = tune(runner, fn, make_kwargs, score, start, list(seeds)[:tuning_seeds], **tune_options)
+    runs = evaluate_chosen(runner, fn, make_kwargs, curves, results, seeds)
+    return Comparison(curves, runs, {name: [score(r) for r in rs] for name, rs in runs.items()})
