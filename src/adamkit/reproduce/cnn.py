@@ -75,10 +75,7 @@ def score(result: dict) -> float:
 
 def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | None]:
     """(Adam − SGDN)/SGDN within ±10 %; (Adagrad − Adam)/Adam > 0 and (Adagrad − SGDN)/SGDN > 0."""
-    equal = stats.bootstrap_interval(stats.relative_differences(scores["Adam"], scores["SGD-Nesterov"]), "(Adam − SGD-Nesterov) / SGD-Nesterov")
-    over_adam = stats.bootstrap_interval(stats.relative_differences(scores["Adagrad"], scores["Adam"]), "(Adagrad − Adam) / Adam")
-    over_sgd = stats.bootstrap_interval(stats.relative_differences(scores["Adagrad"], scores["SGD-Nesterov"]), "(Adagrad − SGD-Nesterov) / SGD-Nesterov")
-    return [equal, over_adam, over_sgd], stats.combine(stats.within(equal, TOLERANCE), stats.above(over_adam, 0.0), stats.above(over_sgd, 0.0))
+    return stats.alike_and_both_below(scores, "Adam", "SGD-Nesterov", "Adagrad", TOLERANCE)
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:

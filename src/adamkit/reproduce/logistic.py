@@ -76,13 +76,7 @@ def score(result: dict) -> float:
 
 def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | None]:
     """(Adam − SGDN)/SGDN within ±5 %, and Adagrad above both (paired relative differences > 0)."""
-    equal = stats.bootstrap_interval(stats.relative_differences(scores["Adam"], scores["SGD-Nesterov"]),
-                                     "(Adam − SGD-Nesterov) / SGD-Nesterov")
-    adagrad_adam = stats.bootstrap_interval(stats.relative_differences(scores["Adagrad"], scores["Adam"]), "(Adagrad − Adam) / Adam")
-    adagrad_sgd = stats.bootstrap_interval(stats.relative_differences(scores["Adagrad"], scores["SGD-Nesterov"]),
-                                           "(Adagrad − SGD-Nesterov) / SGD-Nesterov")
-    holds = stats.combine(stats.within(equal, TOLERANCE), stats.above(adagrad_adam, 0.0), stats.above(adagrad_sgd, 0.0))
-    return [equal, adagrad_adam, adagrad_sgd], holds
+    return stats.alike_and_both_below(scores, "Adam", "SGD-Nesterov", "Adagrad", TOLERANCE)
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:

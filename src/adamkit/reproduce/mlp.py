@@ -66,8 +66,7 @@ def score(result: dict) -> float:
 
 def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | None]:
     """Every other optimizer's paired relative excess over Adam, (other − Adam)/Adam, is > 0."""
-    intervals = [stats.bootstrap_interval(stats.relative_differences(scores[n], scores["Adam"]), f"({n} − Adam) / Adam")
-                 for n in scores if n != "Adam"]
+    intervals = [stats.relative_interval(scores, n, "Adam") for n in scores if n != "Adam"]
     return intervals, stats.combine(*(stats.above(i, 0.0) for i in intervals))
 
 

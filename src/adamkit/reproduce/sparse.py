@@ -110,10 +110,7 @@ def score(result: dict) -> float:
 
 def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | None]:
     """(Adam − Adagrad)/Adagrad within ±10 %; (SGDN − Adam)/Adam > 0 and (SGDN − Adagrad)/Adagrad > 0."""
-    equal = stats.bootstrap_interval(stats.relative_differences(scores["Adam"], scores["Adagrad"]), "(Adam − Adagrad) / Adagrad")
-    over_adam = stats.bootstrap_interval(stats.relative_differences(scores["SGD-Nesterov"], scores["Adam"]), "(SGD-Nesterov − Adam) / Adam")
-    over_ada = stats.bootstrap_interval(stats.relative_differences(scores["SGD-Nesterov"], scores["Adagrad"]), "(SGD-Nesterov − Adagrad) / Adagrad")
-    return [equal, over_adam, over_ada], stats.combine(stats.within(equal, TOLERANCE), stats.above(over_adam, 0.0), stats.above(over_ada, 0.0))
+    return stats.alike_and_both_below(scores, "Adam", "Adagrad", "SGD-Nesterov", TOLERANCE)
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:

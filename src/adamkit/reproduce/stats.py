@@ -190,6 +190,21 @@ def relative_differences(a: Sequence[float], b: Sequence[float]) -> list[float]:
     return out
 
 
+def relative_interval(scores: dict[str, list[float]], a: str, b: str) -> Interval:
+    """The bootstrap interval of the paired per-seed (a − b) / b of two optimizers' scores."""
+    return bootstrap_interval(relative_differences(scores[a], scores[b]), f"({a} − {b}) / {b}")
+
+
+def alike_and_both_below(
+    scores: dict[str, list[float]], first: str, second: str, worse: str, tolerance: float
+) -> tuple[list[Interval], bool | None]:
+    """The rule "first ≈ second, both below worse" on scores where lower is better:
+    (first − second)/second within ±tolerance, and (worse − first)/first and (worse − second)/second > 0."""
+    alike = relative_interval(scores, first, second)
+    over_first, over_second = relative_interval(scores, worse, first), relative_interval(scores, worse, second)
+    return [alike, over_first, over_second], combine(within(alike, tolerance), above(over_first, 0.0), above(over_second, 0.0))
+
+
 def log_ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
     """Per-seed log(a / b) for positive values, paired by position."""
     return [math.log(x / y) if x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y)
