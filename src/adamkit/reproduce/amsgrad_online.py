@@ -17,7 +17,6 @@ parameter is a vector whose elements are independent seeds of the stochastic pro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch

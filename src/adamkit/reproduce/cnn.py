@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-import torch
 from torch import nn
 
 from . import data, stats
 from .common import (
-    Claim, ExperimentResult, Figure, Measure, band, make_optimizer, new_figure, plot_tuning, seed_everything,
-    train_classifier,
+    band, ExperimentResult, Figure, make_optimizer, new_figure, plot_tuning, seed_everything,
+    train_classifier, TRAINING_COST, training_cost, training_cost_claim,
 )
 from .runner import Runner
 from .tuning import tuned_comparison
@@ -69,32 +68,25 @@ def trial(name: str, lr: float, seed: int, channels: int, n_train: int, epochs: 
     return {"ticks": ticks, "losses": losses}
 
 
-def score(result: dict) -> float:
-    return stats.tail_mean(result["losses"])
-
-
 def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | None]:
     """(Adam − SGDN)/SGDN within ±10 %; (Adagrad − Adam)/Adam > 0 and (Adagrad − SGDN)/SGDN > 0."""
     return stats.alike_and_both_below(scores, "Adam", "SGD-Nesterov", "Adagrad", TOLERANCE)
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    comparison = tuned_comparison(runner, trial, partial(_kwargs, settings=settings), score, START, seeds, settings.tuning_seeds,
-                                  score_name="mean training cost over the last 10 % of evaluations")
-    intervals, holds = rule(comparison.scores)
-    leader = min(START, key=lambda n: sum(comparison.scores[n]))
-    claims = [Claim(
+    comparison = tuned_comparison(runner, trial, partial(_kwargs, settings=settings), training_cost, START, seeds, settings.tuning_seeds,
+                                  score_name=TRAINING_COST)
+    claims = [training_cost_claim(
+        comparison,
+        list(START),
+        rule(comparison.scores),
+        setting="lr",
         key="cnn-training-cost",
         statement="CNN: Adam and SGD-Nesterov end with similar training cost (±10 %), both below Adagrad",
         paper_ref=PAPER_REF,
         paper_statement=PAPER_STATEMENT,
-        measured={f"{n} (lr {comparison.curves[n].chosen:.3g}) training cost": Measure(comparison.scores[n], "nats") for n in START},
         rule=f"paired per-seed relative differences of the score, 95 % bootstrap intervals: (Adam − SGDN)/SGDN within ±{TOLERANCE:.0%}; "
              "(Adagrad − Adam)/Adam > 0; (Adagrad − SGDN)/SGDN > 0",
-        intervals=intervals,
-        holds=holds,
-        tuning=list(comparison.curves.values()),
-        horizon=stats.horizon_record(torch.tensor([r["losses"] for r in comparison.runs[leader]]).mean(0).tolist()),
     )]
     fig, (ax1, ax2) = new_figure(ncols=2)
     for n in START:

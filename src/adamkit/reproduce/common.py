@@ -21,8 +21,9 @@ from torch import nn
 
 import adamkit
 
+from . import stats
 from .stats import Interval
-from .tuning import TuningCurve
+from .tuning import Comparison, TuningCurve
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -144,6 +145,32 @@ class Claim:
 
     def interval_text(self) -> str:
         return "; ".join(f"{i.statistic}: {i.text()}" for i in self.intervals)
+
+
+TRAINING_COST = "mean training cost over the last 10 % of evaluations"
+
+
+def training_cost(result: dict) -> float:
+    """The score of a training run (``{"losses": [...]}``): :data:`TRAINING_COST`."""
+    return stats.tail_mean(result["losses"])
+
+
+def training_cost_claim(
+    comparison: Comparison, names: Sequence[str], outcome: tuple[list[Interval], bool | None], *, setting: str, **claim: Any
+) -> Claim:
+    """A claim about tuned optimizers' training costs: each one's score at its chosen ``setting``
+    (lr or α), the rule's ``outcome`` (intervals, holds), the tuning curves, and whether the
+    leading curve flattened. ``claim``: the rest of :class:`Claim` (key, statement, paper, rule)."""
+    intervals, holds = outcome
+    leader = min(names, key=lambda n: sum(comparison.scores[n]))
+    return Claim(
+        measured={f"{n} ({setting} = {comparison.curves[n].chosen:.3g}) training cost": Measure(comparison.scores[n], "nats") for n in names},
+        intervals=intervals,
+        holds=holds,
+        tuning=[comparison.curves[n] for n in names],
+        horizon=stats.horizon_record(np.mean([r["losses"] for r in comparison.runs[leader]], axis=0).tolist()),
+        **claim,
+    )
 
 
 @dataclass

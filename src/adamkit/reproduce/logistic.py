@@ -13,13 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 
-import torch
 from torch import nn
 
 from . import data, stats
 from .common import (
-    Claim, ExperimentResult, Figure, Measure, band, inverse_sqrt_schedule, make_optimizer, new_figure, plot_tuning,
-    seed_everything, train_classifier,
+    band, ExperimentResult, Figure, inverse_sqrt_schedule, make_optimizer, new_figure, plot_tuning,
+    seed_everything, train_classifier, TRAINING_COST, training_cost, training_cost_claim,
 )
 from .runner import Runner
 from .tuning import tuned_comparison
@@ -70,10 +69,6 @@ def trial(name: str, lr: float, seed: int, l2: float, epochs: int, batch_size: i
     return {"ticks": ticks, "losses": losses}
 
 
-def score(result: dict) -> float:
-    return stats.tail_mean(result["losses"])
-
-
 def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | None]:
     """(Adam − SGDN)/SGDN within ±5 %, and Adagrad above both (paired relative differences > 0)."""
     return stats.alike_and_both_below(scores, "Adam", "SGD-Nesterov", "Adagrad", TOLERANCE)
@@ -83,25 +78,22 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
     claims, figures, extra = [], [], {}
     for l2 in [settings.l2, *settings.sensitivity]:
         make = partial(_kwargs, settings=settings, l2=l2)
-        comparison = tuned_comparison(runner, trial, make, score, START, seeds, settings.tuning_seeds,
-                                      score_name="mean training cost over the last 10 % of evaluations")
-        intervals, holds = rule(comparison.scores)
+        comparison = tuned_comparison(runner, trial, make, training_cost, START, seeds, settings.tuning_seeds,
+                                      score_name=TRAINING_COST)
         leader = min(OPTIMIZERS, key=lambda n: sum(comparison.scores[n]))
-        mean_curve = torch.tensor([r["losses"] for r in comparison.runs[leader]]).mean(0).tolist()
         main = l2 == settings.l2
-        claims.append(Claim(
+        claims.append(training_cost_claim(
+            comparison,
+            OPTIMIZERS,
+            rule(comparison.scores),
+            setting="α",
             key="logistic-ranking" if main else f"logistic-ranking-l2-{l2:g}",
             statement=("Logistic regression on MNIST (λ = %g): Adam ≈ SGD-Nesterov, both below Adagrad in training cost" % l2)
             + ("" if main else " (sensitivity check over λ)"),
             paper_ref=PAPER_REF,
             paper_statement=PAPER_STATEMENT,
-            measured={f"{n} (α = {comparison.curves[n].chosen:.3g}) training cost": Measure(comparison.scores[n], "nats") for n in OPTIMIZERS},
             rule=f"paired per-seed relative differences of the score, 95 % bootstrap intervals: (Adam − SGDN)/SGDN within ±{TOLERANCE:.0%}; "
                  "(Adagrad − Adam)/Adam > 0; (Adagrad − SGDN)/SGDN > 0",
-            intervals=intervals,
-            holds=holds,
-            tuning=[comparison.curves[n] for n in OPTIMIZERS],
-            horizon=stats.horizon_record(mean_curve),
         ))
         fig, (ax1, ax2) = new_figure(ncols=2)
         ticks = comparison.runs[leader][0]["ticks"]
@@ -128,7 +120,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             "seeds": seeds,
         },
         deviations=[
-            f"5,000 bundled digits (the paper: the full MNIST training set, 60,000 images)" if settings.n_train == 5000 else f"{settings.n_train} bundled digits (paper: 60,000)",
+            "5,000 bundled digits (the paper: the full MNIST training set, 60,000 images)" if settings.n_train == 5000 else f"{settings.n_train} bundled digits (paper: 60,000)",
             "the paper does not state λ; we use λ = %g and check λ/10 and 10λ" % settings.l2,
             f"{settings.epochs} epochs of our set ({settings.epochs * -(-settings.n_train // settings.batch_size)} steps; the paper's Fig. 1 shows 45 epochs of 60,000 images)",
         ],

@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-import torch
 
 from . import data, stats
 from .common import (
-    Claim, ExperimentResult, Figure, Measure, band, make_optimizer, mlp, new_figure, plot_tuning, seed_everything,
-    train_classifier,
+    band, ExperimentResult, Figure, make_optimizer, mlp, new_figure, plot_tuning,
+    seed_everything, train_classifier, TRAINING_COST, training_cost, training_cost_claim,
 )
 from .runner import Runner
 from .tuning import tuned_comparison
@@ -60,10 +59,6 @@ def trial(name: str, lr: float, seed: int, hidden: int, n_train: int, epochs: in
     return {"ticks": ticks, "losses": losses}
 
 
-def score(result: dict) -> float:
-    return stats.tail_mean(result["losses"])
-
-
 def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | None]:
     """Every other optimizer's paired relative excess over Adam, (other − Adam)/Adam, is > 0."""
     intervals = [stats.relative_interval(scores, n, "Adam") for n in scores if n != "Adam"]
@@ -72,21 +67,18 @@ def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | N
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
     make = partial(_kwargs, settings=settings)
-    comparison = tuned_comparison(runner, trial, make, score, START, seeds, settings.tuning_seeds,
-                                  score_name="mean training cost over the last 10 % of evaluations")
-    intervals, holds = rule(comparison.scores)
-    leader = min(START, key=lambda n: sum(comparison.scores[n]))
-    claims = [Claim(
+    comparison = tuned_comparison(runner, trial, make, training_cost, START, seeds, settings.tuning_seeds,
+                                  score_name=TRAINING_COST)
+    claims = [training_cost_claim(
+        comparison,
+        list(START),
+        rule(comparison.scores),
+        setting="lr",
         key="mlp-training-cost",
         statement="Multilayer network with dropout on MNIST: Adam reaches the lowest training cost, every optimizer tuned",
         paper_ref=PAPER_REF,
         paper_statement=PAPER_STATEMENT,
-        measured={f"{n} (lr {comparison.curves[n].chosen:.3g}) training cost": Measure(comparison.scores[n], "nats") for n in START},
         rule="for every other optimizer, the 95 % bootstrap interval of the paired per-seed (other − Adam)/Adam of the score lies above 0",
-        intervals=intervals,
-        holds=holds,
-        tuning=list(comparison.curves.values()),
-        horizon=stats.horizon_record(torch.tensor([r["losses"] for r in comparison.runs[leader]]).mean(0).tolist()),
     )]
     fig, (ax1, ax2) = new_figure(ncols=2)
     for n in START:

@@ -19,8 +19,8 @@ from torch import nn
 
 from . import stats
 from .common import (
-    Claim, ExperimentResult, Figure, Measure, band, inverse_sqrt_schedule, make_optimizer, new_figure, plot_tuning,
-    seed_everything,
+    band, ExperimentResult, Figure, inverse_sqrt_schedule, make_optimizer, new_figure, plot_tuning,
+    seed_everything, TRAINING_COST, training_cost, training_cost_claim,
 )
 from .runner import Runner
 from .tuning import tuned_comparison
@@ -104,32 +104,25 @@ def trial(name: str, lr: float, seed: int, vocabulary: int, documents: int, toke
     return {"ticks": list(range(len(losses))), "losses": losses}
 
 
-def score(result: dict) -> float:
-    return stats.tail_mean(result["losses"])
-
-
 def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | None]:
     """(Adam − Adagrad)/Adagrad within ±10 %; (SGDN − Adam)/Adam > 0 and (SGDN − Adagrad)/Adagrad > 0."""
     return stats.alike_and_both_below(scores, "Adam", "Adagrad", "SGD-Nesterov", TOLERANCE)
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
-    comparison = tuned_comparison(runner, trial, partial(_kwargs, settings=settings), score, START, seeds, settings.tuning_seeds,
-                                  score_name="mean training cost over the last 10 % of evaluations")
-    intervals, holds = rule(comparison.scores)
-    leader = min(START, key=lambda n: sum(comparison.scores[n]))
-    claims = [Claim(
+    comparison = tuned_comparison(runner, trial, partial(_kwargs, settings=settings), training_cost, START, seeds, settings.tuning_seeds,
+                                  score_name=TRAINING_COST)
+    claims = [training_cost_claim(
+        comparison,
+        list(START),
+        rule(comparison.scores),
+        setting="α",
         key="sparse-training-cost",
         statement="Sparse bag-of-words with input dropout: Adam ≈ Adagrad (±10 %), both below SGD-Nesterov in training cost",
         paper_ref=PAPER_REF,
         paper_statement=PAPER_STATEMENT,
-        measured={f"{n} (α = {comparison.curves[n].chosen:.3g}) training cost": Measure(comparison.scores[n], "nats") for n in START},
         rule=f"paired per-seed relative differences of the score, 95 % bootstrap intervals: (Adam − Adagrad)/Adagrad within ±{TOLERANCE:.0%}; "
              "(SGDN − Adam)/Adam > 0; (SGDN − Adagrad)/Adagrad > 0",
-        intervals=intervals,
-        holds=holds,
-        tuning=list(comparison.curves.values()),
-        horizon=stats.horizon_record(np.mean([r["losses"] for r in comparison.runs[leader]], axis=0).tolist()),
     )]
     fig, (ax1, ax2) = new_figure(ncols=2)
     for n in START:
