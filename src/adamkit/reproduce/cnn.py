@@ -15,8 +15,8 @@ from torch import nn
 
 from . import data, stats
 from .common import (
-    band, ExperimentResult, Figure, make_optimizer, new_figure, plot_tuning, seed_everything,
-    train_classifier, TRAINING_COST, training_cost, training_cost_claim,
+    ExperimentResult, Figure, make_optimizer, seed_everything, train_classifier, TRAINING_COST, training_cost,
+    training_cost_claim, training_cost_figure,
 )
 from .runner import Runner
 from .tuning import tuned_comparison
@@ -88,13 +88,14 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         rule=f"paired per-seed relative differences of the score, 95 % bootstrap intervals: (Adam − SGDN)/SGDN within ±{TOLERANCE:.0%}; "
              "(Adagrad − Adam)/Adam > 0; (Adagrad − SGDN)/SGDN > 0",
     )]
-    fig, (ax1, ax2) = new_figure(ncols=2)
-    for n in START:
-        band(ax1, comparison.runs[n][0]["ticks"], [r["losses"] for r in comparison.runs[n]], f"{n}, lr {comparison.curves[n].chosen:.3g}")
-    ax1.set(yscale="log", xlabel=f"epoch (passes over {settings.n_train} digits)", ylabel="training cost, cross-entropy (nats, log)",
-            title="Small CNN on MNIST (band: min-max over seeds)")
-    ax1.legend()
-    plot_tuning(ax2, list(comparison.curves.values()), "score: mean cost, last 10 % (nats, log)")
+    fig = training_cost_figure(
+        comparison,
+        list(START),
+        setting="lr",
+        xlabel=f"epoch (passes over {settings.n_train} digits)",
+        ylabel="training cost, cross-entropy (nats, log)",
+        title="Small CNN on MNIST (band: min-max over seeds)",
+    )
     return ExperimentResult(
         name=NAME,
         title=TITLE,

@@ -173,6 +173,18 @@ def training_cost_claim(
     )
 
 
+def training_cost_figure(comparison: Comparison, names: Sequence[str], *, setting: str, xlabel: str, ylabel: str, title: str) -> Any:
+    """Each optimizer's training-cost band at its chosen ``setting`` (lr or α), and the tuning curves."""
+    fig, (curves, tuning) = new_figure(ncols=2)
+    for n in names:
+        runs = comparison.runs[n]
+        band(curves, runs[0]["ticks"], [r["losses"] for r in runs], f"{n}, {setting} = {comparison.curves[n].chosen:.3g}")
+    curves.set(yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    curves.legend(fontsize=8)
+    plot_tuning(tuning, [comparison.curves[n] for n in names], "score: mean cost, last 10 % (nats, log)")
+    return fig
+
+
 @dataclass
 class Figure:
     """A matplotlib figure with the file stem it is saved under."""

@@ -17,8 +17,8 @@ from torch import nn
 
 from . import data, stats
 from .common import (
-    band, ExperimentResult, Figure, inverse_sqrt_schedule, make_optimizer, new_figure, plot_tuning,
-    seed_everything, train_classifier, TRAINING_COST, training_cost, training_cost_claim,
+    ExperimentResult, Figure, inverse_sqrt_schedule, make_optimizer, seed_everything, train_classifier,
+    TRAINING_COST, training_cost, training_cost_claim, training_cost_figure,
 )
 from .runner import Runner
 from .tuning import tuned_comparison
@@ -80,7 +80,6 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         make = partial(_kwargs, settings=settings, l2=l2)
         comparison = tuned_comparison(runner, trial, make, training_cost, START, seeds, settings.tuning_seeds,
                                       score_name=TRAINING_COST)
-        leader = min(OPTIMIZERS, key=lambda n: sum(comparison.scores[n]))
         main = l2 == settings.l2
         claims.append(training_cost_claim(
             comparison,
@@ -95,14 +94,14 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             rule=f"paired per-seed relative differences of the score, 95 % bootstrap intervals: (Adam − SGDN)/SGDN within ±{TOLERANCE:.0%}; "
                  "(Adagrad − Adam)/Adam > 0; (Adagrad − SGDN)/SGDN > 0",
         ))
-        fig, (ax1, ax2) = new_figure(ncols=2)
-        ticks = comparison.runs[leader][0]["ticks"]
-        for n in OPTIMIZERS:
-            band(ax1, ticks, [r["losses"] for r in comparison.runs[n]], f"{n}, α = {comparison.curves[n].chosen:.3g}")
-        ax1.set(yscale="log", xlabel=f"epoch (passes over {settings.n_train} digits)", ylabel="training cost: cross-entropy + λ/2‖W‖² (nats, log)",
-                title=f"λ = {l2:g}, α_t = α/√t (band: min-max over {len(seeds)} seeds)")
-        ax1.legend()
-        plot_tuning(ax2, [comparison.curves[n] for n in OPTIMIZERS], "score: mean cost, last 10 % (nats, log)")
+        fig = training_cost_figure(
+            comparison,
+            OPTIMIZERS,
+            setting="α",
+            xlabel=f"epoch (passes over {settings.n_train} digits)",
+            ylabel="training cost: cross-entropy + λ/2‖W‖² (nats, log)",
+            title=f"λ = {l2:g}, α_t = α/√t (band: min-max over {len(seeds)} seeds)",
+        )
         figures.append(Figure(f"logistic-l2-{l2:g}", fig, f"λ = {l2:g}: training cost at each optimizer's chosen α, and the tuning curves."))
         extra[f"chosen_lr_l2_{l2:g}"] = {n: comparison.curves[n].chosen for n in OPTIMIZERS}
     return ExperimentResult(

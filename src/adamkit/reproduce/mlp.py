@@ -14,8 +14,8 @@ from functools import partial
 
 from . import data, stats
 from .common import (
-    band, ExperimentResult, Figure, make_optimizer, mlp, new_figure, plot_tuning,
-    seed_everything, train_classifier, TRAINING_COST, training_cost, training_cost_claim,
+    ExperimentResult, Figure, make_optimizer, mlp, seed_everything, train_classifier, TRAINING_COST,
+    training_cost, training_cost_claim, training_cost_figure,
 )
 from .runner import Runner
 from .tuning import tuned_comparison
@@ -80,13 +80,14 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         paper_statement=PAPER_STATEMENT,
         rule="for every other optimizer, the 95 % bootstrap interval of the paired per-seed (other − Adam)/Adam of the score lies above 0",
     )]
-    fig, (ax1, ax2) = new_figure(ncols=2)
-    for n in START:
-        band(ax1, comparison.runs[n][0]["ticks"], [r["losses"] for r in comparison.runs[n]], f"{n}, lr {comparison.curves[n].chosen:.3g}")
-    ax1.set(yscale="log", xlabel=f"epoch (passes over {settings.n_train} digits)", ylabel="training cost, cross-entropy (nats, log)",
-            title=f"784-{settings.hidden}-{settings.hidden}-10, dropout {settings.dropout} (band: min-max over seeds)")
-    ax1.legend(fontsize=8)
-    plot_tuning(ax2, list(comparison.curves.values()), "score: mean cost, last 10 % (nats, log)")
+    fig = training_cost_figure(
+        comparison,
+        list(START),
+        setting="lr",
+        xlabel=f"epoch (passes over {settings.n_train} digits)",
+        ylabel="training cost, cross-entropy (nats, log)",
+        title=f"784-{settings.hidden}-{settings.hidden}-10, dropout {settings.dropout} (band: min-max over seeds)",
+    )
     return ExperimentResult(
         name=NAME,
         title=TITLE,

@@ -19,8 +19,8 @@ from torch import nn
 
 from . import stats
 from .common import (
-    band, ExperimentResult, Figure, inverse_sqrt_schedule, make_optimizer, new_figure, plot_tuning,
-    seed_everything, TRAINING_COST, training_cost, training_cost_claim,
+    ExperimentResult, Figure, inverse_sqrt_schedule, make_optimizer, seed_everything, TRAINING_COST,
+    training_cost, training_cost_claim, training_cost_figure,
 )
 from .runner import Runner
 from .tuning import tuned_comparison
@@ -124,13 +124,14 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         rule=f"paired per-seed relative differences of the score, 95 % bootstrap intervals: (Adam − Adagrad)/Adagrad within ±{TOLERANCE:.0%}; "
              "(SGDN − Adam)/Adam > 0; (SGDN − Adagrad)/Adagrad > 0",
     )]
-    fig, (ax1, ax2) = new_figure(ncols=2)
-    for n in START:
-        band(ax1, comparison.runs[n][0]["ticks"], [r["losses"] for r in comparison.runs[n]], f"{n}, α = {comparison.curves[n].chosen:.3g}")
-    ax1.set(yscale="log", xlabel="epoch", ylabel="training cost: cross-entropy + λ/2‖w‖² (nats, log)",
-            title="Bag-of-words logistic regression, 50 % input dropout, α/√t")
-    ax1.legend()
-    plot_tuning(ax2, list(comparison.curves.values()), "score: mean cost, last 10 % (nats, log)")
+    fig = training_cost_figure(
+        comparison,
+        list(START),
+        setting="α",
+        xlabel="epoch",
+        ylabel="training cost: cross-entropy + λ/2‖w‖² (nats, log)",
+        title="Bag-of-words logistic regression, 50 % input dropout, α/√t",
+    )
     return ExperimentResult(
         name=NAME,
         title=TITLE,
