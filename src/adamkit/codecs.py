@@ -22,7 +22,7 @@ Formats (names accepted as strings or torch dtypes):
   non-zero v never rounds to zero (a zero v would turn a step into m / eps).
   The choice was measured: ``benchmarks/choose_int8_codes.py`` (RESULTS_LOWPREC.md).
   Blocks start at each parameter's first element, so the stored state does not
-  depend on how parameters are packed into flat buffers or sharded. A shard of a
+  depend on how parameters are grouped into kernel calls or sharded. A shard of a
   parameter (FSDP2) is coded by its elements' offset in the whole parameter
   (``offset`` below): its first and last block may be partial, and their absmax is
   agreed with the ranks holding the rest of the block (:mod:`adamkit.shards`).

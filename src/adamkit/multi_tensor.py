@@ -34,8 +34,8 @@ from .kernels import lowprec as lowprec_kernels
 
 __all__ = ["GroupPlans", "Plan", "kernel_layout"]
 
-# Groups with this many kernel params build the compiled gradient gather in the background;
-# below it the Python gather costs well under a millisecond per step.
+# Plans with this many params build the compiled gradient gather in the background; smaller ones
+# use it only if it is built already (the Python gather costs well under a millisecond for them).
 COMPILED_GATHER_MIN_PARAMS = 256
 _MOMENTS = lowprec.MOMENT_KEYS
 _TORCH_STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.uint8}

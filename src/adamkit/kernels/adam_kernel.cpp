@@ -1,4 +1,4 @@
-// Fused Adam-family step over one flat buffer: one pass over memory, all math in registers.
+// Fused Adam-family step over tables of tensors: one pass over memory, all math in registers.
 // Implements the per-element contract of adamkit/functional.py with the per-step scalars
 // computed there (StepScalars); op order follows torch.optim.Adam's for-loop.
 // Built by adamkit/kernels/build.py with -O3 -march=native -fopenmp for the host CPU.
