@@ -383,3 +383,17 @@ def test_kernel_matches_torch_fused_adam_to_the_last_bits(dtype, rtol, atol, opt
     for theirs, ours in zip(*results):
         torch.testing.assert_close(ours, theirs, rtol=rtol, atol=atol)
 
+
+
+def test_a_large_optimizer_builds_the_gather_even_after_a_small_one_looked(tmp_path, monkeypatch):
+    """A small optimizer only uses an existing build; a large one made later must still start it."""
+    monkeypatch.setattr(gather, "_module", None)
+    monkeypatch.setattr(gather, "_attempted", False)
+    monkeypatch.setattr(gather, "_looked_for_a_build", False)
+    started = []
+    monkeypatch.setattr(gather.threading, "Thread", lambda **kw: type("T", (), {"start": lambda self: started.append(kw["args"])})())
+    monkeypatch.setattr(gather, "load", lambda build=True: (_ for _ in ()).throw(kernels.KernelBuildError("not built")))
+    gather.build_in_background(build=False)
+    assert started == []
+    gather.build_in_background(build=True)
+    assert started == [(True,)]

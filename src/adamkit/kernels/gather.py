@@ -94,14 +94,17 @@ def build_in_background(build: bool = True) -> None:
     (with ``build``) compiled on a daemon thread. Small optimizers pass ``build=False``: they use
     it if it exists and never pay for the build."""
     global _looked_for_a_build
-    if _module is not None or _attempted or _lock.locked() or _looked_for_a_build:
+    if _module is not None or _attempted or _lock.locked() or (_looked_for_a_build and not build):
         return
-    _looked_for_a_build = True
-    try:
-        load(build=False)
-    except KernelBuildError:
-        if build:
-            threading.Thread(target=_try_load, args=(True,), name="adamkit-gather-build", daemon=True).start()
+    if not _looked_for_a_build:
+        _looked_for_a_build = True
+        try:
+            load(build=False)
+            return
+        except KernelBuildError:
+            pass
+    if build:  # (a small optimizer may have looked for a build before; this one needs it)
+        threading.Thread(target=_try_load, args=(True,), name="adamkit-gather-build", daemon=True).start()
 
 
 @contextlib.contextmanager
