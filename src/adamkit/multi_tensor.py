@@ -95,7 +95,6 @@ class Plan:
         self.numels = np.array([t.numel() for t in self.locals], dtype=np.int64)
         self.streams = np.array(streams, dtype=np.int64).astype(np.uint32)
         self.grad_addresses = np.zeros(len(params), dtype=np.int64)
-        self.bound: list[dict[str, Any] | None] = [None] * len(params)  # the state dict each row points at
         self.has_state = np.zeros(len(params), dtype=bool)
         self._all_present: _KernelCall | None = None  # the call when every param has a grad (kept)
         self.usable = np.zeros(len(params), dtype=bool)  # state ready for the kernel
@@ -141,9 +140,10 @@ class Plan:
     def bind(self, optimizer_state: dict[Tensor, dict[str, Any]], init_state: Callable[[Tensor], dict[str, Any]]) -> None:
         """Point the tables at each param's state, creating it for params that have a grad and none yet
         (as torch, a param never stepped has no state)."""
+        bound: list[dict[str, Any] | None] = []  # the state dict each row points at
         for index, param in enumerate(self.params):
             if not optimizer_state.get(param) and self.grad_addresses[index] <= 0:
-                self.bound[index] = None
+                bound.append(None)
                 self.usable[index] = False
                 continue
             if self.layout is None:
@@ -153,10 +153,10 @@ class Plan:
             else:
                 state = optimizer_state[param]
                 lowprec.conform_state_(state, param, self.layout, self.amsgrad)
-            self.bound[index] = state
+            bound.append(state)
             self.usable[index] = self._state_fits(state, index)
-        self.has_state = np.array([state is not None for state in self.bound], dtype=bool)
-        entries = [state if usable else {} for state, usable in zip(self.bound, self.usable)]
+        self.has_state = np.array([state is not None for state in bound], dtype=bool)
+        entries = [state if usable else {} for state, usable in zip(bound, self.usable)]
         # The tables hold raw addresses: keep the tensors themselves alive while they are in use.
         self.bound_tensors = [tensor for entry in entries for tensor in entry.values()]
         for role in ("step", *self._state_roles()):
