@@ -112,10 +112,25 @@ def test_stated_bound_is_kingma_and_ba_worst_case_at_the_defaults():
     assert step_bound.STATED == pytest.approx(3.1623, abs=1e-4)
 
 
-def test_good_width_and_edges():
-    lrs = [1e-4, 1e-3, 1e-2, 1e-1]
-    assert little_tuning.good_width(lrs, [1.0, 0.5, 0.6, 2.0]) == (pytest.approx(2.0), True)
-    assert little_tuning.good_width(lrs, [0.5, 0.6, 2.0, 3.0]) == (pytest.approx(2.0), False)  # touches the lower edge
+def test_constructed_gradient_sequence_attains_the_rigorous_bound_and_exceeds_the_stated_one():
+    # Cauchy-Schwarz is an equality for g_(t-k) proportional to (beta1/beta2)^k: Adam's last step is
+    # the rigorous bound itself, about 2.2x K&B's stated worst case at the defaults.
+    worst = step_bound.constructed_worst_case()
+    assert worst["ratio"] == pytest.approx(worst["bound"], rel=1e-6)
+    assert worst["ratio"] > 2.0 * step_bound.STATED
+
+
+def test_good_width_interpolates_the_ends_and_flags_edges():
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1]  # one decade apart
+    # best 0.5 at 1e-3, tolerance line 0.75: on the left, log loss falls from log 1 to log 0.5 over a
+    # decade and crosses log 0.75 at log(1.5)/log(2) of the way from 1e-3; on the right it rises from
+    # log 0.6 (good) to log 2 and crosses at log(1.25)/log(2/0.6) of the way from 1e-2.
+    width, inside = little_tuning.good_width(lrs, [1.0, 0.5, 0.6, 2.0])
+    assert inside
+    assert width == pytest.approx(1.0 + math.log(1.5) / math.log(2.0) + math.log(1.25) / math.log(2.0 / 0.6))
+    # a diverged neighbour ends the range at the last good point; a good point beyond a bad one is not in the range
+    assert little_tuning.good_width(lrs + [1.0], [2.0, 0.5, 0.7, math.inf, 0.6]) == (pytest.approx(1.0 + math.log(1.5) / math.log(4.0)), True)
+    assert little_tuning.good_width(lrs, [0.5, 0.6, 2.0, 3.0])[1] is False  # touches the lower edge
 
 
 def test_annealing_windows_are_defined_by_state():

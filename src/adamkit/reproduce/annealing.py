@@ -8,7 +8,8 @@ run: "far" = steps after 1/(1 − β2) (v̂ has forgotten the start) while |θ �
 still above ``FAR`` × its initial value; "near" = steps where |θ − θ*|² has stayed
 below ``NEAR`` × its initial value for the previous 2/(1 − β2) steps (v̂ has
 forgotten the approach). Verdicts at two budgets. In pure noise m̂/√v̂ does not go
-to zero: per coordinate it settles near √((1 − β1)/(1 + β1)) ≈ 0.23 for β1 = 0.9.
+to zero: per coordinate its mean magnitude settles near √(2/π)·√((1 − β1)/(1 + β1)) ≈ 0.18
+for β1 = 0.9, which the report compares with the near window.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ DIM, NOISE, BATCH = 20, 1.0, 16
 FAR = 0.1  # far: excess ≥ 10 % of the initial excess
 NEAR = 1e-3  # near: excess ≤ 0.1 % of the initial excess
 PAPER_REF = "Kingma & Ba (2015), Sec. 2.1"
+# E|m̂|/√v̂ per coordinate once the gradient is pure zero-mean Gaussian noise (β1 = 0.9, late t):
+# m̂ ~ N(0, σ²(1 − β1)/(1 + β1)), √v̂ → σ.
+NOISE_FLOOR = float(np.sqrt(2 / np.pi) * np.sqrt((1 - 0.9) / (1 + 0.9)))
 
 
 @dataclass
@@ -97,7 +101,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         complete = [(f, n) for f, n in pairs if np.isfinite(f) and np.isfinite(n)]
         ratios = [np.log(n / f) for f, n in complete]
         interval = stats.bootstrap_interval(ratios or [float("nan")], "log(effective step near / far)")
-        holds = stats.below(interval, float(np.log(0.5))) if len(complete) == len(pairs) else None
+        holds = stats.below(interval, 0.0) if len(complete) == len(pairs) else None
         claims.append(Claim(
             key="annealing" if budget == max(settings.budgets) else "annealing-short",
             statement=f"Adam's effective step shrinks near the optimum at constant α (automatic annealing), within {budget:,} steps",
@@ -106,12 +110,16 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             measured={"mean |Δθ|/α, far window": Measure([f for f, _ in pairs], "× α"),
                       "mean |Δθ|/α, near window": Measure([n for _, n in pairs], "× α"),
                       "seeds whose run reached the near window": Measure([float(len(complete))])},
-            rule=f"95 % bootstrap interval of the per-seed log(near / far) below log 0.5 (the step at least halves); far = steps ≥ 1/(1 − β2) "
+            rule=f"95 % bootstrap interval of the per-seed log(near / far) below 0 (the step is smaller near the optimum); far = steps ≥ 1/(1 − β2) "
                  f"with |θ − θ*|² ≥ {FAR:g} × initial, near = |θ − θ*|² ≤ {NEAR:g} × initial for the previous 2/(1 − β2) steps; no verdict unless every seed reaches both windows",
             intervals=[interval],
             holds=holds,
             budget=f"{budget:,} steps",
-            note="" if len(complete) == len(pairs) else f"no verdict: {len(pairs) - len(complete)} seed(s) did not reach both windows within the budget",
+            note=(f"no verdict: {len(pairs) - len(complete)} seed(s) did not reach both windows within the budget" if len(complete) < len(pairs)
+                  else f"the step shrinks to {np.exp(np.mean(ratios)):.0%} of its far value (geometric mean over seeds), to "
+                       f"{np.mean([n for _, n in complete]):.3f} α near the optimum, close to the pure-noise value E|m̂|/√v̂ = "
+                       f"√(2/π)·√((1 − β1)/(1 + β1)) = {NOISE_FLOOR:.3f} for Gaussian gradients: at constant α the step settles at the "
+                       "noise level instead of annealing to zero"),
         ))
     fig, (ax1, ax2) = new_figure(ncols=2)
     steps = np.arange(1, max(settings.budgets) + 1)

@@ -4,8 +4,12 @@ K&B: |Δθ| ≤ α(1 − β1)/√(1 − β2) when (1 − β1) > √(1 − β2), 
 defaults), and |Δθ| ≲ α typically. That stated bound ignores the bias corrections;
 a rigorous per-step bound (Cauchy-Schwarz, ours, :func:`adamkit.functional.step_bound`)
 is α(1−β1)/(1−β1^t)·√((1−β2^t)/(1−β2))·√((1−r^t)/(1−r)), r = β1²/β2, which is larger.
-A real training run (an MLP on MNIST, float64, no weight decay) records every |Δθ|/α;
-a step above the stated bound is reported as a finding, not hidden.
+The worst case is attained: Cauchy-Schwarz is an equality when the gradient k steps back is
+(β1/β2)^k times the current one (a gradient growing by β2/β1 ≈ 1.11 per step, as on the way
+into a loss spike). That sequence, fed to adamkit.Adam in float64, is the deterministic test
+of the stated bound. Real training runs (an MLP on MNIST, float64, no weight decay) record
+every |Δθ|/α: how often steps exceed α ("typically |Δ| ≲ α"), and whether ordinary training
+also exceeds the stated bound. A step above it is reported as a finding, not hidden.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ PAPER_REF = "Kingma & Ba (2015), Sec. 2.1"
 LR = 1e-3
 BETAS = (0.9, 0.999)
 BINS = np.linspace(-12, 2, 141)  # log10(|Δθ|/α)
+CONSTRUCTED_STEPS = 3000  # long enough for the bias corrections to fade: bound_t is within 1 % of its limit
+TYPICAL = 0.01  # "typically |Δ| ≲ α": fewer than 1 % of all (step, element) pairs above α
 
 
 @dataclass
@@ -77,31 +83,65 @@ def measure(steps: int, hidden: int, n_train: int, seed: int) -> dict[str, np.nd
     return {"max": np.array(maxima), "bound": np.array(bounds), "above_one": np.array(above_one), "counts": counts, "zeros": zeros}
 
 
+def constructed_worst_case(steps: int = CONSTRUCTED_STEPS, betas: tuple[float, float] = BETAS) -> dict[str, float]:
+    """|Δθ|/α of the last step of adamkit.Adam (float64, lr 1) fed the gradients g_i = (β2/β1)^(i − steps),
+    the sequence for which the Cauchy-Schwarz bound is an equality; and that bound at ``steps``."""
+    beta1, beta2 = betas
+    theta = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = make_optimizer("Adam", [theta], 1.0, betas=betas)
+    growth = beta2 / beta1
+    before = 0.0
+    for i in range(1, steps + 1):
+        before = float(theta.detach())
+        theta.grad = torch.full_like(theta, growth ** (i - steps))
+        optimizer.step()
+    return {"ratio": abs(float(theta.detach()) - before), "bound": step_bound(1.0, beta1, beta2, steps)}
+
+
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
+    constructed = runner.submit(constructed_worst_case, {})
     results = runner.map(measure, [{"steps": settings.steps, "hidden": settings.hidden, "n_train": settings.n_train, "seed": s} for s in seeds])
+    worst = constructed.result()
     largest = [float(r["max"].max()) for r in results]
     over_rigorous = [float(np.max(r["max"] / r["bound"])) for r in results]
-    stated = stats.bootstrap_interval([x / STATED for x in largest], "largest |Δθ| / (α(1−β1)/√(1−β2)), per seed")
-    rigorous = stats.bootstrap_interval(over_rigorous, "largest |Δθ| / (α · our rigorous bound_t), per seed")
-    worst = stats.bootstrap_interval([max(largest) / STATED], "largest |Δθ| over all seeds / (α(1−β1)/√(1−β2))")
+    above_one = [float(r["above_one"].mean()) for r in results]
+    constructed_interval = stats.bootstrap_interval([worst["ratio"] / STATED], "constructed gradient sequence: |Δθ_T| / (α(1−β1)/√(1−β2))")
+    stated = stats.bootstrap_interval([x / STATED for x in largest], "MLP training: largest |Δθ| / (α(1−β1)/√(1−β2)), per seed")
+    rigorous = stats.bootstrap_interval(over_rigorous, "MLP training: largest |Δθ| / (α · our rigorous bound_t), per seed")
+    typical = stats.bootstrap_interval(above_one, "MLP training: fraction of (step, element) pairs with |Δθ| > α, per seed")
     exceeded = [x for x in largest if x > STATED]
     claims = [
         Claim(
             key="step-bound",
             statement="Every parameter step of Adam stays within the bound K&B state, α(1−β1)/√(1−β2) = 3.16 α at the defaults",
             paper_ref=PAPER_REF,
-            paper_statement="effective step |Δ| ≤ α(1−β1)/√(1−β2) when (1−β1) > √(1−β2), else ≤ α (3.16 α at the defaults); typically |Δ| ≲ α",
-            measured={"largest |Δθ|/α": Measure(largest, "× α"),
-                      "largest |Δθ| / our rigorous per-step bound": Measure(over_rigorous),
-                      "fraction of elements with |Δθ| > α": Measure([float(r["above_one"].mean()) for r in results])},
-            rule="a worst-case bound: one step above it in any seed is a counterexample, so the rule is largest |Δθ| over all steps, "
-                 "elements and seeds ≤ α(1−β1)/√(1−β2) (float64, no statistical uncertainty); the per-seed interval and our rigorous "
-                 "bound (which includes the bias corrections) are reported alongside",
-            intervals=[worst, stated, rigorous],
-            holds=not exceeded,
-            note=(f"FINDING: K&B's stated bound is exceeded in {len(exceeded)} of {len(largest)} seeds (largest {max(largest):.3g} α); "
-                  "the bias corrections, which the stated bound leaves out, allow steps up to our rigorous bound, which holds" if exceeded else ""),
-        )
+            paper_statement="effective step |Δ| ≤ α(1−β1)/√(1−β2) when (1−β1) > √(1−β2), else ≤ α (3.16 α at the defaults)",
+            measured={"constructed sequence: |Δθ_T|/α": Measure([worst["ratio"]], "× α"),
+                      "our rigorous bound at that step": Measure([worst["bound"]], "× α"),
+                      "MLP training: largest |Δθ|/α": Measure(largest, "× α"),
+                      "MLP training: largest |Δθ| / our rigorous per-step bound": Measure(over_rigorous),
+                      "MLP training: seeds with a step above the stated bound": Measure([float(len(exceeded))])},
+            rule="a worst-case bound: one step above it is a counterexample. The test is the gradient sequence for which the "
+                 f"Cauchy-Schwarz bound is tight ({CONSTRUCTED_STEPS:,} steps, float64, deterministic: no interval needed); the MLP "
+                 "runs' largest steps per seed are reported alongside",
+            intervals=[constructed_interval, stated, rigorous],
+            holds=worst["ratio"] <= STATED,
+            note=(f"FINDING: the stated bound is exceeded: a gradient growing by β2/β1 per step gives a step of {worst['ratio']:.3g} α "
+                  f"({worst['ratio'] / STATED:.2f}× the stated bound, equal to our rigorous bound {worst['bound']:.3g} α); ordinary "
+                  f"MLP training exceeded it in {len(exceeded)} of {len(largest)} seeds (largest {max(largest):.3g} α). "
+                  "The stated bound takes the case where every earlier gradient is zero; earlier gradients that are smaller, "
+                  "but not zero, allow up to √(1/(1 − β1²/β2)) ≈ 2.3× more" if worst["ratio"] > STATED else ""),
+        ),
+        Claim(
+            key="step-typical",
+            statement="Adam's steps are typically no larger than α",
+            paper_ref=PAPER_REF,
+            paper_statement="in more common scenarios |m̂/√v̂| ≈ ±1, so typically |Δ| ≲ α: the effective step is roughly bounded by α",
+            measured={"fraction of (step, element) pairs with |Δθ| > α": Measure(above_one)},
+            rule=f"95 % bootstrap interval of the per-seed fraction of (step, element) pairs with |Δθ| > α below {TYPICAL:.0%} (MLP training)",
+            intervals=[typical],
+            holds=stats.below(typical, TYPICAL),
+        ),
     ]
     fig, (ax1, ax2) = new_figure(ncols=2)
     counts = sum(r["counts"] for r in results)
