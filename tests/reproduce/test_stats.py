@@ -22,13 +22,23 @@ def test_bootstrap_interval_contains_the_sample_mean(values):
     assert min(values) - slack <= interval.low <= interval.high <= max(values) + slack
 
 
-def test_bootstrap_interval_matches_scipy_percentile_bootstrap():
+@pytest.mark.parametrize("n", [5, 8, 20])
+def test_expanded_bootstrap_interval_is_as_wide_as_the_t_interval(n):
+    # Hesterberg's expanded percentile interval is built to match the t interval's width; for normal
+    # data the two agree closely (the plain percentile interval would be ~1.6x narrower at n = 5)
     scipy_stats = pytest.importorskip("scipy.stats")
-    values = np.random.default_rng(3).normal(1.0, 2.0, size=20)
-    ours = stats.bootstrap_interval(values, "mean", resamples=20000)
-    theirs = scipy_stats.bootstrap((values,), np.mean, method="percentile", n_resamples=20000, random_state=7).confidence_interval
-    assert ours.low == pytest.approx(theirs.low, abs=0.05)
-    assert ours.high == pytest.approx(theirs.high, abs=0.05)
+    values = np.random.default_rng(n).normal(1.0, 2.0, size=n)
+    ours = stats.bootstrap_interval(values, "mean", resamples=100_000)
+    low, high = scipy_stats.t.interval(0.95, n - 1, loc=np.mean(values), scale=scipy_stats.sem(values))
+    assert (ours.high - ours.low) == pytest.approx(high - low, rel=0.2)
+    plain = scipy_stats.bootstrap((values,), np.mean, method="percentile", n_resamples=20000, random_state=7).confidence_interval
+    assert ours.high - ours.low > plain.high - plain.low
+
+
+def test_expanded_tail_follows_the_t_quantile():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    assert stats.expanded_tail(5) == pytest.approx(scipy_stats.norm.sf(math.sqrt(5 / 4) * scipy_stats.t.ppf(0.975, 4)))
+    assert stats.expanded_tail(5) < 0.001 < 0.025 - 1e-3 < stats.expanded_tail(1000) < 0.025
 
 
 def test_bootstrap_of_a_diverged_seed_is_unbounded():

@@ -18,7 +18,7 @@ import adamkit
 from . import EXPERIMENTS, report
 
 DEFAULT_OUT = "adamkit-report"
-FULL_SEEDS = 5
+FULL_SEEDS = 8
 QUICK_SEEDS = 2
 
 

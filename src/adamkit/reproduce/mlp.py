@@ -42,7 +42,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(hidden=256, n_train=5000, epochs=15)
+        return cls(hidden=256, n_train=5000, epochs=30)
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:

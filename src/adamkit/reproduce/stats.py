@@ -6,6 +6,13 @@ A rule compares a statistic (usually the mean over seeds of a paired per-seed
 difference) with a threshold. With a 95 % interval the outcome is ``True`` when
 the whole interval satisfies the rule, ``False`` when the whole interval violates
 it and ``None`` (inconclusive) when the interval straddles the threshold.
+
+Intervals are *expanded* percentile-bootstrap intervals (Hesterberg 2015, "What
+teachers should know about the bootstrap", Sec. 5): with a handful of seeds the plain
+percentile interval is too narrow (it behaves like mean ± z·s/√n with the biased s; at
+n = 5 it covers about 85 %, not 95 %), so its tail probability is chosen to match the
+t interval's width: z' = √(n/(n−1))·t(n−1), tail Φ(−z'). At n = 5 the interval is
+about 1.6× the plain one's width, at n = 8 1.3×.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 LEVEL = 0.95
-RESAMPLES = 10_000
+RESAMPLES = 20_000
 
 
 def tail_mean(curve: Sequence[float], fraction: float = 0.1) -> float:
@@ -55,7 +62,7 @@ def horizon_record(curve: Sequence[float], window: float = 0.2, tolerance: float
 
 @dataclass
 class Interval:
-    """A point estimate with its percentile-bootstrap interval."""
+    """A point estimate with its (expanded percentile) bootstrap interval."""
 
     statistic: str  # what is estimated, in words
     estimate: float
@@ -82,9 +89,20 @@ class Interval:
         }
 
 
+def expanded_tail(n: int, level: float = LEVEL) -> float:
+    """Tail probability of the expanded percentile interval for ``n`` values (module docstring):
+    Φ(−√(n/(n−1))·t_{(1+level)/2, n−1}); the plain interval's (1 − level)/2 for large n."""
+    from scipy import stats as distributions
+
+    if n < 2:
+        return (1 - level) / 2
+    z = math.sqrt(n / (n - 1)) * float(distributions.t.ppf((1 + level) / 2, n - 1))
+    return float(distributions.norm.sf(z))
+
+
 def bootstrap_interval(values: Sequence[float], statistic: str, *, level: float = LEVEL,
                        resamples: int = RESAMPLES, seed: int = 0) -> Interval:
-    """Percentile bootstrap interval of the mean of ``values`` (e.g. paired per-seed differences).
+    """Expanded percentile bootstrap interval of the mean of ``values`` (e.g. paired per-seed differences).
 
     Non-finite values (diverged runs) make every bound that can include them infinite:
     the mean of a sample holding +inf is +inf.
@@ -101,15 +119,15 @@ def bootstrap_interval(values: Sequence[float], statistic: str, *, level: float 
     with np.errstate(invalid="ignore"):
         means = data[picks].mean(axis=1)
     means = np.where(np.isnan(means), np.inf, means)
-    tail = (1 - level) / 2
+    tail = expanded_tail(data.size, level)
     low, high = np.quantile(means, [tail, 1 - tail], method="linear") if np.all(np.isfinite(means)) else _quantiles_with_inf(means, tail)
     return Interval(statistic, estimate, float(low), float(high), int(data.size), level, tuple(map(float, data)))
 
 
 def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], float], label: str, *, level: float = LEVEL,
-                        resamples: int = 2000, seed: int = 0) -> Interval:
-    """Percentile bootstrap interval of any statistic of ``n`` seeds: ``statistic(indices)`` is
-    evaluated on all seeds (the estimate) and on ``resamples`` resamplings of them."""
+                        resamples: int = 5000, seed: int = 0) -> Interval:
+    """Expanded percentile bootstrap interval of any statistic of ``n`` seeds: ``statistic(indices)``
+    is evaluated on all seeds (the estimate) and on ``resamples`` resamplings of them."""
     everything = np.arange(n)
     estimate = float(statistic(everything))
     if n < 2:
@@ -119,7 +137,7 @@ def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], float], label:
     draws = draws[np.isfinite(draws)]
     if draws.size == 0:
         return Interval(label, estimate, -math.inf, math.inf, n, level)
-    tail = (1 - level) / 2
+    tail = expanded_tail(n, level)
     low, high = np.quantile(draws, [tail, 1 - tail])
     return Interval(label, estimate, float(low), float(high), n, level)
 
