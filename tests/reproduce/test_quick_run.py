@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import jsonschema
 import pytest
+import torch
 
 from adamkit import cli
 from adamkit.reproduce import EXPERIMENTS, report
@@ -19,6 +21,7 @@ EXPECTED = {
     "wilson-construction": "defect reproduced",
     "weight-decay-quadratic": "reproduced",
     "invariance-rescaling": "reproduced",
+    "step-bound": "not reproduced",  # the constructed gradient sequence exceeds the stated bound
 }
 
 
@@ -121,3 +124,19 @@ def test_bad_seed_count_is_rejected(tmp_path, capsys):
     assert "--seeds" in capsys.readouterr().err
     assert cli.main(["reproduce", "--quick", "--jobs", "0", "--out", str(tmp_path)]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_a_rerun_is_identical_whatever_the_number_of_processes(tmp_path):
+    """Every run is seeded and single-threaded, so verdicts and every recorded number repeat exactly
+    (one process or two, in any completion order)."""
+    documents = []
+    threads = torch.get_num_threads()
+    try:
+        for jobs in (1, 2):
+            out = tmp_path / f"jobs{jobs}"
+            assert cli.main(["reproduce", "--quick", "--only", "little-tuning", "step-bound", "--seeds", "1", "--jobs", str(jobs), "--out", str(out)]) == 0
+            documents.append(json.loads((out / "results.json").read_text()))
+    finally:
+        torch.set_num_threads(threads)
+    one, two = ([{k: c[k] for k in ("key", "verdict", "measured", "intervals", "tuning")} for c in d["claims"]] for d in documents)
+    assert one == two
