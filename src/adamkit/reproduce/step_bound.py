@@ -32,7 +32,7 @@ PAPER_REF = "Kingma & Ba (2015), Sec. 2.1"
 LR = 1e-3
 BETAS = (0.9, 0.999)
 BINS = np.linspace(-12, 2, 141)  # log10(|Δθ|/α)
-CONSTRUCTED_STEPS = 3000  # long enough for the bias corrections to fade: bound_t is within 1 % of its limit
+CONSTRUCTED_STEPS = 3000  # long enough for the bias corrections to fade: bound_t is within 3 % of its limit
 TYPICAL = 0.01  # "typically |Δ| ≲ α": fewer than 1 % of all (step, element) pairs above α
 
 
