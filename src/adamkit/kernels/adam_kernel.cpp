@@ -111,11 +111,14 @@ struct AdamElement {
 // Software prefetch: each block of kPrefetchBlockBytes per stream first asks for the same streams
 // kPrefetchBytes further on. The square root and the division keep each element's instructions
 // in the core for long, so the loads the out-of-order window issues by itself run too few lines
-// ahead to keep memory busy (GPT-2 shapes: 1.07-1.09x the bytes-only floor without, ~1.00x with,
-// benchmarks/RESULTS.md). Past a tensor's end it touches whatever lies there (a prefetch never
-// faults), usually the next tensor's memory. Blocks have a compile-time length, so the vector
-// loop inside has no remainder; the last partial block runs the same body on its own.
-constexpr int64_t kPrefetchBlockBytes = 256, kPrefetchBytes = 1024;
+// ahead to keep memory busy (GPT-2 shapes: 1.07-1.09x the bytes-only floor without, ~1.01-1.03x
+// with; 20,000 x 1,000: 1.43x -> 1.19x the flat floor; benchmarks/RESULTS.md). 512 bytes ahead
+// measured 1-2 % better than 1 KiB on 1,000-element tensors and the same on GPT-2 shapes; 2 KiB
+// was worse. Past a tensor's end it touches whatever lies there (a prefetch never faults);
+// prefetching the next tensor's start instead measured ~5 % slower on 1,000-element tensors.
+// Blocks have a compile-time length, so the vector loop inside has no remainder; the last
+// partial block runs the same body on its own.
+constexpr int64_t kPrefetchBlockBytes = 256, kPrefetchBytes = 512;
 
 template <typename S>
 inline void prefetch_lines(const S* x) {
