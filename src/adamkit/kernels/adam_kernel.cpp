@@ -112,18 +112,20 @@ struct AdamElement {
 // kPrefetchBytes further on. The square root and the division keep each element's instructions
 // in the core for long, so the loads the out-of-order window issues by itself run too few lines
 // ahead to keep memory busy (GPT-2 shapes: 1.07-1.09x the bytes-only floor without, ~1.01-1.03x
-// with; 20,000 x 1,000: 1.43x -> 1.19x the flat floor; benchmarks/RESULTS.md). 512 bytes ahead
-// measured 1-2 % better than 1 KiB on 1,000-element tensors and the same on GPT-2 shapes; 2 KiB
-// was worse. Past a tensor's end it touches whatever lies there (a prefetch never faults);
-// prefetching the next tensor's start instead measured ~5 % slower on 1,000-element tensors.
-// Blocks have a compile-time length, so the vector loop inside has no remainder; the last
-// partial block runs the same body on its own.
-constexpr int64_t kPrefetchBlockBytes = 256, kPrefetchBytes = 512;
+// with; 20,000 x 1,000: 1.43x -> 1.17-1.20x the flat floor; benchmarks/RESULTS.md). 768 bytes
+// ahead measured best on GPT-2 shapes, also with another job loading the memory bus (512: ~1 %
+// slower there, ~1 % faster on 1,000-element tensors; 1 KiB ~1 % slower on both; 2 KiB and a
+// second, far prefetch slower). Past a tensor's end it touches whatever lies there (a prefetch
+// never faults); prefetching the next tensor's start instead measured ~5 % slower on
+// 1,000-element tensors. Blocks have a compile-time length, so the vector loop inside has no
+// remainder; the last partial block runs the same body on its own.
+constexpr int64_t kPrefetchBlockBytes = 256, kPrefetchBytes = 768;
 
 template <typename S>
-inline void prefetch_lines(const S* x) {
+inline void prefetch_lines(const S* x) {  // the address as an integer: it may lie outside the tensor
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(x) + kPrefetchBytes;
   for (int64_t offset = 0; offset < kPrefetchBlockBytes; offset += 64)
-    __builtin_prefetch(reinterpret_cast<const char*>(x) + kPrefetchBytes + offset, 0, 3);
+    __builtin_prefetch(reinterpret_cast<const void*>(ahead + offset), 0, 3);
 }
 
 template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
