@@ -65,35 +65,51 @@ def kernel_layout(group: dict[str, Any], param: Tensor) -> tuple[bool, lowprec.L
 
 def _overlapping(tensors: list[Tensor]) -> set[int]:
     """Indices of tensors whose memory overlaps another's (the kernel's pointers must not alias)."""
-    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(tensors) if t.numel())
+    # numpy, not a list of (start, end, index) tuples: with many tensors the tuples' memory is freed
+    # in scattered pieces the heap cannot return, and the first step's peak grew by it
+    count = len(tensors)
+    starts = np.fromiter((t.data_ptr() for t in tensors), dtype=np.int64, count=count)
+    ends = starts + np.fromiter((t.numel() * t.element_size() for t in tensors), dtype=np.int64, count=count)
+    nonempty = np.flatnonzero(ends > starts)
+    order = nonempty[np.lexsort((nonempty, ends[nonempty], starts[nonempty]))]  # by start, end, index
     overlapping: set[int] = set()
-    furthest_end, furthest_index = -1, -1
-    for start, end, index in spans:
-        if start < furthest_end:
-            overlapping.update((index, furthest_index))
-        if end > furthest_end:
-            furthest_end, furthest_index = end, index
+    if order.size < 2:
+        return overlapping
+    # Walking the tensors in that order, a tensor overlaps an earlier one if it starts before the
+    # furthest end so far; it is recorded with the first tensor that reached that end.
+    ends_in_order = ends[order]
+    furthest_end = np.maximum.accumulate(ends_in_order)
+    new_furthest = np.ones(order.size, dtype=bool)
+    new_furthest[1:] = ends_in_order[1:] > furthest_end[:-1]
+    furthest_position = np.maximum.accumulate(np.where(new_furthest, np.arange(order.size), 0))
+    for position in np.flatnonzero(starts[order[1:]] < furthest_end[:-1]) + 1:
+        overlapping.update((int(order[position]), int(order[furthest_position[position - 1]])))
     return overlapping
 
 
 def _addresses(tensors: list[Tensor | None]) -> np.ndarray:
-    return np.array([0 if t is None else _local(t).data_ptr() for t in tensors], dtype=np.int64)
+    return np.fromiter((0 if t is None else _local(t).data_ptr() for t in tensors), dtype=np.int64, count=len(tensors))
 
 
 class Plan:
     """The parameters of one group with one dtype and layout, as the kernel's tables."""
 
-    def __init__(self, params: list[Tensor], layout: lowprec.Layout | None, amsgrad: bool, streams: list[int], seed: int) -> None:
+    def __init__(
+        self, params: list[Tensor], layout: lowprec.Layout | None, amsgrad: bool, streams: list[int] | None, seed: int
+    ) -> None:
+        """``streams``: each param's stochastic-rounding stream (codecs.stream_id); only for a low-precision ``layout``."""
         self.params = params
-        self.locals = [_local(p) for p in params]
+        self.plain_tensors = not any(shards.is_dtensor(p) for p in params)
+        self.locals = params if self.plain_tensors else [_local(p) for p in params]
         self.layout = layout
         self.amsgrad = amsgrad
         self.seed = seed
         self.dtype = self.locals[0].dtype
-        self.plain_tensors = not any(shards.is_dtensor(p) for p in params)
         self.param_addresses = _addresses(self.locals)
-        self.numels = np.array([t.numel() for t in self.locals], dtype=np.int64)
-        self.streams = np.array(streams, dtype=np.int64).astype(np.uint32)
+        # prefix[k]: the elements of the params before param k (the kernel's element ranges)
+        self.prefix = np.zeros(len(params) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter((t.numel() for t in self.locals), dtype=np.int64, count=len(params)), out=self.prefix[1:])
+        self.streams = None if streams is None else np.array(streams, dtype=np.uint32)
         self.grad_addresses = np.zeros(len(params), dtype=np.int64)
         self.has_state = np.zeros(len(params), dtype=bool)
         self._all_present: _KernelCall | None = None  # the call when every param has a grad (kept)
@@ -214,10 +230,13 @@ class Plan:
             return table if rows is None else np.ascontiguousarray(table[rows])
 
         call = _KernelCall(pick(self.tables["step"]), self.grad_addresses if rows is None else np.empty(len(rows), np.int64))
-        numels = pick(self.numels)
+        numels = np.diff(self.prefix) if rows is None else np.diff(self.prefix)[rows]
         if self.layout is None:
-            prefix = call.keep(np.zeros(len(numels) + 1, dtype=np.int64))
-            np.cumsum(numels, out=prefix[1:])
+            if rows is None:
+                prefix = self.prefix
+            else:
+                prefix = call.keep(np.zeros(len(numels) + 1, dtype=np.int64))
+                np.cumsum(numels, out=prefix[1:])
             moments = [call.keep(pick(self.tables[role])) if role in self.tables else None for role in _MOMENTS]
             table = kernels.AdamTensorTable(
                 call.keep(pick(self.param_addresses)).ctypes.data,
@@ -311,7 +330,7 @@ class GroupPlans:
             kept = [i for i in members if i not in overlapping]
             self.leftovers += [self.source[i] for i in members if i in overlapping]
             if kept:
-                streams = [codecs.stream_id(group_index, i) for i in kept]
+                streams = None if layout is None else [codecs.stream_id(group_index, i) for i in kept]
                 self.plans.append(Plan([self.source[i] for i in kept], layout, self.amsgrad, streams, group.get("rounding_seed", 0)))
         self.bound_state: dict[Tensor, dict[str, Any]] | None = None
         self.bound_size = -1
