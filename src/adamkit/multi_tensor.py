@@ -114,6 +114,7 @@ class Plan:
         self.has_state = np.zeros(len(params), dtype=bool)
         self._all_present: _KernelCall | None = None  # the call when every param has a grad (kept)
         self.usable = np.zeros(len(params), dtype=bool)  # state ready for the kernel
+        self.all_usable = False  # every param has state the kernel can take (then a step needs only the grads)
         self.tables: dict[str, np.ndarray] = {}
         if self.plain_tensors:  # small plans use the compiled gather only if it is built already
             gather.build_in_background(build=len(params) >= COMPILED_GATHER_MIN_PARAMS)
@@ -172,6 +173,7 @@ class Plan:
             bound.append(state)
             self.usable[index] = self._state_fits(state, index)
         self.has_state = np.array([state is not None for state in bound], dtype=bool)
+        self.all_usable = bool(self.usable.all())
         entries = [state if usable else {} for state, usable in zip(bound, self.usable)]
         # The tables hold raw addresses: keep the tensors themselves alive while they are in use.
         self.bound_tensors = [tensor for entry in entries for tensor in entry.values()]
@@ -185,6 +187,11 @@ class Plan:
         """Read this step's gradient pointers; False if a param's memory moved (rebuild the plans)."""
         return gather.grad_pointers(self.params, self.param_addresses, self.grad_addresses, self.plain_tensors) == 0
 
+    def everyone_steps(self) -> bool:
+        """The common case, in one check: every param has a gradient the kernel reads and usable state
+        (nothing to bind, nothing for the loop)."""
+        return self.all_usable and bool(self.grad_addresses.min() > 0)
+
     def needs_state(self) -> bool:
         """Whether a param has a gradient but no state yet (bind again before stepping)."""
         return bool(((self.grad_addresses > 0) & ~self.has_state).any())
@@ -194,10 +201,11 @@ class Plan:
         outside = (self.grad_addresses < 0) | ((self.grad_addresses > 0) & ~self.usable)
         return [self.params[i] for i in np.flatnonzero(outside)] if outside.any() else []
 
-    def step(self, scalars_for: Callable[[float], StepScalars]) -> None:
-        """One kernel call for every param whose gradient the kernel reads this step."""
-        present = (self.grad_addresses > 0) & self.usable
-        if present.all():  # the common case: the call's tables are built once and kept
+    def step(self, scalars_for: Callable[[float], StepScalars], everyone: bool = False) -> None:
+        """One kernel call for every param whose gradient the kernel reads this step
+        (``everyone``: :meth:`everyone_steps` said so already)."""
+        present = None if everyone else (self.grad_addresses > 0) & self.usable
+        if everyone or present.all():  # the common case: the call's tables are built once and kept
             if self._all_present is None:
                 self._all_present = self._call(None)
             call = self._all_present
@@ -357,11 +365,15 @@ class GroupPlans:
         # optimizer's own load_state_dict and to() rebuild the plans.
         rebind = optimizer_state is not self.bound_state or len(optimizer_state) != self.bound_size
         loop = list(self.leftovers)
+        everyone = []
         for plan in self.plans:
+            everyone.append(not rebind and plan.everyone_steps())
+            if everyone[-1]:
+                continue
             if rebind or plan.needs_state():
                 plan.bind(optimizer_state, init_state)
             loop += plan.loop_params()
         self.bound_state, self.bound_size = optimizer_state, len(optimizer_state)
-        for plan in self.plans:
-            plan.step(scalars_for)
+        for plan, all_of_it in zip(self.plans, everyone):
+            plan.step(scalars_for, all_of_it)
         return loop
