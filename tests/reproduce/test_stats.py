@@ -59,6 +59,16 @@ def test_rule_outcomes_follow_the_interval(a, b, threshold):
 
 
 @given(finite, finite, st.floats(min_value=0, max_value=1e6))
+def test_above_unless_alike_is_refuted_only_beyond_the_band(a, b, tolerance):
+    low, high = min(a, b), max(a, b)
+    outcome = stats.above_unless_alike(stats.Interval("x", (low + high) / 2, low, high, 5), tolerance)
+    assert outcome is (True if low > 0 else False if high < -tolerance else None)
+    # inside the band (even wholly below 0) nothing is refuted
+    assert stats.above_unless_alike(stats.Interval("x", -0.05, -0.08, -0.02, 5), 0.10) is None
+    assert stats.above_unless_alike(stats.Interval("x", -0.3, -0.4, -0.2, 5), 0.10) is False
+
+
+@given(finite, finite, st.floats(min_value=0, max_value=1e6))
 def test_within_is_inconclusive_exactly_when_the_interval_crosses_a_tolerance_edge(a, b, tolerance):
     low, high = min(a, b), max(a, b)
     outcome = stats.within(stats.Interval("x", (low + high) / 2, low, high, 5), tolerance)

@@ -23,6 +23,9 @@ from .tuning import tuned_comparison
 NAME = "mlp"
 TITLE = "Multilayer network with dropout on MNIST"
 START = {"Adam": 1e-3, "Adagrad": 1e-2, "RMSprop": 5e-4, "SGD-Nesterov": 5e-2, "Adadelta": 1.0}
+# Training costs within ±10 % count as alike (as in the CNN claim): a rival lower than Adam by less
+# than that neither confirms nor refutes "Adam converges fastest".
+TOLERANCE = 0.10
 PAPER_REF = "Kingma & Ba (2015), Sec. 6.2, Fig. 2a"
 PAPER_STATEMENT = ("MLP (2 × 1,000 ReLU, dropout) on MNIST, every method's hyperparameters chosen by a dense grid: "
                    "Adam converges fastest among the methods compared")
@@ -60,9 +63,10 @@ def trial(name: str, lr: float, seed: int, hidden: int, n_train: int, epochs: in
 
 
 def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | None]:
-    """Every other optimizer's paired relative excess over Adam, (other − Adam)/Adam, is > 0."""
+    """Every other optimizer's paired relative excess over Adam, (other − Adam)/Adam, is > 0;
+    refuted only by a rival lower than Adam beyond the ±10 % band of alike results."""
     intervals = [stats.relative_interval(scores, n, "Adam") for n in scores if n != "Adam"]
-    return intervals, stats.combine(*(stats.above(i, 0.0) for i in intervals))
+    return intervals, stats.combine(*(stats.above_unless_alike(i, TOLERANCE) for i in intervals))
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
@@ -78,7 +82,9 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         statement="Multilayer network with dropout on MNIST: Adam reaches the lowest training cost, every optimizer tuned",
         paper_ref=PAPER_REF,
         paper_statement=PAPER_STATEMENT,
-        rule="for every other optimizer, the 95 % bootstrap interval of the paired per-seed (other − Adam)/Adam of the score lies above 0",
+        rule="reproduced when, for every other optimizer, the 95 % bootstrap interval of the paired per-seed (other − Adam)/Adam of "
+             f"the score lies above 0; not reproduced when some optimizer's interval lies below −{TOLERANCE:.0%} (lower than Adam beyond "
+             f"the ±{TOLERANCE:.0%} band of alike training costs); otherwise inconclusive",
     )]
     fig = training_cost_figure(
         comparison,

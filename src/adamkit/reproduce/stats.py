@@ -172,6 +172,17 @@ def below(interval: Interval, threshold: float) -> bool | None:
     return None
 
 
+def above_unless_alike(interval: Interval, tolerance: float) -> bool | None:
+    """Rule ``statistic > 0`` for a relative difference, with a band of practical equivalence:
+    True when the interval lies above 0; False only when it lies below −``tolerance`` (clearly the
+    other way, beyond the band where two results count as alike); None otherwise."""
+    if interval.low > 0:
+        return True
+    if interval.high < -tolerance:
+        return False
+    return None
+
+
 def within(interval: Interval, tolerance: float) -> bool | None:
     """Rule ``|statistic| ≤ tolerance`` (an "about equal" claim)."""
     if -tolerance <= interval.low and interval.high <= tolerance:
