@@ -271,7 +271,8 @@ def render_html(document: dict[str, Any], images: dict[str, bytes], captions: di
         "reference runs appears only in the <i>Reference run (ours)</i> column. Every optimizer in a comparison is tuned on a log grid "
         "(at most half a decade apart), extended until its chosen value has a worse neighbour on both sides, with the same number of "
         "trials per optimizer; a claim whose optimum is not bracketed gets no verdict. Rules apply to paired per-seed differences "
-        "with 95 % percentile-bootstrap intervals: <b>reproduced</b> (or <b>defect reproduced</b>, for a known weakness of Adam) when the "
+        "with 95 % bootstrap intervals (expanded percentile intervals, as wide as the t interval: the plain percentile interval is too "
+        "narrow with a few seeds): <b>reproduced</b> (or <b>defect reproduced</b>, for a known weakness of Adam) when the "
         "whole interval satisfies the rule, <b>not reproduced</b> when the whole interval violates it, <b>inconclusive</b> when it "
         "straddles the threshold. Scores are means over the last 10 % of evaluations. "
         + ("<b>Quick mode: smaller problems and fewer seeds; the verdicts are indicative only.</b> " if document["quick"] else "")
