@@ -91,8 +91,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             + ("" if main else " (sensitivity check over λ)"),
             paper_ref=PAPER_REF,
             paper_statement=PAPER_STATEMENT,
-            rule=f"paired per-seed relative differences of the score, 95 % bootstrap intervals: (Adam − SGDN)/SGDN within ±{TOLERANCE:.0%}; "
-                 "(Adagrad − Adam)/Adam > 0; (Adagrad − SGDN)/SGDN > 0",
+            rule=stats.alike_and_both_below_text("Adam", "SGD-Nesterov", "Adagrad", TOLERANCE),
         ))
         fig = training_cost_figure(
             comparison,

@@ -121,8 +121,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         statement="Sparse bag-of-words with input dropout: Adam ≈ Adagrad (±10 %), both below SGD-Nesterov in training cost",
         paper_ref=PAPER_REF,
         paper_statement=PAPER_STATEMENT,
-        rule=f"paired per-seed relative differences of the score, 95 % bootstrap intervals: (Adam − Adagrad)/Adagrad within ±{TOLERANCE:.0%}; "
-             "(SGDN − Adam)/Adam > 0; (SGDN − Adagrad)/Adagrad > 0",
+        rule=stats.alike_and_both_below_text("Adam", "Adagrad", "SGD-Nesterov", TOLERANCE),
     )]
     fig = training_cost_figure(
         comparison,

@@ -234,6 +234,16 @@ def alike_and_both_below(
     return [alike, over_first, over_second], combine(within(alike, tolerance), above(over_first, 0.0), above(over_second, 0.0))
 
 
+ABBREVIATIONS = {"SGD-Nesterov": "SGDN"}  # how rule texts name optimizers
+
+
+def alike_and_both_below_text(first: str, second: str, worse: str, tolerance: float) -> str:
+    """The words of :func:`alike_and_both_below`'s rule, for the report (SGD-Nesterov written SGDN)."""
+    a, b, c = (ABBREVIATIONS.get(name, name) for name in (first, second, worse))
+    return (f"paired per-seed relative differences of the score, 95 % bootstrap intervals: ({a} − {b})/{b} within ±{tolerance:.0%}; "
+            f"({c} − {a})/{a} > 0; ({c} − {b})/{b} > 0")
+
+
 def log_ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
     """Per-seed log(a / b) for positive values, paired by position."""
     return [math.log(x / y) if x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y)
