@@ -116,3 +116,11 @@ def compiled_gather():
     if not header.exists() or compiler is None:
         pytest.skip(f"no torch C++ headers ({header}) or no C++ compiler: the compiled gather cannot be built")
     return gather.load()
+
+
+def value_after(value: int, seconds: float) -> int:
+    """``value``, returned after ``seconds`` (a worker-process job whose finishing order the test sets)."""
+    import time
+
+    time.sleep(seconds)
+    return value

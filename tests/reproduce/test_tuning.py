@@ -63,3 +63,11 @@ def test_bracketed_and_extension_helpers():
     assert tuning.extension([1.0, 2.0, 4.0], [math.inf] * 3, 2.0) == 0.5
     with pytest.raises(ValueError):
         tuning.tune(Runner(1), monotone, lambda n, v, s: {}, lambda r: r, {"x": 1.0}, [0], factor=10.0)
+
+
+def test_runner_returns_results_in_submission_order_whatever_finishes_first():
+    from helpers import value_after
+
+    # the first job finishes last: results must still come back in the order the runs were given
+    with Runner(2) as runner:
+        assert runner.map(value_after, [{"value": 0, "seconds": 1.0}, {"value": 1, "seconds": 0.0}, {"value": 2, "seconds": 0.0}]) == [0, 1, 2]
