@@ -20,7 +20,6 @@ the same arithmetic per element.
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any, Callable
 
 import numpy as np
@@ -216,7 +215,7 @@ class Plan:
             call = self._call(rows)
             call.grads[:] = self.grad_addresses[rows]
         steps, count = call.steps, len(call.steps)
-        kernels.load_floats(call.step_table, call.step_values, count)
+        kernels.load_floats(call.step_addresses, steps, count)
         steps += 1  # torch's counter: float32, incremented before use
         if (steps == steps[0]).all():  # the common case: one step count for all
             kinds = steps[:1]
@@ -227,9 +226,8 @@ class Plan:
             kinds, inverse = np.unique(steps, return_inverse=True)
             call.scalar_index[:] = inverse
             call.mixed_steps = True
-        scalars = kernels.scalars_array([scalars_for(float(step)) for step in kinds])
-        call.launch(scalars, len(kinds))
-        kernels.store_floats(call.step_table, call.step_values, count)
+        call.launch([scalars_for(float(step)) for step in kinds])
+        kernels.store_floats(call.step_addresses, steps, count)
 
     def _call(self, rows: np.ndarray | None) -> "_KernelCall":
         """The kernel's tables for the params in ``rows`` (None: all of them)."""
@@ -247,14 +245,9 @@ class Plan:
                 np.cumsum(numels, out=prefix[1:])
             moments = [call.keep(pick(self.tables[role])) if role in self.tables else None for role in _MOMENTS]
             table = kernels.AdamTensorTable(
-                call.keep(pick(self.param_addresses)).ctypes.data,
-                call.grads.ctypes.data,
-                *(None if m is None else m.ctypes.data for m in moments),
-                prefix.ctypes.data,
-                call.scalar_index.ctypes.data,
-                len(numels),
+                call.keep(pick(self.param_addresses)), call.grads, *moments, prefix, call.scalar_index, len(numels)
             )
-            call.bind(lambda scalars, kinds: kernels.adam_multi_step(table, scalars, self.dtype))
+            call.bind(lambda scalars: kernels.adam_multi_step(table, scalars, self.dtype))
             return call
         block_param, block_local = lowprec_kernels.block_tables(numels)
         tables = {
@@ -271,35 +264,25 @@ class Plan:
         tables.update({_LOWPREC_FIELDS[role]: pick(table) for role, table in self.tables.items() if role != "step"})
         call.keep(tables)
         layout = self.layout
-        library = lowprec_kernels.library_for(layout.param_dtype, layout.exp_avg, layout.exp_avg_sq)
         formats = (
             lowprec_kernels.PARAM_FORMATS[layout.param_dtype],
             lowprec_kernels.FORMATS[layout.exp_avg],
             lowprec_kernels.FORMATS[layout.exp_avg_sq],
             lowprec_kernels.ROUNDINGS[layout.rounding],
         )
-        buffers = lowprec_kernels.make_buffers(tables, self.seed, formats)
-        blocks = len(block_param)
-
-        def launch(scalars: ctypes.Array, kinds: int) -> None:
-            status = library.adam_lowprec_step(ctypes.byref(buffers), scalars, kinds, blocks, torch.get_num_threads())
-            if status != 0:
-                raise RuntimeError(f"low-precision kernel built for another storage mode than {layout}")
-
-        call.bind(launch)
+        call.bind(lambda scalars: lowprec_kernels.step(tables, self.seed, formats, scalars))
         return call
 
 
 class _KernelCall:
-    """The tables of one kernel call (raw addresses into numpy arrays it keeps alive), and the
-    per-step buffers the call reads: gradient addresses, step counts and each param's scalars."""
+    """The tables of one kernel call (numpy arrays it keeps alive), and the per-step buffers the
+    call reads: gradient addresses, step counts and each param's entry in the step's scalars."""
 
     def __init__(self, step_addresses: np.ndarray, grads: np.ndarray) -> None:
         self.step_addresses = step_addresses
         self.grads = grads
         self.steps = np.empty(len(step_addresses), dtype=np.float32)
         self.scalar_index = np.zeros(len(step_addresses), dtype=np.int32)
-        self.step_table, self.step_values = step_addresses.ctypes.data, self.steps.ctypes.data
         self.mixed_steps = False
         self._kept: list[Any] = []
 
@@ -307,7 +290,7 @@ class _KernelCall:
         self._kept.append(value)
         return value
 
-    def bind(self, launch: Callable[[ctypes.Array, int], None]) -> None:
+    def bind(self, launch: Callable[[list[StepScalars]], None]) -> None:
         self.launch = launch
 
 

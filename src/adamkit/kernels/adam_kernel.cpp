@@ -1,7 +1,7 @@
 // Fused Adam-family step over tables of tensors: one pass over memory, all math in registers.
 // Implements the per-element contract of adamkit/functional.py with the per-step scalars
 // computed there (StepScalars); op order follows torch.optim.Adam's for-loop.
-// Built by adamkit/kernels/build.py with -O3 -march=native -fopenmp for the host CPU.
+// Built into the kernel module (kernels/module.cpp, kernels/native_build.py) once per instruction set.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -36,6 +36,7 @@ struct AdamTensorTable {
   int64_t count;
 };
 
+#ifndef ADAMKIT_LOWPREC
 // Step counts live in each parameter's own float32 scalar tensor (torch's state layout): one
 // scattered read or write each, which two threads overlap for many tensors.
 void load_floats(float* const* pointers, float* values, int64_t n, int threads) {
@@ -46,6 +47,7 @@ void store_floats(float* const* pointers, const float* values, int64_t n, int th
 #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 4096)
   for (int64_t i = 0; i < n; ++i) *pointers[i] = values[i];
 }
+#endif  // ADAMKIT_LOWPREC
 
 }  // extern "C"
 
@@ -128,7 +130,7 @@ inline void prefetch_lines(const S* x) {  // the address as an integer: it may l
     __builtin_prefetch(reinterpret_cast<const void*>(ahead + offset), 0, 3);
 }
 
-template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
+template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD, bool PREFETCH>
 __attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, const S* __restrict g, S* __restrict m,
                                                             S* __restrict v, S* __restrict vmax, int64_t n,
                                                             const AdamScalars& s) {
@@ -136,11 +138,13 @@ __attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, con
   constexpr int64_t kSpanBlock = kPrefetchBlockBytes / int64_t(sizeof(S));
   int64_t start = 0;
   for (; start + kSpanBlock <= n; start += kSpanBlock) {
-    prefetch_lines(g + start);
-    prefetch_lines(p + start);
-    prefetch_lines(m + start);
-    prefetch_lines(v + start);
-    if (AMSGRAD) prefetch_lines(vmax + start);
+    if (PREFETCH) {
+      prefetch_lines(g + start);
+      prefetch_lines(p + start);
+      prefetch_lines(m + start);
+      prefetch_lines(v + start);
+      if (AMSGRAD) prefetch_lines(vmax + start);
+    }
 #pragma omp simd
     for (int64_t i = start; i < start + kSpanBlock; ++i) element(p, g, m, v, vmax, i);
   }
@@ -179,29 +183,29 @@ void parallel_pieces(const int64_t* prefix, int64_t count, int threads, Visit vi
   }
 }
 
-template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
+template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD, bool PREFETCH>
 void adam_multi(const AdamTensorTable& t, const AdamScalars* scalars, int threads) {
   parallel_pieces(t.prefix, t.count, threads, [&](int64_t k, int64_t first, int64_t n) {
     auto at = [&](void* const* table) { return table ? static_cast<S*>(table[k]) + first : nullptr; };
-    adam_span<S, T, AMSGRAD, L2, SCALE_GRAD>(at(t.p), static_cast<const S*>(t.g[k]) + first, at(t.m), at(t.v),
+    adam_span<S, T, AMSGRAD, L2, SCALE_GRAD, PREFETCH>(at(t.p), static_cast<const S*>(t.g[k]) + first, at(t.m), at(t.v),
                                              at(t.vmax), n, scalars[t.scalar_index[k]]);
   });
 }
 
-template <typename S, typename T>
+template <typename S, typename T, bool PREFETCH>
 void adam_multi_dispatch(const AdamTensorTable& t, const AdamScalars* scalars, int threads) {
   // amsgrad, L2, maximize and grad_scale are the group's: the same in every entry of scalars
   const AdamScalars& s = scalars[0];
   const int variant = (s.amsgrad ? 4 : 0) | (s.l2 != 0 ? 2 : 0) | (s.maximize || s.grad_scale != 1.0 ? 1 : 0);
   switch (variant) {
-    case 0: return adam_multi<S, T, false, false, false>(t, scalars, threads);
-    case 1: return adam_multi<S, T, false, false, true>(t, scalars, threads);
-    case 2: return adam_multi<S, T, false, true, false>(t, scalars, threads);
-    case 3: return adam_multi<S, T, false, true, true>(t, scalars, threads);
-    case 4: return adam_multi<S, T, true, false, false>(t, scalars, threads);
-    case 5: return adam_multi<S, T, true, false, true>(t, scalars, threads);
-    case 6: return adam_multi<S, T, true, true, false>(t, scalars, threads);
-    default: return adam_multi<S, T, true, true, true>(t, scalars, threads);
+    case 0: return adam_multi<S, T, false, false, false, PREFETCH>(t, scalars, threads);
+    case 1: return adam_multi<S, T, false, false, true, PREFETCH>(t, scalars, threads);
+    case 2: return adam_multi<S, T, false, true, false, PREFETCH>(t, scalars, threads);
+    case 3: return adam_multi<S, T, false, true, true, PREFETCH>(t, scalars, threads);
+    case 4: return adam_multi<S, T, true, false, false, PREFETCH>(t, scalars, threads);
+    case 5: return adam_multi<S, T, true, false, true, PREFETCH>(t, scalars, threads);
+    case 6: return adam_multi<S, T, true, true, false, PREFETCH>(t, scalars, threads);
+    default: return adam_multi<S, T, true, true, true, PREFETCH>(t, scalars, threads);
   }
 }
 
@@ -237,11 +241,18 @@ int64_t count_nonfinite_f32(const float* x, int64_t n, int threads) { return cou
 int64_t count_nonfinite_f64(const double* x, int64_t n, int threads) { return count_nonfinite<double>(x, n, threads); }
 
 // One step of every tensor in the table; dtype 0 float32, 1 float64, 2 float16 (fp32 math).
-void adam_multi_step(const AdamTensorTable* t, const AdamScalars* scalars, int32_t dtype, int threads) {
+// prefetch: whether each block of the streams prefetches ahead (per CPU: kernels/native.py).
+void adam_multi_step(const AdamTensorTable* t, const AdamScalars* scalars, int32_t dtype, int threads, int prefetch) {
   if (t->count <= 0) return;
-  if (dtype == 0) adam_multi_dispatch<float, float>(*t, scalars, threads);
-  else if (dtype == 1) adam_multi_dispatch<double, double>(*t, scalars, threads);
-  else adam_multi_dispatch<_Float16, float>(*t, scalars, threads);
+  if (prefetch) {
+    if (dtype == 0) adam_multi_dispatch<float, float, true>(*t, scalars, threads);
+    else if (dtype == 1) adam_multi_dispatch<double, double, true>(*t, scalars, threads);
+    else adam_multi_dispatch<_Float16, float, true>(*t, scalars, threads);
+  } else {
+    if (dtype == 0) adam_multi_dispatch<float, float, false>(*t, scalars, threads);
+    else if (dtype == 1) adam_multi_dispatch<double, double, false>(*t, scalars, threads);
+    else adam_multi_dispatch<_Float16, float, false>(*t, scalars, threads);
+  }
 }
 
 void floor_flat_f32(float* p, const float* g, float* m, float* v, int64_t n, int threads) {
@@ -262,8 +273,8 @@ void floor_flat_f32(float* p, const float* g, float* m, float* v, int64_t n, int
 // (simd.h): GCC's auto-vectorisation of the codecs mixed vector widths and cost twice the
 // arithmetic. The last (< kLanes) elements of a block, and CPUs without AVX2, run the scalar code.
 // All give the same bits: the vector code performs the same IEEE operations in the same order,
-// with an FMA exactly where GCC contracts the scalar source (-ffp-contract=fast: a product whose
-// only use is an addition).
+// with an FMA exactly where the scalar code calls std::fma (contraction is off for every build,
+// so no compiler adds one; a CPU without FMA computes std::fma in software, with the same bits).
 extern "C" {
 
 struct LowPrecBuffers {  // per-parameter tables, torch's layout kept: one tensor per parameter and role
@@ -763,12 +774,12 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants* constants, int64
     }
     const float old_m = m.load(i, j), old_v = v.load(i, j);
     float x = param_value * c.decay;                                    // AdamW: p <- p (1 - lr wd)
-    const float grad = grad_value * c.grad_multiplier + c.l2 * x;       // Adam + L2: g <- g + wd p
+    const float grad = std::fma(grad_value, c.grad_multiplier, c.l2 * x);  // Adam + L2: g <- g + wd p
     // m_t as torch's lerp; both forms computed so the choice is a blend, not a branch
-    const float from_start = old_m + c.lerp_weight * (grad - old_m);
-    const float from_end = grad - (grad - old_m) * c.lerp_complement;
+    const float from_start = std::fma(c.lerp_weight, grad - old_m, old_m);
+    const float from_end = std::fma(-(grad - old_m), c.lerp_complement, grad);
     const float exp_avg = float_of((bits_of(from_start) & c.lerp_mask) | (bits_of(from_end) & ~c.lerp_mask));  // m_t
-    const float exp_avg_sq = old_v * c.beta2 + c.one_minus_beta2 * grad * grad;  // v_t
+    const float exp_avg_sq = std::fma(old_v, c.beta2, c.one_minus_beta2 * grad * grad);  // v_t
     float second = exp_avg_sq;
     if (AMSGRAD) {                                                      // v_max <- max(v_max, v_t)
       const float old_vmax = vmax.load(i, j);
@@ -777,14 +788,14 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants* constants, int64
       if (MomentV::kStaged) peak_vmax = second > peak_vmax ? second : peak_vmax;  // v >= 0
       if (MomentV::kStaged) least_vmax = std::min(least_vmax, bits_of(std::fabs(second)) - 1u);
     }
-    const float denom = std::sqrt(second) * c.inverse_bias_correction2_sqrt + c.eps;  // sqrt(v_hat) + eps
+    const float denom = std::fma(std::sqrt(second), c.inverse_bias_correction2_sqrt, c.eps);  // sqrt(v_hat) + eps
     m.store(i, j, exp_avg);
     v.store(i, j, exp_avg_sq);
     if (MomentM::kStaged) peak_m = std::fabs(exp_avg) > peak_m ? std::fabs(exp_avg) : peak_m;
     if (MomentV::kStaged) peak_v = exp_avg_sq > peak_v ? exp_avg_sq : peak_v;
     if (MomentM::kStaged) least_m = std::min(least_m, bits_of(std::fabs(exp_avg)) - 1u);
     if (MomentV::kStaged) least_v = std::min(least_v, bits_of(std::fabs(exp_avg_sq)) - 1u);
-    x = x + c.neg_step_size * (exp_avg / denom);                        // p <- p - lr m_hat / (sqrt(v_hat) + eps)
+    x = std::fma(c.neg_step_size, exp_avg / denom, x);                  // p <- p - lr m_hat / (sqrt(v_hat) + eps)
     if (!BF16_PARAMS) {
       p[i] = x;
     } else if (ROUNDING == kStochastic) {                               // unbiased: add 16 random low bits, truncate
@@ -813,8 +824,8 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars* scalars, int32_t k
 }
 
 #ifdef ADAMKIT_LOWPREC
-// Each storage mode is compiled on first use into its own small library (kernels/build.py passes
-// ADAMKIT_M_FORMAT, ADAMKIT_V_FORMAT, ADAMKIT_PARAM_FORMAT), so no one waits for all 72 variants.
+// Each storage mode is its own object of the kernel module (kernels/native_build.py passes
+// ADAMKIT_M_FORMAT, ADAMKIT_V_FORMAT, ADAMKIT_PARAM_FORMAT), so the objects compile in parallel.
 template <int F, class Code>
 using MomentOf = typename std::conditional<
     F == kF32, F32Moment, typename std::conditional<F == kBF16, BF16Moment, Int8Moment<Code>>::type>::type;
@@ -831,6 +842,7 @@ void dispatch_rounding(const LowPrecBuffers& b, const AdamScalars* s, int32_t ki
 }
 #endif  // ADAMKIT_LOWPREC
 
+#ifndef ADAMKIT_LOWPREC
 // Bytes-only floors for the low-precision modes: the same element reads and writes as a step
 // (params and grads of type P, moments of type S), with trivial integer arithmetic. The pass
 // goes chunk by chunk with one loop per element width inside a chunk, so every loop vectorises
@@ -852,14 +864,20 @@ void floor_storage(P* __restrict p, const P* __restrict g, S* __restrict m, S* _
     }
   }
 }
+#endif  // ADAMKIT_LOWPREC
 
 }  // namespace
 
 extern "C" {
 
 #ifdef ADAMKIT_LOWPREC
+// The mode's entry points carry its formats in their names: adam_lowprec_step_p<P>_m<M>_v<V>.
+#define ADAMKIT_CAT_(a, b) a##b
+#define ADAMKIT_CAT(a, b) ADAMKIT_CAT_(a, b)
+#define ADAMKIT_MODE_SUFFIX \
+  ADAMKIT_CAT(_p, ADAMKIT_CAT(ADAMKIT_PARAM_FORMAT, ADAMKIT_CAT(_m, ADAMKIT_CAT(ADAMKIT_M_FORMAT, ADAMKIT_CAT(_v, ADAMKIT_V_FORMAT)))))
 // Lanes of the vector code path this library was compiled with (1: scalar code only).
-int32_t adam_lowprec_lanes() {
+int32_t ADAMKIT_CAT(adam_lowprec_lanes, ADAMKIT_MODE_SUFFIX)() {
 #ifdef ADAMKIT_VECTOR
   return adamkit_simd::V::kLanes;
 #else
@@ -870,7 +888,8 @@ int32_t adam_lowprec_lanes() {
 // One fused step over `blocks` blocks of the parameters in the tables, in one parallel region;
 // parameter k uses scalars[scalar_index[k]] (one entry per distinct step count, `kinds` entries).
 // Returns 0, or -1 if the formats are not the ones this library was compiled for.
-int32_t adam_lowprec_step(const LowPrecBuffers* b, const AdamScalars* s, int32_t kinds, int64_t blocks, int threads) {
+int32_t ADAMKIT_CAT(adam_lowprec_step, ADAMKIT_MODE_SUFFIX)(const LowPrecBuffers* b, const AdamScalars* s, int32_t kinds,
+                                                            int64_t blocks, int threads) {
   if (b->m_format != ADAMKIT_M_FORMAT || b->v_format != ADAMKIT_V_FORMAT || b->param_format != ADAMKIT_PARAM_FORMAT)
     return -1;
   if (blocks <= 0 || kinds <= 0) return 0;
@@ -878,8 +897,7 @@ int32_t adam_lowprec_step(const LowPrecBuffers* b, const AdamScalars* s, int32_t
   else dispatch_rounding<false>(*b, s, kinds, blocks, threads);
   return 0;
 }
-#endif  // ADAMKIT_LOWPREC
-
+#else
 // param_bytes 4 or 2; state_bytes 4, 2 or 1 (the int8 modes' per-block absmax adds < 2 %).
 void floor_lowprec(void* p, const void* g, void* m, void* v, int64_t n, int32_t param_bytes, int32_t state_bytes,
                    int threads) {
@@ -893,5 +911,6 @@ void floor_lowprec(void* p, const void* g, void* m, void* v, int64_t n, int32_t 
     else floor_storage<uint16_t, uint8_t>((uint16_t*)p, (const uint16_t*)g, (uint8_t*)m, (uint8_t*)v, n, threads);
   }
 }
+#endif  // ADAMKIT_LOWPREC
 
 }  // extern "C"

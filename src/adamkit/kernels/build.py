@@ -1,19 +1,19 @@
-"""Build the fused C++ kernels for the host CPU on first use, and cache them.
+"""The kernel module where the package ships none for this CPU: compiled on first use, cached.
 
-The shared library is compiled with the machine's g++ (``-O3 -march=native
--fopenmp``), so it uses whatever vector units this CPU has (AVX2, AVX-512, ...).
-It is cached outside the repository, in ``$ADAMKIT_CACHE_DIR`` or
-``~/.cache/adamkit``, under a name that hashes the source, the compiler, the
-flags and the CPU's feature flags, so a different machine (or a changed
-kernel) builds afresh. The kernel links against the libgomp that torch loaded,
-so the process has a single OpenMP runtime.
+A package build compiles the kernel module for each x86-64 level (setup.py,
+native_build.py), and :mod:`adamkit.kernels.native` imports the best one. Without one (a source
+tree, another architecture), the same recipe compiles it here with ``-march=native``, cached
+outside the repository in ``$ADAMKIT_CACHE_DIR`` or ``~/.cache/adamkit`` under a name that
+hashes the sources, the compiler, the flags and the CPU's feature flags. The module links
+against the libgomp that torch loaded, so the process has a single OpenMP runtime.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import shutil
@@ -22,15 +22,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 __all__ = ["load_library", "KernelBuildError", "cache_dir", "build_in_background"]
 
 _build_lock = threading.Lock()
 
-SOURCES = ("adam_kernel.cpp",)
+SOURCES = ("module.cpp", "adam_kernel.cpp", "native_build.py")  # what the module is built from (the cache key)
 HEADERS = ("simd.h",)  # included by the sources: part of the cache key, not compiled on their own
-# -fno-trapping-math lets GCC if-convert and vectorise the codecs; it changes no IEEE result.
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c++17"]
+_FALLBACK_NAME = "_adam_native"
 
 
 class KernelBuildError(RuntimeError):
@@ -66,8 +67,11 @@ def build_in_background() -> None:
     a thread's first allocations cost a few MiB of memory of their own."""
     if _load_library.cache_info().currsize or _build_lock.locked():
         return
+    from . import native
+
     try:
-        _compile(build=False)
+        if native.prebuilt_module() is None:
+            _compile(build=False)
     except KernelBuildError:
         threading.Thread(target=_try_load, name="adamkit-kernel-build", daemon=True).start()
         return
@@ -81,38 +85,51 @@ def _try_load() -> None:
         pass  # reported when a step actually needs the kernel
 
 
-def load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
-    """Return the compiled kernel library, compiling it if it is not cached yet.
+def load_library() -> ModuleType:
+    """The kernel module: the package's own for this CPU, else compiled here (once, cached).
 
-    ``defines`` (``NAME=VALUE`` strings) select a variant: each low-precision
-    storage mode is its own small library, built the first time it is used.
+    Raises KernelBuildError when there is none and none can be built.
     """
     with _build_lock:
-        return _load_library(tuple(defines))
+        return _load_library()
 
 
-def _compile(defines: tuple[str, ...] = (), build: bool = True) -> Path:
-    """The cached library of a variant (compiled first if ``build``; see compile_cached)."""
+def _compile(build: bool = True) -> Path:
+    """The cached fallback module (compiled first if ``build``; see compile_cached)."""
+    from . import native_build
+
     here = Path(__file__).parent
-    flags = [*FLAGS, *(f"-D{define}" for define in defines)]
-    if not defines:
-        # The plain kernel is auto-vectorised: full-width AVX-512 vectors (where the CPU has them)
-        # step 20,000 tensors of 1,000 elements ~20 % faster than GCC's default 256-bit choice,
-        # and large tensors as fast (measured, benchmarks/RESULTS.md). No effect without AVX-512.
-        flags.append("-mprefer-vector-width=512")
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    flags = [*native_build.COMMON_FLAGS, *native_build.isa_flags("native")]
     sources = [here / name for name in SOURCES]
-    return compile_cached("adam_kernel", sources, flags, ".so", _cpu_fingerprint() + headers_digest(here), build=build)
+
+    def builder(partial: Path, compiler: str) -> None:
+        native_build.compile_module("native", partial, name=_FALLBACK_NAME, compiler=compiler)
+
+    return compile_cached(
+        "adam_kernel", sources, flags, suffix, _cpu_fingerprint() + headers_digest(here), build=build, builder=builder
+    )
 
 
 @functools.lru_cache(maxsize=None)
-def _load_library(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
+def _load_library() -> ModuleType:
     import torch  # noqa: F401  (loads torch's libgomp first so the kernel shares it)
 
-    target = _compile(defines)
+    from . import native
+
+    shipped = native.prebuilt_module()
+    if shipped is not None:
+        return shipped
+    target = _compile()
+    spec = importlib.util.spec_from_file_location(_FALLBACK_NAME, target)
+    if spec is None or spec.loader is None:
+        raise KernelBuildError(f"cannot import the fused kernel from {target}")
     try:
-        return ctypes.CDLL(str(target))
-    except OSError as error:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError as error:
         raise KernelBuildError(f"loading the fused kernel {target} failed: {error}") from error
+    return module
 
 
 def headers_digest(directory: Path) -> str:
@@ -128,6 +145,7 @@ def compile_cached(
     extra_key: str = "",
     remember_failure: bool = False,
     build: bool = True,
+    builder: "Callable[[Path, str], None] | None" = None,
 ) -> Path:
     """Compile ``sources`` with ``flags`` into the cache (once per source/flags/compiler/key).
 
@@ -155,14 +173,24 @@ def compile_cached(
         # Compile to a private name, then rename: concurrent builders never see a half-written file.
         fd, partial = tempfile.mkstemp(suffix=suffix, dir=target.parent)
         os.close(fd)
-        command = [compiler, *(str(path) for path in sources), *flags, "-o", partial]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            os.unlink(partial)
-            message = f"compiling {stem} failed:\n{' '.join(command)}\n{result.stderr}"
-            if remember_failure:
-                failure_note.write_text(message)
-            raise KernelBuildError(message)
+        if builder is not None:  # a recipe of several compiler calls (the kernel module)
+            try:
+                builder(Path(partial), compiler)
+            except RuntimeError as error:
+                os.unlink(partial)
+                message = f"compiling {stem} failed:\n{error}"
+                if remember_failure:
+                    failure_note.write_text(message)
+                raise KernelBuildError(message) from None
+        else:
+            command = [compiler, *(str(path) for path in sources), *flags, "-o", partial]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                os.unlink(partial)
+                message = f"compiling {stem} failed:\n{' '.join(command)}\n{result.stderr}"
+                if remember_failure:
+                    failure_note.write_text(message)
+                raise KernelBuildError(message)
         os.replace(partial, target)
     return target
 

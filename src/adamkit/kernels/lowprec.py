@@ -1,12 +1,9 @@
-"""ctypes bindings of the low-precision fused kernel (``adam_lowprec_step`` in adam_kernel.cpp).
-
-Each storage mode (exp_avg format, exp_avg_sq format, param format) is a separate
-small library compiled on first use; see :func:`build.load_library`.
-"""
+"""The low-precision fused kernel (``adam_lowprec_step`` in adam_kernel.cpp), one entry per storage
+mode in the kernel module (see native_build.py)."""
 
 from __future__ import annotations
 
-import ctypes
+from types import ModuleType
 from typing import Callable
 
 import numpy as np
@@ -14,44 +11,26 @@ import torch
 from torch import Tensor
 
 from ..codecs import BLOCK_SIZE as BLOCK  # the kernel's kBlock
-from .build import load_library
+from ..functional import StepScalars
 
-__all__ = ["FORMATS", "LowPrecBuffers", "TABLE_FIELDS", "block_tables", "make_buffers", "library_for", "floor_lowprec_"]
+__all__ = ["FORMATS", "ROUNDINGS", "PARAM_FORMATS", "TABLE_FIELDS", "block_tables", "step", "lanes", "floor_lowprec_"]
 
 FORMATS = {"float32": 0, "bfloat16": 1, "int8": 2}
 ROUNDINGS = {"nearest": 0, "stochastic": 1, "kahan": 2}
 PARAM_FORMATS = {torch.float32: 0, torch.bfloat16: 1}
+# The kernel's tables (LowPrecBuffers in adam_kernel.cpp), passed by name: per-parameter pointer
+# tables (p .. vmax_absmax; comp and the absmax tables only where the mode has them), per-block
+# indices, per-parameter numel, offset in the whole parameter, rounding stream, step and scalars entry.
+TABLE_FIELDS = (
+    "p", "g", "m", "v", "vmax", "comp", "m_absmax", "v_absmax", "vmax_absmax", "block_param", "block_local",
+    "numel", "param_offset", "param_stream", "steps", "scalar_index",
+)  # fmt: skip
 
 
-class LowPrecBuffers(ctypes.Structure):
-    """The kernel's tables (``LowPrecBuffers`` in adam_kernel.cpp): per-parameter pointers, per-block indices."""
+def _module() -> ModuleType:
+    from . import module
 
-    _fields_ = [
-        ("p", ctypes.c_void_p),
-        ("g", ctypes.c_void_p),
-        ("m", ctypes.c_void_p),
-        ("v", ctypes.c_void_p),
-        ("vmax", ctypes.c_void_p),
-        ("comp", ctypes.c_void_p),
-        ("m_absmax", ctypes.c_void_p),
-        ("v_absmax", ctypes.c_void_p),
-        ("vmax_absmax", ctypes.c_void_p),
-        ("block_param", ctypes.c_void_p),
-        ("block_local", ctypes.c_void_p),
-        ("numel", ctypes.c_void_p),
-        ("param_offset", ctypes.c_void_p),
-        ("param_stream", ctypes.c_void_p),
-        ("steps", ctypes.c_void_p),
-        ("scalar_index", ctypes.c_void_p),
-        ("seed", ctypes.c_uint64),
-        ("param_format", ctypes.c_int32),
-        ("m_format", ctypes.c_int32),
-        ("v_format", ctypes.c_int32),
-        ("rounding", ctypes.c_int32),
-    ]
-
-
-TABLE_FIELDS = tuple(name for name, _ in LowPrecBuffers._fields_[:16])
+    return module()
 
 
 def block_tables(numels: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
@@ -63,41 +42,28 @@ def block_tables(numels: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
     return block_param, block_local
 
 
-def make_buffers(tables: dict[str, "np.ndarray | None"], seed: int, formats: tuple[int, int, int, int]) -> LowPrecBuffers:
-    """The kernel's struct over numpy ``tables`` (keyed by TABLE_FIELDS; None for an absent role).
+def step(
+    tables: dict[str, "np.ndarray | None"],
+    seed: int,
+    formats: tuple[int, int, int, int],
+    scalars: list[StepScalars],
+    threads: int | None = None,
+    module: ModuleType | None = None,
+) -> None:
+    """One fused step of every block in ``tables`` (keyed by TABLE_FIELDS; None for an absent role).
 
-    The struct holds raw addresses: the caller keeps ``tables`` alive while it is in use.
+    ``formats``: (param, exp_avg, exp_avg_sq, rounding) codes. ``module``: another build of the
+    kernel module (for comparing builds); default: this process's.
     """
-    addresses = [None if tables.get(name) is None else tables[name].ctypes.data for name in TABLE_FIELDS]
-    return LowPrecBuffers(*addresses, seed, *formats)
-
-
-def library_for(param_dtype: torch.dtype, exp_avg: str, exp_avg_sq: str) -> ctypes.CDLL:
-    """The compiled kernel for one storage mode (built and cached on first use)."""
-    defines = (
-        "ADAMKIT_LOWPREC=1",
-        f"ADAMKIT_M_FORMAT={FORMATS[exp_avg]}",
-        f"ADAMKIT_V_FORMAT={FORMATS[exp_avg_sq]}",
-        f"ADAMKIT_PARAM_FORMAT={PARAM_FORMATS[param_dtype]}",
+    blocks = len(tables["block_param"])
+    (module or _module()).adam_lowprec_step(
+        tables, seed, formats, scalars, blocks, torch.get_num_threads() if threads is None else threads
     )
-    library = load_library(defines)
-    if not getattr(library, "_adamkit_typed", False):
-        from . import _AdamScalars  # the per-step constants, shared with the fp32 kernel
-
-        library.adam_lowprec_step.argtypes = [
-            ctypes.POINTER(LowPrecBuffers),
-            ctypes.POINTER(_AdamScalars),
-            ctypes.c_int32,
-            ctypes.c_int64,
-            ctypes.c_int,
-        ]
-        library.adam_lowprec_step.restype = ctypes.c_int32
-        library._adamkit_typed = True
-    return library
 
 
-def _pointer(tensor: Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
+def lanes(formats: tuple[int, int, int], module: ModuleType | None = None) -> int:
+    """Vector lanes of a storage mode's code in a build (1: scalar code only)."""
+    return (module or _module()).lowprec_lanes(*formats)
 
 
 def floor_lowprec_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> Callable[[], None]:
@@ -106,11 +72,9 @@ def floor_lowprec_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Ten
     ``param``/``grad`` are float32 or bfloat16 buffers, the moments 4-, 2- or 1-byte
     buffers of the same length; returns a zero-argument callable doing one pass.
     """
-    function = load_library().floor_lowprec
-    function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int]
-    function.restype = None
+    kernel = _module().floor_lowprec
     args = (
-        *map(_pointer, (param, grad, exp_avg, exp_avg_sq)),
+        *(t.data_ptr() for t in (param, grad, exp_avg, exp_avg_sq)),
         param.numel(),
         param.element_size(),
         exp_avg.element_size(),
@@ -118,7 +82,7 @@ def floor_lowprec_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Ten
     buffers = (param, grad, exp_avg, exp_avg_sq)  # the closure keeps the memory alive
 
     def one_pass() -> None:
-        function(*args, torch.get_num_threads())
+        kernel(*args, torch.get_num_threads())
 
     one_pass.buffers = buffers
     return one_pass
