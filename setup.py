@@ -50,9 +50,8 @@ class BuildKernels(build_ext):
             import torch
         except ImportError:
             raise RuntimeError("torch is not importable in this build environment (use --no-build-isolation)") from None
-        native_build.compile_gather(target, Path(torch.__file__).parent, int(torch._C._GLIBCXX_USE_CXX11_ABI))
-        # the torch release it serves: its C++ API has no stable ABI across releases
-        target.with_name("_gather_torch_version.txt").write_text(torch.__version__)
+        # it serves this torch release only (module.TORCH_VERSION): torch's C++ API has no stable ABI
+        native_build.compile_gather(target, Path(torch.__file__).parent, int(torch._C._GLIBCXX_USE_CXX11_ABI), torch.__version__)
 
 
 setup(

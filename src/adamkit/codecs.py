@@ -261,7 +261,8 @@ def quantize(x: Tensor, code: MiniFloat, offset: int = 0, absmax: Tensor | None 
     if code.keep_nonzero:
         codes = torch.where(blocks != 0, codes.clamp(min=1), codes)
     if code.signed:
-        codes |= torch.signbit(blocks).to(torch.int64) << 7
+        # a NaN keeps no sign (its sign depends on the operations that made it): positive top code
+        codes |= (torch.signbit(blocks) & ~torch.isnan(blocks)).to(torch.int64) << 7
     return _unblock(codes, offset, flat.numel()).to(torch.uint8).view(x.shape), absmax
 
 

@@ -31,7 +31,7 @@ from .functional import StepScalars
 from .kernels import gather
 from .kernels import lowprec as lowprec_kernels
 
-__all__ = ["GroupPlans", "Plan", "kernel_layout"]
+__all__ = ["GroupPlans", "Plan", "kernel_layout", "overlapping"]
 
 # Plans with this many params build the compiled gradient gather in the background; smaller ones
 # use it only if it is built already (the Python gather costs well under a millisecond for them).
@@ -62,7 +62,7 @@ def kernel_layout(group: dict[str, Any], param: Tensor) -> tuple[bool, lowprec.L
     return local.device.type == "cpu" and local.dtype in supported and local.is_contiguous(), layout
 
 
-def _overlapping(tensors: list[Tensor]) -> set[int]:
+def overlapping(tensors: list[Tensor]) -> set[int]:
     """Indices of tensors whose memory overlaps another's (the kernel's pointers must not alias)."""
     # numpy, not a list of (start, end, index) tuples: with many tensors the tuples' memory is freed
     # in scattered pieces the heap cannot return, and the first step's peak grew by it
@@ -315,11 +315,11 @@ class GroupPlans:
                 self.leftovers.append(param)
         # Aliasing params (duplicates, overlapping views) step one after another in the loop, as in torch.
         positions = [i for members in by_kind.values() for i in members]
-        overlapping = {positions[i] for i in _overlapping([_local(self.source[i]) for i in positions])}
+        aliased = {positions[i] for i in overlapping([_local(self.source[i]) for i in positions])}
         self.plans = []
         for (dtype, layout), members in by_kind.items():
-            kept = [i for i in members if i not in overlapping]
-            self.leftovers += [self.source[i] for i in members if i in overlapping]
+            kept = [i for i in members if i not in aliased]
+            self.leftovers += [self.source[i] for i in members if i in aliased]
             if kept:
                 streams = None if layout is None else [codecs.stream_id(group_index, i) for i in kept]
                 self.plans.append(Plan([self.source[i] for i in kept], layout, self.amsgrad, streams, group.get("rounding_seed", 0)))

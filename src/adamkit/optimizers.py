@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import device, functional, kernels, lowprec, multi_tensor, state_dicts, validation
+from . import device, functional, kernels, lowprec, multi_tensor, ops, state_dicts, validation
 
 __all__ = ["Adam", "AdamW", "AMSGrad"]
 
@@ -247,6 +247,18 @@ class _AdamFamily(Optimizer):
         scale is divided out inside the update and a step with ``found_inf`` is
         skipped. Otherwise GradScaler unscales the gradients itself, as for torch.
         """
+        if torch.compiler.is_compiling():
+            if not self._traceable():  # the eager step, run outside the graph (one graph break)
+                return _eager_step(self, closure)
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self._traced_step()
+            return loss
+        return self._eager_step(closure)
+
+    def _eager_step(self, closure: Callable[[], Any] | None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -263,6 +275,46 @@ class _AdamFamily(Optimizer):
         for index, group in enumerate(self.param_groups):
             self._step_group(index, group, grad_scale)
         return loss
+
+    def _traceable(self) -> bool:
+        """Whether torch.compile can record this step as adamkit::adam_step_ calls: torch's state
+        layout, float hyperparameters, no non-finite policy, no GradScaler hand-over."""
+        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+            return False
+        for group in self.param_groups:
+            if group["differentiable"] or group["nonfinite"] != "propagate":
+                return False
+            if not all(isinstance(group[key], float) for key in ("lr", "eps", "weight_decay")):
+                return False
+            if not all(isinstance(beta, float) for beta in group["betas"]):
+                return False
+            if any(lowprec.layout_for(group, param) is not None for param in group["params"]):
+                return False
+        return True
+
+    def _traced_step(self) -> None:
+        """The step as torch.compile records it: per group, torch's fused-optimizer lists and one op."""
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps = [], [], [], [], [], []
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self._init_state(param, group["amsgrad"])
+                params.append(param)
+                grads.append(param.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                if group["amsgrad"]:
+                    max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+                state_steps.append(state["step"])
+            if params:
+                beta1, beta2 = group["betas"]
+                ops.adam_step_(
+                    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+                    group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["amsgrad"], group["maximize"],
+                    group["decoupled_weight_decay"], group["decoupled_lr"], group.get("decoupled_lr_base", 0.0),
+                    group["bias_correction"],
+                )  # fmt: skip
 
     def _refuse_sparse_low_precision(self) -> None:
         """Sparse gradients for low-precision layouts are refused before anything is updated."""
@@ -418,6 +470,14 @@ class _AdamFamily(Optimizer):
             _warn_reference_path_once()
             return False
         return True
+
+@torch.compiler.disable
+def _eager_step(optimizer: "_AdamFamily", closure: Callable[[], Any] | None) -> Any:
+    """A step torch.compile does not record (low-precision state, non-finite policies, tensor
+    hyperparameters, GradScaler's hand-over): the eager step, outside the graph."""
+    with torch.set_grad_enabled(bool(optimizer.defaults["differentiable"])):
+        return optimizer._eager_step(closure)
+
 
 _warned_reference_path = False
 

@@ -397,7 +397,9 @@ struct MiniFloat {
     // r <= top, so the code is in [0, kMaxCode] without clamping
     int32_t code = r_bits < bits_of(pow2(1 - kBias)) ? subnormal : normal;
     if (KEEP_NONZERO) code |= int32_t((x != 0.0f) & (code == 0));  // a non-zero v never decodes to 0
-    if (SIGNED) code |= int32_t(bits_of(x) >> 31) << 7;
+    // the sign bit, except for a NaN, whose sign depends on the instructions that made it (a
+    // software fma and a hardware one differ): a NaN encodes as the positive top code
+    if (SIGNED) code |= int32_t((bits_of(x) >> 31) & uint32_t(x == x)) << 7;
     return uint8_t(code);
   }
   static float decode(uint8_t byte, float scale) {
@@ -451,7 +453,7 @@ struct MiniFloat {
     I code = V::blend(normal, subnormal, V::greater(V::splat(kSmallestNormal), r));
     if (KEEP_NONZERO)  // code 0 -> 1 where x != 0
       code = V::add_where(code, V::and_not(V::equal(x, V::zero()), V::equal(code, V::splat(0))), V::splat(1));
-    if (SIGNED) code = V::bit_or(code, V::shift_left<7>(V::shift_right<31>(V::as_int(x))));
+    if (SIGNED) code = V::bit_or(code, V::shift_left<7>(V::blend(V::shift_right<31>(V::as_int(x)), V::splat(0), V::is_nan(x))));
     return code;
   }
   // encode() of 4 kLanes values to bytes, for a block whose non-zero |x| all give r >= 2^(1-B) (the

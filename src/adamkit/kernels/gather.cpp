@@ -92,8 +92,28 @@ PyMethodDef methods[] = {
     {nullptr, nullptr, 0, nullptr},
 };
 
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "_adamkit_gather", nullptr, -1, methods};
+// The package build names the module _gather and records the torch it was compiled against (its
+// C++ API has no stable ABI across torch releases); the first-use build is _adamkit_gather.
+#ifndef ADAMKIT_GATHER_NAME
+#define ADAMKIT_GATHER_NAME _adamkit_gather
+#endif
+#ifndef ADAMKIT_TORCH_VERSION
+#define ADAMKIT_TORCH_VERSION ""
+#endif
+#define ADAMKIT_STR_(x) #x
+#define ADAMKIT_STR(x) ADAMKIT_STR_(x)
+#define ADAMKIT_INIT_(name) PyInit_##name
+#define ADAMKIT_INIT(name) ADAMKIT_INIT_(name)
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, ADAMKIT_STR(ADAMKIT_GATHER_NAME), nullptr, -1, methods};
 
 }  // namespace
 
-PyMODINIT_FUNC PyInit__adamkit_gather() { return PyModule_Create(&module); }
+PyMODINIT_FUNC ADAMKIT_INIT(ADAMKIT_GATHER_NAME)() {
+  PyObject* created = PyModule_Create(&module);
+  if (created != nullptr && PyModule_AddStringConstant(created, "TORCH_VERSION", ADAMKIT_TORCH_VERSION) != 0) {
+    Py_DECREF(created);
+    return nullptr;
+  }
+  return created;
+}

@@ -3,10 +3,12 @@
 :func:`grad_pointers` writes, for each parameter of a kernel plan, the data pointer of its
 ``.grad`` (0 for None, -1 for a gradient the kernel cannot read) and reports whether a
 parameter's own memory moved. ``gather.cpp`` does it about 20x faster than Python, which
-matters for many small tensors. The module includes torch's headers, so its build takes
-~25 s: it is compiled once per torch/Python/compiler in a background thread when an
-optimizer with many tensors is built, cached beside the kernels, and until it is ready (or
-if it cannot be built) :func:`python_grad_pointers` answers, with the same answers. A failed
+matters for many small tensors. The module includes torch's headers, so a build serves one
+torch release: the package build compiles it against the torch it sees (``pip install
+--no-build-isolation``), and it is used when that is the running torch. Otherwise it is
+compiled (~25 s) once per torch/Python/compiler in a background thread when an optimizer with
+many tensors is built, cached beside the kernels, and until it is ready (or if it cannot be
+built) :func:`python_grad_pointers` answers, with the same answers. A failed
 build is remembered in the cache (a ``.failed`` note), so a machine without torch's headers
 does not pay for the attempt in every process.
 """
@@ -14,10 +16,10 @@ does not pay for the attempt in every process.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.machinery
 import importlib.util
 import sys
-import sysconfig
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -38,18 +40,18 @@ _attempted = False
 
 
 def _flags() -> list[str]:
-    # torch's include and library folders, as torch.utils.cpp_extension.include_paths() and
-    # library_paths() give them for CPU builds, without importing that module (and setuptools
-    # with it: ~4 MiB of memory in every process that only loads the cached build)
-    root = Path(torch.__file__).parent
-    includes = [f"-I{path}" for path in (root / "include", root / "include/torch/csrc/api/include", sysconfig.get_paths()["include"])]
-    library_dirs = [root / "lib"]
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [
-        "-O2", "-fPIC", "-shared", "-std=c++20", "-w", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *includes,
-        *(f"-L{path}" for path in library_dirs), *(f"-Wl,-rpath,{path}" for path in library_dirs),
-        "-ltorch_python", "-ltorch", "-ltorch_cpu", "-lc10",
-    ]  # fmt: skip
+    from .native_build import gather_flags
+
+    return gather_flags(Path(torch.__file__).parent, int(torch._C._GLIBCXX_USE_CXX11_ABI))
+
+
+def _shipped() -> ModuleType | None:
+    """The package build's gather, if it was compiled against this very torch release."""
+    try:
+        module = importlib.import_module("adamkit.kernels._gather")
+    except ImportError:
+        return None
+    return module if getattr(module, "TORCH_VERSION", None) == torch.__version__ else None
 
 
 def load(build: bool = True) -> ModuleType:
@@ -60,6 +62,10 @@ def load(build: bool = True) -> ModuleType:
     with _lock:
         if _module is not None:
             return _module
+        shipped = _shipped()
+        if shipped is not None:
+            _module = shipped
+            return shipped
         if build:
             _attempted = True
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]

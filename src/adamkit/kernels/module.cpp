@@ -21,10 +21,13 @@
 #define ADAMKIT_FOR_EACH_MODE(X)                                                                               \
   X(0, 0, 0) X(0, 0, 1) X(0, 0, 2) X(0, 1, 0) X(0, 1, 1) X(0, 1, 2) X(0, 2, 0) X(0, 2, 1) X(0, 2, 2) X(1, 0, 0) \
   X(1, 0, 1) X(1, 0, 2) X(1, 1, 0) X(1, 1, 1) X(1, 1, 2) X(1, 2, 0) X(1, 2, 1) X(1, 2, 2)
-#define ADAMKIT_DECLARE(p, m, v)                                                                                    \
-  extern "C" int32_t adam_lowprec_step_p##p##_m##m##_v##v(const LowPrecBuffers*, const AdamScalars*, int32_t, int64_t, \
-                                                          int);                                                     \
-  extern "C" int32_t adam_lowprec_lanes_p##p##_m##m##_v##v();
+// Weak: a module built with a subset of the modes (kernels/verify.py's checks) links without the
+// others, which then read as null and are refused.
+#define ADAMKIT_DECLARE(p, m, v)                                                                              \
+  extern "C" __attribute__((weak)) int32_t adam_lowprec_step_p##p##_m##m##_v##v(const LowPrecBuffers*,         \
+                                                                              const AdamScalars*, int32_t,     \
+                                                                              int64_t, int);                   \
+  extern "C" __attribute__((weak)) int32_t adam_lowprec_lanes_p##p##_m##m##_v##v();
 ADAMKIT_FOR_EACH_MODE(ADAMKIT_DECLARE)
 
 namespace {
@@ -40,7 +43,8 @@ const Mode kModes[18] = {ADAMKIT_FOR_EACH_MODE(ADAMKIT_ENTRY)};  // in the order
 
 const Mode* mode_of(int param_format, int m_format, int v_format) {
   if (param_format < 0 || param_format > 1 || m_format < 0 || m_format > 2 || v_format < 0 || v_format > 2) return nullptr;
-  return &kModes[(param_format * 3 + m_format) * 3 + v_format];
+  const Mode* mode = &kModes[(param_format * 3 + m_format) * 3 + v_format];
+  return mode->step != nullptr && mode->lanes != nullptr ? mode : nullptr;
 }
 
 // A borrowed buffer of at least `count` items of `item` bytes (None: a null pointer where allowed).
@@ -202,7 +206,7 @@ PyObject* py_adam_lowprec_step(PyObject*, PyObject* args) {
     return nullptr;
   const Mode* mode = mode_of(param_format, m_format, v_format);
   if (mode == nullptr || rounding < 0 || rounding > 2) {
-    PyErr_SetString(PyExc_ValueError, "adamkit kernel: unknown storage formats");
+    PyErr_SetString(PyExc_ValueError, "adamkit kernel: storage formats unknown or not in this build");
     return nullptr;
   }
   PyObject* numel_object = PyDict_GetItemString(tables, "numel");

@@ -77,17 +77,20 @@ def compile_module(
     extra_flags: tuple[str, ...] = (),
     jobs: int | None = None,
     compiler: str | None = None,
+    modes: tuple[tuple[int, int, int], ...] = LOWPREC_MODES,
+    source_dir: Path = HERE,
 ) -> Path:
     """Compile the kernel module for ``isa`` into ``target`` (a shared object importable as ``name``).
 
     Objects are compiled in parallel in a temporary folder; ``target`` is written by a rename, so
-    a reader never sees half a file. Raises RuntimeError with the compiler's message on failure.
+    a reader never sees half a file. ``modes``: the low-precision modes to include (a subset for
+    quick checks). Raises RuntimeError with the compiler's message on failure.
     """
     name = name or module_name(isa)
     compiler = compiler or _compiler()
     include = sysconfig.get_paths()["include"]
     flags = [*COMMON_FLAGS, *isa_flags(isa), *extra_flags]
-    kernel, module = HERE / "adam_kernel.cpp", HERE / "module.cpp"
+    kernel, module = source_dir / "adam_kernel.cpp", source_dir / "module.cpp"
     with tempfile.TemporaryDirectory(prefix="adamkit-build-") as scratch:
         objects, commands = [], []
         # The plain kernel is auto-vectorised: full-width AVX-512 vectors step many small tensors
@@ -96,7 +99,7 @@ def compile_module(
         commands.append([compiler, *flags, "-mprefer-vector-width=512", f"-I{include}", f"-DADAMKIT_MODULE_NAME={name}",
                          "-c", str(module), "-o", str(plain)])  # fmt: skip
         objects.append(plain)
-        for p, m, v in LOWPREC_MODES:
+        for p, m, v in modes:
             obj = Path(scratch, f"lowprec_p{p}_m{m}_v{v}.o")
             defines = ["-DADAMKIT_LOWPREC=1", f"-DADAMKIT_PARAM_FORMAT={p}", f"-DADAMKIT_M_FORMAT={m}", f"-DADAMKIT_V_FORMAT={v}"]
             commands.append([compiler, *flags, *defines, "-c", str(kernel), "-o", str(obj)])
@@ -130,14 +133,16 @@ def gather_flags(torch_root: Path, cxx11_abi: int) -> list[str]:
     ]  # fmt: skip
 
 
-def compile_gather(target: Path, torch_root: Path, cxx11_abi: int, compiler: str | None = None) -> Path:
-    """Compile gather.cpp against the torch at ``torch_root`` into ``target`` (written by a rename)."""
+def compile_gather(target: Path, torch_root: Path, cxx11_abi: int, torch_version: str, compiler: str | None = None) -> Path:
+    """Compile gather.cpp against the torch at ``torch_root`` (release ``torch_version``) into
+    ``target``, importable as ``_gather`` (written by a rename)."""
     compiler = compiler or _compiler()
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, staged = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:
-        _run([compiler, str(HERE / "gather.cpp"), *gather_flags(torch_root, cxx11_abi), "-o", staged])
+        defines = ["-DADAMKIT_GATHER_NAME=_gather", f'-DADAMKIT_TORCH_VERSION="{torch_version}"']
+        _run([compiler, str(HERE / "gather.cpp"), *gather_flags(torch_root, cxx11_abi), *defines, "-o", staged])
         os.chmod(staged, 0o755)
         os.replace(staged, target)
     except BaseException:

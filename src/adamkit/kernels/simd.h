@@ -61,13 +61,17 @@ struct Avx2 {
   // 2 kLanes words: the low halves of `low` in the even words, the high halves of `high` in the odd
   static I interleave_words(I low, I high) { return _mm256_blend_epi16(low, high, 0xAA); }
   // 4 kLanes codes (lanes <= 0xFF; a negative lane gives 0) to bytes; SIGNED: each byte's top bit
-  // is the sign bit of the float at x (the saturating packs keep a lane's sign)
+  // is the sign bit of the float at x, 0 for a NaN (the saturating packs keep a lane's sign)
   template <bool SIGNED>
   static void store_codes4(uint8_t* out, const I code[4], const float* x) {
     I bytes = _mm256_packus_epi16(_mm256_packs_epi32(code[0], code[1]), _mm256_packs_epi32(code[2], code[3]));
     if (SIGNED) {
-      const I a = _mm256_packs_epi32(_mm256_loadu_si256(reinterpret_cast<const I*>(x)), _mm256_loadu_si256(reinterpret_cast<const I*>(x + 8)));
-      const I b = _mm256_packs_epi32(_mm256_loadu_si256(reinterpret_cast<const I*>(x + 16)), _mm256_loadu_si256(reinterpret_cast<const I*>(x + 24)));
+      const auto signed_bits = [](const float* q) {  // a NaN's sign bit cleared (MiniFloat::encode)
+        const F value = _mm256_loadu_ps(q);
+        return _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(value, value, _CMP_UNORD_Q)), _mm256_castps_si256(value));
+      };
+      const I a = _mm256_packs_epi32(signed_bits(x), signed_bits(x + 8));
+      const I b = _mm256_packs_epi32(signed_bits(x + 16), signed_bits(x + 24));
       bytes = _mm256_or_si256(bytes, _mm256_and_si256(_mm256_packs_epi16(a, b), _mm256_set1_epi8(char(0x80))));
     }
     bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // undo the in-lane packs
@@ -199,7 +203,11 @@ struct Avx512 {
   static void store_codes4(uint8_t* out, const I code[4], const float* x) {  // as Avx2::store_codes4
     for (int k = 0; k < 4; ++k) {
       I bytes = _mm512_max_epi32(code[k], _mm512_setzero_si512());
-      if (SIGNED) bytes = _mm512_or_si512(bytes, _mm512_slli_epi32(_mm512_srli_epi32(_mm512_loadu_si512(x + 16 * k), 31), 7));
+      if (SIGNED) {  // the sign bit, cleared for a NaN (MiniFloat::encode)
+        const F value = _mm512_loadu_ps(x + 16 * k);
+        const __mmask16 ordered = _mm512_cmp_ps_mask(value, value, _CMP_ORD_Q);
+        bytes = _mm512_or_si512(bytes, _mm512_slli_epi32(_mm512_maskz_srli_epi32(ordered, _mm512_castps_si512(value), 31), 7));
+      }
       store_u8(out + 16 * k, bytes);
     }
   }

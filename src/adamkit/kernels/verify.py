@@ -1,41 +1,43 @@
-"""Check one build of the low-precision kernel against another, bit for bit.
+"""Check one build of the kernel module's low-precision code against another, bit for bit.
 
-The vector code (AVX2 or AVX-512, see simd.h) must give exactly the scalar code's bits. This
-module compiles the kernel twice — the host's vector build and a reference build, by default
-the same source with the vector path switched off (``-mno-avx2``) — runs both on the
-same inputs and compares every output buffer byte for byte: realistic values and garbage (NaN,
-Inf, denormals, random bit patterns and int8 codes, absmax 0 / 1e30 / float32 max / NaN / Inf),
-partial blocks, zero runs, every rounding, AMSGrad, maximize, grad_scale, L2 and both lerp
+The vector code (AVX2 or AVX-512, see simd.h) must give exactly the scalar code's bits. By
+default this compares the module this process uses (the best shipped build for the CPU) with
+the shipped baseline x86-64 build, which has no vector path, and on an AVX-512 CPU with the
+AVX2 build too: no compiler is needed, so a wheel can be checked where it is installed. Both run
+the same inputs, and every output buffer is compared byte for byte: realistic values and garbage
+(NaN, Inf, denormals, random bit patterns and int8 codes, absmax 0 / 1e30 / float32 max / NaN /
+Inf), partial blocks, zero runs, every rounding, AMSGrad, maximize, grad_scale, L2 and both lerp
 forms, with and without DAZ/FTZ (where a denormal output matches a zero of its sign: DAZ reads
 denormal inputs as zero, so which of two such inputs an op returns is moot). A NaN in a float
 output matches any NaN: which NaN an x86 addition returns depends on the operand order the
 compiler picks, in the scalar code as in the vector code.
 
-    adamkit check-kernels                  # this CPU's vector path against its scalar code
-    adamkit check-kernels --emulate-avx512 # the AVX-512 path via SIMDe, on any x86-64 CPU
+    adamkit check-kernels                  # this CPU's vector path against the baseline build
+    adamkit check-kernels --emulate-avx512 # the AVX-512 path via SIMDe, on any x86-64 CPU (compiles)
 
-Builds are cached beside the optimizer's kernels (see build.py).
+Builds made here (emulation, a modified source) are cached beside the fallback kernels (build.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import importlib
+import importlib.machinery
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 from typing import Iterable
 
 import numpy as np
 
-from . import _AdamScalars
-from .build import FLAGS, _cpu_fingerprint, compile_cached, headers_digest
-from .lowprec import LowPrecBuffers, block_tables, make_buffers
+from ..functional import StepScalars
+from . import native, native_build
+from .build import _cpu_fingerprint, compile_cached, headers_digest
+from .lowprec import block_tables, lanes, step
 
-__all__ = ["SCALAR_FLAGS", "EMULATE_AVX512_FLAGS", "MODES", "build_kernel", "compare_builds", "simde_available"]
+__all__ = ["EMULATE_AVX512_FLAGS", "MODES", "build_module", "shipped", "compare_builds", "simde_available", "check"]
 
 F32, BF16, INT8 = 0, 1, 2  # lowprec.FORMATS
-# No vector path: the kernel's scalar code. FMA stays on, so that GCC contracts the scalar source
-# where the vector code has its FMAs (a CPU without FMA rounds those products separately).
-SCALAR_FLAGS = ("-mno-avx2",)
 EMULATE_AVX512_FLAGS = ("-DADAMKIT_EMULATE_AVX512", "-Wno-psabi")
 # every (exp_avg, exp_avg_sq, param) storage format
 MODES = [(m, v, p) for m in (F32, BF16, INT8) for v in (F32, BF16, INT8) for p in (F32, BF16)]
@@ -49,19 +51,34 @@ def simde_available() -> bool:
     return any(Path(root, "simde/x86/avx512.h").exists() for root in ("/usr/include", "/usr/local/include"))
 
 
-def build_kernel(mode: tuple[int, int, int], extra_flags: Iterable[str] = (), source: Path = _KERNEL) -> ctypes.CDLL:
-    """One storage mode's kernel library from ``source`` with ``extra_flags`` added."""
-    m, v, p = mode
-    defines = ["-DADAMKIT_LOWPREC=1", f"-DADAMKIT_M_FORMAT={m}", f"-DADAMKIT_V_FORMAT={v}", f"-DADAMKIT_PARAM_FORMAT={p}"]
-    target = compile_cached("adam_kernel_check", [source], [*FLAGS, *defines, *extra_flags], ".so",
-                            _cpu_fingerprint() + headers_digest(source.parent))
-    library = ctypes.CDLL(str(target))
-    library.adam_lowprec_step.argtypes = [ctypes.POINTER(LowPrecBuffers), ctypes.POINTER(_AdamScalars),
-                                          ctypes.c_int32, ctypes.c_int64, ctypes.c_int]
-    library.adam_lowprec_step.restype = ctypes.c_int32
-    if hasattr(library, "adam_lowprec_lanes"):  # not in revisions before the AVX-512 path
-        library.adam_lowprec_lanes.restype = ctypes.c_int32
-    return library
+def shipped(isa: str) -> ModuleType | None:
+    """The package's own build for one level (``x86_64``, ``avx2``, ``avx512``), if it has one."""
+    try:
+        return importlib.import_module(f"adamkit.kernels._adam_{isa}")
+    except ImportError:
+        return None
+
+
+def build_module(isa: str, modes: Iterable[tuple[int, int, int]] = MODES, extra_flags: Iterable[str] = (),
+                 source: Path = _KERNEL) -> ModuleType:
+    """A kernel module for ``isa`` with the low-precision ``modes`` (m, v, p) only, compiled here
+    from the sources beside ``source`` with ``extra_flags`` added (cached)."""
+    modes = tuple((p, m, v) for m, v, p in modes)
+    extra_flags = tuple(extra_flags)
+    flags = [*native_build.COMMON_FLAGS, *native_build.isa_flags(isa), *extra_flags, repr(modes)]
+    sources = [source.parent / "module.cpp", source, Path(native_build.__file__)]
+    name = "_adam_check"
+
+    def builder(partial: Path, compiler: str) -> None:
+        native_build.compile_module(isa, partial, name=name, extra_flags=extra_flags, compiler=compiler, modes=modes,
+                                    source_dir=source.parent)
+
+    target = compile_cached("adam_kernel_check", sources, flags, importlib.machinery.EXTENSION_SUFFIXES[0],
+                            _cpu_fingerprint() + headers_digest(source.parent), builder=builder)
+    spec = importlib.util.spec_from_file_location(name, target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _specials() -> np.ndarray:
@@ -129,7 +146,7 @@ def make_inputs(sizes: list[int], mode: tuple[int, int, int], amsgrad: bool, rou
     return state
 
 
-def run_step(library: ctypes.CDLL, state: dict, mode: tuple[int, int, int], rounding: int, scalars: _AdamScalars,
+def run_step(module: ModuleType, state: dict, mode: tuple[int, int, int], rounding: int, scalars: StepScalars,
              threads: int = 1, seed: int = 0x123456789ABCDEF) -> None:
     """One kernel call over all blocks of ``state``, in place."""
     m, v, p = mode
@@ -140,22 +157,19 @@ def run_step(library: ctypes.CDLL, state: dict, mode: tuple[int, int, int], roun
     for keys, starts in ((_ELEMENT_BUFFERS, element_starts), (_BLOCK_BUFFERS, block_starts)):
         for key in keys:
             buffer = state[key]
-            tables[key] = None if buffer is None else (buffer.ctypes.data + starts * buffer.itemsize).astype(np.int64)
-    buffers = make_buffers(tables, seed, (p, m, v, rounding))
-    result = library.adam_lowprec_step(ctypes.byref(buffers), ctypes.byref(scalars), 1, len(state["block_param"]), threads)
-    if result != 0:
-        raise RuntimeError(f"the kernel refused storage mode {mode}")
+            tables[key] = None if buffer is None else (buffer.__array_interface__["data"][0] + starts * buffer.itemsize).astype(np.int64)
+    step(tables, seed, (p, m, v, rounding), [scalars], threads, module)
 
 
-def step_scalars(amsgrad: bool, variant: int) -> _AdamScalars:
+def step_scalars(amsgrad: bool, variant: int) -> StepScalars:
     """Per-step constants cycling through betas, eps, L2, decay, grad_scale, maximize and both lerp forms."""
     beta1 = [0.9, 0.3, 0.6, 0.0, 0.95][variant % 5]
     beta2 = [0.999, 0.95, 0.5, 0.0][variant % 4]
-    step = 7
-    return _AdamScalars(beta1, beta2, [1e-8, 1e-3, 0.0][variant % 3], [0.0, 1e-2][(variant // 2) % 2],
-                        [0.99999, 1.0, 0.9][variant % 3], 1e-3 / (1 - beta1**step),
-                        (1 - beta2**step) ** 0.5 if beta2 else 1.0, [1.0, 1024.0, 0.5][(variant // 3) % 3],
-                        int(variant % 7 == 3), int(amsgrad))
+    step_count = 7
+    return StepScalars(beta1=beta1, beta2=beta2, eps=[1e-8, 1e-3, 0.0][variant % 3], l2=[0.0, 1e-2][(variant // 2) % 2],
+                       decay=[0.99999, 1.0, 0.9][variant % 3], step_size=1e-3 / (1 - beta1**step_count),
+                       bias_correction2_sqrt=(1 - beta2**step_count) ** 0.5 if beta2 else 1.0,
+                       grad_scale=[1.0, 1024.0, 0.5][(variant // 3) % 3], maximize=variant % 7 == 3, amsgrad=amsgrad)
 
 
 def _canonical(buffer: np.ndarray, kind: str, flush: bool) -> np.ndarray:
@@ -190,15 +204,14 @@ def _kinds(mode: tuple[int, int, int]) -> dict[str, str]:
             "m_absmax": "f32", "v_absmax": "f32", "vmax_absmax": "f32"}
 
 
-def compare_builds(reference: dict[tuple, ctypes.CDLL], candidate: dict[tuple, ctypes.CDLL],
+def compare_builds(reference: ModuleType, candidate: ModuleType, modes: Iterable[tuple[int, int, int]] = MODES,
                    seeds: int = 3, report=print, flush: bool = False) -> int:
-    """Run both builds of every mode in ``reference`` on the same inputs; return the mismatch count.
+    """Run both builds of every mode on the same inputs; return the mismatch count.
 
     ``flush``: the thread runs with DAZ/FTZ, so a denormal output matches a zero of its sign.
     """
     mismatches = 0
-    for mode, reference_library in reference.items():
-        candidate_library = candidate[mode]
+    for mode in modes:
         kinds = _kinds(mode)
         for rounding in (0, 1, 2) if mode[2] == BF16 else (0,):
             for amsgrad in (False, True):
@@ -210,8 +223,8 @@ def compare_builds(reference: dict[tuple, ctypes.CDLL], candidate: dict[tuple, c
                         actual = {key: None if a is None else a.copy() for key, a in expected.items()}
                         for iteration in range(3):
                             scalars = step_scalars(amsgrad, seed * 3 + iteration + realistic)
-                            run_step(reference_library, expected, mode, rounding, scalars)
-                            run_step(candidate_library, actual, mode, rounding, scalars)
+                            run_step(reference, expected, mode, rounding, scalars)
+                            run_step(candidate, actual, mode, rounding, scalars)
                             for key, buffer in expected.items():
                                 if buffer is not None and not _same(buffer, actual[key], kinds.get(key, "bytes"), flush):
                                     where = np.nonzero(buffer.view(np.uint8) != actual[key].view(np.uint8))[0]
@@ -222,23 +235,28 @@ def compare_builds(reference: dict[tuple, ctypes.CDLL], candidate: dict[tuple, c
     return mismatches
 
 
-def check(candidate_flags: Iterable[str] = (), reference_flags: Iterable[str] = SCALAR_FLAGS,
+def check(candidate: ModuleType | None = None, reference: ModuleType | None = None,
           modes: Iterable[tuple[int, int, int]] = MODES, seeds: int = 3, report=print) -> int:
-    """Mismatches between two builds of this package's kernel, without and with DAZ/FTZ."""
+    """Mismatches between two builds of the kernel module, without and with DAZ/FTZ.
+
+    Defaults: the module this process steps with, against the shipped baseline build (compiled
+    here if the package has none)."""
     import torch
 
+    from . import module
+
     modes = list(modes)
-    reference = {mode: build_kernel(mode, reference_flags) for mode in modes}
-    candidate = {mode: build_kernel(mode, candidate_flags) for mode in modes}
-    lanes = {library.adam_lowprec_lanes() for library in (*reference.values(), *candidate.values())}
-    report(f"reference: {reference[modes[0]].adam_lowprec_lanes()} lane(s), candidate: {candidate[modes[0]].adam_lowprec_lanes()} lane(s)")
-    if len(lanes) == 1:
+    candidate = candidate or module()
+    reference = reference or shipped("x86_64") or build_module("x86_64", modes)
+    first = (modes[0][2], modes[0][0], modes[0][1])
+    report(f"reference: {lanes(first, reference)} lane(s), candidate: {lanes(first, candidate)} lane(s)")
+    if lanes(first, reference) == lanes(first, candidate):
         report("(both builds run the same code path on this CPU)")
-    mismatches = compare_builds(reference, candidate, seeds, report)
+    mismatches = compare_builds(reference, candidate, modes, seeds, report)
     if torch.set_flush_denormal(True):  # DAZ/FTZ: the int8 decode has a separate form for it
         try:
-            int8_modes = {mode: reference[mode] for mode in modes if INT8 in mode[:2]}
-            mismatches += compare_builds(int8_modes, candidate, max(1, seeds - 1), report, flush=True)
+            int8_modes = [mode for mode in modes if INT8 in mode[:2]]
+            mismatches += compare_builds(reference, candidate, int8_modes, max(1, seeds - 1), report, flush=True)
         finally:
             torch.set_flush_denormal(False)
     return mismatches
@@ -251,12 +269,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    flags = EMULATE_AVX512_FLAGS if args.emulate_avx512 else ()
     if args.emulate_avx512 and not simde_available():
         print("SIMDe is not installed (apt-get install libsimde-dev): cannot emulate AVX-512")
         return 2
-    path = "AVX-512 (emulated with SIMDe)" if args.emulate_avx512 else "this CPU's vector path"
-    print(f"checking {path} against the scalar code, {len(MODES)} storage modes ...")
-    mismatches = check(flags, seeds=args.seeds)
+    if args.emulate_avx512:
+        candidates = {"AVX-512 (emulated with SIMDe)": build_module("avx2", extra_flags=EMULATE_AVX512_FLAGS)}
+    else:
+        from . import module
+
+        candidates = {f"the {module().ISA} build in use": module()}
+        if module().ISA == "avx512" and shipped("avx2") is not None and "avx2" in native.supported_isas():
+            candidates["the AVX2 build"] = shipped("avx2")
+    mismatches = 0
+    for name, candidate in candidates.items():
+        print(f"checking {name} against the baseline build's scalar code, {len(MODES)} storage modes ...")
+        mismatches += check(candidate, seeds=args.seeds)
     print(f"{mismatches} mismatching outputs")
     return 1 if mismatches else 0
