@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import lowprec, validation
+from . import codecs, lowprec, validation
 
 __all__ = ["check_state_dict", "STATE_KEYS"]
 
@@ -37,7 +37,7 @@ def _check_step(where: str, step: Any) -> None:
         raise ValueError(f"{where}['step']: {value!r} is not a non-negative whole number")
 
 
-def _check_moment(where: str, key: str, tensor: Any, param: Tensor) -> None:
+def _check_moment(where: str, key: str, tensor: Any, param: Tensor, second: bool) -> None:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{where}[{key!r}]: expected a tensor, got {type(tensor).__name__}")
     if tuple(tensor.shape) != tuple(param.shape):
@@ -49,7 +49,7 @@ def _check_moment(where: str, key: str, tensor: Any, param: Tensor) -> None:
     real = torch.view_as_real(tensor) if tensor.is_complex() else tensor
     if not bool(torch.isfinite(real).all()):
         raise ValueError(f"{where}[{key!r}]: contains NaN or Inf; refusing to load poisoned optimizer state")
-    if key != "exp_avg" and bool((real < 0).any()):
+    if second and bool((real < 0).any()):
         raise ValueError(f"{where}[{key!r}]: a second-moment estimate must be >= 0, found {real.min().item()!r}")
 
 
@@ -111,13 +111,18 @@ def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any, group_de
             raise KeyError(
                 f"{where}: unexpected keys {sorted(map(str, unknown))}; expected {list(STATE_KEYS + lowprec.EXTRA_STATE_KEYS)}"
             )
-        required = ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
-        for key in required:
-            if key not in param_state:
+        if "step" not in param_state:
+            raise KeyError(f"{where} is missing the key 'step'")
+        moments = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        for key in moments:
+            if codecs.find_moment(key, param_state) is None:
                 raise KeyError(f"{where} is missing the key {key!r}")
         _check_step(where, param_state["step"])
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-            if key in param_state:
-                if isinstance(param_state[key], Tensor) and param_state[key].dtype == torch.uint8:
+            for name in codecs.moment_keys_of(key):
+                if name not in param_state:
+                    continue
+                if isinstance(param_state[name], Tensor) and param_state[name].dtype == torch.uint8:
                     continue  # int8 codes: lowprec.prepare_load checks them against the recorded dtypes
-                _check_moment(where, key, param_state[key], param)
+                _check_moment(where, name, param_state[name], param, second=key != "exp_avg")
+
