@@ -61,6 +61,7 @@ __all__ = [
     "block_absmax",
     "quantize",
     "dequantize",
+    "moment_code",
     "moment_key",
     "find_moment",
     "encode",
@@ -289,6 +290,11 @@ def dequantize(codes: Tensor, absmax: Tensor, code: MiniFloat, offset: int = 0) 
 # -- moments: encode/decode by storage name -------------------------------------------------
 
 _MOMENT_CODES = {"exp_avg": EXP_AVG_CODE, "exp_avg_sq": EXP_AVG_SQ_CODE, "max_exp_avg_sq": EXP_AVG_SQ_CODE}
+
+
+def moment_code(key: str) -> MiniFloat:
+    """The int8 code of moment ``key``."""
+    return _MOMENT_CODES[key]
 
 
 def absmax_key(key: str) -> str:
