@@ -157,3 +157,136 @@ def test_adamkit_only_options_survive_loading_a_torch_checkpoint(ours, options, 
         assert mine.param_groups[0][key] == value, key
     if options.get("decoupled_lr"):
         assert mine.param_groups[0]["decoupled_lr_base"] == 1e-3
+
+
+# -- low-precision state and torch.optim ---------------------------------------------------------
+
+# (adamkit options, parameter dtype): every state torch would misread if it sat under torch's keys
+LOW_PRECISION = {
+    "int8": (dict(state_dtype="int8"), torch.float32),
+    "int8-amsgrad": (dict(state_dtype="int8", amsgrad=True), torch.float32),
+    "bf16-state": (dict(state_dtype="bfloat16"), torch.float32),
+    "bf16-params-int8": (dict(state_dtype="int8", param_rounding="kahan"), torch.bfloat16),
+    "bf16-params-fp32-state": (dict(state_dtype="float32"), torch.bfloat16),
+}
+LOW_SHAPES = [(64, 128), (33,)]  # an int8-coded tensor and one small enough to keep float32 state
+
+
+def low_precision_run(options, dtype, steps=5, **extra):
+    """adamkit with ``options`` on two parameters after ``steps`` steps, with the grads to continue."""
+    generator = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype)) for shape in LOW_SHAPES]
+    grads = [[torch.randn(shape, generator=generator).to(dtype) for shape in LOW_SHAPES] for _ in range(steps + 1)]
+    optimizer = adamkit.AdamW(params, lr=1e-2, weight_decay=0.01, **options, **extra)
+    for step_grads in grads[:steps]:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        optimizer.step()
+    return optimizer, params, grads[steps]
+
+
+def step_with(optimizer, params, grads):
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("torch_options", [dict(foreach=False), dict(foreach=True), dict(fused=True)], ids=["single", "foreach", "fused"])
+@pytest.mark.parametrize("mode", list(LOW_PRECISION))
+def test_torch_refuses_an_unconverted_low_precision_checkpoint(mode, torch_options):
+    """torch.optim casts every state tensor to the parameter's dtype at load: int8 codes or bf16
+    moments under torch's keys would train on as garbage. Under keys of their own, its step raises
+    (torch only creates fresh moments for a parameter with no state at all) and changes nothing."""
+    options, dtype = LOW_PRECISION[mode]
+    mine, params, grads = low_precision_run(options, dtype)
+    theirs_params = [twin(p) for p in params]
+    theirs = torch.optim.AdamW(theirs_params, lr=1e-2, weight_decay=0.01, amsgrad=options.get("amsgrad", False), **torch_options)
+    theirs.load_state_dict(copy.deepcopy(mine.state_dict()))
+    before = [p.detach().clone() for p in theirs_params]
+    with pytest.raises(KeyError, match="exp_avg"):
+        step_with(theirs, theirs_params, grads)
+    assert all(torch.equal(p.detach(), b) for p, b in zip(theirs_params, before))
+
+
+@pytest.mark.parametrize("mode", list(LOW_PRECISION))
+def test_converted_low_precision_checkpoint_continues_in_torch(mode):
+    """to_torch_state_dict's checkpoint takes torch's next step where adamkit, with the same state
+    decoded to float32 (convert_state_dtypes), takes it; both within one rounding of the codes of a
+    float32-state run (one step in: the moments were encoded once)."""
+    options, dtype = LOW_PRECISION[mode]
+    amsgrad = options.get("amsgrad", False)
+    mine, params, grads = low_precision_run(options, dtype, steps=1, fused=False)
+    reference, reference_params, _ = low_precision_run({"amsgrad": amsgrad}, dtype, steps=1, fused=False)
+    checkpoint = copy.deepcopy(mine.state_dict())
+    converted = adamkit.to_torch_state_dict(checkpoint)
+
+    keys = ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if amsgrad else [])
+    torch_groups = set(torch.optim.AdamW([torch.zeros(1)]).state_dict()["param_groups"][0])
+    assert set(converted["param_groups"][0]) <= torch_groups
+    for index, p in enumerate(reference_params):
+        state = converted["state"][index]
+        assert sorted(state) == sorted(keys)
+        for key in keys[1:]:
+            assert state[key].dtype in (torch.float32, dtype) and state[key].shape == p.shape
+            # int8 codes: 2^-4 relative in the normal range, subnormals below the block's absmax * 2^-13
+            floor = float(reference.state[p][key].abs().max()) * 2**-13
+            torch.testing.assert_close(state[key].float(), reference.state[p][key].float(), rtol=2**-4, atol=floor)
+
+    theirs_params = [twin(p) for p in params]
+    theirs = torch.optim.AdamW(theirs_params, lr=1e-2, weight_decay=0.01, amsgrad=amsgrad, foreach=False)
+    theirs.load_state_dict(converted)
+    decoded_params = [twin(p) for p in params]
+    decoded = adamkit.AdamW(decoded_params, lr=1e-2, weight_decay=0.01, amsgrad=amsgrad, state_dtype="float32", fused=False)
+    decoded.load_state_dict(copy.deepcopy(checkpoint), convert_state_dtypes=True)
+    for optimizer, group_params in ((theirs, theirs_params), (decoded, decoded_params), (reference, reference_params)):
+        step_with(optimizer, group_params, grads)
+    # torch steps a bf16 parameter in bf16 arithmetic, adamkit in float32 rounded once
+    rtol, atol = (2**-7, 1e-4) if dtype == torch.bfloat16 else (1e-6, 1e-7)
+    for a, b, c, start in zip(theirs_params, decoded_params, reference_params, params):
+        torch.testing.assert_close(a.detach().float(), b.detach().float(), rtol=rtol, atol=atol)
+        # one step of lr = 1e-2 from the same parameters with moments a codec rounding apart
+        # (and, for bf16 parameters, results up to two places of the parameter apart)
+        step, expected = (a.detach() - start.detach()).float(), (c.detach() - start.detach()).float()
+        places = start.detach().float().abs() * 2**-6 if dtype == torch.bfloat16 else 0.0
+        assert bool(((step - expected).abs() <= 0.2 * expected.abs() + 2e-3 + places).all())
+
+
+def test_float32_checkpoint_converts_to_itself():
+    """torch's layout is torch's already: the moments come back as the very tensors, only adamkit's group keys go."""
+    params = fresh_params()
+    mine = adamkit.AdamW(params, lr=1e-3, amsgrad=True, bias_correction=True)
+    train(mine, params, 0, 2)
+    checkpoint = mine.state_dict()
+    converted = adamkit.to_torch_state_dict(checkpoint)
+    for index, state in checkpoint["state"].items():
+        assert converted["state"][index].keys() == state.keys()
+        assert all(converted["state"][index][key] is value for key, value in state.items())
+    dropped = set(checkpoint["param_groups"][0]) - set(converted["param_groups"][0])
+    assert dropped == {"bias_correction", "decoupled_lr", "nonfinite", "skipped_steps", "exp_avg_dtype", "exp_avg_sq_dtype", "param_rounding", "rounding_seed"}
+
+
+@pytest.mark.parametrize("mode", ["int8-amsgrad", "bf16-state", "bf16-params-fp32-state"])
+def test_checkpoint_with_codes_under_torchs_keys_still_loads(mode):
+    """A checkpoint written while low-precision moments sat under torch's keys loads into adamkit,
+    its moments moved to their own keys, and continues exactly as the checkpoint in today's keys."""
+    options, dtype = LOW_PRECISION[mode]
+    mine, params, grads = low_precision_run(options, dtype, fused=False)
+    checkpoint = copy.deepcopy(mine.state_dict())
+    old = copy.deepcopy(checkpoint)
+    for state in old["state"].values():
+        for name in [n for n in state if n.endswith(("_int8", "_bf16", "_fp32"))]:
+            state[name.rsplit("_", 1)[0]] = state.pop(name)
+    assert any(set(o) != set(n) for o, n in zip(old["state"].values(), checkpoint["state"].values()))
+    runs = []
+    for state_dict in (checkpoint, old):
+        twins = [twin(p) for p in params]
+        optimizer = adamkit.AdamW(twins, lr=1e-2, weight_decay=0.01, fused=False, **options)
+        optimizer.load_state_dict(state_dict)
+        step_with(optimizer, twins, grads)
+        runs.append((optimizer, twins))
+    (new_opt, new_params), (old_opt, old_params) = runs
+    for p, q in zip(new_params, old_params):
+        assert torch.equal(p, q)
+        assert new_opt.state[p].keys() == old_opt.state[q].keys()
+        for key, value in new_opt.state[p].items():
+            assert torch.equal(value, old_opt.state[q][key]), key

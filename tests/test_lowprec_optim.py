@@ -100,7 +100,7 @@ def test_int8_state_does_not_depend_on_packing():
             param.grad = torch.randn(param.shape)
         packed[2].grad = grad
         optimizer.step()
-    assert torch.equal(first.state[alone[0]]["exp_avg"], optimizer.state[packed[2]]["exp_avg"])
+    assert torch.equal(first.state[alone[0]]["exp_avg_int8"], optimizer.state[packed[2]]["exp_avg_int8"])
     assert torch.equal(first.state[alone[0]]["exp_avg_sq_absmax"], optimizer.state[packed[2]]["exp_avg_sq_absmax"])
 
 
@@ -109,9 +109,12 @@ def test_small_tensors_keep_float32_state_for_int8():
     optimizer = run(params, steps=1, state_dtype="int8")
     for param in params:
         state = optimizer.state[param]
-        expected = torch.uint8 if param.numel() >= codecs.INT8_MIN_NUMEL else torch.float32
-        assert state["exp_avg"].dtype == expected and state["exp_avg_sq"].dtype == expected
-        assert ("exp_avg_absmax" in state) == (expected == torch.uint8)
+        if param.numel() >= codecs.INT8_MIN_NUMEL:
+            assert state["exp_avg_int8"].dtype == torch.uint8 and state["exp_avg_sq_int8"].dtype == torch.uint8
+            assert "exp_avg_absmax" in state and "exp_avg" not in state
+        else:
+            assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32
+            assert "exp_avg_absmax" not in state and "exp_avg_int8" not in state
 
 
 @pytest.mark.parametrize("fused", [None, False])
@@ -134,7 +137,7 @@ def test_step_stays_within_the_core_bound(mode, fused):
         assert bool(torch.isfinite(param).all())
         assert float(delta.max()) <= 1.1 * step_bound(1.0, 0.9, 0.999, step), step
         state = optimizer.state[param]
-        v = codecs.decode("exp_avg_sq", state, "int8" if state["exp_avg_sq"].dtype == torch.uint8 else "bfloat16")
+        v = codecs.decode("exp_avg_sq", state, "int8" if "exp_avg_sq_int8" in state else "bfloat16", param.dtype)
         assert bool((v >= 0).all())
 
 
@@ -225,7 +228,7 @@ def test_float32_checkpoint_converts_into_int8_and_back():
     quantized.load_state_dict(torch_checkpoint, convert_state_dtypes=True)
     big = params[0]
     codes, absmax = codecs.quantize(reference.state[big]["exp_avg"], codecs.EXP_AVG_CODE)
-    assert torch.equal(quantized.state[big]["exp_avg"], codes)
+    assert torch.equal(quantized.state[big]["exp_avg_int8"], codes)
     assert torch.equal(quantized.state[big]["exp_avg_absmax"], absmax)
     assert quantized.state[params[1]]["exp_avg"].dtype == torch.float32  # small tensor: float32 kept
 
@@ -246,7 +249,7 @@ def test_checkpoint_whose_tensors_contradict_its_dtypes_is_refused():
     params = make_params()
     optimizer = run(params, state_dtype="int8")
     state_dict = saved(optimizer)
-    state_dict["state"][0]["exp_avg"] = state_dict["state"][0]["exp_avg"].float()
+    state_dict["state"][0]["exp_avg_int8"] = state_dict["state"][0]["exp_avg_int8"].float()
     before = {k: v.clone() for k, v in optimizer.state[params[0]].items()}
     with pytest.raises(ValueError, match="exp_avg"):
         optimizer.load_state_dict(state_dict)

@@ -29,6 +29,11 @@ Formats (names accepted as strings or torch dtypes):
   Tensors with fewer than :data:`INT8_MIN_NUMEL` elements keep float32 state for an
   int8 moment (as bitsandbytes does): their state is negligible in size, and
   biases / norm gains are where 8-bit state hurts most.
+
+State keys (:func:`moment_key`): a moment in the parameter's own dtype (torch's layout)
+keeps torch's key (``exp_avg``); any other storage has a key torch does not use
+(``exp_avg_int8`` with ``exp_avg_absmax``, ``exp_avg_bf16``, ``exp_avg_fp32``), so
+``torch.optim`` refuses such state instead of casting codes to floats and training on.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ __all__ = [
     "block_absmax",
     "quantize",
     "dequantize",
+    "moment_code",
+    "moment_key",
+    "find_moment",
     "encode",
     "decode",
     "round_to_bf16",
@@ -285,48 +293,95 @@ def dequantize(codes: Tensor, absmax: Tensor, code: MiniFloat, offset: int = 0) 
 _MOMENT_CODES = {"exp_avg": EXP_AVG_CODE, "exp_avg_sq": EXP_AVG_SQ_CODE, "max_exp_avg_sq": EXP_AVG_SQ_CODE}
 
 
+def moment_code(key: str) -> MiniFloat:
+    """The int8 code of moment ``key``."""
+    return _MOMENT_CODES[key]
+
+
 def absmax_key(key: str) -> str:
     """State key of the per-block absmax that goes with an int8 moment."""
     return f"{key}_absmax"
 
 
-def encode(key: str, value: Tensor, storage: str, offset: int = 0, absmax: Tensor | None = None) -> dict[str, Tensor]:
-    """State entries for moment ``key`` holding float32 ``value`` in ``storage``.
+_KEY_SUFFIXES = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}
+
+
+def moment_key(key: str, storage: str, param_dtype: torch.dtype) -> str:
+    """State key holding moment ``key`` stored in ``storage`` for a parameter of ``param_dtype``.
+
+    torch's own key only for torch's layout (the parameter's dtype): torch.optim casts any
+    state tensor to the parameter's dtype at load, so codes or another dtype under its key
+    would train on as garbage; under a key of its own, torch raises KeyError at the step.
+    """
+    if storage == _TORCH_NAMES.get(param_dtype, str(param_dtype).removeprefix("torch.")) or storage not in _KEY_SUFFIXES:
+        return key
+    return f"{key}_{_KEY_SUFFIXES[storage]}"
+
+
+def moment_keys_of(key: str) -> tuple[str, ...]:
+    """Every state key moment ``key`` may be stored under."""
+    return (key, *(f"{key}_{suffix}" for suffix in _KEY_SUFFIXES.values()))
+
+
+def find_moment(key: str, entries: dict[str, Any]) -> tuple[str, str] | None:
+    """(state key, storage) that moment ``key`` is stored under in ``entries``, or None.
+
+    torch's key holds the parameter's dtype, or int8 codes in checkpoints written before
+    low-precision moments had keys of their own (uint8 beside an absmax).
+    """
+    for storage, suffix in _KEY_SUFFIXES.items():
+        if f"{key}_{suffix}" in entries:
+            return f"{key}_{suffix}", storage
+    tensor = entries.get(key)
+    if tensor is None:
+        return None
+    if isinstance(tensor, Tensor) and tensor.dtype == torch.uint8 and absmax_key(key) in entries:
+        return key, "int8"
+    return key, str(getattr(tensor, "dtype", "")).removeprefix("torch.")
+
+
+def encode(
+    key: str, value: Tensor, storage: str, param_dtype: torch.dtype, offset: int = 0, absmax: Tensor | None = None
+) -> dict[str, Tensor]:
+    """State entries for moment ``key`` of a ``param_dtype`` parameter holding float32 ``value`` in ``storage``.
 
     ``offset``/``absmax``: for a shard, as in :func:`quantize`.
     """
+    name = moment_key(key, storage, param_dtype)
     if storage == "int8":
         codes, absmax = quantize(value, _MOMENT_CODES[key], offset, absmax)
-        return {key: codes, absmax_key(key): absmax}
-    return {key: value.to(getattr(torch, storage)).clone(memory_format=torch.contiguous_format)}
+        return {name: codes, absmax_key(key): absmax}
+    return {name: value.to(getattr(torch, storage)).clone(memory_format=torch.contiguous_format)}
 
 
-def decode(key: str, entries: dict[str, Any], storage: str, offset: int = 0) -> Tensor:
-    """float32 value of moment ``key`` from state entries stored in ``storage``.
+def decode(key: str, entries: dict[str, Any], storage: str, param_dtype: torch.dtype, offset: int = 0) -> Tensor:
+    """float32 value of moment ``key`` of a ``param_dtype`` parameter from state entries stored in ``storage``.
 
     For a shard: the codes of elements ``offset ..`` and the absmax of the blocks they touch.
     """
+    name = moment_key(key, storage, param_dtype)
     if storage == "int8":
-        return dequantize(entries[key], entries[absmax_key(key)], _MOMENT_CODES[key], offset)
-    return entries[key].to(torch.float32)
+        return dequantize(entries[name], entries[absmax_key(key)], _MOMENT_CODES[key], offset)
+    return entries[name].to(torch.float32)
 
 
 def entries_match(key: str, entries: dict[str, Any], storage: str, param: Tensor) -> str | None:
     """None if ``entries`` hold moment ``key`` in ``storage`` for ``param``, else why not."""
-    tensor = entries.get(key)
+    name = moment_key(key, storage, param.dtype)
+    tensor = entries.get(name)
     if not isinstance(tensor, Tensor):
-        return f"{key!r} is missing or not a tensor"
+        return f"{name!r} is missing or not a tensor"
     if tuple(tensor.shape) != tuple(param.shape):
-        return f"{key!r} has shape {tuple(tensor.shape)}, the parameter {tuple(param.shape)}"
+        return f"{name!r} has shape {tuple(tensor.shape)}, the parameter {tuple(param.shape)}"
     if storage == "int8":
         absmax = entries.get(absmax_key(key))
         if tensor.dtype != torch.uint8:
-            return f"{key!r} has dtype {tensor.dtype}, int8 state stores uint8 codes"
+            return f"{name!r} has dtype {tensor.dtype}, int8 state stores uint8 codes"
         if not isinstance(absmax, Tensor) or absmax.dtype != torch.float32 or tuple(absmax.shape) != (num_blocks(param.numel()),):
             return f"{absmax_key(key)!r} must be a float32 tensor of shape ({num_blocks(param.numel())},)"
         return None
     if tensor.dtype != getattr(torch, storage):
-        return f"{key!r} has dtype {tensor.dtype}, expected {storage}"
+        return f"{name!r} has dtype {tensor.dtype}, expected {storage}"
     return None
 
 

@@ -215,7 +215,7 @@ def step_params(
             state["step"] = torch.zeros((), dtype=torch.float32, device=where)
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        elif len(state) > 4 or state["exp_avg"].dtype is not dtype:
+        elif len(state) > 4 or "exp_avg" not in state or state["exp_avg"].dtype is not dtype:
             lowprec.conform_state_(state, param, None, amsgrad)  # low-precision state: the group's dtype was changed
         if amsgrad and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)

@@ -11,8 +11,10 @@ one fused kernel pass.
 Group keys (recorded in ``state_dict()['param_groups']``):
 ``exp_avg_dtype``, ``exp_avg_sq_dtype`` (None: like the parameter, torch's layout),
 ``param_rounding`` ("nearest", "stochastic", "kahan"; bfloat16 parameters only) and
-``rounding_seed``. Extra per-parameter state keys: ``<moment>_absmax`` (int8 moments)
-and ``kahan_comp`` (Kahan rounding).
+``rounding_seed``. A moment stored in other than the parameter's dtype has a state key
+of its own (``exp_avg_int8``, ``exp_avg_bf16``, ``exp_avg_fp32``; :func:`codecs.moment_key`),
+so torch.optim refuses it; other extra per-parameter keys: ``<moment>_absmax`` (int8
+moments) and ``kahan_comp`` (Kahan rounding).
 
 Sharded (DTensor, FSDP2) parameters take the loop path on their local part, with the
 blocks and random streams of the whole parameter (:mod:`adamkit.shards`): state is
@@ -40,7 +42,8 @@ GROUP_DEFAULTS: dict[str, Any] = {
 }
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _ABSMAX_KEYS = tuple(codecs.absmax_key(key) for key in MOMENT_KEYS)
-EXTRA_STATE_KEYS = _ABSMAX_KEYS + ("kahan_comp",)
+_STORED_KEYS = tuple(name for key in MOMENT_KEYS for name in codecs.moment_keys_of(key) if name != key)
+EXTRA_STATE_KEYS = _STORED_KEYS + _ABSMAX_KEYS + ("kahan_comp",)
 _BF16 = torch.bfloat16
 _PLAIN = (None, "float32")
 
@@ -128,67 +131,79 @@ def moment_keys(amsgrad: bool) -> tuple[str, ...]:
     return MOMENT_KEYS if amsgrad else MOMENT_KEYS[:2]
 
 
-def stored_as(key: str, entries: dict[str, Any]) -> str:
-    """The storage a moment's state entries are in, read off their dtypes."""
-    tensor = entries[key]
-    if tensor.dtype == torch.uint8 and codecs.absmax_key(key) in entries:
-        return "int8"
-    return str(tensor.dtype).removeprefix("torch.")
-
-
 def _storage_of(layout: Layout | None, key: str, param: Tensor) -> str:
     return layout.storage(key) if layout is not None else _plain_storage(param)
 
 
-def _decode(key: str, local_state: dict[str, Tensor], storage: str, offset: int, blocks: tuple[int, int]) -> Tensor:
-    """float32 value of moment ``key`` from plain local tensors (an absmax: the whole parameter's)."""
-    entries = {key: local_state[key]}
+def _decode(
+    key: str, local_state: dict[str, Tensor], storage: str, dtype: torch.dtype, offset: int, blocks: tuple[int, int]
+) -> Tensor:
+    """float32 value of moment ``key`` of a ``dtype`` parameter from plain local tensors (an
+    absmax: the whole parameter's)."""
+    name = codecs.moment_key(key, storage, dtype)
+    entries = {name: local_state[name]}
     if storage == "int8":
         first, end = blocks
         entries[codecs.absmax_key(key)] = local_state[codecs.absmax_key(key)][first:end]
-    return codecs.decode(key, entries, storage, offset)
+    return codecs.decode(key, entries, storage, dtype, offset)
 
 
 def _encode(
-    values: dict[str, Tensor], storages: dict[str, str], offset: int, blocks: tuple[int, int], agree_absmax: Any = None
+    values: dict[str, Tensor],
+    storages: dict[str, str],
+    dtype: torch.dtype,
+    offset: int,
+    blocks: tuple[int, int],
+    agree_absmax: Any = None,
 ) -> dict[str, Tensor]:
     """State entries (plain tensors) for the moments' float32 values at local elements starting at
-    global index ``offset``; ``agree_absmax`` turns local partial block maxima into the whole
-    parameter's (None: the tensor is the whole parameter, every block it touches is its own)."""
+    global index ``offset`` of a ``dtype`` parameter; ``agree_absmax`` turns local partial block
+    maxima into the whole parameter's (None: the tensor is the whole parameter, every block it
+    touches is its own)."""
     if agree_absmax is None:
-        return {name: t for key, value in values.items() for name, t in codecs.encode(key, value, storages[key]).items()}
+        return {
+            name: t for key, value in values.items() for name, t in codecs.encode(key, value, storages[key], dtype).items()
+        }
     int8 = [key for key in values if storages[key] == "int8"]
     absmaxes = dict(zip(int8, agree_absmax([codecs.block_absmax(values[key], offset) for key in int8])))
     first, end = blocks
     entries: dict[str, Tensor] = {}
     for key, value in values.items():
         if key in absmaxes:
-            entries.update(codecs.encode(key, value, "int8", offset, absmaxes[key][first:end]))
+            entries.update(codecs.encode(key, value, "int8", dtype, offset, absmaxes[key][first:end]))
             entries[codecs.absmax_key(key)] = absmaxes[key]
         else:
-            entries.update(codecs.encode(key, value, storages[key]))
+            entries.update(codecs.encode(key, value, storages[key], dtype))
     return entries
 
 
-def decode_moment(key: str, entries: dict[str, Any], storage: str, span: shards.Span) -> Tensor:
-    """float32 value of moment ``key`` at this process's elements of the parameter."""
-    local = {key: span.local(entries[key])}
+def decode_moment(
+    key: str, entries: dict[str, Any], storage: str, dtype: torch.dtype, span: shards.Span, name: str | None = None
+) -> Tensor:
+    """float32 value of moment ``key`` of a ``dtype`` parameter at this process's elements.
+
+    ``name``: the state key it is under, where not :func:`codecs.moment_key`'s (torch's key
+    holding another dtype, or an old checkpoint's codes there).
+    """
+    stored = codecs.moment_key(key, storage, dtype)
+    local = {stored: span.local(entries[name or stored])}
     if storage == "int8":
         local[codecs.absmax_key(key)] = span.local_blocks(entries[codecs.absmax_key(key)])
-    return _decode(key, local, storage, span.offset, span.block_range())
+    return _decode(key, local, storage, dtype, span.offset, span.block_range())
 
 
-def encode_moments(values: dict[str, Tensor], storages: dict[str, str], span: shards.Span) -> dict[str, Tensor]:
-    """State entries for the moments' float32 values at this process's elements (local tensors;
-    an int8 moment's absmax covers the whole parameter's blocks, agreed across its shards)."""
+def encode_moments(values: dict[str, Tensor], storages: dict[str, str], dtype: torch.dtype, span: shards.Span) -> dict[str, Tensor]:
+    """State entries for the moments' float32 values at this process's elements of a ``dtype``
+    parameter (local tensors; an int8 moment's absmax covers the whole parameter's blocks,
+    agreed across its shards)."""
     agree = None if span.dtensor is None else span.agree_absmax
-    return _encode(values, storages, span.offset, span.block_range(), agree)
+    return _encode(values, storages, dtype, span.offset, span.block_range(), agree)
 
 
-def _moment_state(key: str, value: Tensor, storage: str, span: shards.Span) -> dict[str, Tensor]:
+def _moment_state(key: str, value: Tensor, storage: str, dtype: torch.dtype, span: shards.Span) -> dict[str, Tensor]:
     """State entries for one moment's float32 value at this process's elements, as state tensors
     (DTensors for a sharded parameter)."""
-    entries = encode_moments({key: value}, {key: storage}, span)
+    entries = encode_moments({key: value}, {key: storage}, dtype, span)
     return {name: span.wrap_blocks(t) if name in _ABSMAX_KEYS else span.wrap(t) for name, t in entries.items()}
 
 
@@ -220,14 +235,16 @@ def conform_state_(state: dict[str, Any], param: Tensor, layout: Layout | None, 
     _shard_plain_entries_(state, span)
     for key in moment_keys(amsgrad):
         target = _storage_of(layout, key, param)
-        if key in state and codecs.entries_match(key, state, target, param) is None:
+        found = codecs.find_moment(key, state)
+        if found is not None and found[1] == target and codecs.entries_match(key, state, target, param) is None:
             continue
-        if key in state:
-            value = decode_moment(key, state, stored_as(key, state), span)
+        if found is not None:
+            value = decode_moment(key, state, found[1], param.dtype, span, name=found[0])
         else:
             value = torch.zeros(span.local_shape, dtype=torch.float32, device=param.device)
-        state.pop(codecs.absmax_key(key), None)
-        state.update(_moment_state(key, value, target, span))
+        for name in (*codecs.moment_keys_of(key), codecs.absmax_key(key)):
+            state.pop(name, None)
+        state.update(_moment_state(key, value, target, param.dtype, span))
     if layout is not None and layout.kahan:
         if not isinstance(state.get("kahan_comp"), Tensor) or state["kahan_comp"].shape != param.shape:
             state["kahan_comp"] = _zero_comp(span, param.device)
@@ -251,7 +268,8 @@ def update_(
     """
     keys = moment_keys(amsgrad)
     local = shards.localize(param, grad, state)  # sharding resolved once: plain tensors and offsets below
-    moments = {key: _decode(key, local.state, layout.storage(key), local.offset, local.blocks) for key in keys}
+    dtype = param.dtype
+    moments = {key: _decode(key, local.state, layout.storage(key), dtype, local.offset, local.blocks) for key in keys}
     work = local.param.to(torch.float32)  # fp32 params: the parameter itself, updated in place
     if layout.kahan:
         work = work + local.state["kahan_comp"].to(torch.float32)
@@ -260,7 +278,7 @@ def update_(
     )
     coded = {key: moments[key] for key in keys if layout.storage(key) != "float32"}  # float32: decoded in place
     agree = local.agree_absmax if shards.is_dtensor(param) else None
-    for name, tensor in _encode(coded, {key: layout.storage(key) for key in coded}, local.offset, local.blocks, agree).items():
+    for name, tensor in _encode(coded, {key: layout.storage(key) for key in coded}, dtype, local.offset, local.blocks, agree).items():
         local.state[name].copy_(tensor)
     if layout.param_dtype == _BF16:
         step = int(state["step"].item())
@@ -355,6 +373,20 @@ def _quantized_entries_ok(where: str, key: str, entries: dict[str, Any]) -> None
         raise ValueError(f"{where}[{codecs.absmax_key(key)!r}]: block absmax must be finite and >= 0")
 
 
+def _renamed_old_layout(key: str, entries: dict[str, Any], storage: str, param: Tensor) -> dict[str, Any]:
+    """``entries`` with moment ``key`` under its own key where an older adamkit checkpoint kept a
+    low-precision moment under torch's key (int8 codes, or a dtype not the parameter's).
+
+    Only where the checkpoint's group records that storage: torch's key then cannot hold torch's layout.
+    """
+    name = codecs.moment_key(key, storage, param.dtype)
+    if name == key or name in entries or key not in entries:
+        return entries
+    renamed = {**entries, name: entries[key]}
+    del renamed[key]
+    return renamed
+
+
 def prepare_load(
     optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], group_defaults: dict[str, Any], convert: bool
 ) -> dict[Tensor, dict[str, Any]]:
@@ -385,16 +417,18 @@ def prepare_load(
                 continue
             new: dict[str, Any] = {"step": torch.as_tensor(entries["step"], dtype=torch.float32).clone()}
             for key in moment_keys(amsgrad):
-                if key not in entries:
-                    continue
                 have, want = _storage_of(source, key, param), _storage_of(target, key, param)
+                entries = _renamed_old_layout(key, entries, have, param)
+                if not any(name in entries for name in codecs.moment_keys_of(key)):
+                    continue
                 problem = codecs.entries_match(key, entries, have, param)
                 if problem is not None:
                     raise ValueError(f"{where}: {problem}, but {where_group} records {key} stored as {have!r}")
                 if have == "int8":
                     _quantized_entries_ok(where, key, entries)
                 if have == want:
-                    names = (key, codecs.absmax_key(key)) if have == "int8" else (key,)
+                    name = codecs.moment_key(key, have, param.dtype)
+                    names = (name, codecs.absmax_key(key)) if have == "int8" else (name,)
                     new.update({name: entries[name].detach().clone() for name in names})
                     continue
                 if not convert:
@@ -405,7 +439,7 @@ def prepare_load(
                         f"or construct the optimizer with {setting}={have!r}"
                     )
                 span = shards.span_of(param)  # only here: it refuses placements low precision cannot shard
-                new.update(_moment_state(key, decode_moment(key, entries, have, span), want, span))
+                new.update(_moment_state(key, decode_moment(key, entries, have, param.dtype, span), want, param.dtype, span))
             if target is not None and target.kahan:
                 comp = entries.get("kahan_comp")
                 valid = isinstance(comp, Tensor) and comp.dtype == _BF16 and comp.shape == param.shape

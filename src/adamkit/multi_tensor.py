@@ -38,9 +38,11 @@ __all__ = ["GroupPlans", "Plan", "kernel_layout", "overlapping"]
 COMPILED_GATHER_MIN_PARAMS = 256
 _MOMENTS = lowprec.MOMENT_KEYS
 _TORCH_STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.uint8}
-# state keys -> the low-precision kernel's table names (LowPrecBuffers in adam_kernel.cpp)
+# state keys (a moment's under each of its storages' keys) -> the low-precision kernel's table names
+# (LowPrecBuffers in adam_kernel.cpp)
 _LOWPREC_FIELDS = {
-    "exp_avg": "m", "exp_avg_sq": "v", "max_exp_avg_sq": "vmax", "kahan_comp": "comp",
+    **{name: field for key, field in zip(_MOMENTS, ("m", "v", "vmax")) for name in codecs.moment_keys_of(key)},
+    "kahan_comp": "comp",
     "exp_avg_absmax": "m_absmax", "exp_avg_sq_absmax": "v_absmax", "max_exp_avg_sq_absmax": "vmax_absmax",
 }  # fmt: skip
 
@@ -120,18 +122,21 @@ class Plan:
 
     # -- state --------------------------------------------------------------------------------
 
-    def _state_roles(self) -> list[str]:
-        roles = list(_MOMENTS if self.amsgrad else _MOMENTS[:2])
-        if self.layout is not None:
-            roles += [codecs.absmax_key(key) for key in roles if self.layout.storage(key) == "int8"]
-            if self.layout.kahan:
-                roles.append("kahan_comp")
+    def _state_roles(self) -> dict[str, str | None]:
+        """The state keys the kernel reads -> the moment each holds (None: not a moment's values)."""
+        moments = _MOMENTS if self.amsgrad else _MOMENTS[:2]
+        if self.layout is None:
+            return {key: key for key in moments}
+        roles: dict[str, str | None] = {codecs.moment_key(key, self.layout.storage(key), self.dtype): key for key in moments}
+        roles.update({codecs.absmax_key(key): None for key in moments if self.layout.storage(key) == "int8"})
+        if self.layout.kahan:
+            roles["kahan_comp"] = None
         return roles
 
     def _state_fits(self, state: dict[str, Any], index: int) -> bool:
         """Whether ``state`` is stored as the kernel reads it (else that param takes the loop path)."""
         local = self.locals[index]
-        for role in self._state_roles():
+        for role, moment in self._state_roles().items():
             tensor = state.get(role)
             if not isinstance(tensor, Tensor) or shards.is_dtensor(tensor) != shards.is_dtensor(self.params[index]):
                 return False
@@ -147,7 +152,7 @@ class Plan:
             elif role == "kahan_comp":
                 expected = torch.bfloat16
             else:
-                expected = _TORCH_STORAGE[self.layout.storage(role)]
+                expected = _TORCH_STORAGE[self.layout.storage(moment)]
             if tensor.dtype != expected or tensor.numel() != local.numel():
                 return False
         step = state.get("step")

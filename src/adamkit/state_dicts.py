@@ -1,9 +1,10 @@
-"""Validation of optimizer state dicts before anything is loaded.
+"""Validation of optimizer state dicts before anything is loaded, and conversion to torch's.
 
 ``check_state_dict`` inspects a checkpoint (adamkit's or torch.optim.Adam/AdamW's)
 against the optimizer it is about to be loaded into and raises a
 ``KeyError``/``TypeError``/``ValueError`` naming the offending item. It never
-mutates the optimizer or the state dict.
+mutates the optimizer or the state dict. ``to_torch_state_dict`` turns an adamkit
+checkpoint into one torch.optim.Adam/AdamW loads and steps on.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import lowprec, validation
+from . import codecs, lowprec, shards, validation
 
-__all__ = ["check_state_dict", "STATE_KEYS"]
+__all__ = ["check_state_dict", "to_torch_state_dict", "STATE_KEYS"]
 
 # torch.optim.Adam's per-parameter state keys.
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay")
+# adamkit's group keys that torch.optim.Adam/AdamW do not have
+ADAMKIT_GROUP_KEYS = (
+    "bias_correction", "decoupled_lr", "decoupled_lr_base", "nonfinite", "skipped_steps", *lowprec.GROUP_DEFAULTS,
+)  # fmt: skip
 
 
 def _check_step(where: str, step: Any) -> None:
@@ -37,7 +42,7 @@ def _check_step(where: str, step: Any) -> None:
         raise ValueError(f"{where}['step']: {value!r} is not a non-negative whole number")
 
 
-def _check_moment(where: str, key: str, tensor: Any, param: Tensor) -> None:
+def _check_moment(where: str, key: str, tensor: Any, param: Tensor, second: bool) -> None:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{where}[{key!r}]: expected a tensor, got {type(tensor).__name__}")
     if tuple(tensor.shape) != tuple(param.shape):
@@ -49,7 +54,7 @@ def _check_moment(where: str, key: str, tensor: Any, param: Tensor) -> None:
     real = torch.view_as_real(tensor) if tensor.is_complex() else tensor
     if not bool(torch.isfinite(real).all()):
         raise ValueError(f"{where}[{key!r}]: contains NaN or Inf; refusing to load poisoned optimizer state")
-    if key != "exp_avg" and bool((real < 0).any()):
+    if second and bool((real < 0).any()):
         raise ValueError(f"{where}[{key!r}]: a second-moment estimate must be >= 0, found {real.min().item()!r}")
 
 
@@ -111,13 +116,62 @@ def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any, group_de
             raise KeyError(
                 f"{where}: unexpected keys {sorted(map(str, unknown))}; expected {list(STATE_KEYS + lowprec.EXTRA_STATE_KEYS)}"
             )
-        required = ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
-        for key in required:
-            if key not in param_state:
+        if "step" not in param_state:
+            raise KeyError(f"{where} is missing the key 'step'")
+        moments = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        for key in moments:
+            if codecs.find_moment(key, param_state) is None:
                 raise KeyError(f"{where} is missing the key {key!r}")
         _check_step(where, param_state["step"])
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-            if key in param_state:
-                if isinstance(param_state[key], Tensor) and param_state[key].dtype == torch.uint8:
+            for name in codecs.moment_keys_of(key):
+                if name not in param_state:
+                    continue
+                if isinstance(param_state[name], Tensor) and param_state[name].dtype == torch.uint8:
                     continue  # int8 codes: lowprec.prepare_load checks them against the recorded dtypes
-                _check_moment(where, key, param_state[key], param)
+                _check_moment(where, name, param_state[name], param, second=key != "exp_avg")
+
+
+def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """An adamkit optimizer state dict as torch.optim.Adam/AdamW's, for leaving adamkit.
+
+    Every moment is decoded to float32 under torch's key (``exp_avg``, ``exp_avg_sq``,
+    ``max_exp_avg_sq``); a moment already in torch's layout is kept as it is, and torch's
+    loader casts the others to the parameter's dtype. The int8 block scales and the Kahan
+    compensation (``kahan_comp``: bits below a bf16 parameter's last place) have no place
+    in torch and are dropped, as are adamkit's own group keys (torch has no
+    ``bias_correction=False`` or ``decoupled_lr``: it steps on with its own rule). The
+    input is not changed; the result shares its torch-layout tensors.
+
+    Takes plain tensors: for a sharded (DTensor) checkpoint, gather it first (for FSDP2,
+    ``get_optimizer_state_dict(..., options=StateDictOptions(full_state_dict=True))``).
+    """
+    for key in ("state", "param_groups"):
+        if key not in state_dict:
+            raise KeyError(f"state_dict is missing the key {key!r}")
+    state: dict[Any, dict[str, Any]] = {}
+    for param_id, entries in state_dict["state"].items():
+        where = f"state_dict['state'][{param_id!r}]"
+        converted: dict[str, Any] = {}
+        if "step" in entries:
+            converted["step"] = entries["step"]
+        for key in lowprec.MOMENT_KEYS:
+            found = codecs.find_moment(key, entries)
+            if found is None:
+                continue
+            name, storage = found
+            tensor = entries[name]
+            if shards.is_dtensor(tensor):
+                raise TypeError(
+                    f"{where}[{name!r}] is a DTensor: to_torch_state_dict takes a full (gathered) state dict, "
+                    "e.g. get_optimizer_state_dict(..., options=StateDictOptions(full_state_dict=True))"
+                )
+            if name == key and storage != "int8":
+                converted[key] = tensor  # torch's layout already
+            elif storage == "int8":
+                converted[key] = codecs.dequantize(tensor, entries[codecs.absmax_key(key)], codecs.moment_code(key))
+            else:
+                converted[key] = tensor.to(torch.float32)
+        state[param_id] = converted
+    groups = [{k: v for k, v in group.items() if k not in ADAMKIT_GROUP_KEYS} for group in state_dict["param_groups"]]
+    return {"state": state, "param_groups": groups}

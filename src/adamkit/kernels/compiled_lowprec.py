@@ -205,16 +205,17 @@ def step_params(
             cached = constants[(step, device)] = torch.tensor(_constants(scalars), dtype=torch.float32).to(device)
         key = codecs.block_key(seed, int(step), stream) if layout.rounding == "stochastic" else 0
         absmax = {k: state.get(codecs.absmax_key(k)) for k in lowprec.MOMENT_KEYS}
+        moment = {k: state.get(codecs.moment_key(k, layout.storage(k), param.dtype)) for k in lowprec.MOMENT_KEYS}
         # 1-D aliases without a view base: one graph per family whatever the ndim
         flat = lambda t: None if t is None else t.detach().view(-1).detach()
         _runner(device)(
             flat(param),
             flat(param.grad),
-            flat(state["exp_avg"]),
+            flat(moment["exp_avg"]),
             absmax["exp_avg"],
-            flat(state["exp_avg_sq"]),
+            flat(moment["exp_avg_sq"]),
             absmax["exp_avg_sq"],
-            flat(state.get("max_exp_avg_sq")) if amsgrad else None,
+            flat(moment["max_exp_avg_sq"]) if amsgrad else None,
             absmax["max_exp_avg_sq"] if amsgrad else None,
             flat(state.get("kahan_comp")) if layout.kahan else None,
             cached,
