@@ -1,0 +1,159 @@
+"""Where the execution paths meet: no compiler, refusals made before any path runs, the
+construction-time kernel build, and a cache directory that cannot be written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import adamkit
+from adamkit import device, kernels, optimizers
+from adamkit.kernels import build
+
+posix_only = pytest.mark.skipif(sys.platform != "linux", reason="needs a POSIX environment")
+SRC = str(Path(adamkit.__file__).resolve().parents[1])
+
+
+def run_python(script: str, env: dict[str, str], timeout: float = 300, prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    env = {**env, "PYTHONPATH": SRC + os.pathsep + env.get("PYTHONPATH", "")}
+    return subprocess.run([*prefix, sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def plain_env(**changes: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ADAMKIT_CACHE_DIR", "XDG_CACHE_HOME", "CXX")}
+    env.update({k: v for k, v in changes.items() if v is not None})
+    return env
+
+
+# -- the cache directory ------------------------------------------------------------------------------
+
+TRAIN_AND_COMPARE = """
+    import warnings, torch, adamkit
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(50)) for _ in range(3)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours, theirs = adamkit.AdamW(params), adamkit.AdamW(twins, fused=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            for p, q in zip(params, twins):
+                p.grad = q.grad = torch.randn(50)
+            ours.step(); theirs.step()
+        assert all(torch.equal(p, q) for p, q in zip(params, twins))
+        adamkit.Adam(params).step()  # another optimizer: no second warning
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages
+    assert "reference path" in messages[0], messages
+    print(messages[0])
+"""
+
+
+@posix_only
+def test_a_cache_directory_that_cannot_be_made_means_the_loop_path(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_python(TRAIN_AND_COMPARE, plain_env(ADAMKIT_CACHE_DIR=str(blocker / "cache")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cache" in result.stdout
+
+
+@posix_only
+def test_an_unwritable_home_as_another_user_means_the_loop_path(tmp_path):
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs setpriv and root to run as another user")
+    prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    env = plain_env(HOME="/nonexistent")
+    probe = run_python("import torch, adamkit", env, prefix=prefix)
+    if probe.returncode != 0:
+        pytest.skip(f"the interpreter or adamkit is not readable by another user: {probe.stderr[-300:]}")
+    result = run_python(TRAIN_AND_COMPARE, env, prefix=prefix)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_cache_directory_follows_xdg_and_survives_a_missing_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("ADAMKIT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert build.cache_dir() == tmp_path / "adamkit"
+    monkeypatch.setenv("ADAMKIT_CACHE_DIR", str(tmp_path / "mine"))
+    assert build.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("ADAMKIT_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    fallback = build.cache_dir()
+    assert fallback.is_absolute() and "adamkit" in fallback.name
+
+
+def fake_compiler(tmp_path: Path, log: Path, body: str) -> str:
+    script = tmp_path / "fake-cxx"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--version" ]; then echo "fake-cxx 1.0"; exit 0; fi\n'
+        f'echo compile >> "{log}"\n'
+        'out=""; prev=""\n'
+        'for arg in "$@"; do [ "$prev" = "-o" ] && out="$arg"; prev="$arg"; done\n' + body
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+@posix_only
+def test_a_failed_build_is_remembered_across_processes(tmp_path):
+    log = tmp_path / "compiles.log"
+    compiler = fake_compiler(tmp_path, log, 'echo "error: this compiler is broken" >&2\nexit 1\n')
+    env = plain_env(CXX=compiler, ADAMKIT_CACHE_DIR=str(tmp_path / "cache"))
+    outputs = []
+    for _ in range(2):
+        result = run_python(TRAIN_AND_COMPARE, env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(result.stdout)
+    assert log.read_text().count("compile") == 1
+    notes = list((tmp_path / "cache").glob("adam_kernel-*.failed"))
+    assert len(notes) == 1 and "broken" in notes[0].read_text()
+    for output in outputs:
+        assert str(notes[0]) in output and "delete" in output
+
+
+@posix_only
+def test_a_build_outlives_the_process_that_started_it(tmp_path):
+    """A short script exits while the kernel compiles: the build still lands in the cache, and the
+    next process waits for it instead of compiling again."""
+    gxx = shutil.which("g++") or shutil.which("c++")
+    if gxx is None:
+        pytest.skip("needs a C++ compiler")
+    log = tmp_path / "compiles.log"
+    compiler = fake_compiler(tmp_path, log, f'sleep 6\nexec {gxx} -shared -fPIC -x c++ /dev/null -o "$out"\n')
+    cache = tmp_path / "cache"
+    env = plain_env(CXX=compiler, ADAMKIT_CACHE_DIR=str(cache))
+    started = run_python(
+        """
+        import time
+        from adamkit.kernels import build
+        build.build_in_background()
+        time.sleep(1)  # the compiler is running; the process ends now
+        """,
+        env,
+    )
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert log.read_text().count("compile") == 1
+    second = run_python("from adamkit.kernels import build; print(build.load_library())", env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert log.read_text().count("compile") == 1
+    deadline = time.time() + 30
+    while list(cache.glob("tmp*")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(list(cache.glob("adam_kernel-*.so"))) == 1 and not list(cache.glob("tmp*"))
