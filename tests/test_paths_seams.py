@@ -35,6 +35,68 @@ def plain_env(**changes: str | None) -> dict[str, str]:
     return env
 
 
+# -- the non-finite policy without a compiler --------------------------------------------------
+
+NONFINITE_WITHOUT_COMPILER = """
+    import warnings, torch, adamkit
+    for fused in (False, None):
+        for policy in ("skip", "raise"):
+            param = torch.nn.Parameter(torch.ones(8))
+            optimizer = adamkit.Adam([param], nonfinite=policy, fused=fused)
+            param.grad = torch.ones(8)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # fused=None: the one reference-path warning
+                optimizer.step()
+            stepped = param.detach().clone()
+            param.grad = torch.tensor([float("nan")] * 8)
+            try:
+                optimizer.step()
+            except FloatingPointError:
+                assert policy == "raise"
+            else:
+                assert policy == "skip" and optimizer.param_groups[0]["skipped_steps"] == 1
+            assert torch.equal(param.detach(), stepped)
+    print("ok")
+"""
+
+
+@posix_only
+def test_nonfinite_policies_work_without_a_compiler(tmp_path):
+    env = plain_env(CXX="/nonexistent/g++", ADAMKIT_CACHE_DIR=str(tmp_path / "cache"))
+    result = run_python(NONFINITE_WITHOUT_COMPILER, env)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_fused_false_never_asks_for_the_kernel(monkeypatch):
+    """fused=False promises the reference loop: counting non-finite values uses torch ops."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the kernel was requested with fused=False")
+
+    monkeypatch.setattr(build, "load_library", refuse)
+    monkeypatch.setattr(kernels, "load_library", refuse)
+    monkeypatch.setattr(kernels, "_typed_library", None)
+    monkeypatch.setattr(build, "build_in_background", refuse)
+    param = nn.Parameter(torch.ones(8))
+    optimizer = adamkit.AdamW([param], nonfinite="raise", fused=False)
+    param.grad = torch.ones(8)
+    optimizer.step()
+    param.grad = torch.full((8,), float("inf"))
+    with pytest.raises(FloatingPointError, match="8 NaN/Inf values"):
+        optimizer.step()
+
+
+def test_counting_falls_back_to_torch_ops_when_the_kernel_is_missing(monkeypatch):
+    def missing(*args, **kwargs):
+        raise kernels.KernelBuildError("no kernel here")
+
+    monkeypatch.setattr(kernels, "load_library", missing)
+    monkeypatch.setattr(kernels, "_typed_library", None)
+    values = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0])
+    for dtype in (torch.float32, torch.float64):
+        assert kernels.count_nonfinite(values.to(dtype)) == 3
+
+
 # -- the cache directory ------------------------------------------------------------------------------
 
 TRAIN_AND_COMPARE = """

@@ -278,11 +278,12 @@ class _AdamFamily(Optimizer):
             if group["nonfinite"] == "propagate":
                 continue
             on_device, params = device.split(group["params"])
+            kernel = group["fused"] is not False and not group["differentiable"]  # False: never build the kernel
             if on_device:  # the device path (issue 14): one multi-tensor check and one sync, not one per tensor
                 first = device.first_nonfinite(on_device)
                 params = params + ([on_device[first]] if first is not None else [])
             for param in params:
-                if param.grad is None or kernels.count_nonfinite(param.grad) == 0:
+                if param.grad is None or kernels.count_nonfinite(param.grad, kernel) == 0:
                     continue
                 if group["nonfinite"] == "skip":
                     skip = True
@@ -292,7 +293,7 @@ class _AdamFamily(Optimizer):
                 name = f"{names[index]!r} " if names else ""
                 raise FloatingPointError(
                     f"non-finite gradient for parameter {name}(param_groups[{group_index}]['params'][{index}], "
-                    f"shape {tuple(param.shape)}): {kernels.count_nonfinite(param.grad)} NaN/Inf values; "
+                    f"shape {tuple(param.shape)}): {kernels.count_nonfinite(param.grad, kernel)} NaN/Inf values; "
                     "nothing was updated (nonfinite='raise')"
                 )
         return skip
