@@ -97,6 +97,55 @@ def test_counting_falls_back_to_torch_ops_when_the_kernel_is_missing(monkeypatch
         assert kernels.count_nonfinite(values.to(dtype)) == 3
 
 
+# -- refusals before anything changes -----------------------------------------------------------
+
+
+def bitwise_snapshot(optimizer):
+    params = [(p.detach().clone(), None if p.grad is None else p.grad.clone()) for g in optimizer.param_groups for p in g["params"]]
+    state = {id(p): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()} for p, s in optimizer.state.items()}
+    return params, state
+
+
+def assert_bitwise_unchanged(optimizer, before):
+    params, state = before
+    now = [p for g in optimizer.param_groups for p in g["params"]]
+    for (old, old_grad), param in zip(params, now):
+        assert torch.equal(old.view(torch.uint8), param.detach().view(torch.uint8))
+        if old_grad is None:
+            assert param.grad is None
+        elif old_grad.is_sparse:
+            assert param.grad.is_sparse and torch.equal(old_grad.to_dense(), param.grad.to_dense())
+        else:
+            assert torch.equal(old_grad.view(torch.uint8), param.grad.view(torch.uint8))
+    assert {id(p) for p in optimizer.state} == set(state)
+    for param, param_state in optimizer.state.items():
+        assert param_state.keys() == state[id(param)].keys()
+        for key, value in param_state.items():
+            assert torch.equal(state[id(param)][key], value), key
+
+
+@pytest.mark.parametrize("implementation", ["fused", "foreach"])
+@pytest.mark.parametrize("stepped_before", [False, True], ids=["fresh", "stepped"])
+def test_a_sparse_gradient_on_the_device_path_is_refused_before_any_group_steps(implementation, stepped_before):
+    torch.manual_seed(0)
+    dense = [nn.Parameter(torch.randn(6)), nn.Parameter(torch.randn(3, 2))]
+    table = nn.Parameter(torch.randn(10, 3))
+    late = nn.Parameter(torch.randn(4))
+    with device.force_cpu(implementation):
+        optimizer = adamkit.Adam([{"params": dense}, {"params": [late, table]}], lr=0.1, amsgrad=True)
+        if stepped_before:
+            for param in (*dense, table, late):
+                param.grad = torch.randn_like(param)
+            optimizer.step()
+        for param in (*dense, late):
+            param.grad = torch.randn_like(param)
+        table.grad = torch.sparse_coo_tensor([[1, 7]], torch.randn(2, 3), (10, 3))
+        before = bitwise_snapshot(optimizer)
+        with pytest.raises(RuntimeError, match=r"sparse gradient.*param_groups\[1\]\['params'\]\[1\].*nothing was updated"):
+            optimizer.step()
+        assert_bitwise_unchanged(optimizer, before)
+
+
 # -- the cache directory ------------------------------------------------------------------------------
 
 TRAIN_AND_COMPARE = """

@@ -253,6 +253,7 @@ class _AdamFamily(Optimizer):
                 loss = closure()
         self._check_before_step()
         self._refuse_sparse_low_precision()
+        self._refuse_sparse_on_device()
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and float(found_inf) != 0) or self._nonfinite_says_skip():
             for group in self.param_groups:
@@ -270,6 +271,32 @@ class _AdamFamily(Optimizer):
             plans = self._group_plans.get(index)
             candidates = plans.low_precision if plans is not None and plans.valid_for(group) else group["params"]
             lowprec.refuse_sparse_grads(group, index, candidates)
+
+    def _refuse_sparse_on_device(self) -> None:
+        """The device path has no sparse update (nor has torch.optim.Adam): a sparse gradient there
+        is refused for every group before anything is updated."""
+        forced = device.forced()
+        for group_index, group in enumerate(self.param_groups):
+            if group["differentiable"] or group["fused"] is False:
+                continue  # the reference loop, which has the lazy sparse update
+            plans = self._group_plans.get(group_index)
+            if forced:
+                candidates = group["params"]
+            else:  # the kernel's plans hold CPU parameters only: the rest are their leftovers
+                candidates = plans.leftovers if plans is not None and plans.valid_for(group) else group["params"]
+            for param in candidates:
+                grad = param.grad
+                if grad is None or not grad.is_sparse or (param.is_cpu and not forced):
+                    continue
+                index = next(i for i, p in enumerate(group["params"]) if p is param)
+                names = group.get("param_names")
+                name = f"{names[index]!r} " if names else ""
+                raise RuntimeError(
+                    f"sparse gradient for parameter {name}(param_groups[{group_index}]['params'][{index}], shape "
+                    f"{tuple(param.shape)}, on {param.device}): the device path has no sparse-gradient update "
+                    "(torch.optim.Adam does not support sparse gradients either); nothing was updated. Step this "
+                    "parameter on the CPU, or in a param group with fused=False (the reference loop's lazy update)"
+                )
 
     def _nonfinite_says_skip(self) -> bool:
         """Apply each group's ``nonfinite`` policy; True if this step must be skipped."""
