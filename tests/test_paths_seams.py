@@ -146,6 +146,57 @@ def test_a_sparse_gradient_on_the_device_path_is_refused_before_any_group_steps(
         assert_bitwise_unchanged(optimizer, before)
 
 
+# -- the construction-time build and the warning --------------------------------------------------
+
+
+@pytest.fixture
+def build_requests(monkeypatch):
+    calls = []
+    monkeypatch.setattr(build, "build_in_background", lambda *args, **kwargs: calls.append(args))
+    return calls
+
+
+def test_no_kernel_build_for_a_model_without_cpu_parameters(build_requests):
+    params = [nn.Parameter(torch.empty(5, device="meta")), nn.Parameter(torch.empty(2, 3, device="meta"))]
+    adamkit.AdamW(params)
+    adamkit.Adam([{"params": params[:1]}, {"params": params[1:], "lr": 0.1}])
+    assert build_requests == []
+
+
+def test_the_kernel_is_built_only_for_groups_that_take_it(build_requests):
+    cpu = nn.Parameter(torch.zeros(3))
+    adamkit.Adam([cpu], fused=False)
+    adamkit.Adam([cpu], differentiable=True)
+    assert build_requests == []
+    adamkit.Adam([cpu])
+    assert len(build_requests) == 1
+    build_requests.clear()
+    optimizer = adamkit.Adam([nn.Parameter(torch.empty(2, device="meta"))])
+    assert build_requests == []
+    optimizer.add_param_group({"params": [nn.Parameter(torch.zeros(2))]})  # a CPU group added later
+    assert len(build_requests) == 1
+
+
+def test_the_reference_path_warning_points_at_the_users_step_once(monkeypatch):
+    def missing(*args, **kwargs):
+        raise kernels.KernelBuildError("no compiler here")
+
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    monkeypatch.setattr(build, "load_library", missing)
+    monkeypatch.setattr(optimizers, "_warned_reference_path", False)
+    param = nn.Parameter(torch.ones(4))
+    optimizer = adamkit.Adam([param])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            param.grad = torch.ones(4)
+            optimizer.step()
+        adamkit.AdamW([param]).step()
+    messages = [w for w in caught if issubclass(w.category, RuntimeWarning) and "reference path" in str(w.message)]
+    assert len(messages) == 1, [str(w.message) for w in caught]
+    assert messages[0].filename == __file__
+
+
 # -- the cache directory ------------------------------------------------------------------------------
 
 TRAIN_AND_COMPARE = """

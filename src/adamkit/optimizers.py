@@ -8,6 +8,8 @@ torch's keys), and hand tensors to an execution path. The math lives in
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import warnings
 from typing import Any, Callable
 
@@ -67,8 +69,6 @@ class _AdamFamily(Optimizer):
             # found_inf instead of unscaling the gradients itself. Only for fused=True, as torch:
             # Lightning refuses gradient clipping with bf16-mixed when this is set.
             self._step_supports_amp_scaling = True
-        if defaults["fused"] is not False:
-            kernels.build.build_in_background()
 
     # -- param groups -----------------------------------------------------------------
 
@@ -104,6 +104,9 @@ class _AdamFamily(Optimizer):
             # lr_0 of the paper's decay, under a key no LR scheduler rewrites (OneCycleLR resets initial_lr).
             param_group["decoupled_lr_base"] = validation.as_float(merged["lr"])
         super().add_param_group(param_group)
+        if merged["fused"] is not False and not merged["differentiable"] and any(t.is_cpu for t in tensors):
+            # Only CPU parameters take the kernel: a model on an accelerator never builds it.
+            kernels.build.build_in_background()
 
     @staticmethod
     def _check_differentiable(group: dict[str, Any]) -> None:
@@ -389,12 +392,18 @@ class _AdamFamily(Optimizer):
             return device_step(group["params"])
         scalars_for = _lazy(lambda: self._group_scalars(group, grad_scale))  # a tensor lr is read only if a CPU path runs
         params = group["params"]
-        kernel = self._uses_kernel(group)
+        kernel = False
+        if group["fused"] is not False:
+            plans = self._group_plans.get(index)
+            if plans is None or not plans.valid_for(group):  # first step or a changed group
+                plans = self._group_plans[index] = multi_tensor.GroupPlans(group, index)
+            # No parameter the kernel can hold (all on an accelerator, say): no build, no warning.
+            kernel = bool(plans.plans) and self._uses_kernel(group)
         if kernel:
             amsgrad = group["amsgrad"]
             for attempt in range(2):
                 plans = self._group_plans.get(index)
-                if plans is None or not plans.valid_for(group) or attempt:  # first step, a changed group or moved memory
+                if plans is None or not plans.valid_for(group) or attempt:  # a changed group or moved memory
                     plans = self._group_plans[index] = multi_tensor.GroupPlans(group, index)
                 left = plans.step(self.state, lambda param: self._init_state(param, amsgrad), scalars_for)
                 if left is not None:
@@ -461,8 +470,20 @@ def _warn_reference_path_once() -> None:
                 f"adamkit: the fused CPU kernel cannot be built here, so every step takes the slower "
                 f"reference path (torch ops per tensor; results are the same): {error}",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=_callers_stacklevel(),
             )
+
+
+_SKIPPED_DIRS = tuple(os.path.dirname(module.__file__) + os.sep for module in (sys.modules[__package__], torch))
+
+
+def _callers_stacklevel() -> int:
+    """warnings.warn's stacklevel of the first frame outside adamkit and torch (the user's
+    ``step()`` line), for a caller of warnings.warn: torch's step hooks add frames of their own."""
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED_DIRS):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _lazy(make: Callable[[], Callable[[float], functional.StepScalars]]) -> Callable[[float], functional.StepScalars]:
