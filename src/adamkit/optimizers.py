@@ -8,6 +8,8 @@ torch's keys), and hand tensors to an execution path. The math lives in
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import warnings
 from typing import Any, Callable
 
@@ -67,8 +69,6 @@ class _AdamFamily(Optimizer):
             # found_inf instead of unscaling the gradients itself. Only for fused=True, as torch:
             # Lightning refuses gradient clipping with bf16-mixed when this is set.
             self._step_supports_amp_scaling = True
-        if defaults["fused"] is not False:
-            kernels.build.build_in_background()
 
     # -- param groups -----------------------------------------------------------------
 
@@ -104,6 +104,9 @@ class _AdamFamily(Optimizer):
             # lr_0 of the paper's decay, under a key no LR scheduler rewrites (OneCycleLR resets initial_lr).
             param_group["decoupled_lr_base"] = validation.as_float(merged["lr"])
         super().add_param_group(param_group)
+        if merged["fused"] is not False and not merged["differentiable"] and any(t.is_cpu for t in tensors):
+            # Only CPU parameters take the kernel: a model on an accelerator never builds it.
+            kernels.build.build_in_background()
 
     @staticmethod
     def _check_differentiable(group: dict[str, Any]) -> None:
@@ -265,6 +268,7 @@ class _AdamFamily(Optimizer):
                 loss = closure()
         self._check_before_step()
         self._refuse_sparse_low_precision()
+        self._refuse_sparse_on_device()
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and float(found_inf) != 0) or self._nonfinite_says_skip():
             for group in self.param_groups:
@@ -323,6 +327,32 @@ class _AdamFamily(Optimizer):
             candidates = plans.low_precision if plans is not None and plans.valid_for(group) else group["params"]
             lowprec.refuse_sparse_grads(group, index, candidates)
 
+    def _refuse_sparse_on_device(self) -> None:
+        """The device path has no sparse update (nor has torch.optim.Adam): a sparse gradient there
+        is refused for every group before anything is updated."""
+        forced = device.forced()
+        for group_index, group in enumerate(self.param_groups):
+            if group["differentiable"] or group["fused"] is False:
+                continue  # the reference loop, which has the lazy sparse update
+            plans = self._group_plans.get(group_index)
+            if forced:
+                candidates = group["params"]
+            else:  # the kernel's plans hold CPU parameters only: the rest are their leftovers
+                candidates = plans.leftovers if plans is not None and plans.valid_for(group) else group["params"]
+            for param in candidates:
+                grad = param.grad
+                if grad is None or not grad.is_sparse or (param.is_cpu and not forced):
+                    continue
+                index = next(i for i, p in enumerate(group["params"]) if p is param)
+                names = group.get("param_names")
+                name = f"{names[index]!r} " if names else ""
+                raise RuntimeError(
+                    f"sparse gradient for parameter {name}(param_groups[{group_index}]['params'][{index}], shape "
+                    f"{tuple(param.shape)}, on {param.device}): the device path has no sparse-gradient update "
+                    "(torch.optim.Adam does not support sparse gradients either); nothing was updated. Step this "
+                    "parameter on the CPU, or in a param group with fused=False (the reference loop's lazy update)"
+                )
+
     def _nonfinite_says_skip(self) -> bool:
         """Apply each group's ``nonfinite`` policy; True if this step must be skipped."""
         skip = False
@@ -330,11 +360,12 @@ class _AdamFamily(Optimizer):
             if group["nonfinite"] == "propagate":
                 continue
             on_device, params = device.split(group["params"])
+            kernel = group["fused"] is not False and not group["differentiable"]  # False: never build the kernel
             if on_device:  # the device path (issue 14): one multi-tensor check and one sync, not one per tensor
                 first = device.first_nonfinite(on_device)
                 params = params + ([on_device[first]] if first is not None else [])
             for param in params:
-                if param.grad is None or kernels.count_nonfinite(param.grad) == 0:
+                if param.grad is None or kernels.count_nonfinite(param.grad, kernel) == 0:
                     continue
                 if group["nonfinite"] == "skip":
                     skip = True
@@ -344,7 +375,7 @@ class _AdamFamily(Optimizer):
                 name = f"{names[index]!r} " if names else ""
                 raise FloatingPointError(
                     f"non-finite gradient for parameter {name}(param_groups[{group_index}]['params'][{index}], "
-                    f"shape {tuple(param.shape)}): {kernels.count_nonfinite(param.grad)} NaN/Inf values; "
+                    f"shape {tuple(param.shape)}): {kernels.count_nonfinite(param.grad, kernel)} NaN/Inf values; "
                     "nothing was updated (nonfinite='raise')"
                 )
         return skip
@@ -413,12 +444,18 @@ class _AdamFamily(Optimizer):
             return device_step(group["params"])
         scalars_for = _lazy(lambda: self._group_scalars(group, grad_scale))  # a tensor lr is read only if a CPU path runs
         params = group["params"]
-        kernel = self._uses_kernel(group)
+        kernel = False
+        if group["fused"] is not False:
+            plans = self._group_plans.get(index)
+            if plans is None or not plans.valid_for(group):  # first step or a changed group
+                plans = self._group_plans[index] = multi_tensor.GroupPlans(group, index)
+            # No parameter the kernel can hold (all on an accelerator, say): no build, no warning.
+            kernel = bool(plans.plans) and self._uses_kernel(group)
         if kernel:
             amsgrad = group["amsgrad"]
             for attempt in range(2):
                 plans = self._group_plans.get(index)
-                if plans is None or not plans.valid_for(group) or attempt:  # first step, a changed group or moved memory
+                if plans is None or not plans.valid_for(group) or attempt:  # a changed group or moved memory
                     plans = self._group_plans[index] = multi_tensor.GroupPlans(group, index)
                 left = plans.step(self.state, lambda param: self._init_state(param, amsgrad), scalars_for)
                 if left is not None:
@@ -493,8 +530,20 @@ def _warn_reference_path_once() -> None:
                 f"adamkit: the fused CPU kernel cannot be built here, so every step takes the slower "
                 f"reference path (torch ops per tensor; results are the same): {error}",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=_callers_stacklevel(),
             )
+
+
+_SKIPPED_DIRS = tuple(os.path.dirname(module.__file__) + os.sep for module in (sys.modules[__package__], torch))
+
+
+def _callers_stacklevel() -> int:
+    """warnings.warn's stacklevel of the first frame outside adamkit and torch (the user's
+    ``step()`` line), for a caller of warnings.warn: torch's step hooks add frames of their own."""
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED_DIRS):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _lazy(make: Callable[[], Callable[[float], functional.StepScalars]]) -> Callable[[float], functional.StepScalars]:

@@ -88,13 +88,14 @@ def floor_flat_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
     )
 
 
-def count_nonfinite(tensor: Tensor) -> int:
-    """Number of NaN/Inf entries; a read-only pass (the C kernel for contiguous float buffers)."""
+def count_nonfinite(tensor: Tensor, kernel: bool = True) -> int:
+    """Number of NaN/Inf entries; a read-only pass (the C kernel for contiguous float buffers
+    where it is available and ``kernel``, torch ops otherwise: ``kernel=False`` never builds it)."""
     if shards.is_dtensor(tensor):
         # Its data_ptr() is 0: count the local part, summed over the shards so every rank
         # takes the same nonfinite decision.
-        return shards.sum_over_shards(tensor, count_nonfinite(tensor.to_local()))
-    if tensor.dtype in _NONFINITE_KERNELS and tensor.is_contiguous() and tensor.device.type == "cpu" and available():
+        return shards.sum_over_shards(tensor, count_nonfinite(tensor.to_local(), kernel))
+    if kernel and tensor.dtype in _NONFINITE_KERNELS and tensor.is_contiguous() and tensor.device.type == "cpu" and available():
         return module().count_nonfinite(tensor.data_ptr(), tensor.numel(), _NONFINITE_KERNELS[tensor.dtype], torch.get_num_threads())
     values = tensor.coalesce().values() if tensor.is_sparse else tensor
     values = torch.view_as_real(values) if values.is_complex() else values

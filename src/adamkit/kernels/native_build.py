@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import sysconfig
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -149,3 +150,30 @@ def compile_gather(target: Path, torch_root: Path, cxx11_abi: int, torch_version
         Path(staged).unlink(missing_ok=True)
         raise
     return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python native_build.py --isa ISA --name NAME -o PATH``: compile one module (the fallback
+    build runs it as a program, so a build outlives the Python process that asked for it)."""
+    import argparse
+    import ast
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--isa", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--flag", action="append", default=[], help="an extra compiler flag")
+    parser.add_argument("--modes", help="the (param, m, v) formats to include, as a Python literal")
+    parser.add_argument("--source-dir", type=Path, default=HERE)
+    parser.add_argument("-o", dest="output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    modes = LOWPREC_MODES if args.modes is None else tuple(map(tuple, ast.literal_eval(args.modes)))
+    try:
+        compile_module(args.isa, args.output, args.name, tuple(args.flag), modes=modes, source_dir=args.source_dir)
+    except RuntimeError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

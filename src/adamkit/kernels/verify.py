@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.machinery
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Iterable
@@ -32,7 +31,7 @@ import numpy as np
 
 from ..functional import StepScalars
 from . import native, native_build
-from .build import _cpu_fingerprint, compile_cached, headers_digest
+from .build import _cpu_fingerprint, compile_cached, headers_digest, import_module_file, module_command
 from .lowprec import block_tables, lanes, step
 
 __all__ = ["EMULATE_AVX512_FLAGS", "MODES", "build_module", "shipped", "compare_builds", "simde_available", "check"]
@@ -68,18 +67,10 @@ def build_module(isa: str, modes: Iterable[tuple[int, int, int]] = MODES, extra_
     flags = [*native_build.COMMON_FLAGS, *native_build.isa_flags(isa), *extra_flags, repr(modes)]
     sources = [source.parent / "module.cpp", source, Path(native_build.__file__)]
     name = "_adam_check"
-
-    def builder(partial: Path, compiler: str) -> None:
-        native_build.compile_module(isa, partial, name=name, extra_flags=extra_flags, compiler=compiler, modes=modes,
-                                    source_dir=source.parent)
-
+    command = module_command(isa, name, extra_flags, repr(modes), source.parent)
     target = compile_cached("adam_kernel_check", sources, flags, importlib.machinery.EXTENSION_SUFFIXES[0],
-                            _cpu_fingerprint() + headers_digest(source.parent), builder=builder)
-    spec = importlib.util.spec_from_file_location(name, target)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+                            _cpu_fingerprint() + headers_digest(source.parent), command=command)
+    return import_module_file(name, target)
 
 def _specials() -> np.ndarray:
     return np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-40, 1.1754944e-38, 3.4028235e38,
