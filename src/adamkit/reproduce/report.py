@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from .common import VERDICTS, ExperimentResult
 
 _MEASURE = {
@@ -143,6 +141,8 @@ SCHEMA: dict[str, Any] = {
 
 def validate(document: dict[str, Any]) -> None:
     """Raise ``jsonschema.ValidationError`` unless ``document`` matches :data:`SCHEMA`."""
+    import jsonschema  # imported here so that `adamkit --help` and `adamkit bench` work without the reproduce extra
+
     jsonschema.validate(document, SCHEMA, cls=jsonschema.Draft202012Validator)
 
 
