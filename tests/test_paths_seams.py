@@ -30,7 +30,11 @@ def run_python(script: str, env: dict[str, str], timeout: float = 300, prefix: l
 
 
 def plain_env(**changes: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ADAMKIT_CACHE_DIR", "XDG_CACHE_HOME", "CXX")}
+    """This environment without adamkit's settings, and without the package's shipped kernel
+    modules (ADAMKIT_ISA=native): the kernel is then compiled on first use, as on a platform the
+    package has no build for, which is where compilers and caches matter."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ADAMKIT_CACHE_DIR", "XDG_CACHE_HOME", "CXX", "ADAMKIT_ISA")}
+    env["ADAMKIT_ISA"] = "native"
     env.update({k: v for k, v in changes.items() if v is not None})
     return env
 
@@ -75,7 +79,7 @@ def test_fused_false_never_asks_for_the_kernel(monkeypatch):
 
     monkeypatch.setattr(build, "load_library", refuse)
     monkeypatch.setattr(kernels, "load_library", refuse)
-    monkeypatch.setattr(kernels, "_typed_library", None)
+    monkeypatch.setattr(kernels, "_module", None)
     monkeypatch.setattr(build, "build_in_background", refuse)
     param = nn.Parameter(torch.ones(8))
     optimizer = adamkit.AdamW([param], nonfinite="raise", fused=False)
@@ -91,7 +95,7 @@ def test_counting_falls_back_to_torch_ops_when_the_kernel_is_missing(monkeypatch
         raise kernels.KernelBuildError("no kernel here")
 
     monkeypatch.setattr(kernels, "load_library", missing)
-    monkeypatch.setattr(kernels, "_typed_library", None)
+    monkeypatch.setattr(kernels, "_module", None)
     values = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0])
     for dtype in (torch.float32, torch.float64):
         assert kernels.count_nonfinite(values.to(dtype)) == 3
@@ -299,15 +303,21 @@ def test_a_build_outlives_the_process_that_started_it(tmp_path):
     if gxx is None:
         pytest.skip("needs a C++ compiler")
     log = tmp_path / "compiles.log"
-    compiler = fake_compiler(tmp_path, log, f'sleep 6\nexec {gxx} -shared -fPIC -x c++ /dev/null -o "$out"\n')
+    # the real compiler, slowed down at the module's final link (one per build of the module)
+    compiler = tmp_path / "slow-cxx"
+    compiler.write_text(f'#!/bin/sh\ncase " $* " in *" -shared "*) echo compile >> "{log}"; sleep 6;; esac\nexec {gxx} "$@"\n')
+    compiler.chmod(0o755)
+    compiler = str(compiler)
     cache = tmp_path / "cache"
-    env = plain_env(CXX=compiler, ADAMKIT_CACHE_DIR=str(cache))
+    env = plain_env(CXX=compiler, ADAMKIT_CACHE_DIR=str(cache), LINK_LOG=str(log))
     started = run_python(
         """
-        import time
+        import os, time
         from adamkit.kernels import build
         build.build_in_background()
-        time.sleep(1)  # the compiler is running; the process ends now
+        while not os.path.exists(os.environ["LINK_LOG"]):  # the module's objects are compiled
+            time.sleep(0.2)
+        time.sleep(1)  # the link is running; the process ends now
         """,
         env,
     )

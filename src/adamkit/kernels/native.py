@@ -3,8 +3,9 @@
 The package ships one module per x86-64 level (``_adam_x86_64``, ``_adam_avx2``,
 ``_adam_avx512``; ``_adam_generic`` elsewhere), compiled when the package was built. The best one
 the CPU supports is imported; ``ADAMKIT_ISA`` (``x86_64``, ``avx2``, ``avx512``) asks for a lower
-one, to measure or check it on a CPU that has more. Without a shipped module for this CPU, the
-same sources are compiled for it on first use (:mod:`adamkit.kernels.build`).
+one, to measure or check it on a CPU that has more. Without a shipped module for this CPU (or
+with ``ADAMKIT_ISA=native``), the same sources are compiled for it with ``-march=native`` on
+first use (:mod:`adamkit.kernels.build`).
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def supported_isas() -> list[str]:
     levels = ["x86_64"] + (["avx2"] if _V3 <= flags else []) + (["avx512"] if _V4 <= flags else [])
     requested = os.environ.get(ISA_ENV)
     if requested:
-        if requested not in ("x86_64", "avx2", "avx512"):
-            raise ValueError(f"Invalid {ISA_ENV}: {requested!r}; expected x86_64, avx2 or avx512")
+        if requested not in ("x86_64", "avx2", "avx512", "native"):
+            raise ValueError(f"Invalid {ISA_ENV}: {requested!r}; expected x86_64, avx2, avx512 or native")
+        if requested == "native":  # no shipped build: compile one for this CPU (as on a platform the package lacks)
+            return []
         levels = levels[: levels.index(requested) + 1] if requested in levels else levels
     return levels[::-1]
 

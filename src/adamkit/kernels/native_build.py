@@ -105,8 +105,9 @@ def compile_module(
             defines = ["-DADAMKIT_LOWPREC=1", f"-DADAMKIT_PARAM_FORMAT={p}", f"-DADAMKIT_M_FORMAT={m}", f"-DADAMKIT_V_FORMAT={v}"]
             commands.append([compiler, *flags, *defines, "-c", str(kernel), "-o", str(obj)])
             objects.append(obj)
+        _run(commands[0])  # the plain kernel first: a broken compiler fails once, not once per object
         with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-            list(pool.map(_run, commands))
+            list(pool.map(_run, commands[1:]))
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(scratch, target.name)
         _run([compiler, "-shared", "-fopenmp", *map(str, objects), "-o", str(partial)])

@@ -206,7 +206,8 @@ struct Avx512 {
       if (SIGNED) {  // the sign bit, cleared for a NaN (MiniFloat::encode)
         const F value = _mm512_loadu_ps(x + 16 * k);
         const __mmask16 ordered = _mm512_cmp_ps_mask(value, value, _CMP_ORD_Q);
-        bytes = _mm512_or_si512(bytes, _mm512_slli_epi32(_mm512_maskz_srli_epi32(ordered, _mm512_castps_si512(value), 31), 7));
+        const I sign = _mm512_slli_epi32(_mm512_srli_epi32(_mm512_castps_si512(value), 31), 7);
+        bytes = _mm512_or_si512(bytes, _mm512_mask_blend_epi32(ordered, _mm512_setzero_si512(), sign));
       }
       store_u8(out + 16 * k, bytes);
     }
