@@ -55,58 +55,112 @@ namespace {
 
 constexpr int64_t kParallelThreshold = 1 << 15;  // below this, threading costs more than it saves
 
-#ifndef ADAMKIT_LOWPREC  // a low-precision mode's library (see below) holds only its own kernel
-// Compile-time switches drop the work a configuration does not need: the kernel runs near the
-// memory-bandwidth limit only if its arithmetic stays below it (AVX2 sqrt and div are not cheap).
-// S is the storage type of params, grads and moments; T the arithmetic type (float for _Float16,
-// as torch's fused kernel computes reduced-precision params in fp32 and rounds once).
-// No implicit FMA contraction here: GCC may contract the vector body and the scalar remainder of
-// the loop differently, and then an element's bits would depend on where its tensor (or shard)
-// starts. The fused multiply-adds are explicit instead: the moments' where torch's CPU vector
-// code has them (lerp, addcmul, add with alpha), so m and v track torch.optim's rounding; the
-// denominator and the step as FMAs with one division per element, which keeps the arithmetic
-// under the memory traffic (torch's own order costs a second division: ~10 % on many small
-// tensors, benchmarks/RESULTS.md).
-template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
-struct AdamElement {
-  // maximize flips the sign; an AMP loss scale is divided out (exact for powers of two).
-  T grad_multiplier, decay, l2, lerp_weight, lerp_weight_minus_one, beta2, one_minus_beta2, inverse_bias_correction2_sqrt, eps,
-      neg_step_size;
-  bool lerp_from_start;  // torch's lerp picks the stabler form
-  explicit AdamElement(const AdamScalars& s)
+// The Adam-family update of one element: the one statement of the math in C++ (functional.py's
+// adam_update_ is the one in Python). Ops supplies the arithmetic on X: ScalarOps<T> for one
+// float or double (the fp32/fp64/fp16 kernel, whose loops the compiler vectorises, and the
+// low-precision kernel's scalar code) or VectorOps for V::kLanes floats (the low-precision
+// kernel's SIMD code, below). Every product that is added is an explicit fma and the build turns
+// contraction off (native_build.py), so every instantiation gives the same bits, on any compiler
+// and CPU (a CPU without FMA computes std::fma in software). The moments' fmas sit where torch's
+// CPU vector code has them (lerp, addcmul, add with alpha), so m and v track torch.optim's
+// rounding; the denominator and the step are fmas around one division per element, which keeps
+// the arithmetic under the memory traffic (torch's own order costs a second division: ~10 % on
+// many small tensors, benchmarks/RESULTS.md).
+template <typename T>
+struct ScalarOps {
+  using X = T;
+  static X splat(T x) { return x; }
+  static X mul(X a, X b) { return a * b; }
+  static X sub(X a, X b) { return a - b; }
+  static X div(X a, X b) { return a / b; }
+  static X fma(X a, X b, X c) { return std::fma(a, b, c); }
+  static X sqrt(X a) { return std::sqrt(a); }
+  static X max(X a, X b) { return a > b ? a : b; }  // NaN: b
+};
+
+// The per-step constants in the arithmetic type T (float for float16, bfloat16 and the
+// low-precision storages, as torch's fused kernels compute reduced precision in fp32).
+template <typename T>
+struct AdamConstants {
+  T grad_multiplier, decay, l2, lerp_weight, beta2, one_minus_beta2, inverse_bias_correction2_sqrt, eps, neg_step_size;
+  bool lerp_from_start, scale_grad, add_l2;
+  explicit AdamConstants(const AdamScalars& s)
+      // maximize flips the sign; an AMP loss scale is divided out (exact for powers of two)
       : grad_multiplier(T((s.maximize ? -1.0 : 1.0) / s.grad_scale)),
         decay(T(s.decay)),
         l2(T(s.l2)),
-        lerp_weight(T(1.0 - s.beta1)),
-        lerp_weight_minus_one(T(1.0 - s.beta1) - T(1)),  // as torch's lerp_vec
+        // torch's lerp picks the stabler form: from m with weight 1 - beta1, or from g with (1 - beta1) - 1
+        lerp_weight((1.0 - s.beta1) < 0.5 ? T(1.0 - s.beta1) : T(T(1.0 - s.beta1) - T(1))),
         beta2(T(s.beta2)),
         one_minus_beta2(T(1.0 - s.beta2)),
         inverse_bias_correction2_sqrt(T(1.0 / s.bias_correction2_sqrt)),
         eps(T(s.eps)),
         neg_step_size(T(-s.step_size)),
-        lerp_from_start((1.0 - s.beta1) < 0.5) {}
+        lerp_from_start((1.0 - s.beta1) < 0.5),
+        scale_grad(s.maximize || s.grad_scale != 1.0),
+        add_l2(s.l2 != 0) {}
+};
 
-  // One element; inlined into adam_span's vector loops (same fp-contract setting, so the same bits).
-  __attribute__((always_inline, optimize("fp-contract=off"))) inline void operator()(
-      S* __restrict p, const S* __restrict g, S* __restrict m, S* __restrict v, S* __restrict vmax, int64_t i) const {
-    T param = T(p[i]) * decay;                         // AdamW: p <- p (1 - lr wd)
-    T grad = T(g[i]);
-    const T old_m = T(m[i]);
-    if (SCALE_GRAD) grad *= grad_multiplier;
-    if (L2) grad = std::fma(param, l2, grad);          // Adam + L2: g <- g + wd p
-    const T diff = grad - old_m;                       // m_t = lerp(m, g, 1 - beta1), K&B Alg. 1
-    T exp_avg = std::fma(lerp_from_start ? lerp_weight : lerp_weight_minus_one, diff, lerp_from_start ? old_m : grad);
-    T exp_avg_sq = std::fma(one_minus_beta2 * grad, grad, T(v[i]) * beta2);  // v_t, K&B Alg. 1
+template <class Ops>
+struct AdamMath {
+  using X = typename Ops::X;
+  X grad_multiplier, decay, l2, lerp_weight, beta2, one_minus_beta2, inverse_bias_correction2_sqrt, eps, neg_step_size;
+  bool lerp_from_start;
+  template <typename T>
+  explicit AdamMath(const AdamConstants<T>& c)
+      : grad_multiplier(Ops::splat(c.grad_multiplier)),
+        decay(Ops::splat(c.decay)),
+        l2(Ops::splat(c.l2)),
+        lerp_weight(Ops::splat(c.lerp_weight)),
+        beta2(Ops::splat(c.beta2)),
+        one_minus_beta2(Ops::splat(c.one_minus_beta2)),
+        inverse_bias_correction2_sqrt(Ops::splat(c.inverse_bias_correction2_sqrt)),
+        eps(Ops::splat(c.eps)),
+        neg_step_size(Ops::splat(c.neg_step_size)),
+        lerp_from_start(c.lerp_from_start) {}
+
+  // x: the decayed parameter; m_t and v_t (K&B Alg. 1). add_l2 and scale_grad are the group's
+  // (constants where the caller instantiates per configuration, so the branches fold).
+  __attribute__((always_inline)) inline void moments(X param, X grad, X old_m, X old_v, bool add_l2, bool scale_grad, X& x,
+                                                     X& exp_avg, X& exp_avg_sq) const {
+    x = Ops::mul(param, decay);                                  // AdamW: p <- p (1 - lr wd)
+    if (scale_grad) grad = Ops::mul(grad, grad_multiplier);
+    if (add_l2) grad = Ops::fma(x, l2, grad);                    // Adam + L2: g <- g + wd p
+    const X diff = Ops::sub(grad, old_m);                        // m_t = lerp(m, g, 1 - beta1)
+    exp_avg = Ops::fma(lerp_weight, diff, lerp_from_start ? old_m : grad);
+    exp_avg_sq = Ops::fma(Ops::mul(one_minus_beta2, grad), grad, Ops::mul(old_v, beta2));  // v_t
+  }
+  // AMSGrad (Reddi et al.): v_max <- max(v_max, v_t), the new v where either is NaN
+  __attribute__((always_inline)) inline X second_moment(X old_vmax, X exp_avg_sq) const { return Ops::max(old_vmax, exp_avg_sq); }
+  // p <- x - lr m_hat / (sqrt(v_hat) + eps), with the bias corrections folded into the constants
+  __attribute__((always_inline)) inline X step(X x, X exp_avg, X second) const {
+    const X denom = Ops::fma(Ops::sqrt(second), inverse_bias_correction2_sqrt, eps);
+    return Ops::fma(neg_step_size, Ops::div(exp_avg, denom), x);
+  }
+};
+
+#ifndef ADAMKIT_LOWPREC  // a low-precision mode's library (see below) holds only its own kernel
+// Compile-time switches drop the work a configuration does not need: the kernel runs near the
+// memory-bandwidth limit only if its arithmetic stays below it (AVX2 sqrt and div are not cheap).
+// S is the storage type of params, grads and moments; T the arithmetic type (float for _Float16).
+template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD>
+struct AdamElement {
+  AdamMath<ScalarOps<T>> math;
+  explicit AdamElement(const AdamScalars& s) : math(AdamConstants<T>(s)) {}
+
+  // One element; inlined into adam_span's loops, which the compiler vectorises.
+  __attribute__((always_inline)) inline void operator()(S* __restrict p, const S* __restrict g, S* __restrict m,
+                                                        S* __restrict v, S* __restrict vmax, int64_t i) const {
+    T x, exp_avg, exp_avg_sq;
+    math.moments(T(p[i]), T(g[i]), T(m[i]), T(v[i]), L2, SCALE_GRAD, x, exp_avg, exp_avg_sq);
     T second = exp_avg_sq;
-    if (AMSGRAD) {                                     // Reddi et al.: v_max <- max(v_max, v_t)
-      const T old_vmax = T(vmax[i]);
-      second = old_vmax > exp_avg_sq ? old_vmax : exp_avg_sq;
+    if (AMSGRAD) {
+      second = math.second_moment(T(vmax[i]), exp_avg_sq);
       vmax[i] = S(second);
     }
-    T denom = std::fma(std::sqrt(second), inverse_bias_correction2_sqrt, eps);  // sqrt(v_hat) + eps
     m[i] = S(exp_avg);
     v[i] = S(exp_avg_sq);
-    p[i] = S(std::fma(neg_step_size, exp_avg / denom, param));  // p <- p - lr m_hat / (sqrt(v_hat) + eps)
+    p[i] = S(math.step(x, exp_avg, second));
   }
 };
 
@@ -131,7 +185,7 @@ inline void prefetch_lines(const S* x) {  // the address as an integer: it may l
 }
 
 template <typename S, typename T, bool AMSGRAD, bool L2, bool SCALE_GRAD, bool PREFETCH>
-__attribute__((optimize("fp-contract=off"))) void adam_span(S* __restrict p, const S* __restrict g, S* __restrict m,
+void adam_span(S* __restrict p, const S* __restrict g, S* __restrict m,
                                                             S* __restrict v, S* __restrict vmax, int64_t n,
                                                             const AdamScalars& s) {
   const AdamElement<S, T, AMSGRAD, L2, SCALE_GRAD> element(s);
@@ -551,30 +605,24 @@ struct Int8Moment {
 #endif
 };
 
-// The per-step constants of the update, in float (as the scalar and vector code use them).
-struct UpdateConstants {
-  float grad_multiplier, decay, l2, lerp_weight, lerp_complement, beta2, one_minus_beta2;
-  float inverse_bias_correction2_sqrt, eps, neg_step_size;
-  uint32_t lerp_mask;
-  explicit UpdateConstants(const AdamScalars& s)
-      // maximize flips the sign; an AMP loss scale is divided out (as the fp32 kernel does)
-      : grad_multiplier(float((s.maximize ? -1.0 : 1.0) / s.grad_scale)),
-        decay(float(s.decay)),
-        l2(float(s.l2)),
-        lerp_weight(float(1.0 - s.beta1)),
-        lerp_complement(float(s.beta1)),
-        beta2(float(s.beta2)),
-        one_minus_beta2(float(1.0 - s.beta2)),
-        inverse_bias_correction2_sqrt(float(1.0 / s.bias_correction2_sqrt)),
-        eps(float(s.eps)),
-        neg_step_size(float(-s.step_size)),
-        lerp_mask((1.0 - s.beta1) < 0.5 ? ~0u : 0u) {}  // torch's lerp picks the stabler form
+#ifdef ADAMKIT_VECTOR
+// AdamMath's arithmetic on V::kLanes floats: the same IEEE operations as ScalarOps<float>.
+struct VectorOps {
+  using X = F;
+  static X splat(float x) { return V::set1(x); }
+  static X mul(X a, X b) { return V::mul(a, b); }
+  static X sub(X a, X b) { return V::sub(a, b); }
+  static X div(X a, X b) { return V::div(a, b); }
+  static X fma(X a, X b, X c) { return V::fmadd(a, b, c); }
+  static X sqrt(X a) { return V::sqrt(a); }
+  static X max(X a, X b) { return V::max(a, b); }  // a > b ? a : b (NaN: b)
 };
+#endif
 
 // One block: decode, update and (for bf16/fp32 storage) encode element by element; int8 moments
 // are staged and encoded once the block's absmax is known.
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
-void step_block(const LowPrecBuffers& b, const UpdateConstants* constants, int64_t block) {
+void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, int64_t block) {
   using PT = typename std::conditional<BF16_PARAMS, uint16_t, float>::type;
   const int32_t param = b.block_param[block];
   const int64_t first = b.block_local[block], n = std::min(kBlock, b.numel[param] - first);
@@ -582,7 +630,7 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants* constants, int64
   PT* __restrict p = static_cast<PT*>(b.p[param]) + first;
   const PT* __restrict g = static_cast<const PT*>(b.g[param]) + first;
   uint16_t* __restrict comp = b.comp ? static_cast<uint16_t*>(b.comp[param]) + first : nullptr;
-  const UpdateConstants& c = constants[b.scalar_index[param]];
+  const AdamConstants<float>& c = constants[b.scalar_index[param]];
   auto storage = [&](void* const* table, auto* typed) {
     return table ? static_cast<decltype(typed)>(table[param]) + first : nullptr;
   };
@@ -599,33 +647,19 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants* constants, int64
   // and bits of their smallest non-zero |value|, minus 1 (so that 0 wraps to the largest)
   uint32_t least_m = ~0u, least_v = ~0u, least_vmax = ~0u;
   int64_t scalar_start = 0;  // elements before it went through the vector code
+  const AdamMath<ScalarOps<float>> scalar_math(c);
 #ifdef ADAMKIT_VECTOR
   {
-    const F grad_multiplier = V::set1(c.grad_multiplier), decay = V::set1(c.decay);
-    const F l2 = V::set1(c.l2), lerp_weight = V::set1(c.lerp_weight);
-    const F lerp_complement = V::set1(c.lerp_complement);
-    const M lerp_mask = V::mask_of(c.lerp_mask != 0);
-    const F beta2 = V::set1(c.beta2), one_minus_beta2 = V::set1(c.one_minus_beta2);
-    const F inverse_bias_correction2_sqrt = V::set1(c.inverse_bias_correction2_sqrt);
-    const F eps = V::set1(c.eps), neg_step_size = V::set1(c.neg_step_size);
     const F abs_mask = V::as_float(V::splat(0x7FFFFFFFu));
     F peak_m_lanes = V::zero(), peak_v_lanes = V::zero(), peak_vmax_lanes = V::zero();
     I least_m_lanes = V::splat(~0u), least_v_lanes = V::splat(~0u), least_vmax_lanes = V::splat(~0u);
     const I one = V::splat(1);
-    // the update of kLanes elements: the scalar loop's operations below, in the same order
+    const AdamMath<VectorOps> math(c);
+    // the update of kLanes elements: AdamMath, as the scalar loop below runs it per element
     auto update = [&](F param_value, F grad_value, F old_m, F old_v, F& x, F& exp_avg, F& exp_avg_sq) {
-      x = V::mul(param_value, decay);
-      const F grad = V::fmadd(grad_value, grad_multiplier, V::mul(l2, x));
-      const F diff = V::sub(grad, old_m);
-      const F from_start = V::fmadd(lerp_weight, diff, old_m);
-      const F from_end = V::fnmadd(diff, lerp_complement, grad);
-      exp_avg = V::blend(from_end, from_start, lerp_mask);
-      exp_avg_sq = V::fmadd(old_v, beta2, V::mul(V::mul(one_minus_beta2, grad), grad));
+      math.moments(param_value, grad_value, old_m, old_v, c.add_l2, c.scale_grad, x, exp_avg, exp_avg_sq);
     };
-    auto step = [&](F x, F exp_avg, F second) {  // x + (-lr) m / (sqrt(v_hat) + eps)
-      const F denom = V::fmadd(V::sqrt(second), inverse_bias_correction2_sqrt, eps);
-      return V::fmadd(neg_step_size, V::div(exp_avg, denom), x);
-    };
+    auto step = [&](F x, F exp_avg, F second) { return math.step(x, exp_avg, second); };
     int64_t vector_start = 0;
     if constexpr (BF16_PARAMS && std::is_same<MomentM, BF16Moment>::value && std::is_same<MomentV, BF16Moment>::value) {
       // All streams 16-bit: 2 kLanes elements per iteration as even and odd lanes of one load (shift
@@ -673,7 +707,7 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants* constants, int64
         for (int h = 0; h < 2; ++h) {
           F x, exp_avg, exp_avg_sq;
           update(param_value[h], grad_value[h], old_m[h], old_v[h], x, exp_avg, exp_avg_sq);
-          const F second = AMSGRAD ? V::max(old_vmax[h], exp_avg_sq) : exp_avg_sq;
+          const F second = AMSGRAD ? math.second_moment(old_vmax[h], exp_avg_sq) : exp_avg_sq;
           x = step(x, exp_avg, second);
           // the noise does not depend on x: computed before the branch, it overlaps the division
           const I noise = ROUNDING == kStochastic ? noise_lanes(local + uint32_t(j), h ? odd_lanes : even_lanes, key) : V::splat(0);
@@ -720,7 +754,7 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants* constants, int64
       update(param_value, grad_value, old_m, old_v, x, exp_avg, exp_avg_sq);
       second = exp_avg_sq;
       if (AMSGRAD) {
-        second = V::max(vmax.load_lanes(i, j), exp_avg_sq);  // old if old > new, else new (NaN: new)
+        second = math.second_moment(vmax.load_lanes(i, j), exp_avg_sq);
         vmax.store_lanes(i, j, second);
         if (MomentV::kStaged) {
           peak_vmax_lanes = V::max(second, peak_vmax_lanes);
@@ -775,29 +809,22 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants* constants, int64
       grad_value = g[i];
     }
     const float old_m = m.load(i, j), old_v = v.load(i, j);
-    float x = param_value * c.decay;                                    // AdamW: p <- p (1 - lr wd)
-    const float grad = std::fma(grad_value, c.grad_multiplier, c.l2 * x);  // Adam + L2: g <- g + wd p
-    // m_t as torch's lerp; both forms computed so the choice is a blend, not a branch
-    const float from_start = std::fma(c.lerp_weight, grad - old_m, old_m);
-    const float from_end = std::fma(-(grad - old_m), c.lerp_complement, grad);
-    const float exp_avg = float_of((bits_of(from_start) & c.lerp_mask) | (bits_of(from_end) & ~c.lerp_mask));  // m_t
-    const float exp_avg_sq = std::fma(old_v, c.beta2, c.one_minus_beta2 * grad * grad);  // v_t
+    float x, exp_avg, exp_avg_sq;
+    scalar_math.moments(param_value, grad_value, old_m, old_v, c.add_l2, c.scale_grad, x, exp_avg, exp_avg_sq);
     float second = exp_avg_sq;
-    if (AMSGRAD) {                                                      // v_max <- max(v_max, v_t)
-      const float old_vmax = vmax.load(i, j);
-      second = old_vmax > exp_avg_sq ? old_vmax : exp_avg_sq;
+    if (AMSGRAD) {
+      second = scalar_math.second_moment(vmax.load(i, j), exp_avg_sq);
       vmax.store(i, j, second);
       if (MomentV::kStaged) peak_vmax = second > peak_vmax ? second : peak_vmax;  // v >= 0
       if (MomentV::kStaged) least_vmax = std::min(least_vmax, bits_of(std::fabs(second)) - 1u);
     }
-    const float denom = std::fma(std::sqrt(second), c.inverse_bias_correction2_sqrt, c.eps);  // sqrt(v_hat) + eps
     m.store(i, j, exp_avg);
     v.store(i, j, exp_avg_sq);
     if (MomentM::kStaged) peak_m = std::fabs(exp_avg) > peak_m ? std::fabs(exp_avg) : peak_m;
     if (MomentV::kStaged) peak_v = exp_avg_sq > peak_v ? exp_avg_sq : peak_v;
     if (MomentM::kStaged) least_m = std::min(least_m, bits_of(std::fabs(exp_avg)) - 1u);
     if (MomentV::kStaged) least_v = std::min(least_v, bits_of(std::fabs(exp_avg_sq)) - 1u);
-    x = std::fma(c.neg_step_size, exp_avg / denom, x);                  // p <- p - lr m_hat / (sqrt(v_hat) + eps)
+    x = scalar_math.step(x, exp_avg, second);
     if (!BF16_PARAMS) {
       p[i] = x;
     } else if (ROUNDING == kStochastic) {                               // unbiased: add 16 random low bits, truncate
@@ -816,7 +843,7 @@ void step_block(const LowPrecBuffers& b, const UpdateConstants* constants, int64
 
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
 void adam_lowprec(const LowPrecBuffers& b, const AdamScalars* scalars, int32_t kinds, int64_t blocks, int threads) {
-  std::vector<UpdateConstants> constants;
+  std::vector<AdamConstants<float>> constants;
   constants.reserve(kinds);
   for (int32_t k = 0; k < kinds; ++k) constants.emplace_back(scalars[k]);
   const bool parallel = blocks * kBlock >= kParallelThreshold;
