@@ -143,7 +143,10 @@ def adam_update_(
 ) -> None:
     """Apply one Adam-family step to one tensor, in place (the reference path).
 
-    With ``s.differentiable`` it is torch's differentiable=True form of the same math:
+    ``decay``, ``step_size``, ``bias_correction2_sqrt`` and ``grad_scale`` may be 0-dim tensors
+    (the compiled low-precision step passes the values that change from step to step so, and
+    one compiled graph serves every step). With ``s.differentiable`` it is torch's
+    differentiable=True form of the same math:
     scalars may be tensors in autograd's graph, and no tensor autograd saved is changed
     in place (the running max is taken out of place, ``exp_avg`` is cloned for the final
     division, the gradient is never written), so gradients flow through the step.
@@ -155,7 +158,7 @@ def adam_update_(
             max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
     if s.maximize:
         grad = -grad
-    if s.grad_scale != 1.0:
+    if isinstance(s.grad_scale, Tensor) or s.grad_scale != 1.0:
         grad = grad / s.grad_scale
     if isinstance(s.decay, Tensor) or s.decay != 1.0:
         param.mul_(s.decay)
@@ -186,7 +189,10 @@ def adam_update_(
         param.addcdiv_(exp_avg.clone(), denom)
         return
     denom = (second_moment.sqrt() / s.bias_correction2_sqrt).add_(s.eps)
-    param.addcdiv_(exp_avg, denom, value=-s.step_size)
+    if isinstance(s.step_size, Tensor):  # a compiled step's constants (kernels/compiled_lowprec.py)
+        param.addcmul_(exp_avg / denom, -s.step_size)
+    else:
+        param.addcdiv_(exp_avg, denom, value=-s.step_size)
 
 
 def adam_update_in_float32_(

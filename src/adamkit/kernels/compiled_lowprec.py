@@ -7,8 +7,9 @@ contract of :func:`adamkit.functional.adam_update_`: decode -> fp32 update -> en
 On a device, ``torch.compile(dynamic=True)`` turns it into one kernel per family (a
 family: the storage of ``exp_avg``, of ``exp_avg_sq``, the parameter dtype, the
 rounding, AMSGrad, maximize); inductor emits Triton on GPUs and C++ on the CPU.
-The per-step constants travel as a small float32 tensor and the rounding key as a
-dynamic integer, so a family compiles once, whatever the step, lr or tensor shape.
+What changes per step (step size, decay, bias correction, grad scale) travels as a small
+float32 tensor and the rounding key as a dynamic integer, so a family compiles once, whatever
+the step, lr or tensor shape.
 
 Why torch.compile and not a hand-written Triton kernel (measured 2026-12-02 on the
 development machine): ``pip install triton`` (3.9.0, the version torch 2.13 pairs with)
@@ -20,9 +21,10 @@ compiled (one compile of one family in the suite, through inductor's CPU backend
 
 Codes, absmax and rounding equal the CPU kernel's bit for bit for equal fp32 inputs:
 both implement codecs' definitions (the C++ kernel is checked against them by
-``adamkit check-kernels``; these functions call them). The fp32 update itself may
-differ in the last bit where a compiler contracts a multiply-add (the CPU kernel
-does, with -ffp-contract=fast), as between any two of adamkit's paths.
+``adamkit check-kernels``; these functions call them). The fp32 update is
+:func:`adamkit.functional.adam_update_` itself, with the per-step constants as tensors;
+compiled, inductor may fuse its multiply-adds differently, so it may differ from the CPU
+kernel in the last bit, as between any two of adamkit's paths.
 
 One kernel per tensor, not one per group: a step launches as many kernels as there are
 parameters in a low-precision layout (each a single pass over its memory, like
@@ -57,22 +59,14 @@ def compile_on_cpu() -> Iterator[None]:
         _COMPILE_ON_CPU.pop()
 
 
-# Positions in the per-step constants tensor (float32, on the parameter's device).
-_GRAD_MULTIPLIER, _DECAY, _L2, _LERP_WEIGHT, _BETA2, _ONE_MINUS_BETA2, _BC2_SQRT, _EPS, _NEG_STEP_SIZE = range(9)
+# What changes from step to step travels as one float32 tensor, in this order (StepScalars'
+# fields); the group's betas, eps and L2 are numbers the compiled graph is specialised on, so
+# that 1 - beta is formed in double precision, as on the CPU paths.
+_CONSTANTS = ("decay", "step_size", "bias_correction2_sqrt", "grad_scale")
 
 
 def _constants(s: functional.StepScalars) -> list[float]:
-    return [
-        (-1.0 if s.maximize else 1.0) / s.grad_scale,
-        s.decay,
-        s.l2,
-        1 - s.beta1,
-        s.beta2,
-        1 - s.beta2,
-        s.bias_correction2_sqrt,
-        s.eps,
-        -s.step_size,
-    ]
+    return [float(getattr(s, name)) for name in _CONSTANTS]
 
 
 def _decode(key: str, stored: Tensor, absmax: Tensor | None, storage: str) -> Tensor:
@@ -106,26 +100,26 @@ def family_step(
     v_storage: str,
     rounding: str,
     amsgrad: bool,
+    maximize: bool,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    l2: float,
 ) -> None:
-    """One step of one (whole, contiguous) parameter in a low-precision layout, in place."""
-    c = constants
-    x = param.to(torch.float32)
+    """One step of one (whole, contiguous) parameter in a low-precision layout, in place:
+    decode, :func:`adamkit.functional.adam_update_` in fp32, encode."""
+    x = param.to(torch.float32)  # a float32 parameter is updated in place
     if comp is not None:  # Kahan: the parameter plus what earlier roundings lost
         x = x + comp.to(torch.float32)
     m = _decode("exp_avg", exp_avg, exp_avg_absmax, m_storage)
     v = _decode("exp_avg_sq", exp_avg_sq, exp_avg_sq_absmax, v_storage)
-    # functional.adam_update_'s contract, with the constants as tensors:
-    g = grad.to(torch.float32) * c[_GRAD_MULTIPLIER]  # g <- (-g if maximize) / grad_scale
-    x = x * c[_DECAY]  # AdamW: p <- p (1 - lr wd)
-    g = g + c[_L2] * x  # Adam + L2: g <- g + wd p
-    m = torch.lerp(m, g, c[_LERP_WEIGHT])  # m_t = beta1 m + (1 - beta1) g
-    v = v * c[_BETA2] + c[_ONE_MINUS_BETA2] * g * g  # v_t = beta2 v + (1 - beta2) g^2
-    second = v
-    if amsgrad:  # v_max <- max(v_max, v_t)
-        second = torch.maximum(_decode("max_exp_avg_sq", max_exp_avg_sq, max_exp_avg_sq_absmax, v_storage), v)
-        _encode_("max_exp_avg_sq", second, max_exp_avg_sq, max_exp_avg_sq_absmax, v_storage)
-    denom = second.sqrt() / c[_BC2_SQRT] + c[_EPS]  # sqrt(v_hat) + eps
-    x = x + c[_NEG_STEP_SIZE] * (m / denom)  # p <- p - lr m_hat / (sqrt(v_hat) + eps)
+    vmax = _decode("max_exp_avg_sq", max_exp_avg_sq, max_exp_avg_sq_absmax, v_storage) if amsgrad else None
+    scalars = functional.StepScalars(
+        **dict(zip(_CONSTANTS, constants.unbind(0))), beta1=beta1, beta2=beta2, eps=eps, l2=l2, maximize=maximize, amsgrad=amsgrad
+    )
+    functional.adam_update_(x, grad.to(torch.float32), m, v, vmax, scalars)
+    if amsgrad:
+        _encode_("max_exp_avg_sq", vmax, max_exp_avg_sq, max_exp_avg_sq_absmax, v_storage)
     _encode_("exp_avg", m, exp_avg, exp_avg_absmax, m_storage)
     _encode_("exp_avg_sq", v, exp_avg_sq, exp_avg_sq_absmax, v_storage)
     if param.dtype == torch.float32:
@@ -224,4 +218,9 @@ def step_params(
             layout.exp_avg_sq,
             layout.rounding,
             amsgrad,
+            group["maximize"],
+            scalars.beta1,
+            scalars.beta2,
+            scalars.eps,
+            scalars.l2,
         )
