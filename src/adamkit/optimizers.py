@@ -432,41 +432,83 @@ class _AdamFamily(Optimizer):
 
         return scalars_for
 
+    # -- which implementation steps which parameters ----------------------------------------
+    # Each implementation takes (group index, group, params, per-step constants) and returns the
+    # params it leaves to the next one. step() has made every check, for every group, before this.
+
     def _step_group(self, index: int, group: dict[str, Any], grad_scale: float) -> None:
-        if group["differentiable"]:
-            # torch's differentiable path: the reference loop with torch ops, autograd through it.
-            self._loop_step(group["params"], group["amsgrad"], self._differentiable_scalars(group), differentiable=True)
-            return
-        # The device path (issue 14) takes the parameters not on the CPU (all of them under
-        # device.force_cpu()); step() has applied found_inf and the nonfinite policy already.
-        device_step = lambda ps: device.step_params(self.state, group, index, ps, getattr(self, "grad_scale", None), None, nonfinite_checked=True)
-        if device.forced() and group["fused"] is not False:
-            return device_step(group["params"])
-        scalars_for = _lazy(lambda: self._group_scalars(group, grad_scale))  # a tensor lr is read only if a CPU path runs
+        if group["differentiable"]:  # torch's differentiable form: constants from the step tensors
+            scalars_for: Callable[[Any], functional.StepScalars] = self._differentiable_scalars(group)
+        else:  # a tensor lr is read only if a CPU path runs
+            scalars_for = _lazy(lambda: self._group_scalars(group, grad_scale))
         params = group["params"]
-        kernel = False
-        if group["fused"] is not False:
+        for implementation in self._route(index, group):
+            params = implementation(index, group, params, scalars_for)
+            if not params:
+                break
+
+    def _route(self, index: int, group: dict[str, Any]) -> list[Callable[..., list[Tensor]]]:
+        """The one place that picks the path: the implementations a group's parameters go through,
+        in order, each taking the parameters it can.
+
+        - ``differentiable=True``: the reference loop in torch's differentiable form, for all;
+        - ``fused=False``: the reference loop for all, on any device (low-precision layouts by
+          their own loop, which decodes, runs the same update and encodes);
+        - under :func:`device.force_cpu` (tests): the device path for all;
+        - otherwise: the fused CPU kernel for the CPU tensors it holds (grouped by dtype and
+          layout, :mod:`adamkit.multi_tensor`; a gradient it cannot read this step goes on), the
+          device path for parameters on an accelerator (torch's fused or foreach kernels, the
+          compiled low-precision step), the low-precision loop, and the reference loop for the
+          rest (float16 in float32 math where the kernel ran, as torch's fused kernels compute it).
+        """
+        if group["differentiable"]:
+            return [self._differentiable_loop]
+        if group["fused"] is False:
+            return [self._low_precision_loop, self._loop]
+        if device.forced():
+            return [self._device]
+        plans = self._group_plans.get(index)
+        if plans is None or not plans.valid_for(group):  # the first step or a changed group
+            plans = self._group_plans[index] = multi_tensor.GroupPlans(group, index)
+        # No parameter the kernel can hold (all on an accelerator, say): no build, no warning.
+        if plans.plans and self._uses_kernel(group):
+            return [self._kernel, self._device, self._low_precision_loop, self._float32_loop]
+        return [self._device, self._low_precision_loop, self._loop]
+
+    def _kernel(self, index: int, group: dict[str, Any], params: list[Tensor], scalars_for: Callable) -> list[Tensor]:
+        """The fused CPU kernel for the group's plans; returns what it leaves (see multi_tensor)."""
+        amsgrad = group["amsgrad"]
+        for attempt in range(2):
             plans = self._group_plans.get(index)
-            if plans is None or not plans.valid_for(group):  # first step or a changed group
+            if plans is None or not plans.valid_for(group) or attempt:  # a changed group or moved memory
                 plans = self._group_plans[index] = multi_tensor.GroupPlans(group, index)
-            # No parameter the kernel can hold (all on an accelerator, say): no build, no warning.
-            kernel = bool(plans.plans) and self._uses_kernel(group)
-        if kernel:
-            amsgrad = group["amsgrad"]
-            for attempt in range(2):
-                plans = self._group_plans.get(index)
-                if plans is None or not plans.valid_for(group) or attempt:  # a changed group or moved memory
-                    plans = self._group_plans[index] = multi_tensor.GroupPlans(group, index)
-                left = plans.step(self.state, lambda param: self._init_state(param, amsgrad), scalars_for)
-                if left is not None:
-                    params = left
-                    break
-        on_device, params = device.split(params) if group["fused"] is not False else ([], params)  # False: the loop for all
+            left = plans.step(self.state, lambda param: self._init_state(param, amsgrad), scalars_for)
+            if left is not None:
+                return left
+        return params  # (memory moved twice in one step: everything takes the loop)
+
+    def _device(self, index: int, group: dict[str, Any], params: list[Tensor], scalars_for: Callable) -> list[Tensor]:
+        """Parameters not on the CPU (all of them under device.force_cpu()): the device path."""
+        on_device, rest = device.split(params)
         if on_device:
-            device_step(on_device)
-        params = lowprec.loop_step(self.state, group, index, params, scalars_for)  # low-precision layouts
-        # float16 the kernel path leaves to the loop (strided, aliasing): the kernel's float32 math
-        self._loop_step(params, group["amsgrad"], scalars_for, float32_math=kernel)
+            device.step_params(self.state, group, index, on_device, getattr(self, "grad_scale", None), None, nonfinite_checked=True)
+        return rest
+
+    def _low_precision_loop(self, index: int, group: dict[str, Any], params: list[Tensor], scalars_for: Callable) -> list[Tensor]:
+        return lowprec.loop_step(self.state, group, index, params, scalars_for)
+
+    def _loop(self, index: int, group: dict[str, Any], params: list[Tensor], scalars_for: Callable) -> list[Tensor]:
+        self._loop_step(params, group["amsgrad"], scalars_for)
+        return []
+
+    def _float32_loop(self, index: int, group: dict[str, Any], params: list[Tensor], scalars_for: Callable) -> list[Tensor]:
+        """The loop for what the kernel path leaves (strided, aliasing): float16 in the kernel's float32 math."""
+        self._loop_step(params, group["amsgrad"], scalars_for, float32_math=True)
+        return []
+
+    def _differentiable_loop(self, index: int, group: dict[str, Any], params: list[Tensor], scalars_for: Callable) -> list[Tensor]:
+        self._loop_step(params, group["amsgrad"], scalars_for, differentiable=True)
+        return []
 
     def _loop_step(
         self,
