@@ -119,19 +119,19 @@ def main() -> None:
     args = parser.parse_args()
     case = (args.case or ["gpt2"])[0]
     everyone, notes = contestants(bench.CASES[case](), tuple(args.skip))
-    medians = bench.time_interleaved(everyone, args.steps, args.warmup)
-    print(bench.format_table(case, medians, reference="torch fused fp32"))
-    print("\nmode ratios to their own bytes floor:")
+    times = bench.time_interleaved(everyone, args.steps, args.warmup)
+    print(bench.format_table(case, times, reference="torch fused fp32", floor="floor fp32 (28 B)"))
+    print("\nmode ratios to their own bytes floor (medians of per-round ratios):")
     for mode, floor_name in (
         ("adamkit fp32", "floor fp32 (28 B)"),
         ("adamkit bf16 m,v", "floor bf16 m,v (20 B)"),
         ("adamkit int8 m,v", "floor int8 m,v (16 B)"),
         ("adamkit bf16 p,m,v sr", "floor bf16 p,g,m,v (14 B)"),
     ):
-        if mode in medians and floor_name in medians:
-            print(f"  {mode:<26} {medians[mode] / medians[floor_name]:6.3f} x {floor_name}")
-    if "bitsandbytes AdamW8bit" in medians and "adamkit int8 m,v" in medians:
-        print(f"  bitsandbytes AdamW8bit / adamkit int8: {medians['bitsandbytes AdamW8bit'] / medians['adamkit int8 m,v']:.1f} x")
+        if mode in times and floor_name in times:
+            print(f"  {mode:<26} {bench.per_round_ratio(times, mode, floor_name):6.3f} x {floor_name}")
+    if "bitsandbytes AdamW8bit" in times and "adamkit int8 m,v" in times:
+        print(f"  bitsandbytes AdamW8bit / adamkit int8: {bench.per_round_ratio(times, 'bitsandbytes AdamW8bit', 'adamkit int8 m,v'):.1f} x")
     for name, value in notes.items():
         print(f"{name}: {value:.4f}")
     print(f"threads: {torch.get_num_threads()}")

@@ -1,14 +1,14 @@
-"""Time the plain (fp32) kernel of this tree against the one at a git revision, on adamkit's own tables.
+"""The fp32 kernel call alone, side by side: each shipped build (AVX-512, AVX2, baseline) with and
+without software prefetch, a git revision's kernel if asked, and the bytes-only floor.
 
-Builds src/adamkit/kernels/adam_kernel.cpp as it is and as it was at ``--reference-rev`` (same
-compiler flags as kernels/build.py), steps a bench case's parameters once with adamkit.AdamW to
-get its pointer tables (torch's layout: every tensor where torch allocated it), then calls both
-kernels and the bytes-only floor (flat buffers of the same total size) round by round, both
-threads, kernel call only. Prints the median of each and its ratio to the floor. Both kernels
-step the same state, so the values drift; only the time is compared (bits: tests and
-``adamkit check-kernels``).
+Steps a bench case's parameters once with adamkit.AdamW to get its tables (torch's layout: every
+tensor where torch allocated it), then calls every contestant back to back in each round, both
+threads, kernel call only. The machine's memory speed changes in phases lasting seconds, so the
+summary is the median over rounds of each round's ratio to the floor (and to the first
+contestant), not a ratio of medians. All contestants step the same state, so the values drift;
+only the time is compared (bits: benchmarks/kernel_bits_vs_revision.py, ``adamkit check-kernels``).
 
-    PYTHONPATH=src python benchmarks/kernel_side_by_side.py --case gpt2 --reference-rev 3e2d5e5
+    python benchmarks/kernel_side_by_side.py --case gpt2 [--reference-rev 3e2d5e5]
 """
 
 from __future__ import annotations
@@ -21,20 +21,26 @@ import subprocess
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 import adamkit
 from adamkit import bench, kernels
-from adamkit.kernels import build
+from adamkit.kernels import native, verify
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-KERNEL = ROOT / "src/adamkit/kernels/adam_kernel.cpp"
 
 
-def compile_library(source: pathlib.Path, directory: pathlib.Path, name: str) -> ctypes.CDLL:
-    target = directory / f"{name}.so"
-    flags = [*build.FLAGS, "-mprefer-vector-width=512", f"-I{KERNEL.parent}"]
-    subprocess.run([build._compiler(), str(source), *flags, "-o", str(target)], check=True)
+def revision_library(revision: str, directory: pathlib.Path) -> ctypes.CDLL:
+    """A revision's kernel built as it was then (a shared library with a C ABI, -march=native)."""
+    for name in ("adam_kernel.cpp", "simd.h"):
+        shown = subprocess.run(["git", "show", f"{revision}:src/adamkit/kernels/{name}"], cwd=ROOT, capture_output=True)
+        if shown.returncode == 0:
+            (directory / name).write_bytes(shown.stdout)
+    target = directory / "reference.so"
+    subprocess.run(["g++", str(directory / "adam_kernel.cpp"), "-O3", "-march=native", "-fopenmp", "-fno-math-errno",
+                    "-fno-trapping-math", "-fPIC", "-shared", "-std=c++17", "-mprefer-vector-width=512", "-o", str(target)],
+                   check=True)  # fmt: skip
     library = ctypes.CDLL(str(target))
     library.adam_multi_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int]
     return library
@@ -43,35 +49,51 @@ def compile_library(source: pathlib.Path, directory: pathlib.Path, name: str) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="gpt2", choices=sorted(bench.CASES))
-    parser.add_argument("--reference-rev", default="3e2d5e5", help="git revision of the reference kernel")
+    parser.add_argument("--reference-rev", help="also time the kernel of this git revision")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
+    params = bench.make_params(bench.CASES[args.case]())
+    optimizer = adamkit.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    optimizer.step()  # creates the state
+    captured = {}
+    original = kernels.adam_multi_step
+    kernels.adam_multi_step = lambda table, scalars, dtype: (captured.update(args=(table, scalars)), original(table, scalars, dtype))
+    try:
+        optimizer.step()
+    finally:
+        kernels.adam_multi_step = original
+    t, scalars = captured["args"]
+    threads = torch.get_num_threads()
+    steps = {}
+    for isa in native.supported_isas():
+        module = verify.shipped(isa)
+        if module is None:
+            continue
+        for prefetch in (True, False):
+            steps[f"{isa}, prefetch {'on' if prefetch else 'off'}"] = (
+                lambda module=module, prefetch=prefetch: module.adam_multi_step(
+                    t.p, t.g, t.m, t.v, t.vmax, t.prefix, t.scalar_index, t.count, scalars, 0, threads, prefetch))
     with tempfile.TemporaryDirectory() as directory:
-        folder = pathlib.Path(directory)
-        reference_source = folder / "reference.cpp"
-        shown = subprocess.run(["git", "show", f"{args.reference_rev}:src/adamkit/kernels/adam_kernel.cpp"],
-                               cwd=ROOT, check=True, capture_output=True)  # fmt: skip
-        reference_source.write_bytes(shown.stdout)
-        libraries = {
-            f"kernel at {args.reference_rev}": compile_library(reference_source, folder, "reference"),
-            "this tree's kernel": compile_library(KERNEL, folder, "current"),
-        }
-        params = bench.make_params(bench.CASES[args.case]())
-        optimizer = adamkit.AdamW(params, lr=1e-3, weight_decay=1e-2)
-        optimizer.step()  # creates the state
-        captured = {}
-        original = kernels.adam_multi_step
-        kernels.adam_multi_step = lambda table, scalars, dtype: (captured.update(args=(table, scalars)), original(table, scalars, dtype))
-        try:
-            optimizer.step()
-        finally:
-            kernels.adam_multi_step = original
-        table, scalars = captured["args"]
-        threads = torch.get_num_threads()
+        if args.reference_rev:
+            library = revision_library(args.reference_rev, pathlib.Path(directory))
+
+            class Table(ctypes.Structure):  # AdamTensorTable of the revision
+                _fields_ = [(n, ctypes.c_void_p) for n in ("p", "g", "m", "v", "vmax", "prefix", "scalar_index")] + [("count", ctypes.c_int64)]
+
+            class Scalars(ctypes.Structure):  # AdamScalars of the revision
+                _fields_ = [(n, ctypes.c_double) for n in ("beta1", "beta2", "eps", "l2", "decay", "step_size",
+                                                            "bias_correction2_sqrt", "grad_scale")] + [
+                    ("maximize", ctypes.c_int32), ("amsgrad", ctypes.c_int32)]
+
+            address = lambda a: None if a is None else a.__array_interface__["data"][0]  # noqa: E731
+            table = Table(*(address(a) for a in (t.p, t.g, t.m, t.v, t.vmax, t.prefix, t.scalar_index)), t.count)
+            s = scalars[0]
+            packed = Scalars(s.beta1, s.beta2, s.eps, s.l2, s.decay, s.step_size, s.bias_correction2_sqrt, s.grad_scale,
+                             int(s.maximize), int(s.amsgrad))
+            steps[f"kernel at {args.reference_rev}"] = lambda: library.adam_multi_step(ctypes.byref(table), ctypes.byref(packed), 0, threads)
         total = sum(p.numel() for p in params)
         flat = [torch.zeros(total) for _ in range(4)]
-        steps = {name: (lambda lib=lib: lib.adam_multi_step(ctypes.byref(table), scalars, 0, threads)) for name, lib in libraries.items()}
         steps["bytes-only floor"] = lambda: kernels.floor_flat_(*flat)
         times: dict[str, list[float]] = {name: [] for name in steps}
         for round_index in range(args.warmup + args.rounds):
@@ -80,11 +102,14 @@ def main() -> None:
                 step()
                 if round_index >= args.warmup:
                     times[name].append(time.perf_counter() - start)
-    floor = statistics.median(times["bytes-only floor"])
-    print(f"case {args.case}, {threads} threads, kernel call only, median of {args.rounds}")
+    floor = np.array(times["bytes-only floor"])
+    first_name = next(iter(times))
+    first = np.array(times[first_name])
+    print(f"case {args.case}, {threads} threads, kernel call only, {args.rounds} rounds; CPU: {native.cpu_vendor()}")
+    print(f"{'contestant':<32}{'median ms':>10}{'x floor':>9}{'x ' + first_name:>28}   (medians of per-round ratios)")
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:<28}{median * 1e3:10.3f} ms{median / floor:8.3f} x floor")
+        values = np.array(values)
+        print(f"{name:<32}{np.median(values) * 1e3:10.3f}{np.median(values / floor):9.3f}{np.median(values / first):28.3f}")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ instructions per element (wider vectors) can.
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import numpy as np
 import torch
 
-from adamkit import bench
-from adamkit.kernels import verify
+from adamkit import bench, kernels
+from adamkit.kernels import lowprec, verify
 from adamkit.kernels.lowprec import floor_lowprec_
 
 CACHED, GPT2 = 1 << 20, 124_000_000
@@ -33,9 +34,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     threads = torch.get_num_threads()
-    print(f"{threads} threads; kernel: {verify.build_kernel((2, 2, 0)).adam_lowprec_lanes()} lanes")
+    module = kernels.module()
+    print(f"{threads} threads; kernel: the {module.ISA} build, {lowprec.lanes((0, 2, 2))} lanes")
     for name, (mode, rounding, param_dtype, state_dtype) in MODES.items():
-        library = verify.build_kernel(mode)
+        library = module
         cached = verify.make_inputs([CACHED], mode, False, rounding, np.random.default_rng(0), True)
         dram = verify.make_inputs([GPT2], mode, False, rounding, np.random.default_rng(0), True)
         floor = floor_lowprec_(*(torch.zeros(GPT2, dtype=dtype) for dtype in (param_dtype, param_dtype, state_dtype, state_dtype)))
@@ -55,7 +57,7 @@ def main() -> None:
             warmup=3,
         )
         elements = {"kernel, L3-resident": 20 * CACHED, "kernel, GPT-2 size": GPT2, "floor, GPT-2 size": GPT2}
-        medians = {key: value / elements[key] * 1e9 for key, value in seconds.items()}
+        medians = {key: statistics.median(value) / elements[key] * 1e9 for key, value in seconds.items()}
         print(f"{name:14s} " + "  ".join(f"{key} {value:.3f}" for key, value in medians.items())
               + f"  ns/elem; arithmetic alone = {medians['kernel, L3-resident'] / medians['floor, GPT-2 size']:.2f} x floor")
         del dram, floor

@@ -1,13 +1,13 @@
 """Check a changed low-precision kernel against an earlier revision, bit for bit, and time both.
 
-Builds src/adamkit/kernels/adam_kernel.cpp and the same file at a git revision (default e90ad72,
-the first with per-tensor pointer tables: earlier revisions take flat buffers, another calling
-convention; or --reference FILE) for every storage mode, and compares them
-with adamkit.kernels.verify (the harness behind ``adamkit check-kernels``: realistic and garbage
-inputs, every variant, with and without DAZ/FTZ). Then times both on one thread, 2^18 elements
-(L3-resident), kernel call only (ctypes), calls alternated, min of 300 each.
+Builds the kernel module from this tree's sources and from a git revision's (``--reference-rev``;
+revisions with src/adamkit/kernels/module.cpp, i.e. since the kernels became a module; or
+``--reference DIR`` holding adam_kernel.cpp, simd.h and module.cpp) with every storage mode, and
+compares them with adamkit.kernels.verify (the harness behind ``adamkit check-kernels``:
+realistic and garbage inputs, every variant, with and without DAZ/FTZ). Then times both on one
+thread, 2^18 elements (L3-resident), kernel call only, calls alternated, min of 300 each.
 
-    PYTHONPATH=src python benchmarks/lowprec_kernel_check.py [--reference-rev REV] [--no-time] [--emulate-avx512]
+    python benchmarks/lowprec_kernel_check.py --reference-rev REV [--no-time] [--emulate-avx512]
 """
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def time_pair(libraries, mode, rounding=0, n=1 << 18, rounds=300):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference-rev", default="e90ad72", help="git revision of the reference kernel")
-    parser.add_argument("--reference", help="reference kernel source file (instead of a revision)")
+    parser.add_argument("--reference-rev", default="HEAD", help="git revision of the reference kernel (default HEAD)")
+    parser.add_argument("--reference", help="folder of reference kernel sources (instead of a revision)")
     parser.add_argument("--no-time", action="store_true")
     parser.add_argument("--emulate-avx512", action="store_true",
                         help="build this kernel's AVX-512 path with SIMDe (needs libsimde-dev); implies --no-time")
@@ -62,27 +62,30 @@ def main() -> int:
     reference_source = args.reference
     if reference_source is None:
         folder = pathlib.Path(tempfile.mkdtemp())
-        for name in ("adam_kernel.cpp", "simd.h"):  # the kernel and the header it includes, at that revision
+        for name in ("adam_kernel.cpp", "simd.h", "module.cpp"):  # the kernel module's sources at that revision
             shown = subprocess.run(["git", "show", f"{args.reference_rev}:src/adamkit/kernels/{name}"],
                                    cwd=ROOT, capture_output=True)
             if shown.returncode == 0:
                 (folder / name).write_bytes(shown.stdout)
-        reference_source = folder / "adam_kernel.cpp"
-    reference_source = pathlib.Path(reference_source)
+        reference_source = folder
+    reference_source = pathlib.Path(reference_source) / "adam_kernel.cpp"
+    if not reference_source.with_name("module.cpp").exists():
+        raise SystemExit("the reference has no module.cpp: it predates the kernel module (compare from there on)")
     flags = verify.EMULATE_AVX512_FLAGS if args.emulate_avx512 else ()
-    reference = {mode: verify.build_kernel(mode, (), reference_source) for mode in verify.MODES}
-    candidate = {mode: verify.build_kernel(mode, flags, KERNEL) for mode in verify.MODES}
+    isa = "avx2" if args.emulate_avx512 else "native"
+    reference = verify.build_module("native", source=reference_source)
+    candidate = verify.build_module(isa, extra_flags=flags, source=KERNEL)
     mismatches = verify.compare_builds(reference, candidate)
     print("mismatches:", mismatches)
     if torch.set_flush_denormal(True):
-        int8_modes = {mode: library for mode, library in reference.items() if verify.INT8 in mode[:2]}
-        flushed = verify.compare_builds(int8_modes, candidate, seeds=2, flush=True)
+        int8_modes = [mode for mode in verify.MODES if verify.INT8 in mode[:2]]
+        flushed = verify.compare_builds(reference, candidate, int8_modes, seeds=2, flush=True)
         torch.set_flush_denormal(False)
         print("mismatches with DAZ/FTZ:", flushed)
         mismatches += flushed
     if not (args.no_time or args.emulate_avx512):
         for name, (mode, rounding) in TIMED.items():
-            old, new = time_pair((reference[mode], candidate[mode]), mode, rounding)
+            old, new = time_pair((reference, candidate), mode, rounding)
             print(f"{name:28s} reference {old:6.3f}  this {new:6.3f} ns/elem  ({old / new:4.2f}x)")
     return 1 if mismatches else 0
 

@@ -110,8 +110,8 @@ def run_case(
     lr: float = 1e-3,
     weight_decay: float = 1e-2,
     skip: tuple[str, ...] = (),
-) -> dict[str, float]:
-    """Median seconds per step for each contestant on ``case``."""
+) -> dict[str, list[float]]:
+    """Seconds per step of each contestant on ``case``, round by round (time_interleaved)."""
     params = make_params(CASES[case]())
     try:
         gather.load()  # wait for the compiled gradient gather rather than time its build
@@ -125,8 +125,9 @@ def run_case(
     return time_interleaved([c for c in everyone if c.name not in skip], steps, warmup)
 
 
-def time_interleaved(contestants: list[Contestant], steps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per step of each contestant, stepped round by round so noise hits all alike."""
+def time_interleaved(contestants: list[Contestant], steps: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each contestant's step in each round; the contestants step back to back in every
+    round, so a round's ratios compare them in the same memory phase (see :func:`format_table`)."""
     times: dict[str, list[float]] = {c.name: [] for c in contestants}
     for round_index in range(warmup + steps):
         for contestant in contestants:
@@ -139,7 +140,7 @@ def time_interleaved(contestants: list[Contestant], steps: int, warmup: int) -> 
             gc.enable()
             if round_index >= warmup:
                 times[contestant.name].append(elapsed)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def _rss_mib(field: str) -> float:
@@ -194,12 +195,21 @@ def measure_memory(case: str, subject: str = "adamkit", steps: int = 3) -> dict[
     }
 
 
-def format_table(case: str, medians: dict[str, float], reference: str = "torch fused") -> str:
-    base = medians.get(reference)
-    lines = [f"case {case}: median step time (ratio to {reference}, same run)", f"{'contestant':<24}{'median ms':>12}{'ratio':>9}"]
-    for name, seconds in medians.items():
-        ratio = f"{seconds / base:9.3f}" if base else f"{'-':>9}"
-        lines.append(f"{name:<24}{seconds * 1e3:12.3f}{ratio}")
+def per_round_ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
+    """Median over rounds of (name's time / reference's time in the same round): the machine's
+    memory speed changes in phases lasting seconds, and a ratio of two medians can mix them."""
+    return statistics.median(a / b for a, b in zip(times[name], times[reference]))
+
+
+def format_table(case: str, times: dict[str, list[float]], reference: str = "torch fused", floor: str = "bytes-only floor") -> str:
+    columns = [name for name in (reference, floor) if name in times]
+    lines = [
+        f"case {case}: median step time; ratios are medians of per-round ratios (same run, {len(next(iter(times.values())))} rounds)",
+        f"{'contestant':<28}{'median ms':>12}" + "".join(f"{'x ' + name:>22}" for name in columns),
+    ]
+    for name, values in times.items():
+        ratios = "".join(f"{per_round_ratio(times, name, column):22.3f}" for column in columns)
+        lines.append(f"{name:<28}{statistics.median(values) * 1e3:12.3f}{ratios}")
     return "\n".join(lines)
 
 
@@ -221,8 +231,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"memory {cases[0]}, {args.memory}: {key} = {value:.1f}")
         return 0
     for case in cases:
-        medians = run_case(case, steps=args.steps, warmup=args.warmup, skip=tuple(args.skip))
-        print(format_table(case, medians))
+        times = run_case(case, steps=args.steps, warmup=args.warmup, skip=tuple(args.skip))
+        print(format_table(case, times))
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of this process so far: {peak_mib:.0f} MiB\n")
     return 0

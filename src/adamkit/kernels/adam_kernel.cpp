@@ -164,8 +164,8 @@ struct AdamElement {
   }
 };
 
-// Software prefetch: each block of kPrefetchBlockBytes per stream first asks for the same streams
-// kPrefetchBytes further on. The square root and the division keep each element's instructions
+// Software prefetch (where the CPU gains from it: kernels/native.py decides per vendor): each block
+// of kPrefetchBlockBytes per stream first asks for the same streams kPrefetchBytes further on. The square root and the division keep each element's instructions
 // in the core for long, so the loads the out-of-order window issues by itself run too few lines
 // ahead to keep memory busy (GPT-2 shapes: 1.07-1.09x the bytes-only floor without, ~1.01-1.03x
 // with; 20,000 x 1,000: 1.43x -> 1.17-1.20x the flat floor; benchmarks/RESULTS.md). 768 bytes
@@ -173,8 +173,11 @@ struct AdamElement {
 // slower there, ~1 % faster on 1,000-element tensors; 1 KiB ~1 % slower on both; 2 KiB and a
 // second, far prefetch slower). Past a tensor's end it touches whatever lies there (a prefetch
 // never faults); prefetching the next tensor's start instead measured ~5 % slower on
-// 1,000-element tensors. Blocks have a compile-time length, so the vector loop inside has no
-// remainder; the last partial block runs the same body on its own.
+// 1,000-element tensors. All of that was measured on an Intel Xeon; on an AMD EPYC (Zen 4) the same
+// prefetch made GPT-2 shapes ~4 % slower with AVX-512 and ~11 % with AVX2 (side by side,
+// benchmarks/kernel_side_by_side.py), so there the kernel runs without it. Blocks have a
+// compile-time length, so the vector loop inside has no remainder; the last partial block runs
+// the same body on its own.
 constexpr int64_t kPrefetchBlockBytes = 256, kPrefetchBytes = 768;
 
 template <typename S>
