@@ -3,7 +3,8 @@ without software prefetch, a git revision's kernel if asked, and the bytes-only 
 
 Steps a bench case's parameters once with adamkit.AdamW to get its tables (torch's layout: every
 tensor where torch allocated it), then calls every contestant back to back in each round, both
-threads, kernel call only. The machine's memory speed changes in phases lasting seconds, so the
+threads, kernel call only. Two floors: flat buffers of the same total size, and the same passes
+over the step's own tensors (the same pages and thread ranges as the kernel). The machine's memory speed changes in phases lasting seconds, so the
 summary is the median over rounds of each round's ratio to the floor (and to the first
 contestant), not a ratio of medians. All contestants step the same state, so the values drift;
 only the time is compared (bits: benchmarks/kernel_bits_vs_revision.py, ``adamkit check-kernels``).
@@ -95,6 +96,8 @@ def main() -> None:
         total = sum(p.numel() for p in params)
         flat = [torch.zeros(total) for _ in range(4)]
         steps["bytes-only floor"] = lambda: kernels.floor_flat_(*flat)
+        # the same bytes on the step's own tensors (torch's allocations, the kernel's ranges)
+        steps["floor on these tensors"] = lambda: kernels.module().floor_tables(t.p, t.g, t.m, t.v, t.prefix, t.count, threads)
         times: dict[str, list[float]] = {name: [] for name in steps}
         for round_index in range(args.warmup + args.rounds):
             for name, step in steps.items():

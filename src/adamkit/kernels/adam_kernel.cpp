@@ -278,6 +278,24 @@ void floor_flat(T* __restrict p, const T* __restrict g, T* __restrict m, T* __re
   }
 }
 
+// The same bytes-only floor over a step's own tensors (the table of one plain-kernel call, float32):
+// the same pages, ranges and threads as the kernel, trivial arithmetic.
+inline void floor_tables(const AdamTensorTable& t, int threads) {
+  parallel_pieces(t.prefix, t.count, threads, [&](int64_t k, int64_t first, int64_t n) {
+    float* __restrict p = static_cast<float*>(t.p[k]) + first;
+    const float* __restrict g = static_cast<const float*>(t.g[k]) + first;
+    float* __restrict m = static_cast<float*>(t.m[k]) + first;
+    float* __restrict v = static_cast<float*>(t.v[k]) + first;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float grad = g[i];
+      m[i] = m[i] + grad;
+      v[i] = v[i] + grad;
+      p[i] = p[i] - grad;
+    }
+  });
+}
+
 template <typename T>
 int64_t count_nonfinite(const T* __restrict x, int64_t n, int threads) {
   int64_t count = 0;

@@ -181,6 +181,23 @@ PyObject* py_floor_flat_f32(PyObject*, PyObject* args) {
   Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
+// floor_tables(p, g, m, v, prefix, count, threads): the bytes-only floor over a float32 step's own
+// tensors (tables as adam_multi_step's).
+PyObject* py_floor_tables(PyObject*, PyObject* args) {
+  PyObject *p, *g, *m, *v, *prefix;
+  Py_ssize_t count;
+  int threads;
+  if (!PyArg_ParseTuple(args, "OOOOOni", &p, &g, &m, &v, &prefix, &count, &threads)) return nullptr;
+  Table tp, tg, tm, tv, tprefix;
+  if (!tp.take(p, count, 8, "p") || !tg.take(g, count, 8, "g") || !tm.take(m, count, 8, "exp_avg") ||
+      !tv.take(v, count, 8, "exp_avg_sq") || !tprefix.take(prefix, count + 1, 8, "prefix"))
+    return nullptr;
+  AdamTensorTable table{tp.get<void*>(), tg.get<const void*>(), tm.get<void*>(), tv.get<void*>(), nullptr,
+                        tprefix.get<int64_t>(), nullptr, count};
+  Py_BEGIN_ALLOW_THREADS floor_tables(table, threads);
+  Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
 // floor_lowprec(p, g, m, v, n, param_bytes, state_bytes, threads): a storage mode's bytes-only floor.
 PyObject* py_floor_lowprec(PyObject*, PyObject* args) {
   unsigned long long p, g, m, v;
@@ -289,6 +306,7 @@ PyMethodDef kMethods[] = {
     {"count_nonfinite", py_count_nonfinite, METH_VARARGS, "NaN/Inf entries of a float buffer."},
     {"floor_flat_f32", py_floor_flat_f32, METH_VARARGS, "Bytes-only floor of a float32 step."},
     {"floor_lowprec", py_floor_lowprec, METH_VARARGS, "Bytes-only floor of a storage mode."},
+    {"floor_tables", py_floor_tables, METH_VARARGS, "Bytes-only floor over a float32 step's own tensors."},
     {"adam_lowprec_step", py_adam_lowprec_step, METH_VARARGS, "One fused low-precision step."},
     {"lowprec_lanes", py_lowprec_lanes, METH_VARARGS, "Vector lanes of a storage mode's code."},
     {nullptr, nullptr, 0, nullptr},
