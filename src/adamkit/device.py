@@ -62,7 +62,7 @@ from torch import Tensor
 from torch.optim import adam as torch_adam
 from torch.optim import adamw as torch_adamw
 
-from . import lowprec, shards
+from . import lowprec, shards, validation
 from .kernels import compiled_lowprec
 
 __all__ = ["step_params", "split", "forced", "force_cpu", "first_nonfinite", "implementation_for", "has_fused_kernels"]
@@ -259,12 +259,9 @@ def _policy_flag(
     if group["nonfinite"] == "raise":
         if bool(flag.any()):  # the one sync; a second pass only to name the parameter
             param = candidates[_first_flagged(indices, flag)]
-            position = next(i for i, p in enumerate(group["params"]) if p is param)
-            names = group.get("param_names")
-            name = f"{names[position]!r} " if names else ""
             count = int((~torch.isfinite(_real(_local(param.grad)))).sum())
             raise FloatingPointError(
-                f"non-finite gradient for parameter {name}(param_groups[{group_index}]['params'][{position}], "
+                f"non-finite gradient for parameter {validation.param_label(group, group_index, param)}, "
                 f"shape {tuple(param.shape)}): {count} NaN/Inf values; nothing was updated (nonfinite='raise')"
             )
         return found_inf

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import codecs, functional, shards
+from . import codecs, functional, shards, validation
 
 __all__ = ["GROUP_DEFAULTS", "Layout", "layout_for", "loop_step", "prepare_load", "EXTRA_STATE_KEYS"]
 
@@ -308,11 +308,8 @@ def refuse_sparse_grads(group: dict[str, Any], group_index: int, candidates: lis
         layout = layout_for(group, param)
         if layout is None:
             continue
-        index = next(i for i, p in enumerate(group["params"]) if p is param)
-        names = group.get("param_names")
-        name = f"{names[index]!r} " if names else ""
         raise RuntimeError(
-            f"sparse gradient for parameter {name}(param_groups[{group_index}]['params'][{index}], shape "
+            f"sparse gradient for parameter {validation.param_label(group, group_index, param)}, shape "
             f"{tuple(param.shape)}, dtype {param.dtype}) with exp_avg_dtype={group.get('exp_avg_dtype')!r}, "
             f"exp_avg_sq_dtype={group.get('exp_avg_sq_dtype')!r}: low-precision state and bf16 parameters need "
             "dense gradients; nothing was updated. Put this parameter in a param group with float32 state "

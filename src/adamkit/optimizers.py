@@ -343,11 +343,8 @@ class _AdamFamily(Optimizer):
                 grad = param.grad
                 if grad is None or not grad.is_sparse or (param.is_cpu and not forced):
                     continue
-                index = next(i for i, p in enumerate(group["params"]) if p is param)
-                names = group.get("param_names")
-                name = f"{names[index]!r} " if names else ""
                 raise RuntimeError(
-                    f"sparse gradient for parameter {name}(param_groups[{group_index}]['params'][{index}], shape "
+                    f"sparse gradient for parameter {validation.param_label(group, group_index, param)}, shape "
                     f"{tuple(param.shape)}, on {param.device}): the device path has no sparse-gradient update "
                     "(torch.optim.Adam does not support sparse gradients either); nothing was updated. Step this "
                     "parameter on the CPU, or in a param group with fused=False (the reference loop's lazy update)"
@@ -370,11 +367,8 @@ class _AdamFamily(Optimizer):
                 if group["nonfinite"] == "skip":
                     skip = True
                     break
-                names = group.get("param_names")
-                index = next(i for i, p in enumerate(group["params"]) if p is param)
-                name = f"{names[index]!r} " if names else ""
                 raise FloatingPointError(
-                    f"non-finite gradient for parameter {name}(param_groups[{group_index}]['params'][{index}], "
+                    f"non-finite gradient for parameter {validation.param_label(group, group_index, param)}, "
                     f"shape {tuple(param.shape)}): {kernels.count_nonfinite(param.grad, kernel)} NaN/Inf values; "
                     "nothing was updated (nonfinite='raise')"
                 )

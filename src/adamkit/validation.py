@@ -158,3 +158,12 @@ def check_group_params(params: list[Any], seen: set[int], differentiable: bool =
                 f"Invalid params[{index}]: some parameters appear in more than one parameter group "
                 f"(this one, of shape {tuple(param.shape)}, already belongs to another param group)"
             )
+
+
+def param_label(group: dict[str, Any], group_index: int, param: Tensor) -> str:
+    """How an error names a parameter: its name if the group has names, and where it sits
+    (``'fc.weight' (param_groups[0]['params'][3]``; the caller closes the parenthesis)."""
+    index = next(i for i, p in enumerate(group["params"]) if p is param)
+    names = group.get("param_names")
+    name = f"{names[index]!r} " if names else ""
+    return f"{name}(param_groups[{group_index}]['params'][{index}]"

@@ -167,16 +167,16 @@ def _load_library() -> ModuleType:
     return import_module_file(_FALLBACK_NAME, target)
 
 
-def import_module_file(name: str, target: Path) -> ModuleType:
+def import_module_file(name: str, target: Path, what: str = "the fused kernel") -> ModuleType:
     """Import the extension module built at ``target`` (KernelBuildError if it does not load)."""
     spec = importlib.util.spec_from_file_location(name, target)
     if spec is None or spec.loader is None:
-        raise KernelBuildError(f"cannot import the fused kernel from {target}")
+        raise KernelBuildError(f"cannot import {what} from {target}")
     try:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except ImportError as error:
-        raise KernelBuildError(f"loading the fused kernel {target} failed: {error}") from error
+        raise KernelBuildError(f"loading {what} {target} failed: {error}") from error
     return module
 
 

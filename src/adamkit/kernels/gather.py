@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .. import shards
-from .build import KernelBuildError, compile_cached
+from .build import KernelBuildError, compile_cached, import_module_file
 
 __all__ = ["grad_pointers", "python_grad_pointers", "load", "build_in_background", "loaded", "python_only"]
 
@@ -72,17 +72,8 @@ def load(build: bool = True) -> ModuleType:
         key = f"{torch.__version__} {sys.version} {torch._C._GLIBCXX_USE_CXX11_ABI}"
         source = Path(__file__).with_name("gather.cpp")
         target = compile_cached("gather", [source], _flags(), suffix, key, remember_failure=True, build=build)
-        name = "_adamkit_gather"
-        spec = importlib.util.spec_from_file_location(name, target)
-        if spec is None or spec.loader is None:
-            raise KernelBuildError(f"cannot import the gradient gather from {target}")
-        try:
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        except ImportError as error:
-            raise KernelBuildError(f"importing the gradient gather {target} failed: {error}") from error
-        _module = module
-        return module
+        _module = import_module_file("_adamkit_gather", target, "the gradient gather")
+        return _module
 
 
 def _try_load(build: bool) -> None:

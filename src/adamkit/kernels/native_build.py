@@ -26,6 +26,7 @@ import sysconfig
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 __all__ = ["ISAS", "LOWPREC_MODES", "isa_flags", "module_name", "compile_module", "compile_gather", "gather_flags", "HERE"]
 
@@ -108,19 +109,22 @@ def compile_module(
         _run(commands[0])  # the plain kernel first: a broken compiler fails once, not once per object
         with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
             list(pool.map(_run, commands[1:]))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(scratch, target.name)
-        _run([compiler, "-shared", "-fopenmp", *map(str, objects), "-o", str(partial)])
-        fd, staged = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(partial, staged)
-            os.chmod(staged, 0o755)
-            os.replace(staged, target)
-        except BaseException:
-            Path(staged).unlink(missing_ok=True)
-            raise
+        _write_by_rename(target, lambda staged: _run([compiler, "-shared", "-fopenmp", *map(str, objects), "-o", staged]))
     return target
+
+
+def _write_by_rename(target: Path, write: Callable[[str], None]) -> None:
+    """``write(path)`` a file beside ``target``, then rename it there: a reader never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, staged = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        write(staged)
+        os.chmod(staged, 0o755)
+        os.replace(staged, target)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
 
 
 def gather_flags(torch_root: Path, cxx11_abi: int) -> list[str]:
@@ -139,17 +143,9 @@ def compile_gather(target: Path, torch_root: Path, cxx11_abi: int, torch_version
     """Compile gather.cpp against the torch at ``torch_root`` (release ``torch_version``) into
     ``target``, importable as ``_gather`` (written by a rename)."""
     compiler = compiler or _compiler()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, staged = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        defines = ["-DADAMKIT_GATHER_NAME=_gather", f'-DADAMKIT_TORCH_VERSION="{torch_version}"']
-        _run([compiler, str(HERE / "gather.cpp"), *gather_flags(torch_root, cxx11_abi), *defines, "-o", staged])
-        os.chmod(staged, 0o755)
-        os.replace(staged, target)
-    except BaseException:
-        Path(staged).unlink(missing_ok=True)
-        raise
+    defines = ["-DADAMKIT_GATHER_NAME=_gather", f'-DADAMKIT_TORCH_VERSION="{torch_version}"']
+    flags = [*gather_flags(torch_root, cxx11_abi), *defines]
+    _write_by_rename(target, lambda staged: _run([compiler, str(HERE / "gather.cpp"), *flags, "-o", staged]))
     return target
 
 
