@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import device, functional, kernels, lowprec, multi_tensor, ops, state_dicts, validation
+from . import device, functional, kernels, lowprec, memory, multi_tensor, ops, state_dicts, validation
 
 __all__ = ["Adam", "AdamW", "AMSGrad"]
 
@@ -199,6 +199,8 @@ class _AdamFamily(Optimizer):
                 group["decoupled_lr_base"] = old_group.get("decoupled_lr_base", validation.as_float(old_group["lr"]))
             group.update({key: old_group.get(key, default) for key, default in lowprec.GROUP_DEFAULTS.items()})
         self.state.update(converted)  # torch's loader casts state to the param dtype; use ours
+        for param, param_state in self.state.items():  # the loaded moments onto huge pages, as new state
+            memory.rehome_(param_state, param)
         self._group_plans = {}  # the kernel's tables point at the new state from the next step
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "_AdamFamily":
@@ -233,12 +235,13 @@ class _AdamFamily(Optimizer):
     def _init_state(self, param: Tensor, amsgrad: bool) -> dict[str, Any]:
         state = self.state[param]
         if len(state) == 0:
-            # torch's layout: a float32 scalar step on the CPU, moments like the param.
+            # torch's layout: a float32 scalar step on the CPU, moments like the param (large ones
+            # on huge pages where the system offers them on request: adamkit.memory).
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg"] = memory.zeros_like_param(param)
+            state["exp_avg_sq"] = memory.zeros_like_param(param)
         if amsgrad and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = memory.zeros_like_param(param)
         return state
 
     @_grad_enabled_if_differentiable
