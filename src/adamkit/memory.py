@@ -7,9 +7,10 @@ transparent huge pages are often in ``madvise`` mode (the default of several dis
 only memory that asks gets 2 MiB pages, and torch's CPU allocator asks only when
 ``THP_MEM_ALLOC_ENABLE=1`` is set. So the moments adamkit creates for a large CPU parameter are
 their own anonymous private mapping, zero-filled by the kernel, with ``MADV_HUGEPAGE`` on the
-2 MiB-aligned whole huge pages inside the tensor: the tensor starts on a 2 MiB boundary, its tail
-(less than 2 MiB) stays on ordinary pages, and the slack before the boundary is never touched,
-so no physical memory is wasted. The tensor is an ordinary CPU tensor over that memory
+whole 2 MiB huge pages inside it: the tensor starts a few KiB after a huge page's boundary (a
+different offset for successive tensors, so that exp_avg and exp_avg_sq do not start alike),
+its tail (less than 2 MiB) stays on ordinary pages, and the slack before the boundary is never
+touched, so no physical memory is wasted beyond those few KiB. The tensor is an ordinary CPU tensor over that memory
 (``torch.frombuffer``, which keeps the mapping alive): pickling, ``torch.save``, safetensors,
 ``deepcopy`` and torch.optim see nothing else.
 
@@ -22,6 +23,7 @@ allocator as usual. The user's parameters and gradients stay where torch puts th
 from __future__ import annotations
 
 import functools
+import itertools
 import mmap
 from pathlib import Path
 
@@ -34,6 +36,10 @@ HUGE_PAGE = 2 << 20
 # Below one whole huge page a tensor would gain nothing and still cost a mapping of its own.
 MIN_BYTES = HUGE_PAGE
 _SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+# Successive state tensors start at different offsets from their huge page's boundary: streams
+# that all start 2 MiB-aligned (exp_avg beside exp_avg_sq) compete for the same cache sets.
+_STAGGER = itertools.count()
+_STAGGER_BYTES = 4096 + 256
 
 
 def parse_thp_setting(text: str) -> str:
@@ -72,18 +78,19 @@ def zeros_like_param(param: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     if torch.compiler.is_compiling() or not huge_pages_wanted(param) or (dtype != param.dtype and param.numel() * _itemsize(dtype) < MIN_BYTES):
         return torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
     nbytes = param.numel() * _itemsize(dtype)
+    stagger = next(_STAGGER) % 16 * _STAGGER_BYTES
     try:
-        region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        region = mmap.mmap(-1, nbytes + stagger + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (OSError, ValueError):  # no address space or mapping left: torch's allocator
         return torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
     base = torch.frombuffer(region, dtype=torch.uint8, count=1).data_ptr()
     offset = -base % HUGE_PAGE
-    whole = nbytes // HUGE_PAGE * HUGE_PAGE
+    whole = (nbytes + stagger) // HUGE_PAGE * HUGE_PAGE
     try:
         region.madvise(mmap.MADV_HUGEPAGE, offset, whole)
     except OSError:
         pass  # the kernel declined: ordinary pages, the same tensor
-    return torch.frombuffer(region, dtype=dtype, count=param.numel(), offset=offset).view(param.shape)
+    return torch.frombuffer(region, dtype=dtype, count=param.numel(), offset=offset + stagger).view(param.shape)
 
 
 def _itemsize(dtype: torch.dtype) -> int:
