@@ -145,7 +145,7 @@ class _AdamFamily(Optimizer):
                 pending = cached[2]
             for index, param in pending:
                 if param.grad is not None and param.is_floating_point() and device.has_fused_kernels(param.device):
-                    continue  # the device path (issue 14): torch's fused multi-tensor kernels there
+                    continue  # the device path: torch's fused multi-tensor kernels there
                 if param.grad is not None and (param.device.type != "cpu" or not param.is_floating_point()):
                     raise RuntimeError(
                         "`fused=True` requires all the params to be floating point Tensors of supported devices: "
@@ -361,7 +361,7 @@ class _AdamFamily(Optimizer):
                 continue
             on_device, params = device.split(group["params"])
             kernel = group["fused"] is not False and not group["differentiable"]  # False: never build the kernel
-            if on_device:  # the device path (issue 14): one multi-tensor check and one sync, not one per tensor
+            if on_device:  # the device path: one multi-tensor check and one sync, not one per tensor
                 first = device.first_nonfinite(on_device)
                 params = params + ([on_device[first]] if first is not None else [])
             for param in params:

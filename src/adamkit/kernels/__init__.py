@@ -18,7 +18,7 @@ from . import native
 from .build import KernelBuildError, load_library
 
 __all__ = [
-    "count_nonfinite", "adam_multi_step", "load_floats", "store_floats", "floor_flat_", "available",
+    "count_nonfinite", "AdamTensorTable", "adam_multi_step", "load_floats", "store_floats", "floor_flat_", "available",
     "KernelBuildError", "PLAIN_DTYPES", "KERNEL_PARAM_DTYPES", "module",
 ]  # fmt: skip
 
