@@ -5,9 +5,9 @@ generic module elsewhere), none of which includes torch's headers, so one binary
 torch version; adamkit.kernels.native picks one at run time. The gradient gather (gather.cpp)
 includes torch's headers: it is built only when torch is importable during the build (install
 with ``--no-build-isolation`` so the build sees your torch) and serves that torch version;
-otherwise it is compiled on first use, or the Python gather answers. A build step that fails
-(no compiler) leaves the package installable: the optimizers then compile on first use or take
-the reference loop, with one warning.
+otherwise it is compiled on first use, or the Python gather answers. Without a C++ compiler the
+package still installs: the optimizers then take the reference loop, with one warning. A
+compiler that fails on the sources fails the build.
 """
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ class BuildKernels(build_ext):
             else:
                 isa = ext.name.rsplit("._adam_", 1)[1]
                 native_build.compile_module(isa, target)
-        except Exception as error:  # the package still installs; the kernels then build on first use
+        except native_build.NoCompiler as error:  # the package still installs; the kernels then build on first use
             print(f"adamkit: not building {ext.name}: {error}", file=sys.stderr)
 
     def _build_gather(self, target: Path) -> None:
         try:
             import torch
-        except ImportError:
-            raise RuntimeError("torch is not importable in this build environment (use --no-build-isolation)") from None
+        except ImportError:  # pip's isolated build: the gather is compiled on first use instead
+            print("adamkit: not building the gradient gather: torch is not importable here (use --no-build-isolation)",
+                  file=sys.stderr)
+            return
         # it serves this torch release only (module.TORCH_VERSION): torch's C++ API has no stable ABI
         native_build.compile_gather(target, Path(torch.__file__).parent, int(torch._C._GLIBCXX_USE_CXX11_ABI), torch.__version__)
 

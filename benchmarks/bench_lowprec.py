@@ -45,7 +45,7 @@ def floor(total: int, param_dtype: torch.dtype, state_dtype: torch.dtype) -> ben
     m, v = torch.zeros(total, dtype=state_dtype), torch.zeros(total, dtype=state_dtype)
     if param_dtype == state_dtype == torch.float32:
         return lambda: floor_flat_(p, g, m, v)
-    return floor_lowprec_(p, g, m, v)
+    return floor_lowprec_(p, g, m, v, plain=True)  # one loop per element: 3-7 % faster (benchmarks/floors.py)
 
 
 def bitsandbytes_adamw8bit(shapes: list[tuple[int, ...]]):

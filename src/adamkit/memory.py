@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["HUGE_PAGE", "MIN_BYTES", "thp_mode", "huge_pages_wanted", "zeros_like_param", "rehome_"]
+__all__ = ["HUGE_PAGE", "MIN_BYTES", "thp_mode", "huge_pages_wanted", "zeros_like_param", "huge_zeros", "rehome_"]
 
 HUGE_PAGE = 2 << 20
 # Below one whole huge page a tensor would gain nothing and still cost a mapping of its own.
@@ -75,22 +75,29 @@ def zeros_like_param(param: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """``torch.zeros_like(param)`` (in ``dtype`` if given), on huge pages where that is wanted
     (not inside a graph torch.compile records, where state is created as torch creates it)."""
     dtype = dtype or param.dtype
-    if torch.compiler.is_compiling() or not huge_pages_wanted(param) or (dtype != param.dtype and param.numel() * _itemsize(dtype) < MIN_BYTES):
+    small = dtype != param.dtype and param.numel() * _itemsize(dtype) < MIN_BYTES
+    if torch.compiler.is_compiling() or not huge_pages_wanted(param) or small:
         return torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
-    nbytes = param.numel() * _itemsize(dtype)
+    return huge_zeros(param.numel(), dtype).view(param.shape)
+
+
+def huge_zeros(numel: int, dtype: torch.dtype) -> Tensor:
+    """A zeroed 1-D CPU tensor whose whole huge pages are advised MADV_HUGEPAGE (they are huge
+    pages in ``madvise`` and ``always`` modes); torch's zeros if no mapping can be made."""
+    nbytes = numel * _itemsize(dtype)
     stagger = next(_STAGGER) % 16 * _STAGGER_BYTES
     try:
         region = mmap.mmap(-1, nbytes + stagger + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (OSError, ValueError):  # no address space or mapping left: torch's allocator
-        return torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+        return torch.zeros(numel, dtype=dtype)
     base = torch.frombuffer(region, dtype=torch.uint8, count=1).data_ptr()
     offset = -base % HUGE_PAGE
     whole = (nbytes + stagger) // HUGE_PAGE * HUGE_PAGE
     try:
         region.madvise(mmap.MADV_HUGEPAGE, offset, whole)
-    except OSError:
+    except (OSError, AttributeError):
         pass  # the kernel declined: ordinary pages, the same tensor
-    return torch.frombuffer(region, dtype=dtype, count=param.numel(), offset=offset + stagger).view(param.shape)
+    return torch.frombuffer(region, dtype=dtype, count=numel, offset=offset + stagger)
 
 
 def _itemsize(dtype: torch.dtype) -> int:

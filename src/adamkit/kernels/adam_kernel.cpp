@@ -914,6 +914,28 @@ void floor_storage(P* __restrict p, const P* __restrict g, S* __restrict m, S* _
     }
   }
 }
+
+// The same bytes in one plain loop per element, the threads taking contiguous halves: what a
+// floor can be when the compiler packs the widths itself (benchmarks/floors.py compares both).
+template <typename P, typename S>
+void floor_plain(P* __restrict p, const P* __restrict g, S* __restrict m, S* __restrict v, int64_t n, int threads) {
+#pragma omp parallel num_threads(threads) if (n >= kParallelThreshold)
+  {
+#ifdef _OPENMP
+    const int64_t team = omp_get_thread_num(), size = omp_get_num_threads();
+#else
+    const int64_t team = 0, size = 1;
+#endif
+    const int64_t begin = n * team / size / 64 * 64, end = team + 1 == size ? n : n * (team + 1) / size / 64 * 64;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      p[i] = P(p[i] - g[i]);
+      m[i] = S(m[i] + S(1));
+      v[i] = S(v[i] ^ S(1));
+    }
+  }
+}
+
 #endif  // ADAMKIT_LOWPREC
 
 }  // namespace
@@ -950,7 +972,16 @@ int32_t ADAMKIT_CAT(adam_lowprec_step, ADAMKIT_MODE_SUFFIX)(const LowPrecBuffers
 #else
 // param_bytes 4 or 2; state_bytes 4, 2 or 1 (the int8 modes' per-block absmax adds < 2 %).
 void floor_lowprec(void* p, const void* g, void* m, void* v, int64_t n, int32_t param_bytes, int32_t state_bytes,
-                   int threads) {
+                   int threads, int plain) {
+  if (plain) {
+    if (param_bytes == 4 && state_bytes == 4) floor_plain<uint32_t, uint32_t>((uint32_t*)p, (const uint32_t*)g, (uint32_t*)m, (uint32_t*)v, n, threads);
+    else if (param_bytes == 4 && state_bytes == 2) floor_plain<uint32_t, uint16_t>((uint32_t*)p, (const uint32_t*)g, (uint16_t*)m, (uint16_t*)v, n, threads);
+    else if (param_bytes == 4) floor_plain<uint32_t, uint8_t>((uint32_t*)p, (const uint32_t*)g, (uint8_t*)m, (uint8_t*)v, n, threads);
+    else if (state_bytes == 4) floor_plain<uint16_t, uint32_t>((uint16_t*)p, (const uint16_t*)g, (uint32_t*)m, (uint32_t*)v, n, threads);
+    else if (state_bytes == 2) floor_plain<uint16_t, uint16_t>((uint16_t*)p, (const uint16_t*)g, (uint16_t*)m, (uint16_t*)v, n, threads);
+    else floor_plain<uint16_t, uint8_t>((uint16_t*)p, (const uint16_t*)g, (uint8_t*)m, (uint8_t*)v, n, threads);
+    return;
+  }
   if (param_bytes == 4) {
     if (state_bytes == 4) floor_storage<uint32_t, uint32_t>((uint32_t*)p, (const uint32_t*)g, (uint32_t*)m, (uint32_t*)v, n, threads);
     else if (state_bytes == 2) floor_storage<uint32_t, uint16_t>((uint32_t*)p, (const uint32_t*)g, (uint16_t*)m, (uint16_t*)v, n, threads);

@@ -66,11 +66,14 @@ def lanes(formats: tuple[int, int, int], module: ModuleType | None = None) -> in
     return (module or _module()).lowprec_lanes(*formats)
 
 
-def floor_lowprec_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> Callable[[], None]:
+def floor_lowprec_(
+    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, plain: bool = False
+) -> Callable[[], None]:
     """Bytes-only floor of a storage mode: the element reads and writes of a step, no math.
 
     ``param``/``grad`` are float32 or bfloat16 buffers, the moments 4-, 2- or 1-byte
-    buffers of the same length; returns a zero-argument callable doing one pass.
+    buffers of the same length; returns a zero-argument callable doing one pass. ``plain``: one
+    loop per element over contiguous halves per thread, instead of one loop per width per chunk.
     """
     kernel = _module().floor_lowprec
     args = (
@@ -82,7 +85,7 @@ def floor_lowprec_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Ten
     buffers = (param, grad, exp_avg, exp_avg_sq)  # the closure keeps the memory alive
 
     def one_pass() -> None:
-        kernel(*args, torch.get_num_threads())
+        kernel(*args, torch.get_num_threads(), plain)
 
     one_pass.buffers = buffers
     return one_pass

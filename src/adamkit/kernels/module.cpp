@@ -198,15 +198,16 @@ PyObject* py_floor_tables(PyObject*, PyObject* args) {
   Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
-// floor_lowprec(p, g, m, v, n, param_bytes, state_bytes, threads): a storage mode's bytes-only floor.
+// floor_lowprec(p, g, m, v, n, param_bytes, state_bytes, threads, plain=False): a storage mode's
+// bytes-only floor (plain: one loop per element, contiguous halves per thread).
 PyObject* py_floor_lowprec(PyObject*, PyObject* args) {
   unsigned long long p, g, m, v;
   long long n;
-  int param_bytes, state_bytes, threads;
-  if (!PyArg_ParseTuple(args, "KKKKLiii", &p, &g, &m, &v, &n, &param_bytes, &state_bytes, &threads)) return nullptr;
+  int param_bytes, state_bytes, threads, plain = 0;
+  if (!PyArg_ParseTuple(args, "KKKKLiii|p", &p, &g, &m, &v, &n, &param_bytes, &state_bytes, &threads, &plain)) return nullptr;
   Py_BEGIN_ALLOW_THREADS floor_lowprec(reinterpret_cast<void*>(p), reinterpret_cast<const void*>(g),
                                        reinterpret_cast<void*>(m), reinterpret_cast<void*>(v), n, param_bytes,
-                                       state_bytes, threads);
+                                       state_bytes, threads, plain);
   Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 

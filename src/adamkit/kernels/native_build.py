@@ -59,10 +59,14 @@ def isa_flags(isa: str) -> list[str]:
     return [f"-march={_MARCH[isa]}", "-mtune=native" if isa == "native" else "-mtune=generic"]
 
 
+class NoCompiler(RuntimeError):
+    """There is no C++ compiler to build the kernels with."""
+
+
 def _compiler() -> str:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
-        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
+        raise NoCompiler("no C++ compiler found (install g++ or set CXX)")
     return compiler
 
 

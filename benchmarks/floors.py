@@ -1,0 +1,69 @@
+"""What the bytes of an Adam step cost on this machine: each storage mode's floor, two ways, on
+4 KiB pages and on huge pages.
+
+A floor reads and writes the bytes a step moves (p and g, read-modify-write of p and the
+moments) with trivial arithmetic. Two kernels per mode: the chunked one the benchmarks have used
+(one loop per element width inside 4,096-element chunks) and a plain one (one loop per element,
+each thread a contiguous half); each on buffers from torch's allocator (4 KiB pages unless
+THP_MEM_ALLOC_ENABLE=1) and on buffers with MADV_HUGEPAGE (adamkit.memory). GPT-2-small's
+124.4M elements, both threads; one mode at a time, its contestants back to back in every round;
+ratios are medians of per-round ratios to the mode's chunked floor on 4 KiB pages.
+
+    chrt -f 10 python benchmarks/floors.py [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from adamkit import memory
+from adamkit.kernels import native
+from adamkit.kernels.lowprec import floor_lowprec_
+
+ELEMENTS = 124_439_808  # GPT-2 small
+MODES = {  # name: (param dtype, state dtype)
+    "fp32 (28 B)": (torch.float32, torch.float32),
+    "bf16 m,v (20 B)": (torch.float32, torch.bfloat16),
+    "int8 m,v (16 B)": (torch.float32, torch.uint8),
+    "bf16 p,g,m,v (14 B)": (torch.bfloat16, torch.bfloat16),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    print(f"{ELEMENTS:,} elements, {torch.get_num_threads()} threads, {args.rounds} rounds; CPU {native.cpu_vendor()}, "
+          f"THP mode {memory.thp_mode()}")
+    print(f"{'floor':<46}{'median ms':>10}{'GB/s':>8}{'x chunked, 4 KiB':>18}   (medians of per-round ratios)")
+    for name, (param_dtype, state_dtype) in MODES.items():  # one mode's buffers at a time
+        contestants = {}
+        for huge in (False, True):
+            make = memory.huge_zeros if huge else (lambda numel, dtype: torch.zeros(numel, dtype=dtype))
+            tensors = [make(ELEMENTS, dtype) for dtype in (param_dtype, param_dtype, state_dtype, state_dtype)]
+            for plain in (False, True):
+                label = f"{name}, {'plain' if plain else 'chunked'}, {'huge' if huge else '4 KiB'} pages"
+                contestants[label] = floor_lowprec_(*tensors, plain=plain)
+        times = {label: [] for label in contestants}
+        for round_index in range(args.warmup + args.rounds):
+            for label, one_pass in contestants.items():
+                start = time.perf_counter()
+                one_pass()
+                if round_index >= args.warmup:
+                    times[label].append(time.perf_counter() - start)
+        first = np.array(next(iter(times.values())))
+        step_bytes = int(name.split("(")[1].split(" B)")[0])
+        for label, values in times.items():
+            values = np.array(values)
+            print(f"{label:<46}{np.median(values) * 1e3:10.2f}{ELEMENTS * step_bytes / np.median(values) / 1e9:8.1f}"
+                  f"{np.median(values / first):18.3f}")
+        del contestants, tensors
+
+
+if __name__ == "__main__":
+    main()
