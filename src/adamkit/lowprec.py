@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import codecs, functional, shards, validation
+from . import codecs, functional, memory, shards, validation
 
 __all__ = ["GROUP_DEFAULTS", "Layout", "layout_for", "loop_step", "prepare_load", "EXTRA_STATE_KEYS"]
 
@@ -204,12 +204,20 @@ def _moment_state(key: str, value: Tensor, storage: str, dtype: torch.dtype, spa
     """State entries for one moment's float32 value at this process's elements, as state tensors
     (DTensors for a sharded parameter)."""
     entries = encode_moments({key: value}, {key: storage}, dtype, span)
+    # element-wise entries of a large CPU moment onto huge pages, as torch-layout state (adamkit.memory)
+    entries = {name: t if name in _ABSMAX_KEYS else _on_huge_pages(t) for name, t in entries.items()}
     return {name: span.wrap_blocks(t) if name in _ABSMAX_KEYS else span.wrap(t) for name, t in entries.items()}
+
+
+def _on_huge_pages(tensor: Tensor) -> Tensor:
+    if not memory.huge_pages_wanted(tensor):
+        return tensor
+    return memory.huge_zeros(tensor.numel(), tensor.dtype).view(tensor.shape).copy_(tensor)
 
 
 def _zero_comp(span: shards.Span, device: Any = None) -> Tensor:
     """A fresh Kahan compensation buffer (zeros) for this process's elements."""
-    return span.wrap(torch.zeros(span.local_shape, dtype=_BF16, device=device))
+    return span.wrap(_on_huge_pages(torch.zeros(span.local_shape, dtype=_BF16, device=device)))
 
 
 def _shard_plain_entries_(state: dict[str, Any], span: shards.Span) -> None:
