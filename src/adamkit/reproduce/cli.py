@@ -35,7 +35,7 @@ QUICK_SEEDS = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="smaller problems and two seeds, verdicts indicative (under 3 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="smaller problems and two seeds: numbers only, no verdicts (under 3 minutes on 2 cores)")
     parser.add_argument(
         "--only", nargs="+", action="extend", metavar="NAME", default=None,
         help="run only these experiments: " + ", ".join(EXPERIMENTS),
@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
                 begin = time.perf_counter()
                 result = EXPERIMENTS[name].run(settings_of[name], seeds, runner)
                 result.seconds = time.perf_counter() - begin
+                for claim in result.claims:  # quick sizes and seed counts show numbers, never verdicts
+                    claim.quick = bool(args.quick)
                 results.append(result)
     finally:
         progress.close()
@@ -133,7 +135,10 @@ def run(args: argparse.Namespace) -> int:
     }
     document = report.write_report(out, results, meta)
     width = max(len(c["key"]) for c in document["claims"])
+    verdict_width = max(len(c["verdict"]) for c in document["claims"])
     for claim in document["claims"]:
-        print(f"{claim['key']:<{width}}  {claim['verdict']:<17}  {'; '.join(i['text'] for i in claim['intervals'])}")
+        horizon = f"  [{report.horizon_text(claim)}]" if claim["steps"] is not None else ""
+        print(f"{claim['key']:<{width}}  {claim['verdict']:<{verdict_width}}  {'; '.join(i['text'] for i in claim['intervals'])}{horizon}")
+    print(report.totals_text(document))
     print(f"report: {os.path.join(str(out), 'index.html')} ({meta['wall_seconds']:.0f} s)")
     return 0
