@@ -22,7 +22,7 @@ from torch import nn
 from . import data, stats
 from .common import Claim, ExperimentResult, Figure, Measure, make_optimizer, new_figure, plot_tuning, seed_everything
 from .runner import Runner
-from .tuning import evaluate_chosen, tune
+from .tuning import evaluate_chosen, tune, tuning_seeds as held_out_seeds
 
 NAME = "bias-correction"
 TITLE = "Bias correction: a VAE on binarised MNIST"
@@ -54,7 +54,7 @@ class Settings:
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
-    return len(CANDIDATES) * (9 * settings.tuning_seeds + max(0, n_seeds - settings.tuning_seeds))
+    return len(CANDIDATES) * (9 * settings.tuning_seeds + n_seeds)
 
 
 class VAE(nn.Module):
@@ -125,7 +125,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                                    "steps": max(settings.budgets), "eval_every": settings.eval_every, "hidden": settings.hidden,
                                    "latent": settings.latent, "n_train": settings.n_train, "batch_size": settings.batch_size}
     start = {name: 1e-3 for name in CANDIDATES}
-    tuning_seeds = seeds[: settings.tuning_seeds]
+    tuning_seeds = held_out_seeds(seeds, settings.tuning_seeds)  # never evaluated
     cache: dict = {}
     claims, figures = [], []
     fig, axes = new_figure(width=5.2, height=4.2, ncols=len(settings.budgets))

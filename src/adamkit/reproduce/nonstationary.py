@@ -51,7 +51,7 @@ class Settings:
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
-    return len(START) * (6 * settings.tuning_seeds + max(0, n_seeds - settings.tuning_seeds))
+    return len(START) * (6 * settings.tuning_seeds + n_seeds)
 
 
 def trial(name: str, lr: float, seed: int, first_steps: int, second_steps: int) -> dict:
@@ -96,7 +96,8 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
     comparison = tuned_comparison(runner, trial, make, score, START, seeds, settings.tuning_seeds,
                                   score_name="mean excess loss |θ − θ*_t|² over the whole run")
     claims = []
-    for budget in (settings.second_steps // 2, settings.second_steps):
+    # one budget: every run recovers well before half of it, so a second budget would repeat the same numbers
+    for budget in (settings.second_steps,):
         recovery = {n: [min(r["recovery"], float(budget)) for r in comparison.runs[n]] for n in START}
         interval = stats.bootstrap_interval(stats.log_ratios(recovery["Adagrad"], recovery["Adam"]),
                                             f"log(Adagrad / Adam recovery time), censored at {budget} steps")
@@ -132,7 +133,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                        f"{settings.first_steps} steps with the loss × {SCALE:g}, then {settings.second_steps} steps with the loss × 1 "
                        "and θ* redrawn from N(0, 9 I)",
             "optimizers": "adamkit.Adam; torch.optim.Adagrad; torch.optim.RMSprop (shown, not in the rule)",
-            "tuning": f"lr on a 2× log grid, extended until bracketed, equal trials, by the mean excess loss, first {settings.tuning_seeds} seed(s)",
+            "tuning": f"lr on a 2× log grid, extended until bracketed, equal trials, by the mean excess loss, {settings.tuning_seeds} tuning seed(s) that are not evaluated",
             "seeds": seeds,
         },
         deviations=["the paper states the property but has no experiment on it: the design is ours"],
