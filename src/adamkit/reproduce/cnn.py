@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
+import torch
 from torch import nn
 
 from . import data, margins
@@ -39,6 +41,22 @@ class Settings:
     n_train: int
     epochs: int
     tuning_seeds: int = 2
+    paper_model: bool = False
+    dataset: str = "mnist"  # or "cifar10" (only from --data-dir)
+    data_dir: str | None = None
+    device: str = "cpu"
+
+    @classmethod
+    def paper(cls, data_dir: str | None = None, device: str = "cpu") -> "Settings":
+        """The paper's model (c64-c64-c128-1000) and horizon (45 passes over 50,000 images): CIFAR-10 under ``data_dir`` if
+        there, else MNIST there, else as many steps over the bundled digits."""
+        if data.has_cifar10(data_dir):
+            return cls(channels=64, n_train=len(data.cifar10_from_dir(data_dir)[0]), epochs=45, paper_model=True, dataset="cifar10",
+                       data_dir=data_dir, device=device)
+        if data.has_mnist(data_dir):
+            n = len(data.mnist_from_dir(data_dir)[0])
+            return cls(channels=64, n_train=n, epochs=-(-PAPER_STEPS // -(-n // 128)), paper_model=True, data_dir=data_dir, device=device)
+        return cls(channels=64, n_train=5000, epochs=-(-PAPER_STEPS // 40), paper_model=True, device=device)
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -61,12 +79,30 @@ def make_cnn(channels: int) -> nn.Sequential:
     )
 
 
-def trial(name: str, lr: float, seed: int, channels: int, n_train: int, epochs: int) -> dict:
-    split = data.mnist(n_train, 0, image=True)
+def paper_cnn(in_channels: int, size: int) -> nn.Sequential:
+    """Sec. 6.3's network: three stages of 5x5 convolution and 3x3 max pooling with stride 2 (64, 64, 128 channels), a
+    fully connected layer of 1,000 ReLU units with dropout, softmax output."""
+    layers: list[nn.Module] = []
+    channels, width = in_channels, size
+    for out in (64, 64, 128):
+        layers += [nn.Conv2d(channels, out, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1)]
+        channels, width = out, (width + 1) // 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * width * width, 1000), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1000, 10))
+
+
+def trial(name: str, lr: float, seed: int, channels: int, n_train: int, epochs: int, paper_model: bool = False, dataset: str = "mnist",
+          data_dir: str | None = None, device: str = "cpu") -> dict:
+    if dataset == "cifar10":
+        x, y = data.cifar10_from_dir(data_dir)
+        order = np.random.default_rng(0).permutation(len(x))[:n_train]
+        x_train, y_train = torch.from_numpy(x[order]), torch.from_numpy(y[order])
+    else:
+        split = data.mnist(n_train, 0, image=True, data_dir=data_dir)
+        x_train, y_train = split.x_train, split.y_train
     generator = seed_everything(seed)
-    model = make_cnn(channels)
+    model = (paper_cnn(x_train.shape[1], x_train.shape[2]) if paper_model else make_cnn(channels)).to(device)
     optimizer = make_optimizer(name, model.parameters(), lr)
-    ticks, losses = train_classifier(model, optimizer, split.x_train, split.y_train, epochs=epochs, batch_size=128,
+    ticks, losses = train_classifier(model, optimizer, x_train.to(device), y_train.to(device), epochs=epochs, batch_size=128,
                                      generator=generator, evals_per_epoch=2)
     return {"ticks": ticks, "losses": losses}
 
@@ -97,7 +133,9 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         source=PAPER_REF,
         setup={
             "data": f"MNIST 28x28, {settings.n_train} of the real digits",
-            "model": f"conv3x3({settings.channels}) - ReLU - maxpool2 - conv3x3({2 * settings.channels}) - ReLU - maxpool2 - linear(10)",
+            "model": ("the paper's c64-c64-c128-1000 (5x5 convolutions, 3x3 max pooling with stride 2, dropout before the output)"
+                      if settings.paper_model else
+                      f"conv3x3({settings.channels}) - ReLU - maxpool2 - conv3x3({2 * settings.channels}) - ReLU - maxpool2 - linear(10)"),
             "training": f"minibatch 128, {settings.epochs} epochs, constant learning rate; cost evaluated twice per epoch",
             "tuning": f"lr on a 2× log grid, extended until bracketed, equal trials per optimizer, {settings.tuning_seeds} tuning seed(s) that are not evaluated",
             "optimizers": "adamkit.Adam; torch.optim.SGD(momentum=0.9, nesterov=True); torch.optim.Adagrad",
@@ -116,4 +154,5 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
 
 
 def _kwargs(name: str, lr: float, seed: int, *, settings: Settings) -> dict:
-    return {"name": name, "lr": lr, "seed": seed, "channels": settings.channels, "n_train": settings.n_train, "epochs": settings.epochs}
+    return {"name": name, "lr": lr, "seed": seed, "channels": settings.channels, "n_train": settings.n_train, "epochs": settings.epochs,
+            "paper_model": settings.paper_model, "dataset": settings.dataset, "data_dir": settings.data_dir, "device": settings.device}

@@ -44,6 +44,17 @@ class Settings:
     tuning_seeds: int = 2
     batch_size: int = 128
     n_train: int = 5000
+    data_dir: str | None = None
+    device: str = "cpu"
+
+    @classmethod
+    def paper(cls, data_dir: str | None = None, device: str = "cpu") -> "Settings":
+        """The paper's horizon (45 passes over 60,000 images): with MNIST under ``data_dir`` the paper's data, else as many
+        steps over the bundled digits."""
+        if data.has_mnist(data_dir):
+            return cls(epochs=45, l2=1e-3, sensitivity=[1e-4, 1e-2], n_train=len(data.mnist_from_dir(data_dir)[0]), data_dir=data_dir,
+                       device=device)
+        return cls(epochs=-(-PAPER_STEPS // 40), l2=1e-3, sensitivity=[1e-4, 1e-2], device=device)
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -59,26 +70,27 @@ def estimated_runs(settings: Settings, n_seeds: int) -> int:
     return per * (1 + len(settings.sensitivity))
 
 
-def trial(name: str, lr: float, seed: int, l2: float, epochs: int, batch_size: int, n_train: int) -> dict:
+def trial(name: str, lr: float, seed: int, l2: float, epochs: int, batch_size: int, n_train: int, data_dir: str | None = None,
+          device: str = "cpu") -> dict:
     """One training run: the training cost (cross-entropy + λ/2 ‖W‖²) twice per epoch."""
-    split = data.mnist(n_train=n_train, n_test=0)
+    split = data.mnist(n_train=n_train, n_test=0, data_dir=data_dir)
     generator = seed_everything(seed)
-    model = nn.Linear(784, 10)
+    model = nn.Linear(784, 10).to(device)
     optimizer = make_optimizer(name, model.parameters(), lr)
     penalty = (lambda: 0.5 * l2 * model.weight.pow(2).sum()) if l2 > 0 else None
-    ticks, losses = train_classifier(model, optimizer, split.x_train, split.y_train, epochs=epochs, batch_size=batch_size,
+    ticks, losses = train_classifier(model, optimizer, split.x_train.to(device), split.y_train.to(device), epochs=epochs, batch_size=batch_size,
                                      generator=generator, scheduler=inverse_sqrt_schedule(optimizer), evals_per_epoch=2,
                                      penalty=penalty)
     return {"ticks": ticks, "losses": losses}
 
 
 @lru_cache(maxsize=8)
-def optimum(l2: float, n_train: int) -> float:
+def optimum(l2: float, n_train: int, data_dir: str | None = None) -> float:
     """f*: the minimum of the full-batch training cost (cross-entropy + λ/2 ‖W‖²), by scipy's L-BFGS
     in float64 run to a largest gradient component of 1e-8 (the problem is strongly convex for λ > 0)."""
     from scipy.optimize import minimize
 
-    split = data.mnist(n_train=n_train, n_test=0)
+    split = data.mnist(n_train=n_train, n_test=0, data_dir=data_dir)
     x, y = split.x_train.double().numpy(), split.y_train.numpy()
     onehot = np.eye(10)[y]
 
@@ -99,7 +111,7 @@ def optimum(l2: float, n_train: int) -> float:
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
     claims, figures, extra = [], [], {}
     # the optima are independent of the training runs: solve them in the worker processes meanwhile
-    optima = {l2: runner.submit(optimum, {"l2": l2, "n_train": settings.n_train}) for l2 in [settings.l2, *settings.sensitivity]}
+    optima = {l2: runner.submit(optimum, {"l2": l2, "n_train": settings.n_train, "data_dir": settings.data_dir}) for l2 in [settings.l2, *settings.sensitivity]}
     for l2 in [settings.l2, *settings.sensitivity]:
         make = partial(_kwargs, settings=settings, l2=l2)
         comparison = tuned_comparison(runner, trial, make, training_cost, START, seeds, settings.tuning_seeds,
@@ -162,4 +174,4 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
 
 def _kwargs(name: str, lr: float, seed: int, *, settings: Settings, l2: float) -> dict:
     return {"name": name, "lr": lr, "seed": seed, "l2": l2, "epochs": settings.epochs,
-            "batch_size": settings.batch_size, "n_train": settings.n_train}
+            "batch_size": settings.batch_size, "n_train": settings.n_train, "data_dir": settings.data_dir, "device": settings.device}

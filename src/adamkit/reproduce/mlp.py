@@ -41,6 +41,16 @@ class Settings:
     epochs: int
     dropout: float = 0.5
     tuning_seeds: int = 2
+    data_dir: str | None = None
+    device: str = "cpu"
+
+    @classmethod
+    def paper(cls, data_dir: str | None = None, device: str = "cpu") -> "Settings":
+        """The paper's model (2 × 1,000 units) and horizon (200 passes over 60,000 images): with MNIST under ``data_dir``
+        the paper's data, else as many steps over the bundled digits."""
+        if data.has_mnist(data_dir):
+            return cls(hidden=1000, n_train=len(data.mnist_from_dir(data_dir)[0]), epochs=200, data_dir=data_dir, device=device)
+        return cls(hidden=1000, n_train=5000, epochs=-(-PAPER_STEPS // 40), device=device)
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -55,12 +65,13 @@ def estimated_runs(settings: Settings, n_seeds: int) -> int:
     return len(START) * (6 * settings.tuning_seeds + n_seeds)
 
 
-def trial(name: str, lr: float, seed: int, hidden: int, n_train: int, epochs: int, dropout: float) -> dict:
-    split = data.mnist(n_train, 0)
+def trial(name: str, lr: float, seed: int, hidden: int, n_train: int, epochs: int, dropout: float, data_dir: str | None = None,
+          device: str = "cpu") -> dict:
+    split = data.mnist(n_train, 0, data_dir=data_dir)
     generator = seed_everything(seed)
-    model = mlp([784, hidden, hidden, 10], dropout=dropout)
+    model = mlp([784, hidden, hidden, 10], dropout=dropout).to(device)
     optimizer = make_optimizer(name, model.parameters(), lr)
-    ticks, losses = train_classifier(model, optimizer, split.x_train, split.y_train, epochs=epochs, batch_size=128,
+    ticks, losses = train_classifier(model, optimizer, split.x_train.to(device), split.y_train.to(device), epochs=epochs, batch_size=128,
                                      generator=generator, evals_per_epoch=2)
     return {"ticks": ticks, "losses": losses}
 
@@ -128,4 +139,4 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
 
 def _kwargs(name: str, lr: float, seed: int, *, settings: Settings) -> dict:
     return {"name": name, "lr": lr, "seed": seed, "hidden": settings.hidden, "n_train": settings.n_train,
-            "epochs": settings.epochs, "dropout": settings.dropout}
+            "epochs": settings.epochs, "dropout": settings.dropout, "data_dir": settings.data_dir, "device": settings.device}
