@@ -179,6 +179,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             holds=stats.above(det_adam, 0.9 - 1e-12),
             defect=True,
             budget=f"{settings.steps:,} steps, α = {ALPHA}",
+            steps=settings.steps,
         ),
         Claim(
             key="amsgrad-online-amsgrad",
@@ -191,6 +192,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             intervals=[det_ams],
             holds=stats.below(det_ams, -0.9 + 1e-12),
             budget=f"{settings.steps:,} steps, α = {ALPHA}",
+            steps=settings.steps,
         ),
         Claim(
             key="amsgrad-stochastic",
@@ -208,6 +210,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             defect=True,
             tuning=[ams_curve],
             budget=f"{settings.stochastic_steps:,} steps, α_t = α/√t",
+            steps=settings.stochastic_steps,
         ),
     ]
 

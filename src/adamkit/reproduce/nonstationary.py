@@ -32,7 +32,7 @@ START = {"Adam": 3e-2, "Adagrad": 1.0, "RMSprop": 1e-2}
 SCALE = 100.0
 RECOVERED = 0.01  # recovered: excess loss below 1 % of its value right after the jump
 PAPER_REF = "Kingma & Ba (2015), abstract and Sec. 1"
-PAPER_STATEMENT = "Adam is appropriate for non-stationary objectives (abstract); no experiment in the paper measures it"
+PAPER_STATEMENT = ("\"The method is also appropriate for non-stationary objectives\" (abstract); no experiment in the paper measures it")
 
 
 @dataclass
@@ -107,6 +107,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                       f"(within {budget:,} steps; each lr tuned)",
             paper_ref=PAPER_REF,
             paper_statement=PAPER_STATEMENT,
+            steps=settings.first_steps + budget,
             measured={f"{n} (lr {comparison.curves[n].chosen:.3g}) recovery time": Measure(recovery[n], "steps") for n in START},
             rule="95 % bootstrap interval of the paired per-seed log(Adagrad recovery time / Adam recovery time) above 0; "
                  f"recovery = steps after the change until the excess loss < {RECOVERED:g} × its value right after it (censored at the budget)",

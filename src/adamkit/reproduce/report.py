@@ -252,7 +252,7 @@ def totals_text(document: dict[str, Any]) -> str:
     for kind in (PAPER, DEMONSTRATION):
         claims = [c for c in document["claims"] if c["kind"] == kind]
         counts = {v: sum(c["verdict"] == v for c in claims) for v in VERDICTS}
-        parts.append(f"{kind}s ({len(claims)}): " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+        parts.append(f"{kind}s ({len(claims)})" + (": " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) if claims else ""))
     return "Totals. " + "; ".join(parts) + "."
 
 

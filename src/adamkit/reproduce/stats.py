@@ -135,7 +135,7 @@ class Interval:
         if not math.isfinite(self.estimate) and self.estimate != self.estimate:
             return "not measured"
         if self.deterministic:
-            return f"{_g(self.estimate, digits)} (" + ("deterministic" if self.n < 2 else f"all {self.n} seeds equal") + ")"
+            return f"{_g(self.estimate, digits)} (" + ("one run, no interval" if self.n < 2 else f"all {self.n} seeds equal") + ")"
         return f"{_g(self.estimate, digits)} [{_g(self.low, digits)}, {_g(self.high, digits)}] (n={self.n})"
 
     def to_json(self) -> dict[str, Any]:
