@@ -119,3 +119,23 @@ def test_quick_mode_gives_numbers_but_no_verdict():
     assert claim.verdict == NO_VERDICT and claim.verdict_at(True) == NO_VERDICT
     claim.quick = False
     assert claim.verdict == NOT_REPRODUCED
+
+
+def _document(seeds, values, verdict="reproduced"):
+    interval = {"statistic": "ahead: log steps Rival / Adam", "estimate": float(np.mean(values)), "low": 0.0, "high": 1.0,
+                "level": 0.95, "n": len(values), "values": list(values), "text": "", "coverage": None}
+    claim = {"key": "k", "verdict": verdict, "intervals": [interval], "neighbours": {"held": True, "checked": [], "changed": []}}
+    return {"seeds": list(seeds), "claims": [claim]}
+
+
+def test_pooling_two_seed_sets_judges_the_joined_values_again():
+    from adamkit.reproduce import pool
+
+    rng = np.random.default_rng(0)
+    first, second = _document(range(8), rng.normal(0.05, 0.1, 8), "inconclusive"), _document(range(8, 16), rng.normal(0.3, 0.1, 8))
+    row = pool.pool(first, second)[0]
+    joined = stats.bootstrap_interval(first["claims"][0]["intervals"][0]["values"] + second["claims"][0]["intervals"][0]["values"], "x")
+    assert row["pooled"] == (REPRODUCED if joined.low > 0 else INCONCLUSIVE)
+    assert row["intervals"][0].startswith(joined.text().split(" [")[0])
+    with pytest.raises(ValueError):
+        pool.pool(first, _document(range(4, 12), [0.1] * 8))
