@@ -330,7 +330,7 @@ def render_html(document: dict[str, Any], images: dict[str, bytes], captions: di
         "<title>adamkit reproduce report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>adamkit reproduce: the papers' claims about Adam, measured</h1>",
-        f"<p>Command: <code>{e(document['command'])}</code> — {'quick sizes, verdicts indicative only' if document['quick'] else 'full sizes'}, "
+        f"<p>Command: <code>{e(document['command'])}</code> — {'quick sizes: numbers only, no verdicts' if document['quick'] else 'full sizes'}, "
         f"seeds {e(str(document['seeds']))}, torch {e(document['torch_version'])}, adamkit {e(document['adamkit_version'])}, "
         f"{document.get('jobs', 1)} process(es) × {document.get('threads', '?')} thread(s), wall time {document['wall_seconds']:.1f} s, "
         f"started {e(document.get('started', ''))}.</p>",
@@ -344,8 +344,8 @@ def render_html(document: dict[str, Any], images: dict[str, bytes], captions: di
         "to either grid neighbour of its chosen setting. Comparisons judge the whole curve on a scale-free log ratio (convex problems: "
         "the log distance above the optimum f*, from a full-batch L-BFGS solve; otherwise the steps to a target cost), with one margin "
         "per kind of wording, fixed before the data (table below); each verdict is also shown at half and twice its margin. "
-        "Intervals are 95 % bootstrap-t intervals of the mean over seeds; the coverage column states the coverage simulated at that "
-        "seed count and skew. <b>reproduced</b> (or <b>defect reproduced</b>, for a known weakness of Adam) when every interval "
+        "Intervals are 95 % bootstrap-t intervals of the mean over seeds; each states the coverage simulated (lognormal values, "
+        "400 replications) at its own seed count and sample skewness. <b>reproduced</b> (or <b>defect reproduced</b>, for a known weakness of Adam) when every interval "
         "satisfies its rule, <b>not reproduced</b> when one lies wholly on the wrong side, <b>inconclusive</b> otherwise. "
         + ("<b>Quick mode: smaller problems and fewer seeds; numbers only, no verdicts.</b> " if document["quick"] else "")
         + e(totals_text(document)) + "</p>",
