@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import data, stats
-from .common import DEMONSTRATION, Claim, ExperimentResult, Figure, Measure, make_optimizer, new_figure, seed_everything
+from .common import DEMONSTRATION, Claim, verdict, ExperimentResult, Figure, Measure, make_optimizer, new_figure, seed_everything
 from .runner import Runner
 
 NAME = "invariance"
@@ -117,10 +117,16 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             paper_statement="not a claim of the paper: an identity (m̂/√v̂ is unchanged when g is multiplied by c > 0 and ε = 0), "
                             "shown as a check of the measurement",
             measured={"max relative deviation, Adam ε=0": Measure(worst["Adam ε=0"])},
-            rule="the 95 % interval of log10 max relative deviation below −9 (float64 rounding)",
+            rule="an identity, checked seed by seed: log10 max relative deviation below −9 (float64 rounding) in every seed",
             intervals=[log_eps0],
-            holds=stats.below(log_eps0, -9.0),
+            holds=bool(max(log_eps0.values) < -9.0),
+            explanation=f"every seed's deviation is below 1e-9 of the distance travelled (largest 10^{max(log_eps0.values):.3g})"
+            if max(log_eps0.values) < -9.0 else "a seed's deviation exceeds 1e-9 of the distance travelled",
             kind=DEMONSTRATION,
+            # the rule read "the 95 % interval below −9" until a run showed the bootstrap-t interval exploding on seven equal
+            # values and one slightly larger one (resamples without it have almost no spread); an identity is checked per seed
+            alternatives=[{"rule": "earlier rule, changed after data were seen: the 95 % bootstrap-t interval of log10 deviation below −9",
+                           "verdict": verdict(stats.below(log_eps0, -9.0)) + " (the rule's outcome alone)"}],
         ),
     ]
     fig, ax = new_figure(width=7.5)
