@@ -12,16 +12,16 @@ import torch
 
 from adamkit import cli
 from adamkit.reproduce import EXPERIMENTS, report
-from adamkit.reproduce.common import VERDICTS
+from adamkit.reproduce.common import NO_VERDICT, VERDICTS
 
-# Deterministic experiments and the verdicts the papers' mathematics fixes.
+# Deterministic experiments: the first statistic's estimate and the range the papers' mathematics fixes for it.
 EXPECTED = {
-    "amsgrad-online-adam": "defect reproduced",
-    "amsgrad-online-amsgrad": "reproduced",
-    "wilson-construction": "defect reproduced",
-    "weight-decay-quadratic": "reproduced",
-    "invariance-rescaling": "reproduced",
-    "step-bound": "not reproduced",  # the constructed gradient sequence exceeds the stated bound
+    "amsgrad-online-adam": (0.9, 1.0),  # x_T near +1
+    "amsgrad-online-amsgrad": (-1.0, -0.9),  # x_T near −1
+    "weight-decay-quadratic": (0.0, 1e-3),  # the fixed points' relative error
+    "invariance-eps0": (-30.0, -9.0),  # log10 deviation with ε = 0: rounding only
+    "step-bound": (1.5, 2.5),  # the constructed sequence's step / the stated bound: 2.24
+    "step-bound-second-case": (1.5, 3.0),  # |Δ|/α with β = (0.9, 0.99): above the stated α
 }
 
 
@@ -46,6 +46,15 @@ def test_results_validate_against_schema(quick_report):
         report.validate(no_interval)
 
 
+def test_quick_mode_shows_numbers_but_no_verdict(quick_report):
+    claims = quick_report["document"]["claims"]
+    assert {c["verdict"] for c in claims} == {NO_VERDICT}
+    assert all(not c["alternatives"] for c in claims)
+    html = (quick_report["out"] / "index.html").read_text()
+    for word in ("v-reproduced", "v-not-reproduced", "v-defect-reproduced", "v-inconclusive"):
+        assert f'class="v {word}"' not in html
+
+
 def test_every_experiment_and_claim_has_a_verdict(quick_report):
     document = quick_report["document"]
     assert [e["name"] for e in document["experiments"]] == list(EXPERIMENTS)
@@ -56,9 +65,6 @@ def test_every_experiment_and_claim_has_a_verdict(quick_report):
         assert claim["verdict"] in VERDICTS
         assert claim["measured"] and claim["rule"] and claim["intervals"] and claim["reason"]
         assert claim["paper"]["reference"] and claim["paper"]["statement"]
-        # no verdict rests on an optimum that is not bracketed
-        if any(not curve["bracketed"] for curve in claim["tuning"]):
-            assert claim["verdict"] == "inconclusive"
         for curve in claim["tuning"]:
             assert curve["chosen"] in curve["values"]
             assert all(b / a <= 10**0.5 * (1 + 1e-9) for a, b in zip(curve["values"], curve["values"][1:]))
@@ -71,17 +77,19 @@ def test_comparisons_tune_every_optimizer_with_equal_trials(quick_report):
 
 
 def test_reference_numbers_are_not_attributed_to_papers(quick_report):
-    """Numbers from our reference runs (ANCHORS.md) may appear only in the labelled reference column."""
+    """Numbers from our reference runs may appear only in the labelled reference column; no file outside the project is cited."""
     for claim in quick_report["document"]["claims"]:
         for number in ("0.228", "0.034", "0.997", "0.154", "0.159", "0.192"):
             assert number not in claim["paper"]["statement"], claim["key"]
         if claim["reference"]:
             assert claim["reference"].startswith("reference run (ours")
+        assert ".md" not in " ".join(str(claim[k]) for k in ("paper", "reference", "rule", "statement", "reason"))
 
 
-def test_deterministic_experiments_reach_expected_verdicts(quick_report):
-    verdicts = {c["key"]: c["verdict"] for c in quick_report["document"]["claims"]}
-    assert {key: verdicts[key] for key in EXPECTED} == EXPECTED
+def test_deterministic_experiments_measure_what_the_mathematics_fixes(quick_report):
+    estimates = {c["key"]: c["intervals"][0]["estimate"] for c in quick_report["document"]["claims"]}
+    for key, (low, high) in EXPECTED.items():
+        assert low <= estimates[key] <= high, key
 
 
 def test_html_has_summary_sections_and_embedded_images(quick_report):
@@ -93,7 +101,7 @@ def test_html_has_summary_sections_and_embedded_images(quick_report):
     for experiment in document["experiments"]:
         assert f'id="{experiment["name"]}"' in html
         assert f"adamkit reproduce --only {experiment['name']} --quick --seeds 1" in html
-    assert "indicative" in html
+    assert "no verdicts" in html
 
 
 def test_unknown_only_name_lists_valid_names(tmp_path, capsys):

@@ -106,7 +106,10 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             key="annealing" if budget == max(settings.budgets) else "annealing-short",
             statement=f"Adam's effective step shrinks near the optimum at constant α (automatic annealing), within {budget:,} steps",
             paper_ref=PAPER_REF,
-            paper_statement="a smaller signal-to-noise ratio makes the effective step closer to zero near an optimum: a form of automatic annealing",
+            paper_statement="\"With a smaller SNR the effective stepsize Δt will be closer to zero ... the SNR value typically becomes "
+                            "closer to 0 towards an optimum, leading to smaller effective steps in parameter space: a form of automatic "
+                            "annealing\"",
+            steps=budget,
             measured={"mean |Δθ|/α, far window": Measure([f for f, _ in pairs], "× α"),
                       "mean |Δθ|/α, near window": Measure([n for _, n in pairs], "× α"),
                       "seeds whose run reached the near window": Measure([float(len(complete))])},

@@ -1,4 +1,4 @@
-"""``adamkit reproduce [--quick] [--only NAME ...] [--seeds N] [--seed-offset K] [--jobs J] [--out DIR]``."""
+"""``adamkit reproduce [--quick | --paper-scale [--data-dir DIR] [--device DEV]] [--only NAME ...] [--seeds N] [--seed-offset K] [--jobs J] [--out DIR]``."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ QUICK_SEEDS = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="smaller problems and two seeds, verdicts indicative (under 3 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="smaller problems and two seeds: numbers only, no verdicts (under 3 minutes on 2 cores)")
     parser.add_argument(
         "--only", nargs="+", action="extend", metavar="NAME", default=None,
         help="run only these experiments: " + ", ".join(EXPERIMENTS),
@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=None, metavar="N", help=f"seeds per experiment (default {QUICK_SEEDS} with --quick, else {FULL_SEEDS})")
     parser.add_argument("--seed-offset", type=int, default=0, metavar="K", help="use seeds K, K+1, ... (a second run with other seeds checks stability)")
     parser.add_argument("--jobs", type=int, default=None, metavar="J", help="parallel processes (default: the CPUs this process may use)")
+    parser.add_argument("--paper-scale", action="store_true",
+                        help="the papers' horizons and model sizes for logistic, mlp and cnn (hours to days on a CPU; any torch device)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="with --paper-scale: MNIST and/or CIFAR-10 already on disk in torchvision's layout (never downloaded)")
+    parser.add_argument("--device", default="cpu", metavar="DEV", help="with --paper-scale: the torch device to train on (cpu, cuda, mps, ...)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report directory (default ./{DEFAULT_OUT}/)")
 
 
@@ -68,6 +73,15 @@ def _missing_package() -> str | None:
     return None
 
 
+def settings_for(module, args: argparse.Namespace):
+    """An experiment's settings: quick, full, or (``--paper-scale``, where the module has them) the paper's."""
+    if args.quick:
+        return module.Settings.quick()
+    if getattr(args, "paper_scale", False) and hasattr(module.Settings, "paper"):
+        return module.Settings.paper(data_dir=args.data_dir, device=args.device)
+    return module.Settings.full()
+
+
 def run(args: argparse.Namespace) -> int:
     missing = _missing_package()
     if missing is not None:  # the experiments would fail minutes in, inside worker processes
@@ -88,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     if jobs < 1 or args.seed_offset < 0:
         print(f"adamkit reproduce: error: invalid --jobs {jobs} or --seed-offset {args.seed_offset} (jobs ≥ 1, offset ≥ 0)", file=sys.stderr)
         return 2
+    if args.quick and args.paper_scale:
+        print("adamkit reproduce: error: --quick and --paper-scale exclude each other", file=sys.stderr)
+        return 2
+    if args.data_dir is not None and not (os.path.isdir(args.data_dir)):
+        print(f"adamkit reproduce: error: --data-dir {args.data_dir!r} is not a directory", file=sys.stderr)
+        return 2
     out = Path(args.out)
     problem = _check_out(out)
     if problem is not None:  # fail before any training starts
@@ -104,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter()
     results = []
     progress = Progress("adamkit reproduce")
-    settings_of = {name: (EXPERIMENTS[name].Settings.quick() if args.quick else EXPERIMENTS[name].Settings.full()) for name in names}
+    settings_of = {name: settings_for(EXPERIMENTS[name], args) for name in names}
     try:
         with Runner(jobs, progress.callback) as runner:
             runner.announce(sum(EXPERIMENTS[name].estimated_runs(settings_of[name], n_seeds) for name in names))
@@ -113,11 +133,15 @@ def run(args: argparse.Namespace) -> int:
                 begin = time.perf_counter()
                 result = EXPERIMENTS[name].run(settings_of[name], seeds, runner)
                 result.seconds = time.perf_counter() - begin
+                for claim in result.claims:  # quick sizes and seed counts show numbers, never verdicts
+                    claim.quick = bool(args.quick)
                 results.append(result)
     finally:
         progress.close()
     command = "adamkit reproduce" + "".join(
-        [" --quick" if args.quick else "", f" --only {' '.join(names)}" if args.only else "",
+        [" --quick" if args.quick else "", " --paper-scale" if args.paper_scale else "",
+         f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else "", f" --device {args.device}" if args.device != "cpu" else "",
+         f" --only {' '.join(names)}" if args.only else "",
          f" --seeds {n_seeds}", f" --seed-offset {args.seed_offset}" if args.seed_offset else "", f" --out {shlex.quote(str(out))}"]
     )
     meta = {
@@ -133,7 +157,10 @@ def run(args: argparse.Namespace) -> int:
     }
     document = report.write_report(out, results, meta)
     width = max(len(c["key"]) for c in document["claims"])
+    verdict_width = max(len(c["verdict"]) for c in document["claims"])
     for claim in document["claims"]:
-        print(f"{claim['key']:<{width}}  {claim['verdict']:<17}  {'; '.join(i['text'] for i in claim['intervals'])}")
+        horizon = f"  [{report.horizon_text(claim)}]" if claim["steps"] is not None else ""
+        print(f"{claim['key']:<{width}}  {claim['verdict']:<{verdict_width}}  {'; '.join(i['text'] for i in claim['intervals'])}{horizon}")
+    print(report.totals_text(document))
     print(f"report: {os.path.join(str(out), 'index.html')} ({meta['wall_seconds']:.0f} s)")
     return 0

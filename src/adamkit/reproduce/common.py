@@ -21,7 +21,7 @@ from torch import nn
 
 import adamkit
 
-from . import stats
+from . import margins, stats
 from .stats import Interval
 from .tuning import Comparison, TuningCurve
 
@@ -29,7 +29,10 @@ REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 DEFECT_REPRODUCED = "defect reproduced"
 INCONCLUSIVE = "inconclusive"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, DEFECT_REPRODUCED, INCONCLUSIVE)
+HORIZON_NOT_REACHED = "inconclusive (horizon not reached)"
+NO_VERDICT = "no verdict (--quick)"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, DEFECT_REPRODUCED, INCONCLUSIVE, HORIZON_NOT_REACHED, NO_VERDICT)
+PAPER, DEMONSTRATION = "paper claim", "our demonstration"
 
 
 def verdict(holds: bool | None, *, defect: bool = False) -> str:
@@ -94,11 +97,15 @@ def _fmt(x: float, digits: int) -> str:
 class Claim:
     """One row of the summary table.
 
-    ``paper_statement`` holds only what the paper states (ANCHORS.md, in our words);
-    ``reference`` any other reference figure, with its origin. ``intervals`` are the
-    rule's statistics with their 95 % intervals; ``holds`` is the rule's outcome on
-    them (None: inconclusive). A claim that rests on a tuning curve whose optimum is
-    not bracketed gets no verdict (``inconclusive``, with the reason).
+    ``paper_statement`` holds only what the paper states, verbatim or in close paraphrase, with
+    ``paper_ref`` its section; ``reference`` any other reference figure, with its origin.
+    ``intervals`` are the rule's statistics with their 95 % intervals; ``holds`` is the rule's
+    outcome on them (None: inconclusive). The verdict is withheld (in this order) in quick mode,
+    when an optimum is not bracketed, when a comparison's horizon ``gate`` is not met, and when the
+    outcome changes at a grid neighbour of a chosen setting (``neighbours``). ``holds_at`` holds the
+    rule's outcome at other multiples of its margin; ``alternatives`` the verdicts of earlier rules
+    that were changed after data were seen. ``kind`` separates the papers' claims from our own
+    demonstrations and identities in the totals.
     """
 
     key: str
@@ -115,30 +122,61 @@ class Claim:
     budget: str = ""
     horizon: dict[str, Any] | None = None
     note: str = ""
+    kind: str = PAPER
+    gate: dict[str, Any] | None = None
+    holds_at: dict[float, bool | None] = field(default_factory=dict)
+    margin: str = ""
+    neighbours: dict[str, Any] | None = None
+    alternatives: list[dict[str, str]] = field(default_factory=list)
+    explanation: str = ""
+    steps: int | None = None
+    paper_steps: int | None = None
+    quick: bool = False
 
     @property
     def unbracketed(self) -> list[str]:
         return [c.name for c in self.tuning if not c.bracketed]
 
-    @property
-    def verdict(self) -> str:
+    def verdict_at(self, holds: bool | None) -> str:
+        if self.quick:
+            return NO_VERDICT
         if self.unbracketed:
             return INCONCLUSIVE
-        return verdict(self.holds, defect=self.defect)
+        if self.gate is not None and not self.gate["met"]:
+            return HORIZON_NOT_REACHED
+        if self.neighbours is not None and not self.neighbours["held"]:
+            return INCONCLUSIVE
+        return verdict(holds, defect=self.defect)
+
+    @property
+    def verdict(self) -> str:
+        return self.verdict_at(self.holds)
 
     @property
     def reason(self) -> str:
         """Why the verdict is what it is, in one line."""
+        if self.quick:
+            return "quick mode shows numbers only: its sizes and seed counts are too small for a verdict"
         if self.unbracketed:
             return "no verdict: the optimum is not bracketed for " + ", ".join(self.unbracketed)
+        if self.gate is not None and not self.gate["met"]:
+            falling = {n: v for n, v in self.gate["improvement"].items() if v is None or v >= stats.FLAT_TOLERANCE}
+            return ("no verdict: the horizon is not reached (" + ", ".join(
+                f"{n} still improving {'?' if v is None else f'{v:.0%}'}" for n, v in falling.items())
+                + f" over the last {stats.FLAT_WINDOW:.0%}; {self.gate['steps']:,} steps of the paper's "
+                + (f"{self.gate['paper_steps']:,})" if self.gate["paper_steps"] else "unstated horizon)"))
+        if self.neighbours is not None and not self.neighbours["held"]:
+            return "no verdict: the outcome changes at a grid neighbour of a chosen setting (" + "; ".join(self.neighbours["changed"]) + ")"
+        if self.explanation:
+            return self.explanation
         if self.note and self.holds is None:
             return self.note
-        point = all(i.n < 2 or i.low == i.high for i in self.intervals)
+        point = all(i.deterministic for i in self.intervals)
         if self.holds is None:
             return "the 95 % interval straddles the rule's threshold"
         if point:
-            return "the measured value " + ("satisfies" if self.holds else "violates") + " the rule (deterministic or a single seed: no interval)"
-        return "the whole 95 % interval " + ("satisfies" if self.holds else "violates") + " the rule"
+            return "the measured value " + ("satisfies" if self.holds else "violates") + " the rule (deterministic: no interval)"
+        return "every 95 % interval satisfies the rule" if self.holds else "a 95 % interval lies wholly on the wrong side of the rule's threshold"
 
     def measured_text(self) -> str:
         return "; ".join(f"{name}: {m.text()}" for name, m in self.measured.items())
@@ -155,22 +193,96 @@ def training_cost(result: dict) -> float:
     return stats.tail_mean(result["losses"])
 
 
-def training_cost_claim(
-    comparison: Comparison, names: Sequence[str], outcome: tuple[list[Interval], bool | None], *, setting: str, **claim: Any
+Part = tuple[str, str, str]  # (kind of wording in margins.MARGINS, worse, better): "better is <kind> of worse"
+Gaps = Callable[[dict[str, Any], Sequence[tuple[str, str]], int], list[float]]  # (runs at one seed, pairs, seed index) -> per pair
+
+
+def part_label(part: Part, quantity: str) -> str:
+    kind, worse, better = part
+    a, b = (stats.ABBREVIATIONS.get(n, n) for n in (worse, better))
+    return f"{kind}: {quantity} {a} / {b}"
+
+
+def comparison_intervals(runs: dict[str, list[Any]], parts: Sequence[Part], gaps: Gaps, quantity: str, *,
+                         check_coverage: bool = True, resamples: int = stats.RESAMPLES) -> list[Interval]:
+    """Each part's paired per-seed log ratio (:mod:`.margins`) with its interval."""
+    n = len(next(iter(runs.values())))
+    pairs = [(worse, better) for _, worse, better in parts]
+    per_seed = [gaps({name: rs[i] for name, rs in runs.items()}, pairs, i) for i in range(n)]
+    return [stats.bootstrap_interval([row[k] for row in per_seed], part_label(part, quantity), check_coverage=check_coverage,
+                                     resamples=resamples) for k, part in enumerate(parts)]
+
+
+def comparison_outcome(parts: Sequence[Part], intervals: Sequence[Interval], scale: float = 1.0) -> bool | None:
+    return stats.combine(*(margins.outcome(kind, i, scale) for (kind, _, _), i in zip(parts, intervals)))
+
+
+def comparison_rule_text(parts: Sequence[Part], quantity: str) -> str:
+    return (f"paired per-seed {quantity}, 95 % bootstrap-t intervals; margins from one table (margins.py): "
+            + "; ".join(f"{part_label(p, 'log ratio')} {margins.describe(p[0])}" for p in parts))
+
+
+def comparative_claim(
+    comparison: Comparison, names: Sequence[str], parts: Sequence[Part], gaps: Gaps, *, quantity: str, setting: str,
+    steps: int, paper_steps: int | None, **claim: Any,
 ) -> Claim:
-    """A claim about tuned optimizers' training costs: each one's score at its chosen ``setting``
-    (lr or α), the rule's ``outcome`` (intervals, holds), the tuning curves, and whether the
-    leading curve flattened. ``claim``: the rest of :class:`Claim` (key, statement, paper, rule)."""
-    intervals, holds = outcome
-    leader = min(names, key=lambda n: sum(comparison.scores[n]))
+    """A claim comparing tuned optimizers over their whole curves (:mod:`.margins`): the horizon gate
+    on every contender's mean curve, each part's interval and outcome, the outcome at half and twice
+    the margins, and (when the gate is met) the same rule with each contender moved to either grid
+    neighbour of its chosen ``setting``."""
+    curves = {n: np.mean([r["losses"][: min(len(x["losses"]) for x in comparison.runs[n])] for r in comparison.runs[n]], axis=0).tolist()
+              for n in names}
+    gate = stats.horizon_gate(curves, steps, paper_steps)
+    runs = {n: comparison.runs[n] for n in names}
+    intervals = comparison_intervals(runs, parts, gaps, quantity)
+    holds = comparison_outcome(parts, intervals)
+    holds_at = {scale: comparison_outcome(parts, intervals, scale) for scale in margins.SCALES if scale != 1.0}
+    neighbours = None
+    tuning = [comparison.curves[n] for n in names]
+    if gate["met"] and all(c.bracketed for c in tuning):
+        checked, changed = [], []
+        for (name, value), moved in comparison.neighbour_runs().items():
+            if name not in runs:
+                continue
+            outcome = comparison_outcome(parts, comparison_intervals({**runs, name: moved}, parts, gaps, quantity, check_coverage=False,
+                                                                     resamples=4000))
+            text = f"{name} at {setting} = {value:.3g}: {verdict(outcome)}"
+            checked.append(text)
+            if outcome != holds:
+                changed.append(text)
+        neighbours = {"held": not changed, "checked": checked, "changed": changed}
     return Claim(
         measured={f"{n} ({setting} = {comparison.curves[n].chosen:.3g}) training cost": Measure(comparison.scores[n], "nats") for n in names},
         intervals=intervals,
         holds=holds,
-        tuning=[comparison.curves[n] for n in names],
-        horizon=stats.horizon_record(np.mean([r["losses"] for r in comparison.runs[leader]], axis=0).tolist()),
+        tuning=tuning,
+        horizon=gate,
+        gate=gate,
+        holds_at=holds_at,
+        margin="; ".join(f"{p[0]}: {margins.describe(p[0])}" for p in parts),
+        neighbours=neighbours,
+        rule=comparison_rule_text(parts, quantity),
+        steps=steps,
+        paper_steps=paper_steps,
         **claim,
     )
+
+
+def excess_gaps(optimum: Callable[[int], float]) -> Gaps:
+    """Gaps for convex problems: :func:`stats.log_excess_gap` with f* = ``optimum(seed index)``."""
+    def gaps(runs: dict[str, Any], pairs: Sequence[tuple[str, str]], i: int) -> list[float]:
+        f_star = optimum(i)
+        return [stats.log_excess_gap(runs[w]["losses"], runs[b]["losses"], f_star) for w, b in pairs]
+    return gaps
+
+
+def target_gaps(runs: dict[str, Any], pairs: Sequence[tuple[str, str]], i: int) -> list[float]:
+    """Gaps for non-convex problems: :func:`stats.steps_gaps` over every contender's curve at one seed."""
+    return stats.steps_gaps({n: r["losses"] for n, r in runs.items()}, next(iter(runs.values()))["ticks"], pairs)
+
+
+EXCESS = "log distance above f* (mean over the run's evaluations)"
+TARGET = "log steps to the target cost"
 
 
 def training_cost_figure(comparison: Comparison, names: Sequence[str], *, setting: str, xlabel: str, ylabel: str, title: str) -> Any:

@@ -63,7 +63,7 @@ class Settings:
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
-    return len(CONSTRUCTION_START) * 7 + len(REAL_START) * (6 * settings.tuning_seeds + max(0, n_seeds - settings.tuning_seeds))
+    return len(CONSTRUCTION_START) * 7 + len(REAL_START) * (6 * settings.tuning_seeds + n_seeds)
 
 
 # -- part 1: the construction ----------------------------------------------------------
@@ -208,32 +208,27 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
     comparison = tuned_comparison(runner, real_trial, make_r, val_score, REAL_START, seeds, settings.tuning_seeds,
                                   score_name="validation error, mean of the last 10 % of epochs")
     accuracy = {n: [float(np.mean(r["test_correct"])) for r in runs] for n, runs in comparison.runs.items()}
-    intervals, tests, outcomes = [], {}, []
+    intervals, outcomes = [], []
+    # Wilson et al. (2017) compare SGD with Adam; AdamW (Loshchilov & Hutter, 2019) came later and is shown for contrast only.
+    # The per-seed differences are the unit of the interval: the seeds share one test set, so pooling their predictions
+    # in one paired test would treat 8 evaluations of the same digits as independent.
     for other in ("Adam", "AdamW"):
         diff = [a - b for a, b in zip(accuracy["SGD-momentum"], accuracy[other])]
-        interval = stats.bootstrap_interval(diff, f"test accuracy SGD-momentum − {other} (paired per seed)")
-        pooled = stats.mcnemar_exact(
-            [c for r in comparison.runs["SGD-momentum"] for c in r["test_correct"]],
-            [c for r in comparison.runs[other] for c in r["test_correct"]],
-        )
-        tests[other] = pooled
-        outcome = stats.above(interval, 0.0)
-        if outcome is True and pooled["p_value"] >= 0.05:
-            outcome = None  # the interval says yes, the paired test on the test set does not
+        interval = stats.bootstrap_interval(diff, f"test accuracy SGD-momentum − {other} (paired per seed)"
+                                            + ("" if other == "Adam" else ", shown for contrast, not in the rule"))
         intervals.append(interval)
-        outcomes.append(outcome)
+        if other == "Adam":
+            outcomes.append(stats.above(interval, 0.0))
     claims.append(
         Claim(
             key="generalization-real-task",
-            statement="With equal, bracketed tuning, SGD with momentum reaches higher test accuracy than Adam and AdamW",
+            statement="With equal, bracketed tuning, SGD with momentum reaches higher test accuracy than Adam",
             paper_ref=PAPER_REF + ", Sec. 4",
-            paper_statement="on CIFAR-10, character-level language models and parsing, tuned SGD (with tuned decay schedules; grids extended "
-                            "whenever the best value was at an edge) generalises better than adaptive methods",
-            measured={f"{n} test accuracy (lr {comparison.curves[n].chosen:.3g})": Measure(a) for n, a in accuracy.items()}
-            | {f"McNemar p, SGD-momentum vs {o} (pooled over seeds; {t['a_right_b_wrong']} vs {t['a_wrong_b_right']} discordant)":
-               Measure([t["p_value"]]) for o, t in tests.items()},
-            rule="for Adam and AdamW: 95 % bootstrap interval of the paired per-seed accuracy difference SGD − other above 0, "
-                 "and the exact McNemar test on the pooled test-set predictions p < 0.05",
+            paper_statement="\"the solutions found by adaptive methods generalize worse (often significantly worse) than SGD\" (abstract); on CIFAR-10, "
+                            "character-level language models and parsing, tuned SGD (with tuned decay schedules) reaches better test "
+                            "performance than Adam",
+            measured={f"{n} test accuracy (lr {comparison.curves[n].chosen:.3g})": Measure(a) for n, a in accuracy.items()},
+            rule="95 % bootstrap interval of the paired per-seed accuracy difference SGD-momentum − Adam above 0 (AdamW's shown, not judged)",
             intervals=intervals,
             holds=stats.combine(*outcomes),
             defect=True,
@@ -271,7 +266,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             "real task data": f"MNIST: {settings.mnist_train} train / {settings.mnist_val} validation / {settings.mnist_test} test of the 5,000 real digits",
             "real task model": f"784-{settings.hidden}-10 ReLU network, batch 64, {settings.epochs} epochs, constant lr",
             "real task optimizers": f"torch.optim.SGD(momentum=0.9); adamkit.Adam; adamkit.AdamW(weight_decay={ADAMW_DECAY})",
-            "tuning": f"lr on a 2× log grid, extended until bracketed, equal trials, by validation error on the first {settings.tuning_seeds} seed(s)",
+            "tuning": f"lr on a 2× log grid, extended until bracketed, equal trials, by validation error on {settings.tuning_seeds} tuning seed(s) that are not evaluated",
             "seeds": seeds,
         },
         deviations=[

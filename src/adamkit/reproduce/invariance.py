@@ -10,6 +10,7 @@ without the invariance does.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +18,12 @@ import torch
 from torch import nn
 
 from . import data, stats
-from .common import Claim, ExperimentResult, Figure, Measure, make_optimizer, new_figure, seed_everything
+from .common import DEMONSTRATION, Claim, verdict, ExperimentResult, Figure, Measure, make_optimizer, new_figure, seed_everything
 from .runner import Runner
 
 NAME = "invariance"
 TITLE = "Invariance to diagonal rescaling of the gradient"
+INVARIANT = 0.01  # "invariant": the rescaled trajectory within 1 % of the distance travelled
 SPREAD = 3.0  # c_i = 10^u, u ~ U(−SPREAD, SPREAD)
 PAPER_REF = "Kingma & Ba (2015), Sec. 2.1"
 
@@ -97,15 +99,35 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
     claims = [
         Claim(
             key="invariance-rescaling",
-            statement="Adam's trajectory is invariant to per-coordinate rescaling of the gradient (up to ε effects)",
+            statement=f"Adam (default ε = 1e-8) is invariant to per-coordinate rescaling of the gradient: the trajectory moves by less than "
+                      f"{INVARIANT:.0%} of the distance travelled",
             paper_ref=PAPER_REF,
-            paper_statement="the effective step is invariant to the scale of the gradients (rescaling by a factor c leaves m̂/√v̂ unchanged)",
+            paper_statement="\"[Adam] is invariant to diagonal rescaling of the gradients\" (abstract); Sec. 2.1: the effective step "
+                            "is invariant to the scale of the gradients",
             measured={f"max relative deviation, {label}": Measure(worst[label]) for label in labels},
-            rule="with ε = 0 the rescaled trajectory deviates ≤ 1e-9 (relative to the distance travelled) from the unscaled one in every seed "
-                 "(95 % interval of log10 deviation below −9); the ε = 1e-8 deviation is reported as the size of the ε effect",
-            intervals=[log_eps0, log_eps],
-            holds=stats.below(log_eps0, -9.0),
-        )
+            rule=f"at the default ε = 1e-8, the 95 % interval of the per-seed log10 max relative deviation (max |θ − θ_unscaled| / max "
+                 f"|θ_unscaled − θ_0|) below log10 {INVARIANT:g}; refuted when it lies wholly above",
+            intervals=[log_eps],
+            holds=stats.below(log_eps, math.log10(INVARIANT)),
+        ),
+        Claim(
+            key="invariance-eps0",
+            statement="With ε = 0 the update m̂/√v̂ is exactly invariant: the rescaled trajectory equals the unscaled one to rounding",
+            paper_ref="our own demonstration, the identity behind Kingma & Ba (2015), Sec. 2.1",
+            paper_statement="not a claim of the paper: an identity (m̂/√v̂ is unchanged when g is multiplied by c > 0 and ε = 0), "
+                            "shown as a check of the measurement",
+            measured={"max relative deviation, Adam ε=0": Measure(worst["Adam ε=0"])},
+            rule="an identity, checked seed by seed: log10 max relative deviation below −9 (float64 rounding) in every seed",
+            intervals=[log_eps0],
+            holds=bool(max(log_eps0.values) < -9.0),
+            explanation=f"every seed's deviation is below 1e-9 of the distance travelled (largest 10^{max(log_eps0.values):.3g})"
+            if max(log_eps0.values) < -9.0 else "a seed's deviation exceeds 1e-9 of the distance travelled",
+            kind=DEMONSTRATION,
+            # the rule read "the 95 % interval below −9" until a run showed the bootstrap-t interval exploding on seven equal
+            # values and one slightly larger one (resamples without it have almost no spread); an identity is checked per seed
+            alternatives=[{"rule": "earlier rule, changed after data were seen: the 95 % bootstrap-t interval of log10 deviation below −9",
+                           "verdict": verdict(stats.below(log_eps0, -9.0)) + " (the rule's outcome alone)"}],
+        ),
     ]
     fig, ax = new_figure(width=7.5)
     steps = np.arange(1, settings.steps + 1)

@@ -22,7 +22,7 @@ from .runner import Runner
 NAME = "little-tuning"
 TITLE = "Little tuning: the width of the good learning-rate range"
 OPTIMIZERS = ("Adam", "SGD-Nesterov")
-TOLERANCE = 1.5
+GOOD_RANGE = 1.5
 PAPER_REF = "Kingma & Ba (2015), abstract"
 
 
@@ -56,7 +56,7 @@ def trial(name: str, lr: float, seed: int, n_train: int, hidden: int, epochs: in
     return stats.tail_mean(losses)
 
 
-def good_width(lrs: list[float], losses: list[float], tolerance: float = TOLERANCE) -> tuple[float, bool]:
+def good_width(lrs: list[float], losses: list[float], tolerance: float = GOOD_RANGE) -> tuple[float, bool]:
     """(Decades of learning rate around the best whose loss is within ``tolerance``× the best, whether
     that range stays clear of both grid edges).
 
@@ -105,9 +105,9 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             statement="Adam needs little tuning: its good learning-rate range is wider than SGD-Nesterov's",
             paper_ref=PAPER_REF,
             paper_statement="Adam's hyper-parameters have intuitive interpretations and typically require little tuning (no experiment measures it)",
-            measured={f"{n} width within {TOLERANCE}× of best": Measure([w for w, _ in widths[n]], "decades") for n in OPTIMIZERS}
+            measured={f"{n} width within {GOOD_RANGE}× of best": Measure([w for w, _ in widths[n]], "decades") for n in OPTIMIZERS}
             | {f"{n} best score": Measure(list(final[n].min(axis=1)), "nats") for n in OPTIMIZERS},
-            rule=f"95 % bootstrap interval of the paired per-seed difference of widths (decades of lr around the best with score ≤ {TOLERANCE}× "
+            rule=f"95 % bootstrap interval of the paired per-seed difference of widths (decades of lr around the best with score ≤ {GOOD_RANGE}× "
                  "that seed's best, ends interpolated between grid points) "
                  "above 0; no verdict if a good range touches a grid edge",
             intervals=[difference],

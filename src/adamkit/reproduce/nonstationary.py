@@ -32,7 +32,7 @@ START = {"Adam": 3e-2, "Adagrad": 1.0, "RMSprop": 1e-2}
 SCALE = 100.0
 RECOVERED = 0.01  # recovered: excess loss below 1 % of its value right after the jump
 PAPER_REF = "Kingma & Ba (2015), abstract and Sec. 1"
-PAPER_STATEMENT = "Adam is appropriate for non-stationary objectives (abstract); no experiment in the paper measures it"
+PAPER_STATEMENT = ("\"The method is also appropriate for non-stationary objectives\" (abstract); no experiment in the paper measures it")
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Settings:
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
-    return len(START) * (6 * settings.tuning_seeds + max(0, n_seeds - settings.tuning_seeds))
+    return len(START) * (6 * settings.tuning_seeds + n_seeds)
 
 
 def trial(name: str, lr: float, seed: int, first_steps: int, second_steps: int) -> dict:
@@ -96,7 +96,8 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
     comparison = tuned_comparison(runner, trial, make, score, START, seeds, settings.tuning_seeds,
                                   score_name="mean excess loss |θ − θ*_t|² over the whole run")
     claims = []
-    for budget in (settings.second_steps // 2, settings.second_steps):
+    # one budget: every run recovers well before half of it, so a second budget would repeat the same numbers
+    for budget in (settings.second_steps,):
         recovery = {n: [min(r["recovery"], float(budget)) for r in comparison.runs[n]] for n in START}
         interval = stats.bootstrap_interval(stats.log_ratios(recovery["Adagrad"], recovery["Adam"]),
                                             f"log(Adagrad / Adam recovery time), censored at {budget} steps")
@@ -106,6 +107,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                       f"(within {budget:,} steps; each lr tuned)",
             paper_ref=PAPER_REF,
             paper_statement=PAPER_STATEMENT,
+            steps=settings.first_steps + budget,
             measured={f"{n} (lr {comparison.curves[n].chosen:.3g}) recovery time": Measure(recovery[n], "steps") for n in START},
             rule="95 % bootstrap interval of the paired per-seed log(Adagrad recovery time / Adam recovery time) above 0; "
                  f"recovery = steps after the change until the excess loss < {RECOVERED:g} × its value right after it (censored at the budget)",
@@ -132,7 +134,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                        f"{settings.first_steps} steps with the loss × {SCALE:g}, then {settings.second_steps} steps with the loss × 1 "
                        "and θ* redrawn from N(0, 9 I)",
             "optimizers": "adamkit.Adam; torch.optim.Adagrad; torch.optim.RMSprop (shown, not in the rule)",
-            "tuning": f"lr on a 2× log grid, extended until bracketed, equal trials, by the mean excess loss, first {settings.tuning_seeds} seed(s)",
+            "tuning": f"lr on a 2× log grid, extended until bracketed, equal trials, by the mean excess loss, {settings.tuning_seeds} tuning seed(s) that are not evaluated",
             "seeds": seeds,
         },
         deviations=["the paper states the property but has no experiment on it: the design is ours"],

@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import VERDICTS, ExperimentResult
+from .common import DEMONSTRATION, NO_VERDICT, PAPER, VERDICTS, ExperimentResult
+from . import stats
+from .margins import MARGINS
 
 _MEASURE = {
     "type": "object",
@@ -40,6 +42,7 @@ _INTERVAL = {
         "n": {"type": "integer", "minimum": 1},
         "values": {"type": "array", "items": _NUMBER},
         "text": {"type": "string"},
+        "coverage": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
     },
     "additionalProperties": False,
 }
@@ -64,7 +67,8 @@ _TUNING = {
 _CLAIM = {
     "type": "object",
     "required": ["key", "experiment", "statement", "paper", "reference", "measured", "measured_text", "rule", "intervals",
-                 "verdict", "reason", "tuning", "budget", "horizon", "note"],
+                 "verdict", "reason", "tuning", "budget", "horizon", "note", "kind", "margin", "at_margin", "neighbours", "alternatives",
+                 "steps", "paper_steps"],
     "properties": {
         "key": {"type": "string", "minLength": 1},
         "experiment": {"type": "string", "minLength": 1},
@@ -86,11 +90,33 @@ _CLAIM = {
         "budget": {"type": "string"},
         "horizon": {
             "type": ["object", "null"],
-            "required": ["criterion", "improvement", "flattened"],
-            "properties": {"criterion": {"type": "string"}, "improvement": _NUMBER, "flattened": {"type": "boolean"}},
+            "required": ["criterion", "improvement", "flattened", "steps", "paper_steps", "met"],
+            "properties": {
+                "criterion": {"type": "string"},
+                "improvement": {"type": "object", "additionalProperties": _NUMBER},
+                "flattened": {"type": "boolean"},
+                "steps": {"type": "integer"},
+                "paper_steps": {"type": ["integer", "null"]},
+                "met": {"type": "boolean"},
+            },
             "additionalProperties": False,
         },
         "note": {"type": "string"},
+        "kind": {"enum": [PAPER, DEMONSTRATION]},
+        "margin": {"type": "string"},
+        "at_margin": {"type": "object", "additionalProperties": {"enum": list(VERDICTS)}},
+        "neighbours": {
+            "type": ["object", "null"],
+            "required": ["held", "checked", "changed"],
+            "properties": {"held": {"type": "boolean"}, "checked": {"type": "array", "items": {"type": "string"}},
+                           "changed": {"type": "array", "items": {"type": "string"}}},
+            "additionalProperties": False,
+        },
+        "alternatives": {"type": "array", "items": {"type": "object", "required": ["rule", "verdict"],
+                                                    "properties": {"rule": {"type": "string"}, "verdict": {"type": "string"}},
+                                                    "additionalProperties": False}},
+        "steps": {"type": ["integer", "null"]},
+        "paper_steps": {"type": ["integer", "null"]},
     },
     "additionalProperties": False,
 }
@@ -199,9 +225,42 @@ def build_document(results: list[ExperimentResult], meta: dict[str, Any], figure
                     "budget": claim.budget,
                     "horizon": _jsonable(claim.horizon) if claim.horizon is not None else None,
                     "note": claim.note,
+                    "kind": claim.kind,
+                    "margin": claim.margin,
+                    "at_margin": {f"{scale:g}": claim.verdict_at(h) for scale, h in claim.holds_at.items()},
+                    "neighbours": claim.neighbours,
+                    "alternatives": [] if claim.quick else list(claim.alternatives),
+                    "steps": claim.steps,
+                    "paper_steps": claim.paper_steps,
                 }
             )
     return {**meta, "experiments": experiments, "claims": claims}
+
+
+def horizon_text(claim: dict[str, Any]) -> str:
+    """Our horizon beside the paper's, and whether the comparison's gate is met."""
+    ours = f"{claim['steps']:,} steps" if claim["steps"] is not None else "—"
+    paper = f"{claim['paper_steps']:,}" if claim["paper_steps"] else "not stated"
+    gate = claim["horizon"]
+    status = "" if not gate or "met" not in gate else (", gate met" if gate["met"] else ", gate NOT met")
+    return f"horizon {ours} (paper {paper}){status}"
+
+
+def totals_text(document: dict[str, Any]) -> str:
+    """Verdict counts, the papers' claims and our own demonstrations apart."""
+    parts = []
+    for kind in (PAPER, DEMONSTRATION):
+        claims = [c for c in document["claims"] if c["kind"] == kind]
+        counts = {v: sum(c["verdict"] == v for c in claims) for v in VERDICTS}
+        parts.append(f"{kind}s ({len(claims)})" + (": " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) if claims else ""))
+    return "Totals. " + "; ".join(parts) + "."
+
+
+def margins_table_html() -> str:
+    import math
+
+    rows = "".join(f"<tr><td>{html.escape(kind)}</td><td>{m:.3g} (factor {math.exp(m):.3g})</td></tr>" for kind, m in MARGINS.items())
+    return ("<table><tr><th>kind of wording</th><th>margin on the log-ratio scale (fixed before the data)</th></tr>" + rows + "</table>")
 
 
 _CSS = """
@@ -229,7 +288,16 @@ def _badge(verdict: str) -> str:
 
 def _intervals_html(claim: dict[str, Any]) -> str:
     e = html.escape
-    return "<br>".join(f"{e(i['statistic'])}: <b>{e(i['text'])}</b>" for i in claim["intervals"])
+    return "<br>".join(f"{e(i['statistic'])}: <b>{e(i['text'])}</b>"
+                       + (f" <span class=\"small\">(simulated coverage {i['coverage']:.0%})</span>" if i.get("coverage") is not None else "")
+                       for i in claim["intervals"])
+
+
+def _sensitivity_html(claim: dict[str, Any]) -> str:
+    if not claim["at_margin"] or claim["verdict"] == NO_VERDICT:
+        return ""
+    e = html.escape
+    return "<br><span class=\"small\">" + "; ".join(f"at {scale}× margin: {e(v)}" for scale, v in claim["at_margin"].items()) + "</span>"
 
 
 def _tuning_html(claim: dict[str, Any]) -> str:
@@ -257,37 +325,42 @@ def render_html(document: dict[str, Any], images: dict[str, bytes], captions: di
     claims_by_exp: dict[str, list[dict[str, Any]]] = {}
     for claim in document["claims"]:
         claims_by_exp.setdefault(claim["experiment"], []).append(claim)
-    counts = {v: sum(c["verdict"] == v for c in document["claims"]) for v in VERDICTS}
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<title>adamkit reproduce report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>adamkit reproduce: the papers' claims about Adam, measured</h1>",
-        f"<p>Command: <code>{e(document['command'])}</code> — {'quick sizes, verdicts indicative only' if document['quick'] else 'full sizes'}, "
+        f"<p>Command: <code>{e(document['command'])}</code> — {'quick sizes: numbers only, no verdicts' if document['quick'] else 'full sizes'}, "
         f"seeds {e(str(document['seeds']))}, torch {e(document['torch_version'])}, adamkit {e(document['adamkit_version'])}, "
         f"{document.get('jobs', 1)} process(es) × {document.get('threads', '?')} thread(s), wall time {document['wall_seconds']:.1f} s, "
         f"started {e(document.get('started', ''))}.</p>",
-        "<p>How to read this. <b>Paper</b> holds only what the paper states (in our words) and where; a number from our own "
-        "reference runs appears only in the <i>Reference run (ours)</i> column. Every optimizer in a comparison is tuned on a log grid "
-        "(at most half a decade apart), extended until its chosen value has a worse neighbour on both sides, with the same number of "
-        "trials per optimizer; a claim whose optimum is not bracketed gets no verdict. Rules apply to paired per-seed differences "
-        "with 95 % bootstrap intervals (expanded percentile intervals, as wide as the t interval: the plain percentile interval is too "
-        "narrow with a few seeds): <b>reproduced</b> (or <b>defect reproduced</b>, for a known weakness of Adam) when the "
-        "whole interval satisfies the rule, <b>not reproduced</b> when the whole interval violates it, <b>inconclusive</b> when it "
-        "straddles the threshold. Scores are means over the last 10 % of evaluations. "
-        + ("<b>Quick mode: smaller problems and fewer seeds; the verdicts are indicative only.</b> " if document["quick"] else "")
-        + f"Totals: {counts['reproduced']} reproduced, {counts['defect reproduced']} defect reproduced, "
-        f"{counts['not reproduced']} not reproduced, {counts['inconclusive']} inconclusive.</p>",
+        "<p>How to read this. <b>Paper</b> holds the paper's words (verbatim in quotes, or a close paraphrase) and where; a number "
+        "from our own reference runs appears only in the <i>Reference run (ours)</i> column. Every optimizer in a comparison is tuned on "
+        "a log grid (at most half a decade apart) on tuning seeds that are never evaluated, extended until its chosen value has a worse "
+        "neighbour on both sides, with the same number of trials per optimizer; a claim whose optimum is not bracketed gets no verdict. "
+        "A comparison gets a verdict only when every contender's curve has flattened (less than "
+        f"{stats.FLAT_TOLERANCE:.0%} improvement over the last {stats.FLAT_WINDOW:.0%} of the run) or the run reached the paper's "
+        "horizon (otherwise <b>inconclusive (horizon not reached)</b>), and only when the outcome is the same with each contender moved "
+        "to either grid neighbour of its chosen setting. Comparisons judge the whole curve on a scale-free log ratio (convex problems: "
+        "the log distance above the optimum f*, from a full-batch L-BFGS solve; otherwise the steps to a target cost), with one margin "
+        "per kind of wording, fixed before the data (table below); each verdict is also shown at half and twice its margin. "
+        "Intervals are 95 % bootstrap-t intervals of the mean over seeds; each states the coverage simulated (lognormal values, "
+        "400 replications) at its own seed count and sample skewness. <b>reproduced</b> (or <b>defect reproduced</b>, for a known weakness of Adam) when every interval "
+        "satisfies its rule, <b>not reproduced</b> when one lies wholly on the wrong side, <b>inconclusive</b> otherwise. "
+        + ("<b>Quick mode: smaller problems and fewer seeds; numbers only, no verdicts.</b> " if document["quick"] else "")
+        + e(totals_text(document)) + "</p>",
+        "<h3>Margins</h3>" + margins_table_html(),
         "<h2 id=\"summary\">Summary</h2><table><tr><th>Claim tested</th><th>Paper (where: what it states)</th>"
-        "<th>Measured (mean ± std over seeds)</th><th>Rule statistic: estimate [95 % interval]</th><th>Verdict</th></tr>",
+        "<th>Horizon: ours (paper's)</th><th>Rule statistic: estimate [95 % interval]</th><th>Verdict (at ½ and 2× the margin)</th></tr>",
     ]
     for claim in document["claims"]:
         budget = f" <span class=\"small\">({e(claim['budget'])})</span>" if claim["budget"] else ""
         parts.append(
             f"<tr><td>{e(claim['statement'])}{budget} <a href=\"#{e(claim['experiment'])}\">[{e(claim['experiment'])}]</a></td>"
             f"<td><i>{e(claim['paper']['reference'])}</i>: {e(claim['paper']['statement'])}</td>"
-            f"<td class=\"small\">{e(claim['measured_text'])}</td><td class=\"small\">{_intervals_html(claim)}</td>"
-            f"<td>{_badge(claim['verdict'])}<br><span class=\"small\">{e(claim['reason'])}</span></td></tr>"
+            f"<td class=\"small\">{e(horizon_text(claim)) if claim['steps'] is not None else '—'}</td>"
+            f"<td class=\"small\">{_intervals_html(claim)}</td>"
+            f"<td>{_badge(claim['verdict'])}{_sensitivity_html(claim)}<br><span class=\"small\">{e(claim['reason'])}</span></td></tr>"
         )
     parts.append("</table>")
     for exp in document["experiments"]:
@@ -305,10 +378,16 @@ def render_html(document: dict[str, Any], images: dict[str, bytes], captions: di
             horizon = ""
             if claim["horizon"]:
                 h = claim["horizon"]
-                improvement = "n/a" if h["improvement"] is None else f"{h['improvement']:.1%}"
-                horizon = (f"<br><span class=\"small\">Horizon: {e(h['criterion'])}: {'met' if h['flattened'] else 'NOT met'} "
-                           f"(improvement {improvement}).</span>")
+                improvements = ", ".join(f"{n} {'n/a' if v is None else f'{v:.1%}'}" for n, v in h["improvement"].items())
+                horizon = (f"<br><span class=\"small\">Horizon gate ({e(h['criterion'])}): {'met' if h['met'] else 'NOT met'}; "
+                           f"{e(horizon_text(claim))}; improvement over the last {stats.FLAT_WINDOW:.0%}: {e(improvements)}.</span>")
             note = f"<br><b>{e(claim['note'])}</b>" if claim["note"] else ""
+            if claim["neighbours"]:
+                note += "<br><span class=\"small\">Grid neighbours: " + e("; ".join(claim["neighbours"]["checked"])) + "</span>"
+            for alternative in claim["alternatives"]:
+                note += f"<br><span class=\"small\">{e(alternative['rule'])}: <b>{e(alternative['verdict'])}</b></span>"
+            if claim["margin"]:
+                note += f"<br><span class=\"small\">Margins: {e(claim['margin'])}</span>"
             budget = f"<br><span class=\"small\">Budget: {e(claim['budget'])}</span>" if claim["budget"] else ""
             parts.append(
                 f"<tr><td>{e(claim['statement'])}{budget}{horizon}{note}</td>"

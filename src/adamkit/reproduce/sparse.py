@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import stats
+from . import margins
 from .common import (
-    ExperimentResult, Figure, inverse_sqrt_schedule, make_optimizer, seed_everything, TRAINING_COST,
-    training_cost, training_cost_claim, training_cost_figure,
+    EXCESS, PAPER, ExperimentResult, Figure, comparative_claim, excess_gaps, inverse_sqrt_schedule, make_optimizer, seed_everything,
+    TRAINING_COST, training_cost, training_cost_figure,
 )
 from .runner import Runner
 from .tuning import tuned_comparison
@@ -28,11 +28,12 @@ from .tuning import tuned_comparison
 NAME = "sparse"
 TITLE = "Sparse bag-of-words features with input dropout"
 START = {"Adam": 3e-1, "Adagrad": 1.0, "SGD-Nesterov": 3.0}
-TOLERANCE = 0.10  # "about equal": paired relative difference within ±10 %
+# Sec. 6.1 (Fig. 1 right): Adagrad and Adam about equal; both ahead of SGD-Nesterov "by a large margin"
+PARTS = [(margins.ABOUT_EQUAL, "Adagrad", "Adam"), (margins.WELL_AHEAD, "SGD-Nesterov", "Adam"), (margins.WELL_AHEAD, "SGD-Nesterov", "Adagrad")]
 L2 = 1e-4
 PAPER_REF = "Kingma & Ba (2015), Sec. 6.1, Fig. 1 (right)"
-PAPER_STATEMENT = ("IMDB bag-of-words (10,000 sparse features, 50 % input dropout), logistic regression: Adagrad and Adam "
-                   "about equal, both well ahead of SGD-Nesterov")
+PAPER_STATEMENT = ("\"Adagrad outperforms SGD with Nesterov momentum by a large margin\" and \"Adam converges as fast as "
+                   "Adagrad\" (IMDB bag-of-words, 10,000 features, 50 % dropout noise, logistic regression, α_t = α/√t)")
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Settings:
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
-    return len(START) * (6 * settings.tuning_seeds + max(0, n_seeds - settings.tuning_seeds))
+    return len(START) * (6 * settings.tuning_seeds + n_seeds)
 
 
 @lru_cache(maxsize=4)
@@ -104,24 +105,40 @@ def trial(name: str, lr: float, seed: int, vocabulary: int, documents: int, toke
     return {"ticks": list(range(len(losses))), "losses": losses}
 
 
-def rule(scores: dict[str, list[float]]) -> tuple[list[stats.Interval], bool | None]:
-    """(Adam − Adagrad)/Adagrad within ±10 %; (SGDN − Adam)/Adam > 0 and (SGDN − Adagrad)/Adagrad > 0."""
-    return stats.alike_and_both_below(scores, "Adam", "Adagrad", "SGD-Nesterov", TOLERANCE)
+@lru_cache(maxsize=64)
+def optimum(vocabulary: int, documents: int, tokens: int, seed: int) -> float:
+    """f* of one seed's corpus: the minimum of the full-batch cost (no dropout) by scipy's L-BFGS in float64."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    x, y = (t.double().numpy() for t in make_corpus(vocabulary, documents, tokens, seed))
+
+    def cost(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:-1], theta[-1]
+        z = x @ w + b
+        value = -float(np.mean(y * log_expit(z) + (1 - y) * log_expit(-z))) + 0.5 * L2 * float(w @ w)
+        g = (expit(z) - y) / len(y)
+        return value, np.concatenate([x.T @ g + L2 * w, [g.sum()]])
+
+    return float(minimize(cost, np.zeros(vocabulary + 1), jac=True, method="L-BFGS-B",
+                          options={"maxiter": 20000, "gtol": 1e-8, "ftol": 1e-14}).fun)
 
 
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
+    # the optima are independent of the training runs: solve them in the worker processes meanwhile
+    optima = [runner.submit(optimum, {"vocabulary": settings.vocabulary, "documents": settings.documents, "tokens": settings.tokens,
+                                      "seed": seed}) for seed in seeds]
     comparison = tuned_comparison(runner, trial, partial(_kwargs, settings=settings), training_cost, START, seeds, settings.tuning_seeds,
                                   score_name=TRAINING_COST)
-    claims = [training_cost_claim(
-        comparison,
-        list(START),
-        rule(comparison.scores),
-        setting="α",
+    f_star = [min(optima[i].result(), *(min(rs[i]["losses"]) for rs in comparison.runs.values())) for i in range(len(seeds))]
+    claims = [comparative_claim(
+        comparison, list(START), PARTS, excess_gaps(lambda i: f_star[i]), quantity=EXCESS, setting="α",
+        steps=settings.epochs * -(-settings.documents // settings.batch_size), paper_steps=None,
         key="sparse-training-cost",
-        statement="Sparse bag-of-words with input dropout: Adam ≈ Adagrad (±10 %), both below SGD-Nesterov in training cost",
+        statement="Sparse bag-of-words with input dropout: Adam about as fast as Adagrad, both well ahead of SGD-Nesterov",
         paper_ref=PAPER_REF,
         paper_statement=PAPER_STATEMENT,
-        rule=stats.alike_and_both_below_text("Adam", "Adagrad", "SGD-Nesterov", TOLERANCE),
+        kind=PAPER,
     )]
     fig = training_cost_figure(
         comparison,
@@ -140,9 +157,10 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                     f"{settings.tokens} tokens (binary features), labels ~ Bernoulli(sigmoid(x·θ*)), θ* ~ N(0, I); one corpus per seed",
             "model": f"logistic regression with bias, λ = {L2:g}, {settings.dropout:.0%} dropout on the input features, minibatch {settings.batch_size}, "
                      f"{settings.epochs} epochs, α_t = α/√t",
-            "tuning": f"α on a 2× log grid, extended until bracketed, equal trials, first {settings.tuning_seeds} seed(s)",
+            "tuning": f"α on a 2× log grid, extended until bracketed, equal trials, {settings.tuning_seeds} tuning seed(s) that are not evaluated",
             "optimizers": "adamkit.Adam; torch.optim.Adagrad; torch.optim.SGD(momentum=0.9, nesterov=True)",
-            "score": "training cost (no dropout) averaged over the last 10 % of epochs",
+            "score": "tuning: training cost (no dropout) averaged over the last 10 % of epochs; verdict: the whole curve's log distance "
+                     "above f* (f* per corpus by scipy L-BFGS, float64)",
             "seeds": seeds,
         },
         deviations=[

@@ -8,6 +8,10 @@ strictly worse neighbour on both sides ("bracketed") or ``max_points`` is reache
 every candidate's grid is widened alternately below and above until all have the same
 number of trials. A candidate whose best value is still at an edge is *not bracketed*
 and a claim resting on it gets no verdict.
+
+Selection is kept apart from evaluation: the tuning seeds (:func:`tuning_seeds`) are never
+evaluated, so the chosen value's noise does not flatter its own score, and a verdict is checked at
+the chosen value's grid neighbours too (:meth:`Comparison.neighbour_runs`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,16 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 
 from .runner import Runner
+
+
+TUNING_SEED_BASE = 1_000_000  # tuning seeds start here; evaluation seeds are the small integers
+
+
+def tuning_seeds(seeds: Sequence[int], count: int) -> list[int]:
+    """``count`` tuning seeds disjoint from every evaluation seed a run can use (0, 1, ... below
+    :data:`TUNING_SEED_BASE`) and distinct for runs with distinct ``--seed-offset``."""
+    first = TUNING_SEED_BASE + min(seeds) * 10
+    return [first + k for k in range(count)]
 
 
 @dataclass
@@ -166,11 +180,23 @@ def evaluate_chosen(
     seeds: Sequence[int],
 ) -> dict[str, list[Any]]:
     """Each candidate's runs at its chosen value for every seed (reusing tuning runs)."""
-    jobs = [(name, curve.chosen, seed) for name, curve in curves.items() for seed in seeds]
+    return evaluate_values(runner, fn, make_kwargs, {name: curve.chosen for name, curve in curves.items()}, results, seeds)
+
+
+def evaluate_values(
+    runner: Runner,
+    fn: Callable[..., Any],
+    make_kwargs: Callable[[Hashable, float, int], dict[str, Any]],
+    values: dict[str, float],
+    results: dict[tuple[str, float, int], Any],
+    seeds: Sequence[int],
+) -> dict[str, list[Any]]:
+    """Each candidate's runs at ``values[name]`` for every seed (reusing runs already in ``results``)."""
+    jobs = [(name, value, seed) for name, value in values.items() for seed in seeds]
     missing = [j for j in jobs if j not in results]
     for job, output in zip(missing, runner.map(fn, [make_kwargs(*j) for j in missing])):
         results[job] = output
-    return {name: [results[(name, curve.chosen, seed)] for seed in seeds] for name, curve in curves.items()}
+    return {name: [results[(name, value, seed)] for seed in seeds] for name, value in values.items()}
 
 
 def unbracketed(curves: dict[str, TuningCurve], names: Sequence[str] | None = None) -> list[str]:
@@ -178,13 +204,36 @@ def unbracketed(curves: dict[str, TuningCurve], names: Sequence[str] | None = No
     return [n for n in (names or list(curves)) if not curves[n].bracketed]
 
 
+def neighbours(curve: TuningCurve) -> list[float]:
+    """The grid values on either side of the chosen one."""
+    i = curve.values.index(curve.chosen)
+    return [curve.values[j] for j in (i - 1, i + 1) if 0 <= j < len(curve.values)]
+
+
 @dataclass
 class Comparison:
-    """The outcome of :func:`tuned_comparison`: tuning curves and the chosen runs on every seed."""
+    """The outcome of :func:`tuned_comparison`: tuning curves (on the tuning seeds) and the chosen
+    runs on the evaluation seeds; :meth:`neighbour_runs` runs the chosen values' grid neighbours on
+    the evaluation seeds when asked (only claims that pass the horizon gate need them)."""
 
     curves: dict[str, TuningCurve]
     runs: dict[str, list[Any]]
     scores: dict[str, list[float]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    tuning_seeds: list[int] = field(default_factory=list)
+    _evaluate: Callable[[dict[str, float]], dict[str, list[Any]]] | None = None
+
+    def neighbour_runs(self) -> dict[tuple[str, float], list[Any]]:
+        """(name, neighbour value) -> runs on the evaluation seeds, every candidate's both neighbours."""
+        if self._evaluate is None:
+            return {}
+        out: dict[tuple[str, float], list[Any]] = {}
+        sides = {name: neighbours(curve) for name, curve in self.curves.items()}
+        for k in range(2):  # one batch per side keeps the runner's processes busy
+            batch = {name: values[k] for name, values in sides.items() if len(values) > k}
+            for name, runs in self._evaluate(batch).items():
+                out[(name, batch[name])] = runs
+        return out
 
 
 def tuned_comparison(
@@ -194,10 +243,13 @@ def tuned_comparison(
     score: Callable[[Any], float],
     start: dict[str, float],
     seeds: Sequence[int],
-    tuning_seeds: int,
+    n_tuning_seeds: int,
     **tune_options: Any,
 ) -> Comparison:
-    """Tune every candidate on the first ``tuning_seeds`` seeds, then run the chosen values on all seeds."""
-    curves, results = tune(runner, fn, make_kwargs, score, start, list(seeds)[:tuning_seeds], **tune_options)
+    """Tune every candidate on ``n_tuning_seeds`` seeds of their own (:func:`tuning_seeds`, never
+    evaluated), then run the chosen values on every evaluation seed."""
+    tuning = tuning_seeds(seeds, n_tuning_seeds)
+    curves, results = tune(runner, fn, make_kwargs, score, start, tuning, **tune_options)
     runs = evaluate_chosen(runner, fn, make_kwargs, curves, results, seeds)
-    return Comparison(curves, runs, {name: [score(r) for r in rs] for name, rs in runs.items()})
+    evaluate = lambda values: evaluate_values(runner, fn, make_kwargs, values, results, seeds)  # noqa: E731
+    return Comparison(curves, runs, {name: [score(r) for r in rs] for name, rs in runs.items()}, list(seeds), tuning, evaluate)

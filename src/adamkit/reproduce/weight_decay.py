@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import data, stats
-from .common import Claim, ExperimentResult, Figure, Measure, make_optimizer, mlp, new_figure, plot_tuning, seed_everything
+from .common import DEMONSTRATION, Claim, ExperimentResult, Figure, Measure, make_optimizer, mlp, new_figure, plot_tuning, seed_everything
 from .runner import Runner
 from .tuning import tune
 
@@ -181,7 +181,8 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         Claim(
             key="weight-decay-quadratic",
             statement="On a diagonal quadratic Adam+L2 shrinks coordinates by s/(s+λ), AdamW shrinks all coordinates equally",
-            paper_ref="our own demonstration (ANCHORS.md), illustrating Loshchilov & Hutter (2019), Sec. 2",
+            paper_ref="our own demonstration, illustrating Loshchilov & Hutter (2019), Sec. 2",
+            kind=DEMONSTRATION,
             paper_statement="decoupling on a diagonal quadratic is our own demonstration, not a paper figure: Adam + L2 has its fixed point "
                             "depend on the curvature s; AdamW's does not",
             measured={

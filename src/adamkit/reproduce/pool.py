@@ -1,0 +1,84 @@
+"""Pool two full runs with disjoint seed sets: ``python -m adamkit.reproduce.pool A/results.json B/results.json``.
+
+For every claim in both runs, each statistic's per-seed values are joined and the interval is
+computed again (:func:`stats.bootstrap_interval`, with its simulated coverage at the pooled seed
+count). A comparative statistic (labelled with its kind of wording, :mod:`.margins`) is judged
+again on the pooled interval, and only where both runs passed the horizon gate and the
+grid-neighbour check; any other claim keeps its verdict when both runs agree and is marked
+"differs between the runs" otherwise. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import margins, stats
+from .common import verdict as verdict_of
+
+GATED = ("inconclusive (horizon not reached)", "no verdict (--quick)")
+
+
+def pooled_interval(a: dict[str, Any], b: dict[str, Any]) -> stats.Interval | None:
+    """The interval of the joined per-seed values of one statistic (None when either run has no per-seed values)."""
+    values = [v for v in a["values"] if v is not None] + [v for v in b["values"] if v is not None]
+    if a["n"] < 2 or b["n"] < 2 or len(values) != a["n"] + b["n"]:
+        return None
+    return stats.bootstrap_interval(values, a["statistic"])
+
+
+def kind_of(statistic: str) -> str | None:
+    head = statistic.split(":", 1)[0]
+    return head if head in margins.MARGINS else None
+
+
+def pool(first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, Any]]:
+    if set(first["seeds"]) & set(second["seeds"]):
+        raise ValueError(f"Invalid runs: the seed sets overlap ({sorted(set(first['seeds']) & set(second['seeds']))})")
+    by_key = {c["key"]: c for c in second["claims"]}
+    rows = []
+    for a in first["claims"]:
+        b = by_key.get(a["key"])
+        if b is None:
+            continue
+        intervals = [pooled_interval(x, y) for x, y in zip(a["intervals"], b["intervals"])]
+        kinds = [kind_of(i["statistic"]) for i in a["intervals"]]
+        comparative = bool(kinds) and all(kinds) and all(i is not None for i in intervals)
+        checked = all(c["neighbours"] is not None and c["neighbours"]["held"] for c in (a, b))
+        if a["verdict"] in GATED or b["verdict"] in GATED:
+            pooled = a["verdict"] if a["verdict"] == b["verdict"] else "differs between the runs"
+        elif comparative and checked:
+            holds = stats.combine(*(margins.outcome(k, i) for k, i in zip(kinds, intervals)))
+            pooled = verdict_of(holds)
+        else:
+            pooled = a["verdict"] if a["verdict"] == b["verdict"] else "differs between the runs"
+        rows.append({"key": a["key"], "first": a["verdict"], "second": b["verdict"], "pooled": pooled,
+                     "intervals": [(i.text() + (f", coverage {i.coverage:.0%}" if i.coverage is not None else "")) if i is not None
+                                   else f"{x['text']} / {y['text']}" for i, x, y in zip(intervals, a["intervals"], b["intervals"])]})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], first: dict[str, Any], second: dict[str, Any]) -> str:
+    def seeds(doc: dict[str, Any]) -> str:
+        return f"{min(doc['seeds'])}–{max(doc['seeds'])}"
+
+    lines = [f"| claim | seeds {seeds(first)} | seeds {seeds(second)} | pooled | pooled statistics (95 % bootstrap-t) |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['key']} | {row['first']} | {row['second']} | {row['pooled']} | {'; '.join(row['intervals'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m adamkit.reproduce.pool A/results.json B/results.json", file=sys.stderr)
+        return 2
+    first, second = (json.loads(Path(p).read_text()) for p in args)
+    print(markdown(pool(first, second), first, second))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
