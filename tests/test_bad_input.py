@@ -205,5 +205,6 @@ def test_every_valid_hyperparameter_is_accepted(cls, lr, eps, weight_decay, beta
     param.grad = torch.ones(3, dtype=torch.float64)
     optimizer.step()
     assert optimizer.param_groups[0]["lr"] == lr
-    assert bool(torch.isfinite(param).all())
+    if eps > 0:  # with eps = 0 a gradient that L2 cancels to 0 gives 0/0, as in torch.optim.Adam
+        assert bool(torch.isfinite(param).all())
     assert float(optimizer.state[param]["step"]) == 1
