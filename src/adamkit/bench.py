@@ -23,7 +23,7 @@ import adamkit
 from adamkit import kernels
 from adamkit.kernels import gather
 
-# GPT-2 small (124.4M parameters in 148 tensors), as listed in ANCHORS.md.
+# GPT-2 small: 124.4M parameters in 148 tensors (its 12 layers, embeddings and layer norms).
 _GPT2_BLOCK = [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,), (768, 3072), (3072,), (3072, 768), (768,)]
 CASES: dict[str, Callable[[], list[tuple[int, ...]]]] = {
     "gpt2": lambda: [(50257, 768), (1024, 768)] + _GPT2_BLOCK * 12 + [(768,), (768,)],
