@@ -205,19 +205,13 @@ def _moment_state(key: str, value: Tensor, storage: str, dtype: torch.dtype, spa
     (DTensors for a sharded parameter)."""
     entries = encode_moments({key: value}, {key: storage}, dtype, span)
     # element-wise entries of a large CPU moment onto huge pages, as torch-layout state (adamkit.memory)
-    entries = {name: t if name in _ABSMAX_KEYS else _on_huge_pages(t) for name, t in entries.items()}
+    entries = {name: t if name in _ABSMAX_KEYS else memory.on_huge_pages(t) for name, t in entries.items()}
     return {name: span.wrap_blocks(t) if name in _ABSMAX_KEYS else span.wrap(t) for name, t in entries.items()}
-
-
-def _on_huge_pages(tensor: Tensor) -> Tensor:
-    if not memory.huge_pages_wanted(tensor):
-        return tensor
-    return memory.huge_zeros(tensor.numel(), tensor.dtype).view(tensor.shape).copy_(tensor)
 
 
 def _zero_comp(span: shards.Span, device: Any = None) -> Tensor:
     """A fresh Kahan compensation buffer (zeros) for this process's elements."""
-    return span.wrap(_on_huge_pages(torch.zeros(span.local_shape, dtype=_BF16, device=device)))
+    return span.wrap(memory.on_huge_pages(torch.zeros(span.local_shape, dtype=_BF16, device=device)))
 
 
 def _shard_plain_entries_(state: dict[str, Any], span: shards.Span) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["HUGE_PAGE", "MIN_BYTES", "thp_mode", "huge_pages_wanted", "zeros_like_param", "huge_zeros", "rehome_"]
+__all__ = ["HUGE_PAGE", "MIN_BYTES", "thp_mode", "huge_pages_wanted", "zeros_like_param", "on_huge_pages", "huge_zeros", "rehome_"]
 
 HUGE_PAGE = 2 << 20
 # Below one whole huge page a tensor would gain nothing and still cost a mapping of its own.
@@ -72,20 +72,25 @@ def huge_pages_wanted(param: Tensor) -> bool:
     )
 
 
-def zeros_like_param(param: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """``torch.zeros_like(param)`` (in ``dtype`` if given), on huge pages where that is wanted
-    (not inside a graph torch.compile records, where state is created as torch creates it)."""
-    dtype = dtype or param.dtype
-    small = dtype != param.dtype and param.numel() * _itemsize(dtype) < MIN_BYTES
-    if torch.compiler.is_compiling() or not huge_pages_wanted(param) or small:
-        return torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
-    return huge_zeros(param.numel(), dtype).view(param.shape)
+def zeros_like_param(param: Tensor) -> Tensor:
+    """``torch.zeros_like(param)``, on huge pages where that is wanted (not inside a graph
+    torch.compile records, where state is created as torch creates it)."""
+    if torch.compiler.is_compiling() or not huge_pages_wanted(param):
+        return torch.zeros_like(param, memory_format=torch.preserve_format)
+    return huge_zeros(param.numel(), param.dtype).view(param.shape)
+
+
+def on_huge_pages(tensor: Tensor) -> Tensor:
+    """``tensor`` itself, or a copy of it on huge pages where state like it is wanted there."""
+    if not huge_pages_wanted(tensor):
+        return tensor
+    return huge_zeros(tensor.numel(), tensor.dtype).view(tensor.shape).copy_(tensor)
 
 
 def huge_zeros(numel: int, dtype: torch.dtype) -> Tensor:
     """A zeroed 1-D CPU tensor whose whole huge pages are advised MADV_HUGEPAGE (they are huge
     pages in ``madvise`` and ``always`` modes); torch's zeros if no mapping can be made."""
-    nbytes = numel * _itemsize(dtype)
+    nbytes = numel * dtype.itemsize
     stagger = next(_STAGGER) % 16 * _STAGGER_BYTES
     try:
         region = mmap.mmap(-1, nbytes + stagger + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -101,16 +106,10 @@ def huge_zeros(numel: int, dtype: torch.dtype) -> Tensor:
     return torch.frombuffer(region, dtype=dtype, count=numel, offset=offset + stagger)
 
 
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def rehome_(state: dict, param: Tensor) -> None:
     """Move ``state``'s moments in torch's layout (a loaded checkpoint's) onto huge pages, where
     new state would be, one tensor at a time."""
-    if not huge_pages_wanted(param):
-        return
     for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
         tensor = state.get(key)
-        if isinstance(tensor, Tensor) and type(tensor) is Tensor and tensor.dtype == param.dtype and tensor.shape == param.shape and tensor.is_cpu:
-            state[key] = zeros_like_param(param).copy_(tensor)
+        if isinstance(tensor, Tensor) and tensor.dtype == param.dtype and tensor.shape == param.shape:
+            state[key] = on_huge_pages(tensor)

@@ -52,8 +52,9 @@ def adam_step_(
         step += 1  # torch's counter: float32, incremented before use
     kernel_rows: dict[torch.dtype, list[int]] = {}
     aliased = multi_tensor.overlapping(params)  # aliasing params step one after another, as in torch
+    kernel = kernels.available()
     for index, (param, grad) in enumerate(zip(params, grads)):
-        if index not in aliased and _kernel_reads(param, grad, exp_avgs[index], exp_avg_sqs[index], max_exp_avg_sqs[index] if amsgrad else None):
+        if kernel and index not in aliased and _kernel_reads(param, grad, exp_avgs[index], exp_avg_sqs[index], max_exp_avg_sqs[index] if amsgrad else None):
             kernel_rows.setdefault(param.dtype, []).append(index)
             continue
         scalars = functional.step_scalars(step=state_steps[index].item(), **options)
@@ -92,7 +93,7 @@ def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *args)
 
 def _kernel_reads(param: Tensor, grad: Tensor, *state: Tensor | None) -> bool:
     """Whether the fused kernel can take this tensor: dense, contiguous CPU memory of one kernel dtype."""
-    if param.dtype not in kernels.PLAIN_DTYPES or not kernels.available():
+    if param.dtype not in kernels.PLAIN_DTYPES:
         return False
     tensors = (param, grad, *(t for t in state if t is not None))
     return all(
