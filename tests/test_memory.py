@@ -127,3 +127,15 @@ def test_state_placement_changes_no_bit_and_checkpoints_stay_torchs(thp, tmp_pat
     import copy
 
     assert torch.equal(next(iter(copy.deepcopy(huge).state.values()))["exp_avg"], s1["exp_avg"])
+
+
+def test_loading_tolerates_what_hooks_put_in_the_state(thp):
+    """torch's load_state_dict post-hooks may store entries of their own in ``optimizer.state``."""
+    thp("madvise")
+    param = torch.nn.Parameter(torch.randn(BIG))
+    optimizer = adamkit.AdamW([param])
+    param.grad = torch.randn(BIG)
+    optimizer.step()
+    optimizer.register_load_state_dict_post_hook(lambda opt: opt.state.__setitem__("ran_post_hook", True))
+    optimizer.load_state_dict(optimizer.state_dict())
+    assert optimizer.state["ran_post_hook"] is True and advised(optimizer.state[param]["exp_avg"])

@@ -200,7 +200,8 @@ class _AdamFamily(Optimizer):
             group.update({key: old_group.get(key, default) for key, default in lowprec.GROUP_DEFAULTS.items()})
         self.state.update(converted)  # torch's loader casts state to the param dtype; use ours
         for param, param_state in self.state.items():  # the loaded moments onto huge pages, as new state
-            memory.rehome_(param_state, param)
+            if isinstance(param, Tensor) and isinstance(param_state, dict):  # hooks may store other entries
+                memory.rehome_(param_state, param)
         self._group_plans = {}  # the kernel's tables point at the new state from the next step
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "_AdamFamily":
