@@ -7,8 +7,11 @@ stochastic rounding, plus torch fused on bf16 params, and bitsandbytes' AdamW8bi
 when it is installed and has a CPU backend (benchmark environment only:
 ``pip install bitsandbytes``; not an adamkit dependency). Each mode comes with a
 bytes-only floor pass: the same element reads and writes with trivial arithmetic
-(fp32 28 B/param; bf16 state 20; int8 state 16 plus scales; all bf16 14). Every
-contestant has its own parameters and state.
+(fp32 28 B/param; bf16 state 20; int8 state 16 plus scales; all bf16 14), on the pages
+adamkit's step uses (parameters and gradients from torch's allocator, state on huge pages where
+adamkit puts its own), and the fp32 floor with every buffer on huge pages too. Every
+contestant has its own parameters and state. When the rounds fall into the machine's two memory
+phases (adamkit.bench.memory_phases), the mode ratios of each phase follow.
 Also reports int8 state bytes per parameter, measured from the state dict.
 
     PYTHONPATH=src python benchmarks/bench_lowprec.py --case gpt2 [--steps 10 --warmup 3]
@@ -21,7 +24,7 @@ import argparse
 import torch
 
 import adamkit
-from adamkit import bench
+from adamkit import bench, memory
 from adamkit.kernels import floor_flat_
 from adamkit.kernels.lowprec import floor_lowprec_
 
@@ -40,9 +43,13 @@ def params_for(shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32
     return converted
 
 
-def floor(total: int, param_dtype: torch.dtype, state_dtype: torch.dtype) -> bench.Contestant:
-    p, g = torch.zeros(total, dtype=param_dtype), torch.zeros(total, dtype=param_dtype)
-    m, v = torch.zeros(total, dtype=state_dtype), torch.zeros(total, dtype=state_dtype)
+def floor(total: int, param_dtype: torch.dtype, state_dtype: torch.dtype, huge_params: bool = False) -> bench.Contestant:
+    """A mode's bytes-only floor, on the pages adamkit's step uses: parameters and gradients from
+    torch's allocator (``huge_params``: on huge pages too), the state where adamkit puts its own
+    (adamkit.memory: huge pages where the system gives them on request)."""
+    make_params = memory.huge_zeros if huge_params else (lambda numel, dtype: torch.zeros(numel, dtype=dtype))
+    p, g = make_params(total, param_dtype), make_params(total, param_dtype)
+    m, v = (memory.on_huge_pages(torch.zeros(total, dtype=state_dtype)) for _ in range(2))
     if param_dtype == state_dtype == torch.float32:
         return lambda: floor_flat_(p, g, m, v)
     return floor_lowprec_(p, g, m, v, plain=True)  # one loop per element: 3-7 % faster (benchmarks/floors.py)
@@ -85,6 +92,7 @@ def contestants(shapes: list[tuple[int, ...]], skip: tuple[str, ...]) -> tuple[l
     add("torch fused fp32", lambda: torch.optim.AdamW(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY, fused=True).step)
     add("adamkit fp32", lambda: adamkit.AdamW(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY).step)
     add("floor fp32 (28 B)", lambda: floor(total, torch.float32, torch.float32))
+    add("floor fp32, huge pages", lambda: floor(total, torch.float32, torch.float32, huge_params=True))
     add("adamkit bf16 m,v", lambda: adamkit.AdamW(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY, state_dtype="bfloat16").step)
     add("floor bf16 m,v (20 B)", lambda: floor(total, torch.float32, torch.bfloat16))
     int8 = adamkit.AdamW(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY, state_dtype="int8")
@@ -120,16 +128,18 @@ def main() -> None:
     case = (args.case or ["gpt2"])[0]
     everyone, notes = contestants(bench.CASES[case](), tuple(args.skip))
     times = bench.time_interleaved(everyone, args.steps, args.warmup)
-    print(bench.format_table(case, times, reference="torch fused fp32", floor="floor fp32 (28 B)"))
-    print("\nmode ratios to their own bytes floor (medians of per-round ratios):")
-    for mode, floor_name in (
-        ("adamkit fp32", "floor fp32 (28 B)"),
-        ("adamkit bf16 m,v", "floor bf16 m,v (20 B)"),
-        ("adamkit int8 m,v", "floor int8 m,v (16 B)"),
-        ("adamkit bf16 p,m,v sr", "floor bf16 p,g,m,v (14 B)"),
-    ):
-        if mode in times and floor_name in times:
-            print(f"  {mode:<26} {bench.per_round_ratio(times, mode, floor_name):6.3f} x {floor_name}")
+    print(bench.format_table(case, times, reference="torch fused fp32", floors=("floor fp32 (28 B)", "floor fp32, huge pages")))
+    phases = bench.memory_phases(times, "floor fp32 (28 B)") if "floor fp32 (28 B)" in times else {}
+    for title, rounds in {"all rounds": None, **phases}.items():
+        print(f"\nmode ratios to their own bytes floor (medians of per-round ratios), {title}:")
+        for mode, floor_name in (
+            ("adamkit fp32", "floor fp32 (28 B)"),
+            ("adamkit bf16 m,v", "floor bf16 m,v (20 B)"),
+            ("adamkit int8 m,v", "floor int8 m,v (16 B)"),
+            ("adamkit bf16 p,m,v sr", "floor bf16 p,g,m,v (14 B)"),
+        ):
+            if mode in times and floor_name in times:
+                print(f"  {mode:<26} {bench.per_round_ratio(times, mode, floor_name, rounds):6.3f} x {floor_name}")
     if "bitsandbytes AdamW8bit" in times and "adamkit int8 m,v" in times:
         print(f"  bitsandbytes AdamW8bit / adamkit int8: {bench.per_round_ratio(times, 'bitsandbytes AdamW8bit', 'adamkit int8 m,v'):.1f} x")
     for name, value in notes.items():

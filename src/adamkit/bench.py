@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 import adamkit
-from adamkit import kernels
+from adamkit import kernels, memory
 from adamkit.kernels import gather
 
 # GPT-2 small: 124.4M parameters in 148 tensors (its 12 layers, embeddings and layer norms).
@@ -35,6 +36,11 @@ CASES: dict[str, Callable[[], list[tuple[int, ...]]]] = {
 # tensors (as backward makes them) before every step.
 TRAINER_CASES = {f"{name}-trainer": name for name in ("gpt2", "many-small", "quick")}
 CASES.update({trainer: CASES[name] for trainer, name in TRAINER_CASES.items()})
+
+
+FLOOR = "bytes-only floor"
+FLOOR_HUGE = "floor, huge pages"
+FLOOR_LIKE_ADAMKIT = "floor, adamkit's pages"
 
 
 @dataclass
@@ -96,11 +102,32 @@ def adamkit_contestants(params: list[torch.nn.Parameter], lr: float, weight_deca
     return contestants
 
 
-def floor_contestant(params: list[torch.nn.Parameter]) -> Contestant:
-    """The bytes-only floor: one pass over flat p, g, m, v buffers of the same total size."""
+def floor_contestants(params: list[torch.nn.Parameter]) -> list[Contestant]:
+    """Bytes-only floors: one pass over p, g, m, v with trivial arithmetic, each thread a contiguous
+    range. Three placements of the same bytes: flat buffers from torch's allocator (4 KiB pages unless
+    THP_MEM_ALLOC_ENABLE=1), flat buffers on huge pages, and tensors laid out as adamkit's step sees
+    them (parameters and gradients from torch's allocator, one per shape; moments where adamkit puts
+    its state, adamkit.memory), so each ratio can be read against the floor on its own pages."""
     total = sum(p.numel() for p in params)
-    buffers = [torch.zeros(total) for _ in range(4)]
-    return Contestant("bytes-only floor", lambda: kernels.floor_flat_(*buffers))
+    flat = [torch.zeros(total) for _ in range(4)]
+    huge = [memory.huge_zeros(total, torch.float32) for _ in range(4)]
+    twins = [torch.zeros_like(p) for p in params] + [torch.zeros_like(p) for p in params]
+    moments = [memory.zeros_like_param(p) for p in params] + [memory.zeros_like_param(p) for p in params]
+    count = len(params)
+    tables = [np.array([t.data_ptr() for t in tensors], dtype=np.int64)
+              for tensors in (twins[:count], twins[count:], moments[:count], moments[count:])]
+    prefix = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum([p.numel() for p in params], out=prefix[1:])
+    threads = torch.get_num_threads()
+
+    def on_state_pages(tensors=(twins, moments)) -> None:  # the default keeps the tables' tensors alive
+        kernels.module().floor_tables(*tables, prefix, count, threads)
+
+    return [
+        Contestant(FLOOR, lambda: kernels.floor_flat_(*flat)),
+        Contestant(FLOOR_HUGE, lambda: kernels.floor_flat_(*huge)),
+        Contestant(FLOOR_LIKE_ADAMKIT, on_state_pages),
+    ]
 
 
 def run_case(
@@ -121,7 +148,7 @@ def run_case(
     if case not in TRAINER_CASES:  # gradients stay where they are between steps
         for contestant in everyone:
             contestant.prepare = None
-    everyone.append(floor_contestant(params))
+    everyone += floor_contestants(params)
     return time_interleaved([c for c in everyone if c.name not in skip], steps, warmup)
 
 
@@ -195,21 +222,54 @@ def measure_memory(case: str, subject: str = "adamkit", steps: int = 3) -> dict[
     }
 
 
-def per_round_ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
-    """Median over rounds of (name's time / reference's time in the same round): the machine's
-    memory speed changes in phases lasting seconds, and a ratio of two medians can mix them."""
-    return statistics.median(a / b for a, b in zip(times[name], times[reference]))
+def per_round_ratio(times: dict[str, list[float]], name: str, reference: str, rounds: list[int] | None = None) -> float:
+    """Median over rounds (all, or ``rounds``) of (name's time / reference's time in the same round):
+    the machine's memory speed changes in phases lasting seconds, and a ratio of two medians can mix
+    them."""
+    pairs = list(zip(times[name], times[reference]))
+    return statistics.median(pairs[i][0] / pairs[i][1] for i in (range(len(pairs)) if rounds is None else rounds))
 
 
-def format_table(case: str, times: dict[str, list[float]], reference: str = "torch fused", floor: str = "bytes-only floor") -> str:
-    columns = [name for name in (reference, floor) if name in times]
-    lines = [
-        f"case {case}: median step time; ratios are medians of per-round ratios (same run, {len(next(iter(times.values())))} rounds)",
-        f"{'contestant':<28}{'median ms':>12}" + "".join(f"{'x ' + name:>22}" for name in columns),
-    ]
-    for name, values in times.items():
-        ratios = "".join(f"{per_round_ratio(times, name, column):22.3f}" for column in columns)
-        lines.append(f"{name:<28}{statistics.median(values) * 1e3:12.3f}{ratios}")
+PHASE_GAP = 1.10  # a jump of 10 % between a floor's sorted round times: within a phase they vary a few %
+
+
+def memory_phases(times: dict[str, list[float]], floor: str) -> dict[str, list[int]]:
+    """The rounds of the machine's fast and slow memory phases, told apart by ``floor``'s time (it
+    moves bytes only): split at the largest jump between its sorted round times, when that jump is
+    over PHASE_GAP and each side has at least two rounds. Empty when the rounds form one phase."""
+    values = times[floor]
+    order = sorted(range(len(values)), key=values.__getitem__)
+    jumps = [(values[order[k]] / values[order[k - 1]], k) for k in range(2, len(order) - 1)]
+    if not jumps or max(jumps)[0] < PHASE_GAP:
+        return {}
+    split = max(jumps)[1]
+    return {"fast memory phase": sorted(order[:split]), "slow memory phase": sorted(order[split:])}
+
+
+def format_table(
+    case: str,
+    times: dict[str, list[float]],
+    reference: str = "torch fused",
+    floors: tuple[str, ...] = (FLOOR, FLOOR_LIKE_ADAMKIT, FLOOR_HUGE),
+) -> str:
+    """Median times and medians of per-round ratios to ``reference`` and to each floor present; when
+    the rounds fall into two memory phases (memory_phases, by the first floor), the ratios of each
+    phase follow."""
+    columns = [name for name in (reference, *floors) if name in times]
+    rounds = len(next(iter(times.values())))
+
+    def table(title: str, selected: list[int] | None) -> list[str]:
+        lines = [title, f"{'contestant':<28}{'median ms':>12}" + "".join(f"{'x ' + name:>26}" for name in columns)]
+        for name, values in times.items():
+            chosen = values if selected is None else [values[i] for i in selected]
+            ratios = "".join(f"{per_round_ratio(times, name, column, selected):26.3f}" for column in columns)
+            lines.append(f"{name:<28}{statistics.median(chosen) * 1e3:12.3f}{ratios}")
+        return lines
+
+    lines = table(f"case {case}: median step time; ratios are medians of per-round ratios (same run, {rounds} rounds)", None)
+    phase_floor = next((name for name in floors if name in times), None)
+    for phase, selected in (memory_phases(times, phase_floor) if phase_floor else {}).items():
+        lines += table(f"{phase} ({len(selected)} of {rounds} rounds, told apart by the {phase_floor}'s time)", selected)
     return "\n".join(lines)
 
 
