@@ -7,7 +7,8 @@ moments) with trivial arithmetic. Two kernels per mode: the chunked one the benc
 each thread a contiguous half); each on buffers from torch's allocator (4 KiB pages unless
 THP_MEM_ALLOC_ENABLE=1) and on buffers with MADV_HUGEPAGE (adamkit.memory). GPT-2-small's
 124.4M elements, both threads; one mode at a time, its contestants back to back in every round;
-ratios are medians of per-round ratios to the mode's chunked floor on 4 KiB pages.
+ratios are medians of per-round ratios to the mode's chunked floor on 4 KiB pages, and of each
+memory phase's rounds when they fall into two (adamkit.bench.memory_phases).
 
     chrt -f 10 python benchmarks/floors.py [--rounds 20]
 """
@@ -15,12 +16,11 @@ ratios are medians of per-round ratios to the mode's chunked floor on 4 KiB page
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
 
-import numpy as np
 import torch
 
-from adamkit import memory
+from adamkit import bench, memory
 from adamkit.kernels import native
 from adamkit.kernels.lowprec import floor_lowprec_
 
@@ -49,19 +49,17 @@ def main() -> None:
             for plain in (False, True):
                 label = f"{name}, {'plain' if plain else 'chunked'}, {'huge' if huge else '4 KiB'} pages"
                 contestants[label] = floor_lowprec_(*tensors, plain=plain)
-        times = {label: [] for label in contestants}
-        for round_index in range(args.warmup + args.rounds):
-            for label, one_pass in contestants.items():
-                start = time.perf_counter()
-                one_pass()
-                if round_index >= args.warmup:
-                    times[label].append(time.perf_counter() - start)
-        first = np.array(next(iter(times.values())))
+        times = bench.time_interleaved([bench.Contestant(label, one_pass) for label, one_pass in contestants.items()],
+                                       args.rounds, args.warmup)
+        first = next(iter(times))
+        phases = bench.memory_phases(times, first)
         step_bytes = int(name.split("(")[1].split(" B)")[0])
         for label, values in times.items():
-            values = np.array(values)
-            print(f"{label:<46}{np.median(values) * 1e3:10.2f}{ELEMENTS * step_bytes / np.median(values) / 1e9:8.1f}"
-                  f"{np.median(values / first):18.3f}")
+            median = statistics.median(values)
+            by_phase = "".join(f"   {phase.split()[0]} {bench.per_round_ratio(times, label, first, rounds):.3f}"
+                               for phase, rounds in phases.items())
+            print(f"{label:<46}{median * 1e3:10.2f}{ELEMENTS * step_bytes / median / 1e9:8.1f}"
+                  f"{bench.per_round_ratio(times, label, first):18.3f}{by_phase}")
         del contestants, tensors
 
 

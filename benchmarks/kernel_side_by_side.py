@@ -4,9 +4,10 @@ without software prefetch, a git revision's kernel if asked, and the bytes-only 
 Steps a bench case's parameters once with adamkit.AdamW to get its tables (torch's layout: every
 tensor where torch allocated it), then calls every contestant back to back in each round, both
 threads, kernel call only. Two floors: flat buffers of the same total size, and the same passes
-over the step's own tensors (the same pages and thread ranges as the kernel). The machine's memory speed changes in phases lasting seconds, so the
-summary is the median over rounds of each round's ratio to the floor (and to the first
-contestant), not a ratio of medians. All contestants step the same state, so the values drift;
+over the step's own tensors (the same pages and thread ranges as the kernel). The machine's memory
+speed changes in phases lasting seconds, so the summary is the median over rounds of each round's
+ratio to the first contestant and to the floors, not a ratio of medians (adamkit.bench.format_table,
+which also gives each memory phase's ratios when the rounds fall into two). All contestants step the same state, so the values drift;
 only the time is compared (bits: benchmarks/kernel_bits_vs_revision.py, ``adamkit check-kernels``).
 
     python benchmarks/kernel_side_by_side.py --case gpt2 [--reference-rev 3e2d5e5]
@@ -17,16 +18,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import pathlib
-import statistics
 import subprocess
 import tempfile
-import time
 
-import numpy as np
 import torch
 
 import adamkit
-from adamkit import bench, kernels
+from adamkit import bench, kernels, memory
 from adamkit.kernels import native, verify
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -98,22 +96,9 @@ def main() -> None:
         steps["bytes-only floor"] = lambda: kernels.floor_flat_(*flat)
         # the same bytes on the step's own tensors (torch's allocations, the kernel's ranges)
         steps["floor on these tensors"] = lambda: kernels.module().floor_tables(t.p, t.g, t.m, t.v, t.prefix, t.count, threads)
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for round_index in range(args.warmup + args.rounds):
-            for name, step in steps.items():
-                start = time.perf_counter()
-                step()
-                if round_index >= args.warmup:
-                    times[name].append(time.perf_counter() - start)
-    floor = np.array(times["bytes-only floor"])
-    first_name = next(iter(times))
-    first = np.array(times[first_name])
-    print(f"case {args.case}, {threads} threads, kernel call only, {args.rounds} rounds; CPU: {native.cpu_vendor()}")
-    print(f"{'contestant':<32}{'median ms':>10}{'x floor':>9}{'x ' + first_name:>28}   (medians of per-round ratios)")
-    for name, values in times.items():
-        values = np.array(values)
-        print(f"{name:<32}{np.median(values) * 1e3:10.3f}{np.median(values / floor):9.3f}{np.median(values / first):28.3f}")
-
+        times = bench.time_interleaved([bench.Contestant(name, step) for name, step in steps.items()], args.rounds, args.warmup)
+    print(f"{threads} threads, kernel call only; CPU: {native.cpu_vendor()}, THP mode {memory.thp_mode()}")
+    print(bench.format_table(args.case, times, reference=next(iter(times)), floors=("bytes-only floor", "floor on these tensors")))
 
 if __name__ == "__main__":
     main()
