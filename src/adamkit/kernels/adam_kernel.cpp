@@ -421,17 +421,15 @@ inline I bf16_nearest_lanes(F x) {
   const I rounded = V::shift_right<16>(V::add(V::add(u, V::splat(0x7FFF)), parity));
   return V::blend(rounded, V::splat(0x7FC0), V::is_nan(x));
 }
-inline I mix32_lanes(I x) {
-  x = V::bit_xor(x, V::shift_right<16>(x));
+// 16 random bits per element for stochastic rounding: mix32(index ^ key) & 0xFFFF for the element
+// indices `index` of a parameter (codecs.random_bits). folded_key is key ^ (key >> 16): mix32's
+// first step, x ^ (x >> 16) of x = index ^ key, is then one three-way xor.
+inline I noise_lanes(I index, I folded_key) {
+  I x = V::xor3(index, V::shift_right<16>(index), folded_key);
   x = V::mullo(x, V::splat(0x7FEB352Du));
   x = V::bit_xor(x, V::shift_right<15>(x));
   x = V::mullo(x, V::splat(0x846CA68Bu));
-  return V::bit_xor(x, V::shift_right<16>(x));
-}
-// 16 random bits per element for stochastic rounding: mix32(index ^ key) for the elements at
-// first + lanes of a parameter (codecs.random_bits)
-inline I noise_lanes(uint32_t first, I lanes, uint32_t key) {
-  return V::bit_and(mix32_lanes(V::bit_xor(V::add(V::splat(first), lanes), V::splat(key))), V::splat(0xFFFF));
+  return V::bit_and(V::bit_xor(x, V::shift_right<16>(x)), V::splat(0xFFFF));
 }
 inline bool denormals_are_zero() { return (_mm_getcsr() & 0x0040u) != 0; }  // MXCSR.DAZ of this thread
 #else
@@ -686,6 +684,7 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
   v.begin_block(absmax(b.v_absmax), 0, base, n, flush);
   if (AMSGRAD) vmax.begin_block(absmax(b.vmax_absmax), 0, base, n, flush);
   const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
+  const uint32_t folded_key = key ^ (key >> 16);  // noise_lanes
   const uint32_t local = uint32_t(b.param_offset[param] + first);  // element index within the whole parameter
   float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // block absmax of staged (int8) moments
   int64_t scalar_start = 0;  // elements before it went through the vector code
@@ -728,7 +727,9 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
         if constexpr (!decltype(may_be_nan)::value) return truncated;
         else return V::blend(truncated, V::splat(0x7FC00000u), V::is_nan(x));
       };
-      const I even_lanes = V::iota(0, 2), odd_lanes = V::iota(1, 2);
+      // element indices of the even and odd lanes, for the noise
+      I index[2] = {V::iota(local, 2), V::iota(local + 1, 2)};
+      const I index_step = V::splat(2 * V::kLanes), folded = V::splat(folded_key);
       for (int64_t j = 0; j + 2 * V::kLanes <= n; j += 2 * V::kLanes, vector_start = j) {
         const int64_t i = base + j;
         uint16_t* const ps = reinterpret_cast<uint16_t*>(p) + i;
@@ -744,31 +745,35 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
         load_pairs(v.data + i, old_v[0], old_v[1]);
         if (AMSGRAD) load_pairs(vmax.data + i, old_vmax[0], old_vmax[1]);
         I new_m[2], new_v[2], new_vmax[2], new_p[2], new_comp[2];
+        F x[2], exp_avg[2], exp_avg_sq[2], second[2];
+        I noise[2];
         for (int h = 0; h < 2; ++h) {
-          F x, exp_avg, exp_avg_sq;
-          update(param_value[h], grad_value[h], old_m[h], old_v[h], x, exp_avg, exp_avg_sq);
-          const F second = AMSGRAD ? math.second_moment(old_vmax[h], exp_avg_sq) : exp_avg_sq;
-          x = step(x, exp_avg, second);
+          update(param_value[h], grad_value[h], old_m[h], old_v[h], x[h], exp_avg[h], exp_avg_sq[h]);
+          second[h] = AMSGRAD ? math.second_moment(old_vmax[h], exp_avg_sq[h]) : exp_avg_sq[h];
+          x[h] = step(x[h], exp_avg[h], second[h]);
           // the noise does not depend on x: computed before the branch, it overlaps the division
-          const I noise = ROUNDING == kStochastic ? noise_lanes(local + uint32_t(j), h ? odd_lanes : even_lanes, key) : V::splat(0);
-          auto round = [&](auto may_be_nan) {
-            if (AMSGRAD) new_vmax[h] = nearest_high(second, may_be_nan);
-            new_m[h] = nearest_high(exp_avg, may_be_nan);
-            new_v[h] = nearest_high(exp_avg_sq, may_be_nan);
-            if (ROUNDING == kStochastic) {
-              new_p[h] = stochastic_high(x, noise, may_be_nan);
-            } else {
-              new_p[h] = nearest_high(x, may_be_nan);
-              if (ROUNDING == kKahan)  // x = inf gives inf - inf: always checked
-                new_comp[h] = nearest_high(V::sub(x, V::as_float(V::bit_and(new_p[h], high))), std::true_type{});
-            }
-          };
-          // A NaN in m, v or v_max makes the new parameter NaN (through the division or the square
-          // root; max returns its second operand, v, when one is NaN), so where x holds none,
-          // nothing rounded here does, and the NaN checks are skipped.
-          if (V::any_nan(x, x)) round(std::true_type{});
-          else round(std::false_type{});
+          noise[h] = ROUNDING == kStochastic ? noise_lanes(index[h], folded) : V::splat(0);
+          index[h] = V::add(index[h], index_step);
         }
+        auto round = [&](auto may_be_nan) {
+          for (int h = 0; h < 2; ++h) {
+            if (AMSGRAD) new_vmax[h] = nearest_high(second[h], may_be_nan);
+            new_m[h] = nearest_high(exp_avg[h], may_be_nan);
+            new_v[h] = nearest_high(exp_avg_sq[h], may_be_nan);
+            if (ROUNDING == kStochastic) {
+              new_p[h] = stochastic_high(x[h], noise[h], may_be_nan);
+            } else {
+              new_p[h] = nearest_high(x[h], may_be_nan);
+              if (ROUNDING == kKahan)  // x = inf gives inf - inf: always checked
+                new_comp[h] = nearest_high(V::sub(x[h], V::as_float(V::bit_and(new_p[h], high))), std::true_type{});
+            }
+          }
+        };
+        // A NaN in m, v or v_max makes the new parameter NaN (through the division or the square
+        // root; max returns its second operand, v, when one is NaN), so where x holds none,
+        // nothing rounded here does, and the NaN checks are skipped.
+        if (V::any_nan(x[0], x[1])) round(std::true_type{});
+        else round(std::false_type{});
         store_pairs(m.data + i, new_m[0], new_m[1]);
         store_pairs(v.data + i, new_v[0], new_v[1]);
         if (AMSGRAD) store_pairs(vmax.data + i, new_vmax[0], new_vmax[1]);
@@ -806,7 +811,8 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
       if (!BF16_PARAMS) {
         V::storeu(reinterpret_cast<float*>(p + i), x);
       } else if (ROUNDING == kStochastic) {
-        const I truncated = V::shift_right<16>(V::add(V::as_int(x), noise_lanes(local + uint32_t(j), element_lanes, key)));
+        const I noise = noise_lanes(V::add(V::splat(local + uint32_t(j)), element_lanes), V::splat(folded_key));
+        const I truncated = V::shift_right<16>(V::add(V::as_int(x), noise));
         V::store_u16(reinterpret_cast<uint16_t*>(p + i), V::blend(truncated, V::splat(0x7FC0), V::is_nan(x)));
       } else {
         const I rounded = bf16_nearest_lanes(x);

@@ -95,6 +95,7 @@ struct Avx2 {
   static I bit_and(I a, I b) { return _mm256_and_si256(a, b); }
   static I bit_or(I a, I b) { return _mm256_or_si256(a, b); }
   static I bit_xor(I a, I b) { return _mm256_xor_si256(a, b); }
+  static I xor3(I a, I b, I c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
   static I min_u32(I a, I b) { return _mm256_min_epu32(a, b); }
   static I max_u32(I a, I b) { return _mm256_max_epu32(a, b); }
   static I subs_u16(I a, I b) { return _mm256_subs_epu16(a, b); }  // per 16-bit half: a - b, 0 if negative
@@ -238,6 +239,7 @@ struct Avx512 {
   static I bit_and(I a, I b) { return _mm512_and_si512(a, b); }
   static I bit_or(I a, I b) { return _mm512_or_si512(a, b); }
   static I bit_xor(I a, I b) { return _mm512_xor_si512(a, b); }
+  static I xor3(I a, I b, I c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }  // a ^ b ^ c
   static I min_u32(I a, I b) { return _mm512_min_epu32(a, b); }
   static I max_u32(I a, I b) { return _mm512_max_epu32(a, b); }
   static I subs_u16(I a, I b) { return _mm512_subs_epu16(a, b); }
