@@ -556,7 +556,7 @@ struct MiniFloat {
       }
       V::template store_codes4<SIGNED>(out + j, code, value);
     }
-    return V::min_of_lanes(least) >= kSmallestNormal - kLow;
+    return V::all_at_least_u32(least, kSmallestNormal - kLow);
   }
 #endif  // ADAMKIT_VECTOR
 };

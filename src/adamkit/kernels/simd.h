@@ -125,11 +125,8 @@ struct Avx2 {
     m = _mm_max_ps(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
-  static uint32_t min_of_lanes(I x) {  // unsigned
-    __m128i m = _mm_min_epu32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
-    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0x4E));
-    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0xB1));
-    return uint32_t(_mm_cvtsi128_si32(m));
+  static bool all_at_least_u32(I x, uint32_t bound) {  // every lane >= bound, unsigned
+    return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(x, splat(bound)), x)) == -1;
   }
 };
 using V = Avx2;
@@ -268,13 +265,7 @@ struct Avx512 {
     m = _mm_max_ps(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
-  static uint32_t min_of_lanes(I x) {  // unsigned
-    const __m256i half = _mm256_min_epu32(_mm512_castsi512_si256(x), _mm512_extracti64x4_epi64(x, 1));
-    __m128i m = _mm_min_epu32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
-    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0x4E));
-    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0xB1));
-    return uint32_t(_mm_cvtsi128_si32(m));
-  }
+  static bool all_at_least_u32(I x, uint32_t bound) { return _mm512_cmpge_epu32_mask(x, splat(bound)) == 0xFFFF; }
 };
 using V = Avx512;
 #endif  // ADAMKIT_AVX512
