@@ -537,26 +537,29 @@ struct MiniFloat {
   // kMaxCode, which is 127 (SIGNED) or 255 here. The formulas differ only where the subnormal
   // code is not 0 (r >= 2^(-B-M), half the smallest subnormal code, rounded up) and r < 2^(1-B),
   // or, KEEP_NONZERO, where x != 0 has r < 2^(1-B): the minimum over lanes of r (minus 2^(-B-M),
-  // wrapping) says whether any lane is there.
+  // wrapping) says whether any lane is there. KEEP_NONZERO (v, unsigned) takes r from x itself,
+  // not |x|: v is never negative, and the signed minimum leaves any lane with the sign bit set
+  // (-0, a negative NaN) to encode_lanes too.
   static bool encode_normal(uint8_t* out, const float* x, int64_t count, F inverse) {
     static_assert(kMaxCode == (SIGNED ? 0x7F : 0xFF), "the byte stores saturate at the top code");
+    static_assert(!(SIGNED && KEEP_NONZERO), "KEEP_NONZERO's check is written for unsigned codes");
     constexpr uint32_t kLow = KEEP_NONZERO ? 0u : bits_of_pow2(-kBias - M);
     const I abs_mask = V::splat(0x7FFFFFFFu), half = V::splat(1u << (22 - M)), offset = V::splat(uint32_t(127 - kBias) << M);
-    I least = V::splat(~0u);
+    I least = V::splat(KEEP_NONZERO ? 0x7FFFFFFFu : ~0u);
     for (int64_t j = 0; j < count; j += 4 * V::kLanes) {
       F value[4];
       I code[4];
       for (int k = 0; k < 4; ++k) {
         value[k] = V::load(x + j + V::kLanes * k);
-        const I magnitude = V::bit_and(V::as_int(value[k]), abs_mask);
+        const I magnitude = KEEP_NONZERO ? V::as_int(value[k]) : V::bit_and(V::as_int(value[k]), abs_mask);
         const I r = V::as_int(V::mul(V::as_float(magnitude), inverse));
         code[k] = V::subs_u16(V::shift_right<23 - M>(V::add(r, half)), offset);
-        if (KEEP_NONZERO) least = V::min_u32_where_nonzero(least, magnitude, r);  // x = 0 gives code 0 either way
+        if (KEEP_NONZERO) least = V::min_i32_where_nonzero(least, magnitude, r);  // x = +0 gives code 0 either way
         else least = V::min_u32(least, V::sub(r, V::splat(kLow)));
       }
       V::template store_codes4<SIGNED>(out + j, code, value);
     }
-    return V::all_at_least_u32(least, kSmallestNormal - kLow);
+    return KEEP_NONZERO ? V::all_at_least_i32(least, int32_t(kSmallestNormal)) : V::all_at_least_u32(least, kSmallestNormal - kLow);
   }
 #endif  // ADAMKIT_VECTOR
 };

@@ -99,8 +99,9 @@ struct Avx2 {
   static I min_u32(I a, I b) { return _mm256_min_epu32(a, b); }
   static I max_u32(I a, I b) { return _mm256_max_epu32(a, b); }
   static I subs_u16(I a, I b) { return _mm256_subs_epu16(a, b); }  // per 16-bit half: a - b, 0 if negative
-  static I min_u32_where_nonzero(I least, I key, I x) {  // min(least, x) in the lanes where key != 0
-    return _mm256_min_epu32(least, _mm256_or_si256(x, _mm256_cmpeq_epi32(key, _mm256_setzero_si256())));
+  static I min_i32_where_nonzero(I least, I key, I x) {  // min(least, x), signed, in the lanes where key != 0
+    const I zero_key = _mm256_cmpeq_epi32(key, _mm256_setzero_si256());
+    return _mm256_min_epi32(least, _mm256_or_si256(x, _mm256_srli_epi32(zero_key, 1)));  // key 0: INT32_MAX
   }
   template <int N> static I shift_left(I a) { return _mm256_slli_epi32(a, N); }
   template <int N> static I shift_right(I a) { return _mm256_srli_epi32(a, N); }
@@ -127,6 +128,9 @@ struct Avx2 {
   }
   static bool all_at_least_u32(I x, uint32_t bound) {  // every lane >= bound, unsigned
     return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(x, splat(bound)), x)) == -1;
+  }
+  static bool all_at_least_i32(I x, int32_t bound) {  // every lane >= bound, signed
+    return _mm256_movemask_epi8(_mm256_cmpgt_epi32(splat(uint32_t(bound)), x)) == 0;
   }
 };
 using V = Avx2;
@@ -240,7 +244,7 @@ struct Avx512 {
   static I min_u32(I a, I b) { return _mm512_min_epu32(a, b); }
   static I max_u32(I a, I b) { return _mm512_max_epu32(a, b); }
   static I subs_u16(I a, I b) { return _mm512_subs_epu16(a, b); }
-  static I min_u32_where_nonzero(I least, I key, I x) { return _mm512_mask_min_epu32(least, _mm512_test_epi32_mask(key, key), least, x); }
+  static I min_i32_where_nonzero(I least, I key, I x) { return _mm512_mask_min_epi32(least, _mm512_test_epi32_mask(key, key), least, x); }
   template <int N> static I shift_left(I a) { return _mm512_slli_epi32(a, N); }
   template <int N> static I shift_right(I a) { return _mm512_srli_epi32(a, N); }
   template <int N> static I shift_right_signed(I a) { return ADAMKIT_SRAI_EPI32(a, N); }
@@ -266,6 +270,7 @@ struct Avx512 {
     return _mm_cvtss_f32(m);
   }
   static bool all_at_least_u32(I x, uint32_t bound) { return _mm512_cmpge_epu32_mask(x, splat(bound)) == 0xFFFF; }
+  static bool all_at_least_i32(I x, int32_t bound) { return _mm512_cmpge_epi32_mask(x, splat(uint32_t(bound))) == 0xFFFF; }
 };
 using V = Avx512;
 #endif  // ADAMKIT_AVX512
