@@ -406,6 +406,7 @@ constexpr float pow2(int e) {  // 2^e, exact, at compile time
   for (; e < 0; ++e) x *= 0.5f;
   return x;
 }
+constexpr uint32_t bits_of_pow2(int e) { return uint32_t(127 + e) << 23; }  // bits of 2^e, a normal float
 
 #ifdef ADAMKIT_VECTOR
 // Lane-wise forms of the helpers above; an I of 16-bit results holds one result per 32-bit lane.
@@ -420,17 +421,15 @@ inline I bf16_nearest_lanes(F x) {
   const I rounded = V::shift_right<16>(V::add(V::add(u, V::splat(0x7FFF)), parity));
   return V::blend(rounded, V::splat(0x7FC0), V::is_nan(x));
 }
-inline I mix32_lanes(I x) {
-  x = V::bit_xor(x, V::shift_right<16>(x));
+// 16 random bits per element for stochastic rounding: mix32(index ^ key) & 0xFFFF for the element
+// indices `index` of a parameter (codecs.random_bits). folded_key is key ^ (key >> 16): mix32's
+// first step, x ^ (x >> 16) of x = index ^ key, is then one three-way xor.
+inline I noise_lanes(I index, I folded_key) {
+  I x = V::xor3(index, V::shift_right<16>(index), folded_key);
   x = V::mullo(x, V::splat(0x7FEB352Du));
   x = V::bit_xor(x, V::shift_right<15>(x));
   x = V::mullo(x, V::splat(0x846CA68Bu));
-  return V::bit_xor(x, V::shift_right<16>(x));
-}
-// 16 random bits per element for stochastic rounding: mix32(index ^ key) for the elements at
-// first + lanes of a parameter (codecs.random_bits)
-inline I noise_lanes(uint32_t first, I lanes, uint32_t key) {
-  return V::bit_and(mix32_lanes(V::bit_xor(V::add(V::splat(first), lanes), V::splat(key))), V::splat(0xFFFF));
+  return V::bit_and(V::bit_xor(x, V::shift_right<16>(x)), V::splat(0xFFFF));
 }
 inline bool denormals_are_zero() { return (_mm_getcsr() & 0x0040u) != 0; }  // MXCSR.DAZ of this thread
 #else
@@ -531,22 +530,36 @@ struct MiniFloat {
     if (SIGNED) code = V::bit_or(code, V::shift_left<7>(V::blend(V::shift_right<31>(V::as_int(x)), V::splat(0), V::is_nan(x))));
     return code;
   }
-  // encode() of 4 kLanes values to bytes, for a block whose non-zero |x| all give r >= 2^(1-B) (the
-  // caller checks its smallest): then every code is the normal formula's, or 0 for x = 0 (the
-  // formula is negative there, and the store takes a negative lane as 0).
-  static void encode_group_normal(uint8_t* out, const float* x, F inverse) {
-    I code[4];
-    for (int k = 0; k < 4; ++k) {
-      const F magnitude = V::bit_and(V::load(x + V::kLanes * k), V::as_float(V::splat(0x7FFFFFFFu)));
-      const I r = V::min_u32(V::as_int(V::mul(magnitude, inverse)), V::splat(bits_of(kTop)));
-      code[k] = V::shift_right_signed<23 - M>(V::add(r, V::splat(kNormalOffset)));
+  // encode() of a block's first `count` (a multiple of 4 kLanes) values to bytes by the normal
+  // formula alone; false if a lane may need the subnormal one (then the caller encodes them all
+  // with encode_lanes). With r's bits u: code = (u + half) >> (23-M), minus (127-B) << M saturated
+  // at 0 (so r below the normal range gives 0); the byte stores saturate r > top (and NaN) at
+  // kMaxCode, which is 127 (SIGNED) or 255 here. The formulas differ only where the subnormal
+  // code is not 0 (r >= 2^(-B-M), half the smallest subnormal code, rounded up) and r < 2^(1-B),
+  // or, KEEP_NONZERO, where x != 0 has r < 2^(1-B): the minimum over lanes of r (minus 2^(-B-M),
+  // wrapping) says whether any lane is there. KEEP_NONZERO (v, unsigned) takes r from x itself,
+  // not |x|: v is never negative, and the signed minimum leaves any lane with the sign bit set
+  // (-0, a negative NaN) to encode_lanes too.
+  static bool encode_normal(uint8_t* out, const float* x, int64_t count, F inverse) {
+    static_assert(kMaxCode == (SIGNED ? 0x7F : 0xFF), "the byte stores saturate at the top code");
+    static_assert(!(SIGNED && KEEP_NONZERO), "KEEP_NONZERO's check is written for unsigned codes");
+    constexpr uint32_t kLow = KEEP_NONZERO ? 0u : bits_of_pow2(-kBias - M);
+    const I abs_mask = V::splat(0x7FFFFFFFu), half = V::splat(1u << (22 - M)), offset = V::splat(uint32_t(127 - kBias) << M);
+    I least = V::splat(KEEP_NONZERO ? 0x7FFFFFFFu : ~0u);
+    for (int64_t j = 0; j < count; j += 4 * V::kLanes) {
+      F value[4];
+      I code[4];
+      for (int k = 0; k < 4; ++k) {
+        value[k] = V::load(x + j + V::kLanes * k);
+        const I magnitude = KEEP_NONZERO ? V::as_int(value[k]) : V::bit_and(V::as_int(value[k]), abs_mask);
+        const I r = V::as_int(V::mul(V::as_float(magnitude), inverse));
+        code[k] = V::subs_u16(V::shift_right<23 - M>(V::add(r, half)), offset);
+        if (KEEP_NONZERO) least = V::min_i32_where_nonzero(least, magnitude, r);  // x = +0 gives code 0 either way
+        else least = V::min_u32(least, V::sub(r, V::splat(kLow)));
+      }
+      V::template store_codes4<SIGNED>(out + j, code, value);
     }
-    V::template store_codes4<SIGNED>(out, code, x);
-  }
-  // Whether encode_group_normal applies to a block: `smallest` is the bits of its smallest non-zero
-  // |x| (0 if all are zero); r is monotonic in |x|, so checking the smallest checks them all.
-  static bool all_normal(uint32_t smallest, float inverse) {
-    return smallest == 0 || bits_of(float_of(smallest) * inverse) >= kSmallestNormal;  // NaN counts as normal
+    return KEEP_NONZERO ? V::all_at_least_i32(least, int32_t(kSmallestNormal)) : V::all_at_least_u32(least, kSmallestNormal - kLow);
   }
 #endif  // ADAMKIT_VECTOR
 };
@@ -554,16 +567,15 @@ using ExpAvgCode = MiniFloat<4, 3, true, false>;   // codecs.EXP_AVG_CODE
 using ExpAvgSqCode = MiniFloat<5, 3, false, true>;  // codecs.EXP_AVG_SQ_CODE
 
 // Moment storage within one block: load/load_lanes give fp32 of element i (position j in the
-// block), store/store_lanes write it back. An int8 moment is decoded into the block buffer
-// `values` when the block begins, updated there, and encoded by finish_block once the block's
-// absmax is known.
+// block), store/store_lanes write it back. An int8 moment's new values are staged in the block
+// buffer `values` and encoded by finish_block once the block's absmax is known.
 struct F32Moment {
   static constexpr bool kStaged = false;
   float* data;
-  void begin_block(const float*, int64_t, int64_t, int64_t) {}
+  void begin_block(const float*, int64_t, int64_t, int64_t, bool) {}
   float load(int64_t i, int64_t) const { return data[i]; }
   void store(int64_t i, int64_t, float x) { data[i] = x; }
-  void finish_block(float*, int64_t, int64_t, int64_t, float, uint32_t) {}
+  void finish_block(float*, int64_t, int64_t, int64_t, float) {}
 #ifdef ADAMKIT_VECTOR
   F load_lanes(int64_t i, int64_t) const { return V::loadu(data + i); }
   void store_lanes(int64_t i, int64_t, F x) { V::storeu(data + i, x); }
@@ -572,10 +584,10 @@ struct F32Moment {
 struct BF16Moment {
   static constexpr bool kStaged = false;
   uint16_t* data;
-  void begin_block(const float*, int64_t, int64_t, int64_t) {}
+  void begin_block(const float*, int64_t, int64_t, int64_t, bool) {}
   float load(int64_t i, int64_t) const { return bf16_value(data[i]); }
   void store(int64_t i, int64_t, float x) { data[i] = bf16_nearest(x); }
-  void finish_block(float*, int64_t, int64_t, int64_t, float, uint32_t) {}
+  void finish_block(float*, int64_t, int64_t, int64_t, float) {}
 #ifdef ADAMKIT_VECTOR
   F load_lanes(int64_t i, int64_t) const { return bf16_value_lanes(data + i); }
   void store_lanes(int64_t i, int64_t, F x) { V::store_u16(data + i, bf16_nearest_lanes(x)); }
@@ -586,17 +598,25 @@ struct Int8Moment {
   static constexpr bool kStaged = true;
   uint8_t* data;
   alignas(64) float values[kBlock];
-  void begin_block(const float* absmax, int64_t block, int64_t base, int64_t n) {
+#ifdef ADAMKIT_VECTOR
+  // Usually load_lanes decodes the codes itself (one multiplication, decode_lanes_scaled): no
+  // round trip through `values`. The other decodes (DAZ, or a huge absmax) fill `values` first.
+  bool direct = false;
+  F scaled_lanes;
+#endif
+  // flush: denormals_are_zero() of this thread
+  void begin_block(const float* absmax, int64_t block, int64_t base, int64_t n, bool flush) {
     const float scale = Code::decode_scale(absmax[block]);
     const uint8_t* __restrict codes = data + base;
     int64_t j = 0;
 #ifdef ADAMKIT_VECTOR
     const F scale_lanes = V::set1(scale);
     const float scaled = scale * pow2(127 - Code::kBias);
-    if (!denormals_are_zero() && std::isfinite(scaled)) {
-      const F scaled_lanes = V::set1(scaled);
-      for (; j + V::kLanes <= n; j += V::kLanes) V::store(values + j, Code::decode_lanes_scaled(codes + j, scaled_lanes));
-    } else if (denormals_are_zero()) {
+    direct = !flush && std::isfinite(scaled);
+    if (direct) {
+      scaled_lanes = V::set1(scaled);
+      j = n / V::kLanes * V::kLanes;  // the vector loop's elements; the scalar tail reads `values`
+    } else if (flush) {
       for (; j + V::kLanes <= n; j += V::kLanes) V::store(values + j, Code::template decode_lanes<false>(codes + j, scale_lanes));
     } else {
       for (; j + V::kLanes <= n; j += V::kLanes) V::store(values + j, Code::template decode_lanes<true>(codes + j, scale_lanes));
@@ -606,22 +626,23 @@ struct Int8Moment {
   }
   float load(int64_t, int64_t j) const { return values[j]; }
   void store(int64_t, int64_t j, float x) { values[j] = x; }
-  // peak: the block's absmax; smallest: bits of its smallest non-zero |value|, or 0
-  void finish_block(float* absmax, int64_t block, int64_t base, int64_t n, float peak, uint32_t smallest) const {
+  void finish_block(float* absmax, int64_t block, int64_t base, int64_t n, float peak) const {  // peak: the block's absmax
     const float inverse = Code::encode_scale(peak);
     uint8_t* __restrict out = data + base;
     int64_t j = 0;
 #ifdef ADAMKIT_VECTOR
     const F inverse_lanes = V::set1(inverse);
-    if (Code::all_normal(smallest, inverse))  // else (rare) all of the block takes encode_lanes below
-      for (; j + 4 * V::kLanes <= n; j += 4 * V::kLanes) Code::encode_group_normal(out + j, values + j, inverse_lanes);
+    const int64_t grouped = n / (4 * V::kLanes) * (4 * V::kLanes);
+    if (Code::encode_normal(out, values, grouped, inverse_lanes)) j = grouped;  // else (rare) encode_lanes redoes them
     for (; j + V::kLanes <= n; j += V::kLanes) V::store_u8(out + j, Code::encode_lanes(V::load(values + j), inverse_lanes));
 #endif
     for (; j < n; ++j) out[j] = Code::encode(values[j], inverse);
     absmax[block] = peak;
   }
 #ifdef ADAMKIT_VECTOR
-  F load_lanes(int64_t, int64_t j) const { return V::load(values + j); }
+  F load_lanes(int64_t i, int64_t j) const {
+    return direct ? Code::decode_lanes_scaled(data + i, scaled_lanes) : V::load(values + j);
+  }
   void store_lanes(int64_t, int64_t j, F x) { V::store(values + j, x); }
 #endif
 };
@@ -643,7 +664,7 @@ struct VectorOps {
 // One block: decode, update and (for bf16/fp32 storage) encode element by element; int8 moments
 // are staged and encoded once the block's absmax is known.
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
-void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, int64_t block) {
+void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, int64_t block, bool flush) {
   using PT = typename std::conditional<BF16_PARAMS, uint16_t, float>::type;
   const int32_t param = b.block_param[block];
   const int64_t first = b.block_local[block], n = std::min(kBlock, b.numel[param] - first);
@@ -656,25 +677,25 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
     return table ? static_cast<decltype(typed)>(table[param]) + first : nullptr;
   };
   auto absmax = [&](float* const* table) { return table ? table[param] + first / kBlock : nullptr; };
-  MomentM m{storage(b.m, decltype(MomentM::data){})};
-  MomentV v{storage(b.v, decltype(MomentV::data){})};
-  MomentV vmax{storage(b.vmax, decltype(MomentV::data){})};
-  m.begin_block(absmax(b.m_absmax), 0, base, n);
-  v.begin_block(absmax(b.v_absmax), 0, base, n);
-  if (AMSGRAD) vmax.begin_block(absmax(b.vmax_absmax), 0, base, n);
+  // default-initialised, not `MomentM m{...}`: that would zero an int8 moment's staging buffer every block
+  MomentM m;
+  MomentV v, vmax;
+  m.data = storage(b.m, decltype(MomentM::data){});
+  v.data = storage(b.v, decltype(MomentV::data){});
+  vmax.data = storage(b.vmax, decltype(MomentV::data){});
+  m.begin_block(absmax(b.m_absmax), 0, base, n, flush);
+  v.begin_block(absmax(b.v_absmax), 0, base, n, flush);
+  if (AMSGRAD) vmax.begin_block(absmax(b.vmax_absmax), 0, base, n, flush);
   const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
+  const uint32_t folded_key = key ^ (key >> 16);  // noise_lanes
   const uint32_t local = uint32_t(b.param_offset[param] + first);  // element index within the whole parameter
   float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // block absmax of staged (int8) moments
-  // and bits of their smallest non-zero |value|, minus 1 (so that 0 wraps to the largest)
-  uint32_t least_m = ~0u, least_v = ~0u, least_vmax = ~0u;
   int64_t scalar_start = 0;  // elements before it went through the vector code
   const AdamMath<ScalarOps<float>> scalar_math(c);
 #ifdef ADAMKIT_VECTOR
   {
     const F abs_mask = V::as_float(V::splat(0x7FFFFFFFu));
     F peak_m_lanes = V::zero(), peak_v_lanes = V::zero(), peak_vmax_lanes = V::zero();
-    I least_m_lanes = V::splat(~0u), least_v_lanes = V::splat(~0u), least_vmax_lanes = V::splat(~0u);
-    const I one = V::splat(1);
     const AdamMath<VectorOps> math(c);
     // the update of kLanes elements: AdamMath, as the scalar loop below runs it per element
     auto update = [&](F param_value, F grad_value, F old_m, F old_v, F& x, F& exp_avg, F& exp_avg_sq) {
@@ -709,7 +730,9 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
         if constexpr (!decltype(may_be_nan)::value) return truncated;
         else return V::blend(truncated, V::splat(0x7FC00000u), V::is_nan(x));
       };
-      const I even_lanes = V::iota(0, 2), odd_lanes = V::iota(1, 2);
+      // element indices of the even and odd lanes, for the noise
+      I index[2] = {V::iota(local, 2), V::iota(local + 1, 2)};
+      const I index_step = V::splat(2 * V::kLanes), folded = V::splat(folded_key);
       for (int64_t j = 0; j + 2 * V::kLanes <= n; j += 2 * V::kLanes, vector_start = j) {
         const int64_t i = base + j;
         uint16_t* const ps = reinterpret_cast<uint16_t*>(p) + i;
@@ -725,31 +748,35 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
         load_pairs(v.data + i, old_v[0], old_v[1]);
         if (AMSGRAD) load_pairs(vmax.data + i, old_vmax[0], old_vmax[1]);
         I new_m[2], new_v[2], new_vmax[2], new_p[2], new_comp[2];
+        F x[2], exp_avg[2], exp_avg_sq[2], second[2];
+        I noise[2];
         for (int h = 0; h < 2; ++h) {
-          F x, exp_avg, exp_avg_sq;
-          update(param_value[h], grad_value[h], old_m[h], old_v[h], x, exp_avg, exp_avg_sq);
-          const F second = AMSGRAD ? math.second_moment(old_vmax[h], exp_avg_sq) : exp_avg_sq;
-          x = step(x, exp_avg, second);
+          update(param_value[h], grad_value[h], old_m[h], old_v[h], x[h], exp_avg[h], exp_avg_sq[h]);
+          second[h] = AMSGRAD ? math.second_moment(old_vmax[h], exp_avg_sq[h]) : exp_avg_sq[h];
+          x[h] = step(x[h], exp_avg[h], second[h]);
           // the noise does not depend on x: computed before the branch, it overlaps the division
-          const I noise = ROUNDING == kStochastic ? noise_lanes(local + uint32_t(j), h ? odd_lanes : even_lanes, key) : V::splat(0);
-          auto round = [&](auto may_be_nan) {
-            if (AMSGRAD) new_vmax[h] = nearest_high(second, may_be_nan);
-            new_m[h] = nearest_high(exp_avg, may_be_nan);
-            new_v[h] = nearest_high(exp_avg_sq, may_be_nan);
-            if (ROUNDING == kStochastic) {
-              new_p[h] = stochastic_high(x, noise, may_be_nan);
-            } else {
-              new_p[h] = nearest_high(x, may_be_nan);
-              if (ROUNDING == kKahan)  // x = inf gives inf - inf: always checked
-                new_comp[h] = nearest_high(V::sub(x, V::as_float(V::bit_and(new_p[h], high))), std::true_type{});
-            }
-          };
-          // A NaN in m, v or v_max makes the new parameter NaN (through the division or the square
-          // root; max returns its second operand, v, when one is NaN), so where x holds none,
-          // nothing rounded here does, and the NaN checks are skipped.
-          if (V::any_nan(x, x)) round(std::true_type{});
-          else round(std::false_type{});
+          noise[h] = ROUNDING == kStochastic ? noise_lanes(index[h], folded) : V::splat(0);
+          index[h] = V::add(index[h], index_step);
         }
+        auto round = [&](auto may_be_nan) {
+          for (int h = 0; h < 2; ++h) {
+            if (AMSGRAD) new_vmax[h] = nearest_high(second[h], may_be_nan);
+            new_m[h] = nearest_high(exp_avg[h], may_be_nan);
+            new_v[h] = nearest_high(exp_avg_sq[h], may_be_nan);
+            if (ROUNDING == kStochastic) {
+              new_p[h] = stochastic_high(x[h], noise[h], may_be_nan);
+            } else {
+              new_p[h] = nearest_high(x[h], may_be_nan);
+              if (ROUNDING == kKahan)  // x = inf gives inf - inf: always checked
+                new_comp[h] = nearest_high(V::sub(x[h], V::as_float(V::bit_and(new_p[h], high))), std::true_type{});
+            }
+          }
+        };
+        // A NaN in m, v or v_max makes the new parameter NaN (through the division or the square
+        // root; max returns its second operand, v, when one is NaN), so where x holds none,
+        // nothing rounded here does, and the NaN checks are skipped.
+        if (V::any_nan(x[0], x[1])) round(std::true_type{});
+        else round(std::false_type{});
         store_pairs(m.data + i, new_m[0], new_m[1]);
         store_pairs(v.data + i, new_v[0], new_v[1]);
         if (AMSGRAD) store_pairs(vmax.data + i, new_vmax[0], new_vmax[1]);
@@ -777,27 +804,18 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
       if (AMSGRAD) {
         second = math.second_moment(vmax.load_lanes(i, j), exp_avg_sq);
         vmax.store_lanes(i, j, second);
-        if (MomentV::kStaged) {
-          peak_vmax_lanes = V::max(second, peak_vmax_lanes);
-          least_vmax_lanes = V::min_u32(V::sub(V::as_int(V::bit_and(second, abs_mask)), one), least_vmax_lanes);
-        }
+        if (MomentV::kStaged) peak_vmax_lanes = V::max(second, peak_vmax_lanes);
       }
       m.store_lanes(i, j, exp_avg);
       v.store_lanes(i, j, exp_avg_sq);
-      if (MomentM::kStaged) {
-        const F magnitude = V::bit_and(exp_avg, abs_mask);
-        peak_m_lanes = V::max(magnitude, peak_m_lanes);
-        least_m_lanes = V::min_u32(V::sub(V::as_int(magnitude), one), least_m_lanes);
-      }
-      if (MomentV::kStaged) {
-        peak_v_lanes = V::max(exp_avg_sq, peak_v_lanes);
-        least_v_lanes = V::min_u32(V::sub(V::as_int(V::bit_and(exp_avg_sq, abs_mask)), one), least_v_lanes);
-      }
+      if (MomentM::kStaged) peak_m_lanes = V::max(V::bit_and(exp_avg, abs_mask), peak_m_lanes);
+      if (MomentV::kStaged) peak_v_lanes = V::max(exp_avg_sq, peak_v_lanes);
       x = step(x, exp_avg, second);
       if (!BF16_PARAMS) {
         V::storeu(reinterpret_cast<float*>(p + i), x);
       } else if (ROUNDING == kStochastic) {
-        const I truncated = V::shift_right<16>(V::add(V::as_int(x), noise_lanes(local + uint32_t(j), element_lanes, key)));
+        const I noise = noise_lanes(V::add(V::splat(local + uint32_t(j)), element_lanes), V::splat(folded_key));
+        const I truncated = V::shift_right<16>(V::add(V::as_int(x), noise));
         V::store_u16(reinterpret_cast<uint16_t*>(p + i), V::blend(truncated, V::splat(0x7FC0), V::is_nan(x)));
       } else {
         const I rounded = bf16_nearest_lanes(x);
@@ -811,12 +829,9 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
     peak_m = V::max_of_lanes(peak_m_lanes);
     peak_v = V::max_of_lanes(peak_v_lanes);
     peak_vmax = V::max_of_lanes(peak_vmax_lanes);
-    least_m = V::min_of_lanes(least_m_lanes);
-    least_v = V::min_of_lanes(least_v_lanes);
-    least_vmax = V::min_of_lanes(least_vmax_lanes);
   }
 #else
-#pragma omp simd reduction(max : peak_m, peak_v, peak_vmax) reduction(min : least_m, least_v, least_vmax)
+#pragma omp simd reduction(max : peak_m, peak_v, peak_vmax)
 #endif
   for (int64_t j = scalar_start; j < n; ++j) {
     const int64_t i = base + j;
@@ -837,14 +852,11 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
       second = scalar_math.second_moment(vmax.load(i, j), exp_avg_sq);
       vmax.store(i, j, second);
       if (MomentV::kStaged) peak_vmax = second > peak_vmax ? second : peak_vmax;  // v >= 0
-      if (MomentV::kStaged) least_vmax = std::min(least_vmax, bits_of(std::fabs(second)) - 1u);
     }
     m.store(i, j, exp_avg);
     v.store(i, j, exp_avg_sq);
     if (MomentM::kStaged) peak_m = std::fabs(exp_avg) > peak_m ? std::fabs(exp_avg) : peak_m;
     if (MomentV::kStaged) peak_v = exp_avg_sq > peak_v ? exp_avg_sq : peak_v;
-    if (MomentM::kStaged) least_m = std::min(least_m, bits_of(std::fabs(exp_avg)) - 1u);
-    if (MomentV::kStaged) least_v = std::min(least_v, bits_of(std::fabs(exp_avg_sq)) - 1u);
     x = scalar_math.step(x, exp_avg, second);
     if (!BF16_PARAMS) {
       p[i] = x;
@@ -857,9 +869,9 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
       if (ROUNDING == kKahan) comp[i] = bf16_nearest(x - bf16_value(rounded));  // what rounding lost
     }
   }
-  m.finish_block(absmax(b.m_absmax), 0, base, n, peak_m, least_m + 1u);
-  v.finish_block(absmax(b.v_absmax), 0, base, n, peak_v, least_v + 1u);
-  if (AMSGRAD) vmax.finish_block(absmax(b.vmax_absmax), 0, base, n, peak_vmax, least_vmax + 1u);
+  m.finish_block(absmax(b.m_absmax), 0, base, n, peak_m);
+  v.finish_block(absmax(b.v_absmax), 0, base, n, peak_v);
+  if (AMSGRAD) vmax.finish_block(absmax(b.vmax_absmax), 0, base, n, peak_vmax);
 }
 
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
@@ -868,9 +880,13 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars* scalars, int32_t k
   constants.reserve(kinds);
   for (int32_t k = 0; k < kinds; ++k) constants.emplace_back(scalars[k]);
   const bool parallel = blocks * kBlock >= kParallelThreshold;
-#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
-  for (int64_t block = 0; block < blocks; ++block)
-    step_block<MomentM, MomentV, AMSGRAD, BF16_PARAMS, ROUNDING>(b, constants.data(), block);
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+    const bool flush = denormals_are_zero();  // MXCSR is per thread; reading it costs ~10 cycles
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < blocks; ++block)
+      step_block<MomentM, MomentV, AMSGRAD, BF16_PARAMS, ROUNDING>(b, constants.data(), block, flush);
+  }
 }
 
 #ifdef ADAMKIT_LOWPREC

@@ -60,18 +60,18 @@ struct Avx2 {
   }
   // 2 kLanes words: the low halves of `low` in the even words, the high halves of `high` in the odd
   static I interleave_words(I low, I high) { return _mm256_blend_epi16(low, high, 0xAA); }
-  // 4 kLanes codes (lanes <= 0xFF; a negative lane gives 0) to bytes; SIGNED: each byte's top bit
-  // is the sign bit of the float at x, 0 for a NaN (the saturating packs keep a lane's sign)
+  // 4 kLanes codes (lanes in [0, 0x7FFF]) to bytes, saturated at 0x7F if SIGNED, else at 0xFF;
+  // SIGNED: each byte's top bit is the sign bit of x, 0 for a NaN (the saturating packs keep a lane's sign)
   template <bool SIGNED>
-  static void store_codes4(uint8_t* out, const I code[4], const float* x) {
-    I bytes = _mm256_packus_epi16(_mm256_packs_epi32(code[0], code[1]), _mm256_packs_epi32(code[2], code[3]));
+  static void store_codes4(uint8_t* out, const I code[4], const F x[4]) {
+    const I low = _mm256_packs_epi32(code[0], code[1]), high = _mm256_packs_epi32(code[2], code[3]);
+    I bytes = SIGNED ? _mm256_packs_epi16(low, high) : _mm256_packus_epi16(low, high);
     if (SIGNED) {
-      const auto signed_bits = [](const float* q) {  // a NaN's sign bit cleared (MiniFloat::encode)
-        const F value = _mm256_loadu_ps(q);
+      const auto signed_bits = [](F value) {  // a NaN's sign bit cleared (MiniFloat::encode)
         return _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(value, value, _CMP_UNORD_Q)), _mm256_castps_si256(value));
       };
-      const I a = _mm256_packs_epi32(signed_bits(x), signed_bits(x + 8));
-      const I b = _mm256_packs_epi32(signed_bits(x + 16), signed_bits(x + 24));
+      const I a = _mm256_packs_epi32(signed_bits(x[0]), signed_bits(x[1]));
+      const I b = _mm256_packs_epi32(signed_bits(x[2]), signed_bits(x[3]));
       bytes = _mm256_or_si256(bytes, _mm256_and_si256(_mm256_packs_epi16(a, b), _mm256_set1_epi8(char(0x80))));
     }
     bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // undo the in-lane packs
@@ -95,8 +95,14 @@ struct Avx2 {
   static I bit_and(I a, I b) { return _mm256_and_si256(a, b); }
   static I bit_or(I a, I b) { return _mm256_or_si256(a, b); }
   static I bit_xor(I a, I b) { return _mm256_xor_si256(a, b); }
+  static I xor3(I a, I b, I c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
   static I min_u32(I a, I b) { return _mm256_min_epu32(a, b); }
   static I max_u32(I a, I b) { return _mm256_max_epu32(a, b); }
+  static I subs_u16(I a, I b) { return _mm256_subs_epu16(a, b); }  // per 16-bit half: a - b, 0 if negative
+  static I min_i32_where_nonzero(I least, I key, I x) {  // min(least, x), signed, in the lanes where key != 0
+    const I zero_key = _mm256_cmpeq_epi32(key, _mm256_setzero_si256());
+    return _mm256_min_epi32(least, _mm256_or_si256(x, _mm256_srli_epi32(zero_key, 1)));  // key 0: INT32_MAX
+  }
   template <int N> static I shift_left(I a) { return _mm256_slli_epi32(a, N); }
   template <int N> static I shift_right(I a) { return _mm256_srli_epi32(a, N); }
   template <int N> static I shift_right_signed(I a) { return _mm256_srai_epi32(a, N); }
@@ -120,11 +126,11 @@ struct Avx2 {
     m = _mm_max_ps(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
-  static uint32_t min_of_lanes(I x) {  // unsigned
-    __m128i m = _mm_min_epu32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
-    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0x4E));
-    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0xB1));
-    return uint32_t(_mm_cvtsi128_si32(m));
+  static bool all_at_least_u32(I x, uint32_t bound) {  // every lane >= bound, unsigned
+    return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(x, splat(bound)), x)) == -1;
+  }
+  static bool all_at_least_i32(I x, int32_t bound) {  // every lane >= bound, signed
+    return _mm256_movemask_epi8(_mm256_cmpgt_epi32(splat(uint32_t(bound)), x)) == 0;
   }
 };
 using V = Avx2;
@@ -148,6 +154,8 @@ ADAMKIT_LANEWISE(emulated_cvtepu8_epi32, __m128i, __m512i, uint8_t, uint32_t, ui
 ADAMKIT_LANEWISE(emulated_cvtepu16_epi32, __m256i, __m512i, uint16_t, uint32_t, uint32_t(in[k]))
 ADAMKIT_LANEWISE(emulated_cvtepi32_epi8, __m512i, __m128i, uint32_t, uint8_t, uint8_t(in[k]))     // truncate
 ADAMKIT_LANEWISE(emulated_cvtepi32_epi16, __m512i, __m256i, uint32_t, uint16_t, uint16_t(in[k]))
+ADAMKIT_LANEWISE(emulated_cvtsepi32_epi8, __m512i, __m128i, int32_t, int8_t, int8_t(in[k] < -128 ? -128 : in[k] > 127 ? 127 : in[k]))
+ADAMKIT_LANEWISE(emulated_cvtusepi32_epi8, __m512i, __m128i, uint32_t, uint8_t, uint8_t(in[k] > 255u ? 255u : in[k]))
 #undef ADAMKIT_LANEWISE
 template <int N>
 inline __m512i emulated_srai_epi32(__m512i x) {  // arithmetic shift right
@@ -162,6 +170,8 @@ inline __m512i emulated_srai_epi32(__m512i x) {  // arithmetic shift right
 #define ADAMKIT_CVTEPU16_EPI32 emulated_cvtepu16_epi32
 #define ADAMKIT_CVTEPI32_EPI8 emulated_cvtepi32_epi8
 #define ADAMKIT_CVTEPI32_EPI16 emulated_cvtepi32_epi16
+#define ADAMKIT_CVTSEPI32_EPI8 emulated_cvtsepi32_epi8
+#define ADAMKIT_CVTUSEPI32_EPI8 emulated_cvtusepi32_epi8
 #define ADAMKIT_SRAI_EPI32(x, n) emulated_srai_epi32<n>(x)
 #else
 #define ADAMKIT_CVTEPI8_EPI32 _mm512_cvtepi8_epi32
@@ -169,6 +179,8 @@ inline __m512i emulated_srai_epi32(__m512i x) {  // arithmetic shift right
 #define ADAMKIT_CVTEPU16_EPI32 _mm512_cvtepu16_epi32
 #define ADAMKIT_CVTEPI32_EPI8 _mm512_cvtepi32_epi8
 #define ADAMKIT_CVTEPI32_EPI16 _mm512_cvtepi32_epi16
+#define ADAMKIT_CVTSEPI32_EPI8 _mm512_cvtsepi32_epi8
+#define ADAMKIT_CVTUSEPI32_EPI8 _mm512_cvtusepi32_epi8
 #define ADAMKIT_SRAI_EPI32(x, n) _mm512_srai_epi32(x, n)
 #endif  // ADAMKIT_EMULATE_AVX512
 
@@ -200,16 +212,14 @@ struct Avx512 {
   static void store_u8(uint8_t* p, I x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), ADAMKIT_CVTEPI32_EPI8(x)); }      // lanes <= 0xFF
   static I interleave_words(I low, I high) { return _mm512_mask_blend_epi16(0xAAAAAAAAu, low, high); }
   template <bool SIGNED>
-  static void store_codes4(uint8_t* out, const I code[4], const float* x) {  // as Avx2::store_codes4
+  static void store_codes4(uint8_t* out, const I code[4], const F x[4]) {  // as Avx2::store_codes4
     for (int k = 0; k < 4; ++k) {
-      I bytes = _mm512_max_epi32(code[k], _mm512_setzero_si512());
-      if (SIGNED) {  // the sign bit, cleared for a NaN (MiniFloat::encode)
-        const F value = _mm512_loadu_ps(x + 16 * k);
-        const __mmask16 ordered = _mm512_cmp_ps_mask(value, value, _CMP_ORD_Q);
-        const I sign = _mm512_slli_epi32(_mm512_srli_epi32(_mm512_castps_si512(value), 31), 7);
-        bytes = _mm512_or_si512(bytes, _mm512_mask_blend_epi32(ordered, _mm512_setzero_si512(), sign));
+      __m128i bytes = SIGNED ? ADAMKIT_CVTSEPI32_EPI8(code[k]) : ADAMKIT_CVTUSEPI32_EPI8(code[k]);  // saturating
+      if (SIGNED) {  // the sign bit, cleared for a NaN (MiniFloat::encode); the code is <= 0x7F
+        const __mmask16 negative = __mmask16(_mm512_movepi32_mask(_mm512_castps_si512(x[k])) & _mm512_cmp_ps_mask(x[k], x[k], _CMP_ORD_Q));
+        bytes = _mm_mask_add_epi8(bytes, negative, bytes, _mm_set1_epi8(char(0x80)));
       }
-      store_u8(out + 16 * k, bytes);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * k), bytes);
     }
   }
 
@@ -230,8 +240,11 @@ struct Avx512 {
   static I bit_and(I a, I b) { return _mm512_and_si512(a, b); }
   static I bit_or(I a, I b) { return _mm512_or_si512(a, b); }
   static I bit_xor(I a, I b) { return _mm512_xor_si512(a, b); }
+  static I xor3(I a, I b, I c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }  // a ^ b ^ c
   static I min_u32(I a, I b) { return _mm512_min_epu32(a, b); }
   static I max_u32(I a, I b) { return _mm512_max_epu32(a, b); }
+  static I subs_u16(I a, I b) { return _mm512_subs_epu16(a, b); }
+  static I min_i32_where_nonzero(I least, I key, I x) { return _mm512_mask_min_epi32(least, _mm512_test_epi32_mask(key, key), least, x); }
   template <int N> static I shift_left(I a) { return _mm512_slli_epi32(a, N); }
   template <int N> static I shift_right(I a) { return _mm512_srli_epi32(a, N); }
   template <int N> static I shift_right_signed(I a) { return ADAMKIT_SRAI_EPI32(a, N); }
@@ -256,13 +269,8 @@ struct Avx512 {
     m = _mm_max_ps(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
-  static uint32_t min_of_lanes(I x) {  // unsigned
-    const __m256i half = _mm256_min_epu32(_mm512_castsi512_si256(x), _mm512_extracti64x4_epi64(x, 1));
-    __m128i m = _mm_min_epu32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
-    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0x4E));
-    m = _mm_min_epu32(m, _mm_shuffle_epi32(m, 0xB1));
-    return uint32_t(_mm_cvtsi128_si32(m));
-  }
+  static bool all_at_least_u32(I x, uint32_t bound) { return _mm512_cmpge_epu32_mask(x, splat(bound)) == 0xFFFF; }
+  static bool all_at_least_i32(I x, int32_t bound) { return _mm512_cmpge_epi32_mask(x, splat(uint32_t(bound))) == 0xFFFF; }
 };
 using V = Avx512;
 #endif  // ADAMKIT_AVX512
