@@ -108,3 +108,9 @@ def test_runner_batches_only_where_the_mark_says_it_pays():
     assert all(r["alone"] for r in alone) and not any("alone" in r for r in together)
     assert CALLS == [[(0.1, 0), (0.1, 1), (0.1, 2)]]
     assert not mlp.trial.batch_when({"device": "cpu"}) and mlp.trial.batch_when({"device": "cuda"})
+
+
+def test_forward_refuses_layers_it_cannot_batch():
+    stack = batched.Stack(lambda: torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)), [(1.0, 0), (1.0, 1)])
+    with pytest.raises(ValueError, match="BatchNorm1d"):
+        batched.forward(stack.template, stack.params(), torch.zeros(5, 4), shared=True, training=True)

@@ -113,8 +113,10 @@ def forward(template: nn.Module, params: Sequence[torch.Tensor], x: torch.Tensor
         elif isinstance(module, nn.Dropout):
             if training and module.p > 0:
                 x = x * _dropout_masks(x, module.p, layout, generators)
-        else:  # element-wise or per-channel (ReLU, Tanh, MaxPool2d)
+        elif isinstance(module, (nn.ReLU, nn.Tanh, nn.MaxPool2d)):  # element-wise or per channel
             x = module(x)
+        else:  # anything mixing runs or holding state (BatchNorm's running statistics) would need its own batched form
+            raise ValueError(f"Invalid layer for a batched model: {type(module).__name__}")
     return x
 
 

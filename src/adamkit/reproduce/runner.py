@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
-BATCH = 10  # runs per batched call: the speed-up per run levels off near 8 on a 2-core CPU (benchmarks/reproduce_batched.py)
+BATCH = 10  # runs per batched call: a tuning grid's first five values × two tuning seeds, or the evaluation seeds
 
 
 def _worker_init() -> None:
