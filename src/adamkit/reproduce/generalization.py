@@ -40,7 +40,8 @@ CONSTRUCTION_START = {"GD": 0.1, "Adam": 0.01, "Adagrad": 0.05, "RMSprop": 0.001
 # AdamW in L&H's form (decay λ·η_t, η_t the schedule's multiplier): the total decay λ·Σ η_t shrinks an unused weight by
 # e^(−total), so these totals range from barely shrinking to shrinking it away
 ADAMW_TOTAL_DECAYS = (0.1, 1.0, 10.0)
-REAL_START = {"SGD-momentum": 0.05, "Adam": 1e-3} | {f"AdamW, total decay {d:g}": 1e-3 for d in ADAMW_TOTAL_DECAYS}
+
+
 DECAY_AT = (0.5, 0.75)  # the learning rate × 0.1 after these fractions of the epochs, for every method
 FIT = 1e-4  # construction: a run "fits" the training set when its final loss is below this
 
@@ -57,11 +58,12 @@ class Settings:
     hidden: int
     epochs: int
     tuning_seeds: int = 2
+    adamw_total_decays: tuple[float, ...] = ADAMW_TOTAL_DECAYS
 
     @classmethod
     def quick(cls) -> "Settings":
         return cls(n_train=40, n_test=1000, steps=400, p=0.7, mnist_train=1500, mnist_val=500, mnist_test=1000,
-                   hidden=64, epochs=3, tuning_seeds=1)
+                   hidden=64, epochs=3, tuning_seeds=1, adamw_total_decays=(1.0,))
 
     @classmethod
     def full(cls) -> "Settings":
@@ -70,7 +72,7 @@ class Settings:
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
-    return len(CONSTRUCTION_START) * 7 + len(REAL_START) * (6 * settings.tuning_seeds + n_seeds)
+    return len(CONSTRUCTION_START) * 7 + len(real_start(settings.adamw_total_decays)) * (6 * settings.tuning_seeds + n_seeds)
 
 
 # -- part 1: the construction ----------------------------------------------------------
@@ -131,6 +133,11 @@ def construction_trial(name: str, lr: float, seed: int, n_train: int, n_test: in
 
 
 # -- part 2: a real task ---------------------------------------------------------------
+
+
+def real_start(total_decays: tuple[float, ...]) -> dict[str, float]:
+    """The real task's candidates and their first learning rates: SGD-momentum, Adam, AdamW at each total decay."""
+    return {"SGD-momentum": 0.05, "Adam": 1e-3} | {f"AdamW, total decay {d:g}": 1e-3 for d in total_decays}
 
 
 def schedule_sum(epochs: int) -> float:
@@ -228,11 +235,12 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                                      "mnist_val": settings.mnist_val, "mnist_test": settings.mnist_test,
                                      "hidden": settings.hidden, "epochs": settings.epochs,
                                      "total_decay": float(name.split("total decay ")[1]) if name.startswith("AdamW") else 0.0}
-    comparison = tuned_comparison(runner, real_trial, make_r, val_score, REAL_START, seeds, settings.tuning_seeds,
+    start = real_start(settings.adamw_total_decays)
+    comparison = tuned_comparison(runner, real_trial, make_r, val_score, start, seeds, settings.tuning_seeds,
                                   score_name="validation error, mean of the last 10 % of epochs")
     accuracy = {n: [float(np.mean(r["test_correct"])) for r in runs] for n, runs in comparison.runs.items()}
     chosen_score = {n: c.scores[c.values.index(c.chosen)] for n, c in comparison.curves.items()}
-    adamw = min((n for n in REAL_START if n.startswith("AdamW")), key=chosen_score.get)  # its λ chosen on the tuning seeds too
+    adamw = min((n for n in start if n.startswith("AdamW")), key=chosen_score.get)  # its λ chosen on the tuning seeds too
     intervals, outcomes = [], []
     # Wilson et al. (2017) compare SGD with Adam; AdamW (Loshchilov & Hutter, 2019) came later and is shown for contrast only.
     # The per-seed differences are the unit of the interval: the seeds share one test set, so pooling their predictions
@@ -293,7 +301,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             "real task model": f"784-{settings.hidden}-10 ReLU network, batch 64, {settings.epochs} epochs, the learning rate × 0.1 "
                                f"after {DECAY_AT[0]:.0%} and {DECAY_AT[1]:.0%} of the epochs (every method)",
             "real task optimizers": "torch.optim.SGD(momentum=0.9); adamkit.Adam; adamkit.AdamW(decoupled_lr=True) with λ·Σ η_t ∈ "
-                                    f"{list(ADAMW_TOTAL_DECAYS)}, chosen on validation",
+                                    f"{list(settings.adamw_total_decays)}, chosen on validation",
             "tuning": f"lr on a 2× log grid, extended until bracketed, equal trials, by validation error on {settings.tuning_seeds} tuning seed(s) that are not evaluated",
             "seeds": seeds,
         },
