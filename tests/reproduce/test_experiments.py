@@ -186,3 +186,10 @@ def test_generalization_schedule_and_adamw_total_decay():
             optimizer.step()
         schedule.step()
     assert float(p) == pytest.approx(math.exp(-total), rel=0.05)
+
+
+def test_bias_correction_reason_names_the_parts_that_decide():
+    parts = {"interval": True, "β2 close to 1": None, "stable α": False}
+    assert bias_correction.explain(parts).startswith("fails: stable α (")
+    assert bias_correction.explain({**parts, "stable α": True}).startswith("undecided: β2 close to 1 (")
+    assert bias_correction.explain(dict.fromkeys(parts, True)).startswith("all 3 parts hold: interval; β2 close to 1; stable α (")

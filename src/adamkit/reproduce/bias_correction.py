@@ -133,6 +133,15 @@ def largest_stable(curve_values: list[float], results: dict, name: str, seeds: l
     return max(stable) if stable else 0.0
 
 
+def explain(parts: dict[str, bool | None]) -> str:
+    """The reason for the rule's outcome (:func:`.stats.combine` of ``parts``): the parts that fail, else those undecided."""
+    failed = [text for text, ok in parts.items() if ok is False]
+    undecided = [text for text, ok in parts.items() if ok is None]
+    text = ("fails: " + "; ".join(failed) if failed else "undecided: " + "; ".join(undecided) if undecided
+            else f"all {len(parts)} parts hold: " + "; ".join(parts))
+    return text + " (the per-β2 intervals are shown, not judged)"
+
+
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
     grid = candidates(settings.beta2s)
     make = lambda name, lr, seed: {"beta1": grid[name][0], "beta2": grid[name][1], "corrected": grid[name][2], "lr": lr,  # noqa: E731
@@ -164,7 +173,11 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         small = grid[overall[True]][1] in CLOSE_TO_ONE
         stable = {n: largest_stable(curves[n].values, results, n, tuning_seeds, budget, initial) for n in grid}
         smaller_without = all(stable[candidate_name(b1, b2, False)] < stable[candidate_name(b1, b2, True)] for b1 in BETA1S for b2 in close)
+        parts = {"the whole-grid interval above 0": stats.above(main, 0.0),
+                 f"the best with correction at β2 = {grid[overall[True]][1]:g}, close to 1": small,
+                 f"the largest stable α smaller without correction at β2 ∈ {close}": smaller_without}
         claims.append(Claim(
+            explanation=explain(parts),
             key="bias-correction" if budget == max(settings.budgets) else "bias-correction-short",
             statement=f"The best loss over the grid comes with bias correction and β2 close to 1; without correction the largest stable α "
                       f"is smaller for β2 close to 1 (after {budget:,} steps)",
@@ -180,7 +193,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                  f"β2 ∈ {close} and both β1 the largest α that stays below the initial loss in every tuning seed is smaller without "
                  "correction. The per-β2 intervals are shown, not judged",
             intervals=[main, *shown],
-            holds=stats.combine(stats.above(main, 0.0), small, smaller_without),
+            holds=stats.combine(*parts.values()),
             tuning=list(curves.values()),
             budget=f"{budget:,} steps ({budget * settings.batch_size / settings.n_train:.0f} epochs of our {settings.n_train} digits)",
         ))
