@@ -1,92 +1,63 @@
-"""How much faster `adamkit reproduce`'s logistic-regression runs are when R runs (seeds × learning
-rates) train as one batched model instead of one after another.
+"""How much faster `adamkit reproduce`'s training runs are when R runs of one optimizer (seeds ×
+learning rates) train as one batched model (reproduce.batched) instead of one after another.
 
-Each run keeps its own weights (one leaf tensor per run, one optimizer param group per run, so each
-has its own α_t = α/√t), its own minibatch order and its own full-batch cost; the forward pass
-stacks the weights and uses one batched matmul for all runs, and adamkit's multi-tensor kernel
-steps all of them in one call. The batched curves are compared with the sequential ones
-(reproduce.logistic.trial) and the wall times of both are printed.
+For each experiment at its full-run size, the same R runs go through the sequential ``trial`` and
+the batched ``trial.batched``; the wall times, the speed-up and the largest relative difference of
+the cost curves are printed. Times are this process's CPU seconds (one thread, as in reproduce's
+worker processes), the least of ``--repeat`` alternating measurements: on a shared machine the wall
+time measures the neighbours as much as the code.
 
-    PYTHONPATH=src python benchmarks/reproduce_batched.py [--runs 8] [--epochs 3]
+    PYTHONPATH=src python benchmarks/reproduce_batched.py [--runs 10] [--epochs 1] [--repeat 2] [--only logistic mlp cnn sparse]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
-import numpy as np
 import torch
-from torch import nn
 
-import adamkit
-from adamkit.reproduce import data, logistic
+from adamkit.reproduce import cnn, logistic, mlp, sparse
 
 
-def batched_logistic(lrs: list[float], seeds: list[int], l2: float, epochs: int, batch_size: int = 128, n_train: int = 5000) -> list[list[float]]:
-    """The cost curves of len(lrs) Adam runs of reproduce.logistic.trial, trained together."""
-    split = data.mnist(n_train=n_train, n_test=0)
-    x, y = split.x_train, split.y_train
-    weights, biases, generators = [], [], []
-    for seed in seeds:  # the same initialisation as trial(): nn.Linear after seeding
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        generators.append(torch.Generator().manual_seed(seed))
-        layer = nn.Linear(784, 10)
-        weights.append(nn.Parameter(layer.weight.detach().clone()))
-        biases.append(nn.Parameter(layer.bias.detach().clone()))
-    groups = [{"params": [w, b], "lr": lr} for w, b, lr in zip(weights, biases, lrs)]
-    optimizer = adamkit.Adam(groups, lr=lrs[0])
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / math.sqrt(step + 1))
-    runs = len(lrs)
-
-    def costs() -> list[float]:
-        with torch.no_grad():
-            w, b = torch.stack(weights), torch.stack(biases)  # (R, 10, 784), (R, 10)
-            logits = torch.einsum("nd,rkd->rnk", x, w) + b[:, None, :]
-            ce = nn.functional.cross_entropy(logits.reshape(-1, 10), y.repeat(runs), reduction="none").reshape(runs, -1).mean(dim=1)
-            return (ce + 0.5 * l2 * w.pow(2).sum(dim=(1, 2))).tolist()
-
-    curves = [[c] for c in costs()]
-    n = len(x)
-    batches = math.ceil(n / batch_size)
-    for _ in range(epochs):
-        orders = [torch.randperm(n, generator=g) for g in generators]
-        for k in range(batches):
-            index = torch.stack([o[k * batch_size : (k + 1) * batch_size] for o in orders])  # (R, B)
-            w, b = torch.stack(weights), torch.stack(biases)
-            logits = torch.bmm(x[index], w.transpose(1, 2)) + b[:, None, :]
-            per_run = nn.functional.cross_entropy(logits.reshape(-1, 10), y[index].reshape(-1), reduction="none").reshape(runs, -1).mean(dim=1)
-            loss = (per_run + 0.5 * l2 * w.pow(2).sum(dim=(1, 2))).sum()  # each run's gradient is its own
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            if (k + 1) % (batches // 2) == 0 or k == batches - 1:
-                for curve, c in zip(curves, costs()):
-                    curve.append(c)
-    return curves
+def kwargs_of(name: str, epochs: int) -> tuple[object, str, dict]:
+    if name == "logistic":
+        s = logistic.Settings.full()
+        return logistic, "Adam", {"l2": s.l2, "epochs": epochs, "batch_size": s.batch_size, "n_train": s.n_train}
+    if name == "mlp":
+        s = mlp.Settings.full()
+        return mlp, "Adam", {"hidden": s.hidden, "n_train": s.n_train, "epochs": epochs, "dropout": s.dropout}
+    if name == "cnn":
+        s = cnn.Settings.full()
+        return cnn, "Adam", {"channels": s.channels, "n_train": s.n_train, "epochs": epochs}
+    s = sparse.Settings.full()
+    return sparse, "Adam", {"vocabulary": s.vocabulary, "documents": s.documents, "tokens": s.tokens, "epochs": epochs,
+                            "batch_size": s.batch_size, "dropout": s.dropout}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--only", nargs="+", default=["logistic", "mlp", "cnn", "sparse"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    lrs = [2e-3 * 2 ** (k % 4) for k in range(args.runs)]
-    seeds = [k // 4 for k in range(args.runs)]
-    start = time.perf_counter()
-    sequential = [logistic.trial("Adam", lr, seed, l2=1e-3, epochs=args.epochs, batch_size=128, n_train=5000)["losses"]
-                  for lr, seed in zip(lrs, seeds)]
-    t_seq = time.perf_counter() - start
-    start = time.perf_counter()
-    batched = batched_logistic(lrs, seeds, 1e-3, args.epochs)
-    t_bat = time.perf_counter() - start
-    diff = max(abs(a - b) / abs(a) for s, bt in zip(sequential, batched) for a, b in zip(s, bt))
-    print(f"{args.runs} runs x {args.epochs} epochs: sequential {t_seq:.2f} s, batched {t_bat:.2f} s, speed-up {t_seq / t_bat:.2f}x; "
-          f"largest relative difference of the cost curves {diff:.2e} (float32 summation order)")
+    for name in args.only:
+        module, optimizer, kwargs = kwargs_of(name, args.epochs)
+        runs = [(2.5e-4 * 2 ** (k // 2), k % 2) for k in range(args.runs)]  # learning rates × 2 seeds, as a tuning grid
+        module.trial(optimizer, 1e-3, 0, **{**kwargs, "epochs": 1} if name != "sparse" else kwargs)  # data loaded, caches warm
+        t_seq = t_bat = float("inf")
+        for _ in range(args.repeat):
+            start = time.process_time()
+            sequential = [module.trial(optimizer, lr, seed, **kwargs)["losses"] for lr, seed in runs]
+            t_seq = min(t_seq, time.process_time() - start)
+            start = time.process_time()
+            together = [r["losses"] for r in module.trial.batched(optimizer, runs, **kwargs)]
+            t_bat = min(t_bat, time.process_time() - start)
+        diff = max(abs(a - b) / abs(a) for s, b_ in zip(sequential, together) for a, b in zip(s, b_))
+        print(f"{name}: {args.runs} runs x {args.epochs} epoch(s): sequential {t_seq:.1f} s, batched {t_bat:.1f} s, "
+              f"speed-up {t_seq / t_bat:.2f}x; largest relative difference of the curves {diff:.1e}", flush=True)
 
 
 if __name__ == "__main__":

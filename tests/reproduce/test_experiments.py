@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import adamkit
 from adamkit.reproduce import (
     amsgrad_online, annealing, bias_correction, generalization, invariance, little_tuning, nonstationary, step_bound, weight_decay,
 )
@@ -154,3 +155,41 @@ def test_bias_correction_loss_at_a_budget():
     result = {"losses": [10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5], "eval_every": 10}
     assert bias_correction.loss_at(result, 40) == 6.0  # evaluations at steps 0..40: the last 10 % is one point
     assert bias_correction.loss_at({"losses": [10.0, math.inf], "eval_every": 10}, 10) == math.inf
+
+
+# -- the papers' regimes: bias correction's grid, weight decay with BatchNorm, generalization with decay --------------
+
+
+def test_bias_correction_covers_the_papers_grid():
+    grid = bias_correction.candidates(bias_correction.Settings.full().beta2s)
+    assert sorted({b2 for _, b2, _ in grid.values()}) == [0.99, 0.999, 0.9999]  # K&B Sec. 6.4
+    assert len(grid) == 12 and {(b1, c) for b1, _, c in grid.values()} == {(0.0, True), (0.0, False), (0.9, True), (0.9, False)}
+    assert set(bias_correction.CLOSE_TO_ONE) < set(bias_correction.BETA2S)
+
+
+def test_weight_decay_runs_a_batchnorm_network_over_two_decades():
+    settings = weight_decay.Settings.full()
+    assert max(settings.lrs) / min(settings.lrs) >= 100
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in weight_decay.bn_network(8))
+
+
+def test_generalization_schedule_and_adamw_total_decay():
+    assert generalization.schedule_sum(20) == pytest.approx(10 + 5 * 0.1 + 5 * 0.01)
+    # an unused weight (zero gradient) under AdamW shrinks by about e^(−total) over the whole schedule
+    epochs, per_epoch, total = 8, 25, 1.0
+    p = torch.nn.Parameter(torch.ones(1))
+    optimizer = adamkit.AdamW([p], lr=1e-3, weight_decay=generalization.adamw_lambda(total, epochs, per_epoch), decoupled_lr=True)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [round(f * epochs) for f in generalization.DECAY_AT], gamma=0.1)
+    for _ in range(epochs):
+        for _ in range(per_epoch):
+            p.grad = torch.zeros(1)
+            optimizer.step()
+        schedule.step()
+    assert float(p) == pytest.approx(math.exp(-total), rel=0.05)
+
+
+def test_bias_correction_reason_names_the_parts_that_decide():
+    parts = {"interval": True, "β2 close to 1": None, "stable α": False}
+    assert bias_correction.explain(parts).startswith("fails: stable α (")
+    assert bias_correction.explain({**parts, "stable α": True}).startswith("undecided: β2 close to 1 (")
+    assert bias_correction.explain(dict.fromkeys(parts, True)).startswith("all 3 parts hold: interval; β2 close to 1; stable α (")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data, margins
+from . import batched, data, margins
 from .common import (
     PAPER, TARGET, ExperimentResult, Figure, comparative_claim, make_optimizer, seed_everything, target_gaps, train_classifier,
     TRAINING_COST, training_cost, training_cost_figure,
@@ -90,15 +90,27 @@ def paper_cnn(in_channels: int, size: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * width * width, 1000), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1000, 10))
 
 
-def trial(name: str, lr: float, seed: int, channels: int, n_train: int, epochs: int, paper_model: bool = False, dataset: str = "mnist",
-          data_dir: str | None = None, device: str = "cpu") -> dict:
+def _training_set(n_train: int, dataset: str, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     if dataset == "cifar10":
         x, y = data.cifar10_from_dir(data_dir)
         order = np.random.default_rng(0).permutation(len(x))[:n_train]
-        x_train, y_train = torch.from_numpy(x[order]), torch.from_numpy(y[order])
-    else:
-        split = data.mnist(n_train, 0, image=True, data_dir=data_dir)
-        x_train, y_train = split.x_train, split.y_train
+        return torch.from_numpy(x[order]), torch.from_numpy(y[order])
+    split = data.mnist(n_train, 0, image=True, data_dir=data_dir)
+    return split.x_train, split.y_train
+
+
+def trial_runs(name: str, runs: list[batched.Run], channels: int, n_train: int, epochs: int, paper_model: bool = False,
+               dataset: str = "mnist", data_dir: str | None = None, device: str = "cpu") -> list[dict]:
+    """:func:`trial` for every (lr, seed) in ``runs``, trained as one batched model (grouped convolutions, :mod:`.batched`)."""
+    x_train, y_train = _training_set(n_train, dataset, data_dir)
+    build = (lambda: paper_cnn(x_train.shape[1], x_train.shape[2])) if paper_model else (lambda: make_cnn(channels))
+    return batched.train_classifiers(name, build, runs, x_train, y_train, epochs=epochs, batch_size=128, evals_per_epoch=2, device=device)
+
+
+@batched.batchable(trial_runs)
+def trial(name: str, lr: float, seed: int, channels: int, n_train: int, epochs: int, paper_model: bool = False, dataset: str = "mnist",
+          data_dir: str | None = None, device: str = "cpu") -> dict:
+    x_train, y_train = _training_set(n_train, dataset, data_dir)
     generator = seed_everything(seed)
     model = (paper_cnn(x_train.shape[1], x_train.shape[2]) if paper_model else make_cnn(channels)).to(device)
     optimizer = make_optimizer(name, model.parameters(), lr)

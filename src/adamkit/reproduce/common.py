@@ -357,9 +357,13 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, **kwarg
     raise ValueError(f"Invalid optimizer name: {name!r}")
 
 
+def inverse_sqrt(step: int) -> float:
+    """The multiplier of alpha_t = alpha / sqrt(t), t counted in steps from 1 (Kingma & Ba, Sec. 6.1)."""
+    return 1.0 / math.sqrt(step + 1)
+
+
 def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """alpha_t = alpha / sqrt(t), t counted in steps from 1 (Kingma & Ba, Sec. 6.1)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / math.sqrt(step + 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt)
 
 
 # -- training -------------------------------------------------------------------------

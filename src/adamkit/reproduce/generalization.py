@@ -9,8 +9,12 @@ the row space of X, reaches the minimum-norm solution and classifies new
 examples by their first feature (test error 0).
 
 Part 2 is a real task (MNIST, a one-hidden-layer network): SGD with momentum
-against Adam and AdamW, each given the same learning-rate grid, the best rate
-chosen on a validation split.
+against Adam, each given the same learning-rate grid and the same step decay of the
+learning rate (Wilson et al., Sec. 4, tune decay schemes for every method), the best
+rate chosen on a validation split; AdamW, with its decay λ over a range whose total
+shrinkage spans a factor e^0.1 to e^10, shown for contrast. Judged per seed: the
+paired per-seed difference of test accuracy, the seeds' test sets shared, so never
+pooled into one test.
 """
 
 from __future__ import annotations
@@ -33,8 +37,12 @@ NAME = "generalization"
 TITLE = "Generalization: adaptive methods vs gradient descent (Wilson et al.)"
 PAPER_REF = "Wilson, Roelofs, Stern, Srebro & Recht (2017)"
 CONSTRUCTION_START = {"GD": 0.1, "Adam": 0.01, "Adagrad": 0.05, "RMSprop": 0.001}
-REAL_START = {"SGD-momentum": 0.05, "Adam": 1e-3, "AdamW": 1e-3}
-ADAMW_DECAY = 1e-2
+# AdamW in L&H's form (decay λ·η_t, η_t the schedule's multiplier): the total decay λ·Σ η_t shrinks an unused weight by
+# e^(−total), so these totals range from barely shrinking to shrinking it away
+ADAMW_TOTAL_DECAYS = (0.1, 1.0, 10.0)
+
+
+DECAY_AT = (0.5, 0.75)  # the learning rate × 0.1 after these fractions of the epochs, for every method
 FIT = 1e-4  # construction: a run "fits" the training set when its final loss is below this
 
 
@@ -50,11 +58,12 @@ class Settings:
     hidden: int
     epochs: int
     tuning_seeds: int = 2
+    adamw_total_decays: tuple[float, ...] = ADAMW_TOTAL_DECAYS
 
     @classmethod
     def quick(cls) -> "Settings":
         return cls(n_train=40, n_test=1000, steps=400, p=0.7, mnist_train=1500, mnist_val=500, mnist_test=1000,
-                   hidden=64, epochs=3, tuning_seeds=1)
+                   hidden=64, epochs=3, tuning_seeds=1, adamw_total_decays=(1.0,))
 
     @classmethod
     def full(cls) -> "Settings":
@@ -63,7 +72,7 @@ class Settings:
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
-    return len(CONSTRUCTION_START) * 7 + len(REAL_START) * (6 * settings.tuning_seeds + n_seeds)
+    return len(CONSTRUCTION_START) * 7 + len(real_start(settings.adamw_total_decays)) * (6 * settings.tuning_seeds + n_seeds)
 
 
 # -- part 1: the construction ----------------------------------------------------------
@@ -126,8 +135,25 @@ def construction_trial(name: str, lr: float, seed: int, n_train: int, n_test: in
 # -- part 2: a real task ---------------------------------------------------------------
 
 
-def real_trial(name: str, lr: float, seed: int, mnist_train: int, mnist_val: int, mnist_test: int, hidden: int, epochs: int) -> dict:
-    """MLP on MNIST; validation error after every epoch, test-set correctness at the end."""
+def real_start(total_decays: tuple[float, ...]) -> dict[str, float]:
+    """The real task's candidates and their first learning rates: SGD-momentum, Adam, AdamW at each total decay."""
+    return {"SGD-momentum": 0.05, "Adam": 1e-3} | {f"AdamW, total decay {d:g}": 1e-3 for d in total_decays}
+
+
+def schedule_sum(epochs: int) -> float:
+    """Σ over epochs of the step-decay multiplier (per epoch; × steps per epoch gives Σ η_t)."""
+    return sum(0.1 ** sum(e >= round(f * epochs) for f in DECAY_AT) for e in range(epochs))
+
+
+def adamw_lambda(total_decay: float, epochs: int, steps_per_epoch: int) -> float:
+    """AdamW's λ (L&H's form, decay λ·η_t) whose total λ·Σ η_t over the run is ``total_decay``."""
+    return total_decay / (schedule_sum(epochs) * steps_per_epoch)
+
+
+def real_trial(name: str, lr: float, seed: int, mnist_train: int, mnist_val: int, mnist_test: int, hidden: int, epochs: int,
+               total_decay: float = 0.0) -> dict:
+    """MLP on MNIST with the step decay of :data:`DECAY_AT`; validation error after every epoch, test-set correctness at
+    the end. AdamW's λ gives ``total_decay`` = λ·Σ η_t."""
     split = data.mnist(mnist_train + mnist_val, mnist_test, seed=0)
     xtr, ytr = split.x_train[:mnist_train], split.y_train[:mnist_train]
     xva, yva = split.x_train[mnist_train:], split.y_train[mnist_train:]
@@ -135,10 +161,12 @@ def real_trial(name: str, lr: float, seed: int, mnist_train: int, mnist_val: int
     model = mlp([784, hidden, 10])
     if name == "SGD-momentum":
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    elif name == "AdamW":
-        optimizer = make_optimizer("AdamW", model.parameters(), lr, weight_decay=ADAMW_DECAY)
+    elif name.startswith("AdamW"):
+        optimizer = make_optimizer("AdamW", model.parameters(), lr, weight_decay=adamw_lambda(total_decay, epochs, -(-len(xtr) // 64)),
+                                   decoupled_lr=True)
     else:
         optimizer = make_optimizer(name, model.parameters(), lr)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [round(f * epochs) for f in DECAY_AT], gamma=0.1)
     val_error = []
     for _ in range(epochs):
         order = torch.randperm(len(xtr), generator=generator)
@@ -147,6 +175,7 @@ def real_trial(name: str, lr: float, seed: int, mnist_train: int, mnist_val: int
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(xtr[index]), ytr[index]).backward()
             optimizer.step()
+        schedule.step()
         with torch.no_grad():
             logits = model(xva)
             val_error.append(float((logits.argmax(1) != yva).float().mean()) if torch.all(torch.isfinite(logits)) else math.inf)
@@ -204,15 +233,19 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
     # Part 2: lr tuned on validation error (bracketed), test accuracy on every seed
     make_r = lambda name, lr, seed: {"name": name, "lr": lr, "seed": seed, "mnist_train": settings.mnist_train,  # noqa: E731
                                      "mnist_val": settings.mnist_val, "mnist_test": settings.mnist_test,
-                                     "hidden": settings.hidden, "epochs": settings.epochs}
-    comparison = tuned_comparison(runner, real_trial, make_r, val_score, REAL_START, seeds, settings.tuning_seeds,
+                                     "hidden": settings.hidden, "epochs": settings.epochs,
+                                     "total_decay": float(name.split("total decay ")[1]) if name.startswith("AdamW") else 0.0}
+    start = real_start(settings.adamw_total_decays)
+    comparison = tuned_comparison(runner, real_trial, make_r, val_score, start, seeds, settings.tuning_seeds,
                                   score_name="validation error, mean of the last 10 % of epochs")
     accuracy = {n: [float(np.mean(r["test_correct"])) for r in runs] for n, runs in comparison.runs.items()}
+    chosen_score = {n: c.scores[c.values.index(c.chosen)] for n, c in comparison.curves.items()}
+    adamw = min((n for n in start if n.startswith("AdamW")), key=chosen_score.get)  # its λ chosen on the tuning seeds too
     intervals, outcomes = [], []
     # Wilson et al. (2017) compare SGD with Adam; AdamW (Loshchilov & Hutter, 2019) came later and is shown for contrast only.
     # The per-seed differences are the unit of the interval: the seeds share one test set, so pooling their predictions
     # in one paired test would treat 8 evaluations of the same digits as independent.
-    for other in ("Adam", "AdamW"):
+    for other in ("Adam", adamw):
         diff = [a - b for a, b in zip(accuracy["SGD-momentum"], accuracy[other])]
         interval = stats.bootstrap_interval(diff, f"test accuracy SGD-momentum − {other} (paired per seed)"
                                             + ("" if other == "Adam" else ", shown for contrast, not in the rule"))
@@ -228,7 +261,8 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                             "character-level language models and parsing, tuned SGD (with tuned decay schedules) reaches better test "
                             "performance than Adam",
             measured={f"{n} test accuracy (lr {comparison.curves[n].chosen:.3g})": Measure(a) for n, a in accuracy.items()},
-            rule="95 % bootstrap interval of the paired per-seed accuracy difference SGD-momentum − Adam above 0 (AdamW's shown, not judged)",
+            rule="95 % bootstrap interval of the paired per-seed accuracy difference SGD-momentum − Adam above 0, every method with the "
+                 "same step decay of its tuned learning rate (AdamW at the total decay that validated best, shown, not judged)",
             intervals=intervals,
             holds=stats.combine(*outcomes),
             defect=True,
@@ -264,15 +298,16 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                             f"with P(y = +1) = {settings.p}; full-batch least squares from w = 0, float64, {settings.steps} steps; "
                             "a 2× grid of 7 lrs per method",
             "real task data": f"MNIST: {settings.mnist_train} train / {settings.mnist_val} validation / {settings.mnist_test} test of the 5,000 real digits",
-            "real task model": f"784-{settings.hidden}-10 ReLU network, batch 64, {settings.epochs} epochs, constant lr",
-            "real task optimizers": f"torch.optim.SGD(momentum=0.9); adamkit.Adam; adamkit.AdamW(weight_decay={ADAMW_DECAY})",
+            "real task model": f"784-{settings.hidden}-10 ReLU network, batch 64, {settings.epochs} epochs, the learning rate × 0.1 "
+                               f"after {DECAY_AT[0]:.0%} and {DECAY_AT[1]:.0%} of the epochs (every method)",
+            "real task optimizers": "torch.optim.SGD(momentum=0.9); adamkit.Adam; adamkit.AdamW(decoupled_lr=True) with λ·Σ η_t ∈ "
+                                    f"{list(settings.adamw_total_decays)}, chosen on validation",
             "tuning": f"lr on a 2× log grid, extended until bracketed, equal trials, by validation error on {settings.tuning_seeds} tuning seed(s) that are not evaluated",
             "seeds": seeds,
         },
         deviations=[
             "real task: an MNIST MLP instead of CIFAR-10 networks, language models and parsing",
-            "constant learning rates (Wilson et al. also tuned decay schedules)",
-            f"AdamW's decay fixed at {ADAMW_DECAY} (its λ is swept in the weight-decay experiment)",
+            "one fixed step decay for every method (Wilson et al. tune the decay scheme too)",
         ],
         claims=claims,
         figures=[

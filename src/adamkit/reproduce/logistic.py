@@ -16,9 +16,9 @@ from functools import lru_cache, partial
 import numpy as np
 from torch import nn
 
-from . import data, margins
+from . import batched, data, margins
 from .common import (
-    EXCESS, PAPER, ExperimentResult, Figure, comparative_claim, excess_gaps, inverse_sqrt_schedule, make_optimizer, seed_everything,
+    EXCESS, PAPER, ExperimentResult, Figure, comparative_claim, excess_gaps, inverse_sqrt, inverse_sqrt_schedule, make_optimizer, seed_everything,
     train_classifier, TRAINING_COST, training_cost, training_cost_figure,
 )
 from .runner import Runner
@@ -70,6 +70,16 @@ def estimated_runs(settings: Settings, n_seeds: int) -> int:
     return per * (1 + len(settings.sensitivity))
 
 
+def trial_runs(name: str, runs: list[batched.Run], l2: float, epochs: int, batch_size: int, n_train: int, data_dir: str | None = None,
+               device: str = "cpu") -> list[dict]:
+    """:func:`trial` for every (lr, seed) in ``runs``, trained as one batched model (:mod:`.batched`)."""
+    split = data.mnist(n_train=n_train, n_test=0, data_dir=data_dir)
+    return batched.train_classifiers(name, lambda: nn.Linear(784, 10), runs, split.x_train, split.y_train, epochs=epochs,
+                                     batch_size=batch_size, schedule=inverse_sqrt, evals_per_epoch=2,
+                                     l2=l2, l2_params=(0,), device=device)
+
+
+@batched.batchable(trial_runs)
 def trial(name: str, lr: float, seed: int, l2: float, epochs: int, batch_size: int, n_train: int, data_dir: str | None = None,
           device: str = "cpu") -> dict:
     """One training run: the training cost (cross-entropy + λ/2 ‖W‖²) twice per epoch."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 
 
-from . import data, margins, stats
+from . import batched, data, margins, stats
 from .common import (
     PAPER, TARGET, ExperimentResult, Figure, comparative_claim, make_optimizer, mlp, seed_everything, target_gaps, train_classifier,
     TRAINING_COST, training_cost, training_cost_figure, verdict,
@@ -65,6 +65,15 @@ def estimated_runs(settings: Settings, n_seeds: int) -> int:
     return len(START) * (6 * settings.tuning_seeds + n_seeds)
 
 
+def trial_runs(name: str, runs: list[batched.Run], hidden: int, n_train: int, epochs: int, dropout: float, data_dir: str | None = None,
+               device: str = "cpu") -> list[dict]:
+    """:func:`trial` for every (lr, seed) in ``runs``, trained as one batched model (:mod:`.batched`)."""
+    split = data.mnist(n_train, 0, data_dir=data_dir)
+    return batched.train_classifiers(name, lambda: mlp([784, hidden, hidden, 10], dropout=dropout), runs, split.x_train, split.y_train,
+                                     epochs=epochs, batch_size=128, evals_per_epoch=2, device=device)
+
+
+@batched.batchable(trial_runs, when=batched.on_accelerator)  # FLOP-bound: batching does not pay on the CPU
 def trial(name: str, lr: float, seed: int, hidden: int, n_train: int, epochs: int, dropout: float, data_dir: str | None = None,
           device: str = "cpu") -> dict:
     split = data.mnist(n_train, 0, data_dir=data_dir)

@@ -2,16 +2,21 @@
 
 Every run is a call ``fn(**kwargs)`` of a module-level function (so it can be sent
 to a worker process); results come back in submission order. ``jobs=1`` runs them
-in this process (tests, ``--jobs 1``).
+in this process (tests, ``--jobs 1``). Runs of a trial marked batchable (:mod:`.batched`) that
+differ only in learning rate and seed go to its batched function together (where its mark says
+batching pays), at most ``batch`` runs per call.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
+
+BATCH = 10  # runs per batched call: a tuning grid's first five values × two tuning seeds, or the evaluation seeds
 
 
 def _worker_init() -> None:
@@ -29,8 +34,9 @@ class Runner:
     adds runs nobody announced, and the bar then grows).
     """
 
-    def __init__(self, jobs: int = 1, progress: Callable[[int, int], Any] | None = None) -> None:
+    def __init__(self, jobs: int = 1, progress: Callable[[int, int], Any] | None = None, batch: int = BATCH) -> None:
         self.jobs = max(1, int(jobs))
+        self.batch = max(1, int(batch))
         self._progress = progress
         self._pool: ProcessPoolExecutor | None = None
         self.runs = 0
@@ -44,6 +50,9 @@ class Runner:
             self._progress(0, runs)
 
     def map(self, fn: Callable[..., Any], kwargs_list: Sequence[dict[str, Any]]) -> list[Any]:
+        if (getattr(fn, "batched", None) is not None and self.batch > 1 and len(kwargs_list) > 1
+                and all(fn.batch_when(kwargs) for kwargs in kwargs_list)):
+            return self._map_batched(fn.batched, kwargs_list)
         self.runs += len(kwargs_list)
         if self.jobs == 1 or len(kwargs_list) == 1:
             results = []
@@ -57,6 +66,21 @@ class Runner:
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             self._tick()
+        return results
+
+    def _map_batched(self, fn: Callable[..., list[Any]], kwargs_list: Sequence[dict[str, Any]]) -> list[Any]:
+        """The runs in calls of :func:`batches`, results scattered back into submission order."""
+        calls = batches(kwargs_list, self.jobs, self.batch)
+        outputs = self.map(_call_batched, [{"fn": fn, "kwargs": kwargs_list[members[0]], "runs": [(kwargs_list[i]["lr"], kwargs_list[i]["seed"])
+                                                                                                  for i in members]} for members in calls])
+        total = len(kwargs_list)
+        self.runs += total - len(calls)
+        if self._progress is not None:
+            self._progress(total - len(calls), 0)  # the progress bar counts runs, not calls
+        results: list[Any] = [None] * total
+        for members, output in zip(calls, outputs):
+            for i, result in zip(members, output):
+                results[i] = result
         return results
 
     def submit(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> "Pending":
@@ -87,6 +111,28 @@ class Runner:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def batches(kwargs_list: Sequence[dict[str, Any]], jobs: int, batch: int) -> list[list[int]]:
+    """Indices of ``kwargs_list`` per batched call: runs grouped by everything but (lr, seed), each group
+    cut into contiguous calls of near-equal size, at most ``batch`` runs and at least ``jobs`` calls in
+    all where there are enough runs (so every process works)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, kwargs in enumerate(kwargs_list):
+        groups.setdefault(tuple(sorted((k, v) for k, v in kwargs.items() if k not in ("lr", "seed"))), []).append(i)
+    total = len(kwargs_list)
+    size = math.ceil(total / (jobs * math.ceil(total / (jobs * batch))))
+    calls = []
+    for members in groups.values():
+        parts = math.ceil(len(members) / size)
+        bounds = [round(k * len(members) / parts) for k in range(parts + 1)]
+        calls += [members[a:b] for a, b in zip(bounds, bounds[1:])]  # contiguous: a learning rate's seeds stay together
+    return calls
+
+
+def _call_batched(fn: Callable[..., list[Any]], kwargs: dict[str, Any], runs: list[tuple[float, int]]) -> list[Any]:
+    rest = {k: v for k, v in kwargs.items() if k not in ("lr", "seed")}
+    return fn(runs=runs, **rest)
 
 
 class Pending:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import margins
+from . import batched, margins
 from .common import (
-    EXCESS, PAPER, ExperimentResult, Figure, comparative_claim, excess_gaps, inverse_sqrt_schedule, make_optimizer, seed_everything,
+    EXCESS, PAPER, ExperimentResult, Figure, comparative_claim, excess_gaps, inverse_sqrt, inverse_sqrt_schedule, make_optimizer, seed_everything,
     TRAINING_COST, training_cost, training_cost_figure,
 )
 from .runner import Runner
@@ -73,6 +73,71 @@ def make_corpus(vocabulary: int, documents: int, tokens: int, seed: int) -> tupl
     return torch.from_numpy(x), torch.from_numpy(labels)
 
 
+class _Zeros(nn.Module):
+    """The logistic model's parameters as :func:`trial` starts them: zero weights and bias."""
+
+    def __init__(self, vocabulary: int) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(vocabulary))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+
+def trial_runs(name: str, runs: list[batched.Run], vocabulary: int, documents: int, tokens: int, epochs: int, batch_size: int,
+               dropout: float) -> list[dict]:
+    """:func:`trial` for every (lr, seed) in ``runs`` trained together: stacked weights (R, V), each run on its own seed's corpus
+    with its own minibatch order and dropout masks (:mod:`.batched`)."""
+    stack = batched.Stack(lambda: _Zeros(vocabulary), runs)
+    optimizer = make_optimizer(name, stack.groups(), stack.lrs[0])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt)
+    seeds = [runs[i][1] for i in stack.order]
+    corpora = {seed: make_corpus(vocabulary, documents, tokens, seed) for seed in dict.fromkeys(seeds)}
+    generators = [stack.generators[i] for i in stack.order]
+
+    def penalty(weights: torch.Tensor) -> torch.Tensor:
+        return 0.5 * L2 * weights.pow(2).sum(1)
+
+    @torch.no_grad()
+    def costs() -> list[float]:
+        weights, bias = stack.params()
+        values = torch.empty(len(seeds))
+        for seed, (x, y) in corpora.items():  # one matrix product per corpus for all its runs
+            rows = [k for k, s in enumerate(seeds) if s == seed]
+            logits = torch.addmm(bias[rows], x, weights[rows].t())
+            values[rows] = nn.functional.binary_cross_entropy_with_logits(logits, y[:, None].expand_as(logits), reduction="none").mean(0)
+        return (values + penalty(weights)).tolist()
+
+    curves = [[c] for c in costs()]
+    alive = [True] * len(seeds)
+    for _ in range(epochs):
+        orders = [torch.randperm(documents, generator=g) for g in generators]
+        for start in range(0, documents, batch_size):
+            xs, ys = [], []
+            for seed, order, g in zip(seeds, orders, generators):
+                x, y = corpora[seed]
+                index = order[start : start + batch_size]
+                keep = (torch.rand(len(index), vocabulary, generator=g) >= dropout).float() / (1 - dropout)
+                xs.append(x[index] * keep)
+                ys.append(y[index])
+            weights, bias = stack.params()
+            logits = torch.baddbmm(bias[:, None, None], torch.stack(xs), weights[:, :, None]).squeeze(-1)
+            per_run = nn.functional.binary_cross_entropy_with_logits(logits, torch.stack(ys), reduction="none").mean(1)
+            optimizer.zero_grad()
+            (per_run + penalty(weights)).sum().backward()  # run r's loss reaches only run r's slice
+            optimizer.step()
+            schedule.step()
+        for k, c in enumerate(costs()):
+            if alive[k]:
+                curves[k].append(c)
+                alive[k] = bool(np.isfinite(c))
+        if not any(alive):
+            break
+    results: list[dict] = [{}] * len(runs)
+    for k, i in enumerate(stack.order):
+        results[i] = {"ticks": list(range(len(curves[k]))), "losses": curves[k]}
+    return results
+
+
+@batched.batchable(trial_runs, when=batched.on_accelerator)  # measured 0.9x on the CPU: the per-run dropout masks dominate
 def trial(name: str, lr: float, seed: int, vocabulary: int, documents: int, tokens: int, epochs: int, batch_size: int,
           dropout: float) -> dict:
     """Logistic regression with input dropout; training cost (no dropout) after every epoch."""

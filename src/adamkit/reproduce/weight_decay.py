@@ -8,13 +8,15 @@ AdamW's fixed point is where the normalised step m̂/√v̂ balances the decay �
 |∇f| ≫ ε that step is ±1 in every coordinate, so every coordinate ends at 1/λ
 whatever its curvature.
 
-Part 2, a real network (an MLP on the bundled 8x8 digits), trained long enough that
-the total decay λ·Σ η_t spans about 0.1–10: for each learning rate α of a
-half-decade grid, the decay λ is tuned on a bracketed 2× grid, for Adam + L2 and for
-AdamW in the paper's form (decay λ·η_t, η_t the cosine schedule multiplier,
-``decoupled_lr=True``). L&H (Fig. 2) find AdamW's good region "separable": the best
-decay depends much less on α. Measured as the slope of log(best λ) against log(α),
-with a bootstrap interval over seeds (best λ refined by a parabola in log λ).
+Part 2, a real network in L&H's regime: a BatchNorm network (their Fig. 2 trains a ResNet with
+BatchNorm; the weights feeding a BatchNorm layer are scale-invariant, so decay acts through
+their effective learning rate, the effect the paper is about) on the bundled 8x8 digits, trained
+long enough that the total decay λ·Σ η_t spans about 0.1–10. For each learning rate α of a grid
+over two decades, the decay λ is tuned on a bracketed 2× grid, for Adam + L2 and for AdamW in
+the paper's form (decay λ·η_t, η_t the cosine schedule multiplier, ``decoupled_lr=True``). L&H
+(Fig. 2) find AdamW's good region "separable": the best decay depends much less on α. Measured
+as the slope of log(best λ) against log(α), with a bootstrap interval over seeds (best λ refined
+by a parabola in log λ).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from . import data, stats
-from .common import DEMONSTRATION, Claim, ExperimentResult, Figure, Measure, make_optimizer, mlp, new_figure, plot_tuning, seed_everything
+from .common import DEMONSTRATION, Claim, ExperimentResult, Figure, Measure, make_optimizer, new_figure, plot_tuning, seed_everything
 from .runner import Runner
 from .tuning import tune
 
@@ -54,11 +56,11 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(quadratic_steps=3000, lrs=[3e-3, 1e-2], n_train=300, hidden=32, steps=150, tuning_seeds=1, max_points=6)
+        return cls(quadratic_steps=3000, lrs=[1e-4, 1e-2], n_train=300, hidden=32, steps=150, tuning_seeds=1, max_points=6)
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(quadratic_steps=20000, lrs=[1e-3, 3e-3, 1e-2], n_train=200, hidden=128, steps=2000, max_points=8)
+        return cls(quadratic_steps=20000, lrs=[1e-4, 1e-3, 1e-2], n_train=200, hidden=128, steps=2000, max_points=8)  # two decades of α
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
@@ -100,11 +102,17 @@ def rule_quadratic(finals: dict[str, np.ndarray]) -> bool:
 # -- part 2 ---------------------------------------------------------------------------
 
 
+def bn_network(hidden: int) -> nn.Sequential:
+    """64 → hidden → 10 with BatchNorm between the hidden layer's linear map and its ReLU."""
+    return nn.Sequential(nn.Linear(64, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
 def trial(method: str, lr: float, decay: float, seed: int, n_train: int, hidden: int, steps: int, batch_size: int) -> dict:
-    """Test cross-entropy (mean of the last 10 % of evaluations) after ``steps`` steps with cosine annealing to 0."""
+    """Test cross-entropy (mean of the last 10 % of evaluations, BatchNorm in evaluation mode) after ``steps`` steps with cosine
+    annealing to 0; every parameter decayed, as in L&H's experiments."""
     split = data.digits(n_train, seed=seed)
     generator = seed_everything(seed)
-    model = mlp([64, hidden, 10])
+    model = bn_network(hidden)
     if method == "AdamW":
         optimizer = make_optimizer("AdamW", model.parameters(), lr, weight_decay=decay, decoupled_lr=True)
     else:
@@ -119,8 +127,10 @@ def trial(method: str, lr: float, decay: float, seed: int, n_train: int, hidden:
         optimizer.step()
         schedule.step()
         if (step + 1) % every == 0:
+            model.eval()
             with torch.no_grad():
                 value = float(nn.functional.cross_entropy(model(split.x_test), split.y_test))
+            model.train()
             evaluations.append(value if math.isfinite(value) else math.inf)
             if not math.isfinite(value):
                 break
@@ -201,8 +211,9 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             key="weight-decay-separable",
             statement="AdamW's best weight decay depends less on the learning rate than Adam+L2's (more separable)",
             paper_ref=PAPER_REF,
-            paper_statement="with decoupled decay the good region of (lr, λ) is more separable, i.e. the best λ depends much less on lr "
-                            "than with L2 (CIFAR-10 ResNet, long runs)",
+            paper_statement="decoupled weight decay \"decouples the optimal choice of weight decay factor from the setting of the learning "
+                            "rate\" (abstract); with L2 the best λ moves with the learning rate (Fig. 2: ResNet with BatchNorm on CIFAR-10, "
+                            "a grid of learning rates and decays)",
             measured={f"{m} slope": Measure([slopes[m].estimate]) for m in METHODS}
             | {f"best λ, {n}": Measure([best_decay[n]]) for n in curves},
             rule="95 % bootstrap interval (seeds resampled) of |slope Adam+L2| − |slope AdamW| above 0; slope = least-squares slope of "
@@ -236,14 +247,15 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             "quadratic": f"f(θ) = ½ Σ s_i (θ_i − c_i)², s = {SCALES}, c = {CENTRE}, λ = {LAMBDA}; lr 0.05/√t, "
                          f"{settings.quadratic_steps} steps, float64; adamkit.Adam(weight_decay=λ) and adamkit.AdamW(weight_decay=λ)",
             "network data": f"scikit-learn digits, {settings.n_train} train / {1797 - settings.n_train} test",
-            "network": f"64-{settings.hidden}-10 ReLU MLP, batch {settings.batch_size} drawn with replacement, {settings.steps} steps, "
+            "network": f"64-{settings.hidden}-10 ReLU network with BatchNorm before the ReLU (every parameter decayed), batch {settings.batch_size} drawn with replacement, {settings.steps} steps, "
                        f"cosine annealing of the lr to 0 (Σ η_t = {half_steps:g}, so AdamW's total decay λ·Σ η_t = 1 at λ = {1 / half_steps:g})",
             "grid": {"learning rates": settings.lrs, "λ": "2× log grid per (method, α), extended until bracketed, equal trials"},
             "score": "test cross-entropy, mean of the last 10 % of evaluations (smoother than the error on 800 images)",
             "seeds": seeds,
         },
         deviations=[
-            "CIFAR-10 ResNet → a small MLP on the 8x8 scikit-learn digits",
+            "CIFAR-10 ResNet → a one-hidden-layer BatchNorm network on the 8x8 scikit-learn digits",
+            f"α ∈ {settings.lrs} (two decades)",
             "scored by test cross-entropy (L&H: test error)",
             f"{settings.steps} steps; the interval comes from {len(seeds)} seeds",
         ],
