@@ -268,3 +268,20 @@ def test_int4_storage_applies_to_packable_large_params_only():
 def test_int4_state_dtype_names():
     assert codecs.resolve_state_dtypes("int4", None, None) == ("int4", "int4")
     assert codecs.resolve_state_dtypes(None, "int4", "int8") == ("int4", "int8")
+
+
+def test_int4_tables_of_the_kernel_are_the_codecs():
+    """The C++ kernel spells the int4 levels and midpoints out as float literals: the same float32s."""
+    import re
+    from pathlib import Path
+
+    source = (Path(codecs.__file__).parent / "kernels" / "adam_kernel.cpp").read_text()
+    for table, code in (("ExpAvgInt4Table", codecs.EXP_AVG_INT4), ("ExpAvgSqInt4Table", codecs.EXP_AVG_SQ_INT4)):
+        body = source[source.index(f"struct {table} {{") :]
+        body = body[: body.index("\n};")]
+        levels, midpoints = (
+            [float.fromhex(x) if "x" in x else float(x) for x in re.findall(r"-?0x[0-9a-f.]+p[+-]?\d+|-?\d+\.\d+", part)]
+            for part in body.split("kMidpoints")
+        )
+        assert levels == list(code.levels)
+        assert midpoints == code.midpoints().tolist()

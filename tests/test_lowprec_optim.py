@@ -19,6 +19,9 @@ MODES = [
     dict(state_dtype="int8"),
     dict(exp_avg_dtype="int8", exp_avg_sq_dtype="bfloat16"),
     dict(exp_avg_dtype="float32", exp_avg_sq_dtype="int8"),
+    dict(state_dtype="int4"),
+    dict(exp_avg_dtype="int4", exp_avg_sq_dtype="bfloat16"),
+    dict(exp_avg_dtype="int8", exp_avg_sq_dtype="int4"),
 ]
 # int8 applies to the first and third only (>= 4096 elements); int4 to the first (the third: int8)
 SHAPES = [(70, 100), (300,), (5000,), (1,)]
@@ -81,7 +84,7 @@ def test_kernel_and_loop_path_agree(mode, amsgrad):
 
 
 @pytest.mark.parametrize("rounding", codecs.PARAM_ROUNDINGS)
-@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8", "int4"])
 def test_bf16_params_kernel_and_loop_agree(rounding, state_dtype):
     kernel_params, loop_params = make_params(torch.bfloat16), make_params(torch.bfloat16)
     kernel = run(kernel_params, param_rounding=rounding, state_dtype=state_dtype, rounding_seed=3)
@@ -335,7 +338,9 @@ def one_rank_mesh():
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("options", [dict(state_dtype="int8", amsgrad=True), dict(exp_avg_dtype="bfloat16")])
+@pytest.mark.parametrize(
+    "options", [dict(state_dtype="int8", amsgrad=True), dict(exp_avg_dtype="bfloat16"), dict(state_dtype="int4", amsgrad=True)]
+)
 def test_dtensor_params_keep_dtensor_state_and_match_plain_params(options):
     """A DTensor parameter steps its local part; its state is DTensors (element-wise ones placed
     like the parameter, the int8 absmax replicated), so DCP can reshard it. Two ranks: test_distributed."""
@@ -422,7 +427,7 @@ def unpack_int4(codes):
     return torch.stack((flat & 15, flat >> 4), 1).reshape(-1)
 
 
-@pytest.mark.parametrize("fused", [False])
+@pytest.mark.parametrize("fused", [None, False])
 def test_int4_state_bytes_per_parameter(fused):
     """State measured from the state dict: two 4-bit codes plus a float32 absmax per 128 elements each."""
     params = [torch.nn.Parameter(torch.zeros(768, 3072))]
@@ -434,7 +439,7 @@ def test_int4_state_bytes_per_parameter(fused):
     assert moment_bytes / params[0].numel() <= 1.10
 
 
-@pytest.mark.parametrize("fused", [False])
+@pytest.mark.parametrize("fused", [None, False])
 def test_int4_storage_per_parameter(fused):
     params = make_params(shapes=INT4_SHAPES)
     optimizer = run(params, steps=1, state_dtype="int4", fused=fused)
@@ -446,7 +451,7 @@ def test_int4_storage_per_parameter(fused):
     assert optimizer.state[params[0]]["exp_avg_absmax"].shape == (codecs.num_blocks(7000, 128),)
 
 
-@pytest.mark.parametrize("fused", [False])
+@pytest.mark.parametrize("fused", [None, False])
 def test_int4_step_stays_bounded_and_v_stays_positive(fused):
     """|delta p| <= the core bound up to the codes' rounding: m's levels are within 2x of the value
     or 0, v's powers of two within 2^-1.5 below it (sqrt: 0.84), so 2.5x at most, and a v > 0
@@ -470,7 +475,7 @@ def test_int4_step_stays_bounded_and_v_stays_positive(fused):
         assert bool((v[:2] > 0).all()) and bool((v[4:] > 0).all())  # rows 2, 3: squares underflow to v = 0
 
 
-@pytest.mark.parametrize("fused", [False])
+@pytest.mark.parametrize("fused", [None, False])
 @pytest.mark.parametrize("mode", [dict(state_dtype="int4"), dict(exp_avg_dtype="int4", exp_avg_sq_dtype="int8"),
                                   dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="int4")], ids=["int4", "int4-int8", "bf16-int4"])
 def test_int4_checkpoint_round_trips_exactly(mode, fused):
@@ -561,3 +566,29 @@ def test_int4_bad_arguments_name_argument_and_value(kwargs, message):
         adamkit.AdamW(make_params(shapes=[(64, 128)]), **kwargs)
     if "Invalid" in message:
         assert "'int4'" in str(info.value)  # lists the valid names
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+def test_int4_kernel_codes_equal_the_reference_loops_bit_for_bit(amsgrad, param_dtype):
+    """With betas (0.5, 0) every moment is formed exactly alike on both paths (halving is exact;
+    v = g * g rounds once, with or without an FMA), so the kernel's int4 encoder and decoder
+    must give the reference loop's codes and scales bit for bit, over several steps."""
+    shapes = [(70, 100), (64, 130), (3, 4096 + 256)]  # last blocks short; a param of 2 work blocks + a half
+    kernel_params, loop_params = make_params(param_dtype, shapes=shapes), make_params(param_dtype, shapes=shapes)
+    options = dict(state_dtype="int4", betas=(0.5, 0.0), amsgrad=amsgrad)
+    kernel = adamkit.AdamW(kernel_params, lr=1e-2, **options)
+    loop = adamkit.AdamW(loop_params, lr=1e-2, fused=False, **options)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        for p, q in zip(kernel_params, loop_params):
+            grad = torch.randn(p.shape, generator=generator) * torch.exp(torch.randn(p.shape, generator=generator) * 3)
+            grad[0, :7] = 0.0  # exact zeros in a block
+            p.grad, q.grad = grad.to(param_dtype), grad.to(param_dtype)
+        kernel.step()
+        loop.step()
+    assert all(plan.usable.all() for plan in kernel._group_plans[0].plans if plan.layout is not None)
+    for p, q in zip(kernel_params, loop_params):
+        for key, value in loop.state[q].items():
+            if key.endswith(("_int4", "_absmax")):
+                assert torch.equal(kernel.state[p][key], value), key

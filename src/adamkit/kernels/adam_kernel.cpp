@@ -378,7 +378,7 @@ struct LowPrecBuffers {  // per-parameter tables, torch's layout kept: one tenso
 namespace {
 
 constexpr int64_t kBlock = 256;  // codecs.BLOCK_SIZE
-enum Format { kF32 = 0, kBF16 = 1, kInt8 = 2 };
+enum Format { kF32 = 0, kBF16 = 1, kInt8 = 2, kInt4 = 3 };
 enum Rounding { kNearest = 0, kStochastic = 1, kKahan = 2 };
 
 inline uint32_t bits_of(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
@@ -553,6 +553,60 @@ struct MiniFloat {
 using ExpAvgCode = MiniFloat<4, 3, true, false>;   // codecs.EXP_AVG_CODE
 using ExpAvgSqCode = MiniFloat<5, 3, false, true>;  // codecs.EXP_AVG_SQ_CODE
 
+// A 4-bit code (codecs.FourBit): the index of the nearest of 16 ascending levels (the top one 1.0)
+// to r = x / absmax, counted as the midpoints r reaches (a tie goes up); a NaN takes code 15.
+// Counting compares instead of searching a table keeps the encoder branch-free in every lane.
+template <class Table>
+struct FourBit {
+  static float encode_scale(float absmax) {  // 1 / absmax, 0 for a zero block, capped (MiniFloat's, top 1)
+    float inverse = absmax > 0 ? 1.0f / absmax : 0.0f;
+    return inverse > 0x1p126f ? 0x1p126f : inverse;
+  }
+  static float decode_scale(float absmax) {  // 1 / inverse, capped so a level times it stays finite
+    const float inverse = encode_scale(absmax);
+    const float scale = inverse > 0 ? 1.0f / inverse : 0.0f;
+    const float cap = std::nextafter(3.4028234663852886e38f, 0.0f);
+    return scale > cap ? cap : scale;
+  }
+  static uint32_t encode(float x, float inverse) {
+    const float r = x * inverse;
+    uint32_t code = 0;
+    for (int k = 0; k < 15; ++k) code += r >= Table::kMidpoints[k] ? 1u : 0u;
+    return r != r ? 15u : code;
+  }
+  static float decode(uint32_t code, float scale) { return Table::kLevels[code] * scale; }
+#ifdef ADAMKIT_VECTOR
+  static I encode_lanes(F x, F inverse) {
+    const F r = V::mul(x, inverse);
+    I code = V::splat(0);
+    for (int k = 0; k < 15; ++k) code = V::add_where(code, V::greater_equal(r, V::set1(Table::kMidpoints[k])), V::splat(1));
+    return V::blend(code, V::splat(15), V::is_nan(r));
+  }
+  static F decode_lanes(I code, F scale) { return V::mul(V::lookup16(code, Table::kLevels), scale); }
+#endif
+};
+// codecs.EXP_AVG_INT4: the dynamic-exponent map of Li, Chen & Zhu (NeurIPS 2023) for m, as float32
+struct ExpAvgInt4Table {
+  static constexpr float kLevels[16] = {
+      -0x1.c66666p-1f, -0x1.533334p-1f, -0x1.cp-2f, -0x1.b33334p-3f, -0x1.3d70a4p-4f, -0x1.0a3d7p-5f, -0x1.6872bp-8f, 0.0f,
+      0x1.6872bp-8f, 0x1.0a3d7p-5f, 0x1.3d70a4p-4f, 0x1.b33334p-3f, 0x1.cp-2f, 0x1.533334p-1f, 0x1.c66666p-1f, 1.0f};
+  static constexpr float kMidpoints[15] = {
+      -0x1.8cccccp-1f, -0x1.19999ap-1f, -0x1.4cccccp-2f, -0x1.28f5c4p-3f, -0x1.c28f5cp-5f, -0x1.374bc6p-6f, -0x1.6872bp-9f, 0x1.6872bp-9f,
+      0x1.374bc6p-6f, 0x1.c28f5cp-5f, 0x1.28f5c4p-3f, 0x1.4cccccp-2f, 0x1.19999ap-1f, 0x1.8cccccp-1f, 0x1.e33334p-1f};
+};
+// codecs.EXP_AVG_SQ_INT4: v's powers of two 2^-15 .. 1, no zero (a v > 0 never decodes to 0)
+struct ExpAvgSqInt4Table {
+  static constexpr float kLevels[16] = {
+      0x1p-15f, 0x1p-14f, 0x1p-13f, 0x1p-12f, 0x1p-11f, 0x1p-10f, 0x1p-9f, 0x1p-8f,
+      0x1p-7f, 0x1p-6f, 0x1p-5f, 0x1p-4f, 0x1p-3f, 0x1p-2f, 0x1p-1f, 1.0f};
+  static constexpr float kMidpoints[15] = {
+      0x1.8p-15f, 0x1.8p-14f, 0x1.8p-13f, 0x1.8p-12f, 0x1.8p-11f, 0x1.8p-10f, 0x1.8p-9f, 0x1.8p-8f,
+      0x1.8p-7f, 0x1.8p-6f, 0x1.8p-5f, 0x1.8p-4f, 0x1.8p-3f, 0x1.8p-2f, 0x1.8p-1f};
+};
+using ExpAvgInt4 = FourBit<ExpAvgInt4Table>;
+using ExpAvgSqInt4 = FourBit<ExpAvgSqInt4Table>;
+constexpr int64_t kInt4Block = 128;  // codecs.INT4_BLOCK_SIZE: a kBlock work block holds two
+
 // Moment storage within one block: load/load_lanes give fp32 of element i (position j in the
 // block), store/store_lanes write it back. An int8 moment is decoded into the block buffer
 // `values` when the block begins, updated there, and encoded by finish_block once the block's
@@ -626,6 +680,72 @@ struct Int8Moment {
 #endif
 };
 
+// An int4 moment: decoded into `values` when the block begins, encoded by finish_block, two codes a
+// byte. Each half of the work block has its own absmax, taken here from the staged values (the
+// step's running peak covers the whole work block), ignoring NaN as that peak does.
+template <class Code>
+struct Int4Moment {
+  static constexpr bool kStaged = false;  // no running peak needed: finish_block takes its own
+  uint8_t* data;                          // the work block's first code byte
+  alignas(64) float values[kBlock];
+  void begin_block(const float* absmax, int64_t, int64_t, int64_t n) {
+    for (int64_t half = 0; half * kInt4Block < n; ++half) {
+      const int64_t start = half * kInt4Block, end = std::min(n, start + kInt4Block);
+      const float scale = Code::decode_scale(absmax[half]);
+      int64_t j = start;
+#ifdef ADAMKIT_VECTOR
+      const F scale_lanes = V::set1(scale);
+      for (; j + V::kLanes <= end; j += V::kLanes) V::store(values + j, Code::decode_lanes(V::load_nibbles(data + j / 2), scale_lanes));
+#endif
+      for (; j < end; ++j) values[j] = Code::decode((data[j / 2] >> (4 * (j & 1))) & 15u, scale);
+    }
+  }
+  float load(int64_t, int64_t j) const { return values[j]; }
+  void store(int64_t, int64_t j, float x) { values[j] = x; }
+  void finish_block(float* absmax, int64_t, int64_t, int64_t n, float, uint32_t) const {
+    for (int64_t half = 0; half * kInt4Block < n; ++half) {
+      const int64_t start = half * kInt4Block, end = std::min(n, start + kInt4Block);
+      float peak = 0.0f;
+      int64_t j = start;
+#ifdef ADAMKIT_VECTOR
+      const F abs_mask = V::as_float(V::splat(0x7FFFFFFFu));
+      F peak_lanes = V::zero();
+      for (; j + V::kLanes <= end; j += V::kLanes) peak_lanes = V::max(V::bit_and(V::load(values + j), abs_mask), peak_lanes);
+      peak = V::max_of_lanes(peak_lanes);
+#endif
+      for (; j < end; ++j) peak = std::fabs(values[j]) > peak ? std::fabs(values[j]) : peak;  // NaN: skipped
+      const float inverse = Code::encode_scale(peak);
+      j = start;
+#ifdef ADAMKIT_VECTOR
+      const F inverse_lanes = V::set1(inverse);
+      for (; j + V::kLanes <= end; j += V::kLanes) V::store_nibbles(data + j / 2, Code::encode_lanes(V::load(values + j), inverse_lanes));
+#endif
+      for (; j + 1 < end; j += 2) data[j / 2] = uint8_t(Code::encode(values[j], inverse) | Code::encode(values[j + 1], inverse) << 4);
+      if (j < end) data[j / 2] = uint8_t(Code::encode(values[j], inverse));  // an odd tail (a 1-D tensor on the loop path never comes here)
+      absmax[half] = peak;
+    }
+  }
+#ifdef ADAMKIT_VECTOR
+  F load_lanes(int64_t, int64_t j) const { return V::load(values + j); }
+  void store_lanes(int64_t, int64_t j, F x) { V::store(values + j, x); }
+#endif
+};
+
+// Where a moment's storage and block scales start for the work block at element `first` of
+// parameter `param`: element-wise storage, one absmax per kBlock; int4 packs two elements a byte
+// and keeps one absmax per kInt4Block.
+template <class Moment>
+struct MomentAt {
+  using Data = decltype(Moment::data);
+  static Data data(void* const* table, int32_t param, int64_t first) { return table ? static_cast<Data>(table[param]) + first : nullptr; }
+  static float* absmax(float* const* table, int32_t param, int64_t first) { return table ? table[param] + first / kBlock : nullptr; }
+};
+template <class Code>
+struct MomentAt<Int4Moment<Code>> {
+  static uint8_t* data(void* const* table, int32_t param, int64_t first) { return table ? static_cast<uint8_t*>(table[param]) + first / 2 : nullptr; }
+  static float* absmax(float* const* table, int32_t param, int64_t first) { return table ? table[param] + first / kInt4Block : nullptr; }
+};
+
 #ifdef ADAMKIT_VECTOR
 // AdamMath's arithmetic on V::kLanes floats: the same IEEE operations as ScalarOps<float>.
 struct VectorOps {
@@ -652,16 +772,15 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
   const PT* __restrict g = static_cast<const PT*>(b.g[param]) + first;
   uint16_t* __restrict comp = b.comp ? static_cast<uint16_t*>(b.comp[param]) + first : nullptr;
   const AdamConstants<float>& c = constants[b.scalar_index[param]];
-  auto storage = [&](void* const* table, auto* typed) {
-    return table ? static_cast<decltype(typed)>(table[param]) + first : nullptr;
-  };
-  auto absmax = [&](float* const* table) { return table ? table[param] + first / kBlock : nullptr; };
-  MomentM m{storage(b.m, decltype(MomentM::data){})};
-  MomentV v{storage(b.v, decltype(MomentV::data){})};
-  MomentV vmax{storage(b.vmax, decltype(MomentV::data){})};
-  m.begin_block(absmax(b.m_absmax), 0, base, n);
-  v.begin_block(absmax(b.v_absmax), 0, base, n);
-  if (AMSGRAD) vmax.begin_block(absmax(b.vmax_absmax), 0, base, n);
+  MomentM m{MomentAt<MomentM>::data(b.m, param, first)};
+  MomentV v{MomentAt<MomentV>::data(b.v, param, first)};
+  MomentV vmax{MomentAt<MomentV>::data(b.vmax, param, first)};
+  float* const m_absmax = MomentAt<MomentM>::absmax(b.m_absmax, param, first);
+  float* const v_absmax = MomentAt<MomentV>::absmax(b.v_absmax, param, first);
+  float* const vmax_absmax = MomentAt<MomentV>::absmax(b.vmax_absmax, param, first);
+  m.begin_block(m_absmax, 0, base, n);
+  v.begin_block(v_absmax, 0, base, n);
+  if (AMSGRAD) vmax.begin_block(vmax_absmax, 0, base, n);
   const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
   const uint32_t local = uint32_t(b.param_offset[param] + first);  // element index within the whole parameter
   float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // block absmax of staged (int8) moments
@@ -857,9 +976,9 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
       if (ROUNDING == kKahan) comp[i] = bf16_nearest(x - bf16_value(rounded));  // what rounding lost
     }
   }
-  m.finish_block(absmax(b.m_absmax), 0, base, n, peak_m, least_m + 1u);
-  v.finish_block(absmax(b.v_absmax), 0, base, n, peak_v, least_v + 1u);
-  if (AMSGRAD) vmax.finish_block(absmax(b.vmax_absmax), 0, base, n, peak_vmax, least_vmax + 1u);
+  m.finish_block(m_absmax, 0, base, n, peak_m, least_m + 1u);
+  v.finish_block(v_absmax, 0, base, n, peak_v, least_v + 1u);
+  if (AMSGRAD) vmax.finish_block(vmax_absmax, 0, base, n, peak_vmax, least_vmax + 1u);
 }
 
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
@@ -876,11 +995,13 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars* scalars, int32_t k
 #ifdef ADAMKIT_LOWPREC
 // Each storage mode is its own object of the kernel module (kernels/native_build.py passes
 // ADAMKIT_M_FORMAT, ADAMKIT_V_FORMAT, ADAMKIT_PARAM_FORMAT), so the objects compile in parallel.
-template <int F, class Code>
+template <int F, class Code, class Int4Code>
 using MomentOf = typename std::conditional<
-    F == kF32, F32Moment, typename std::conditional<F == kBF16, BF16Moment, Int8Moment<Code>>::type>::type;
-using ModeM = MomentOf<ADAMKIT_M_FORMAT, ExpAvgCode>;
-using ModeV = MomentOf<ADAMKIT_V_FORMAT, ExpAvgSqCode>;
+    F == kF32, F32Moment,
+    typename std::conditional<F == kBF16, BF16Moment,
+                              typename std::conditional<F == kInt4, Int4Moment<Int4Code>, Int8Moment<Code>>::type>::type>::type;
+using ModeM = MomentOf<ADAMKIT_M_FORMAT, ExpAvgCode, ExpAvgInt4>;
+using ModeV = MomentOf<ADAMKIT_V_FORMAT, ExpAvgSqCode, ExpAvgSqInt4>;
 constexpr bool kBF16Params = ADAMKIT_PARAM_FORMAT == kBF16;
 
 template <bool AMSGRAD>

@@ -15,7 +15,7 @@ from ..functional import StepScalars
 
 __all__ = ["FORMATS", "ROUNDINGS", "PARAM_FORMATS", "TABLE_FIELDS", "block_tables", "step", "lanes", "floor_lowprec_"]
 
-FORMATS = {"float32": 0, "bfloat16": 1, "int8": 2}
+FORMATS = {"float32": 0, "bfloat16": 1, "int8": 2, "int4": 3}
 ROUNDINGS = {"nearest": 0, "stochastic": 1, "kahan": 2}
 PARAM_FORMATS = {torch.float32: 0, torch.bfloat16: 1}
 # The kernel's tables (LowPrecBuffers in adam_kernel.cpp), passed by name: per-parameter pointer
