@@ -51,7 +51,7 @@ keeps torch's key (``exp_avg``); any other storage has a key torch does not use
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -361,6 +361,13 @@ class FourBit:
     """
 
     levels: tuple[float, ...]  # float32 values, ascending
+    # float32 thresholds between adjacent levels (their mean in float64, rounded), as numbers so that
+    # torch.compile traces the encoder with them as constants
+    thresholds: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        levels = np.asarray(self.levels, dtype=np.float64)
+        object.__setattr__(self, "thresholds", tuple(float(x) for x in ((levels[:-1] + levels[1:]) / 2).astype(np.float32)))
 
     @property
     def top(self) -> float:
@@ -370,9 +377,7 @@ class FourBit:
         return torch.tensor(self.levels, dtype=torch.float32)
 
     def midpoints(self) -> Tensor:
-        """float32 thresholds between adjacent levels (their mean in float64, rounded)."""
-        levels = torch.tensor(self.levels, dtype=torch.float64)
-        return ((levels[:-1] + levels[1:]) / 2).to(torch.float32)
+        return torch.tensor(self.thresholds, dtype=torch.float32)
 
 
 def _float32_levels(levels: list[float]) -> tuple[float, ...]:
@@ -394,7 +399,7 @@ def _int4_absmax(magnitudes: Tensor) -> Tensor:
 def _int4_codes(r: Tensor, code: FourBit) -> Tensor:
     """Nearest-level index of float32 r (int64): midpoints reached, NaN -> 15."""
     codes = torch.zeros(r.shape, dtype=torch.int64, device=r.device)
-    for midpoint in code.midpoints().tolist():
+    for midpoint in code.thresholds:
         codes += (r >= midpoint).to(torch.int64)
     return torch.where(torch.isnan(r), torch.full_like(codes, 15), codes)
 
