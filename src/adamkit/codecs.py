@@ -397,7 +397,10 @@ def _int4_absmax(magnitudes: Tensor) -> Tensor:
 
 
 def _int4_codes(r: Tensor, code: FourBit) -> Tensor:
-    """Nearest-level index of float32 r (int64): midpoints reached, NaN -> 15."""
+    """Nearest-level index of float32 r (int64): midpoints reached, NaN -> 15. An unsigned code
+    (all levels > 0, v's) reads |r|: a v is never negative, -0.0 included."""
+    if code.levels[0] > 0:
+        r = r.abs()
     codes = torch.zeros(r.shape, dtype=torch.int64, device=r.device)
     for midpoint in code.thresholds:
         codes += (r >= midpoint).to(torch.int64)

@@ -555,9 +555,29 @@ using ExpAvgSqCode = MiniFloat<5, 3, false, true>;  // codecs.EXP_AVG_SQ_CODE
 
 // A 4-bit code (codecs.FourBit): the index of the nearest of 16 ascending levels (the top one 1.0)
 // to r = x / absmax, counted as the midpoints r reaches (a tie goes up); a NaN takes code 15.
-// Counting compares instead of searching a table keeps the encoder branch-free in every lane.
+// The scalar code counts; the vector code finds the same count by a branch-free binary search
+// (the midpoints ascend), four compares instead of fifteen. An unsigned code (all levels > 0)
+// reads |r|. For the powers of two 2^-15 .. 1 the count has a closed form on r's bits:
+// rounding the significand at 1.5 (the midpoint) carries into the exponent, which clamped to
+// [-15, 0] is code - 15 (a NaN or infinity saturates to 15, a denormal or zero to 0).
 template <class Table>
 struct FourBit {
+  static constexpr bool kUnsigned = Table::kLevels[0] > 0;
+  static constexpr uint32_t kAbs = kUnsigned ? 0x7FFFFFFFu : 0xFFFFFFFFu;
+  // The midpoints the search compares with: with bit b to decide, the code so far is a multiple of
+  // 2b and the candidate is midpoint code + b - 1, so each step's candidates form a table indexed
+  // by code / 2b (2, 4 and 8 entries for b = 4, 2, 1; b = 8 has one: midpoint 7).
+  struct SearchTables {
+    float by4[8], by2[8], by1[8];
+  };
+  static constexpr SearchTables search_tables() {
+    SearchTables s{};
+    for (int j = 0; j < 2; ++j) s.by4[j] = Table::kMidpoints[8 * j + 3];
+    for (int j = 0; j < 4; ++j) s.by2[j] = Table::kMidpoints[4 * j + 1];
+    for (int j = 0; j < 8; ++j) s.by1[j] = Table::kMidpoints[2 * j];
+    return s;
+  }
+  static constexpr SearchTables kSearch = search_tables();
   static float encode_scale(float absmax) {  // 1 / absmax, 0 for a zero block, capped (MiniFloat's, top 1)
     float inverse = absmax > 0 ? 1.0f / absmax : 0.0f;
     return inverse > 0x1p126f ? 0x1p126f : inverse;
@@ -569,24 +589,39 @@ struct FourBit {
     return scale > cap ? cap : scale;
   }
   static uint32_t encode(float x, float inverse) {
-    const float r = x * inverse;
+    const float r = float_of(bits_of(x * inverse) & kAbs);
+    if (Table::kPowersOfTwo) {
+      const uint32_t exponent = (bits_of(r) + 0x400000u) >> 23;  // 127 + log2 of the nearest power of two
+      return (exponent < 112u ? 112u : exponent > 127u ? 127u : exponent) - 112u;
+    }
     uint32_t code = 0;
     for (int k = 0; k < 15; ++k) code += r >= Table::kMidpoints[k] ? 1u : 0u;
     return r != r ? 15u : code;
   }
   static float decode(uint32_t code, float scale) { return Table::kLevels[code] * scale; }
+  // every level times scale, so that the vector decoder is one table lookup (the same products)
+  static void decode_table(float scale, float* out) {
+    for (int k = 0; k < 16; ++k) out[k] = Table::kLevels[k] * scale;
+  }
 #ifdef ADAMKIT_VECTOR
   static I encode_lanes(F x, F inverse) {
-    const F r = V::mul(x, inverse);
-    I code = V::splat(0);
-    for (int k = 0; k < 15; ++k) code = V::add_where(code, V::greater_equal(r, V::set1(Table::kMidpoints[k])), V::splat(1));
-    return V::blend(code, V::splat(15), V::is_nan(r));
+    const F r = V::bit_and(V::mul(x, inverse), V::as_float(V::splat(kAbs)));
+    if (Table::kPowersOfTwo) {
+      const I exponent = V::shift_right<23>(V::add(V::as_int(r), V::splat(0x400000u)));
+      return V::sub(V::min_u32(V::max_u32(exponent, V::splat(112)), V::splat(127)), V::splat(112));
+    }
+    I code = V::add_where(V::splat(0), V::greater_equal(r, V::set1(Table::kMidpoints[7])), V::splat(8));
+    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<3>(code), kSearch.by4)), V::splat(4));
+    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<2>(code), kSearch.by2)), V::splat(2));
+    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<1>(code), kSearch.by1)), V::splat(1));
+    return V::blend(code, V::splat(15), V::is_nan(r));  // NaN compares false throughout
   }
-  static F decode_lanes(I code, F scale) { return V::mul(V::lookup16(code, Table::kLevels), scale); }
+  static F decode_lanes(I code, const float* scaled_table) { return V::lookup16(code, scaled_table); }
 #endif
 };
 // codecs.EXP_AVG_INT4: the dynamic-exponent map of Li, Chen & Zhu (NeurIPS 2023) for m, as float32
 struct ExpAvgInt4Table {
+  static constexpr bool kPowersOfTwo = false;
   static constexpr float kLevels[16] = {
       -0x1.c66666p-1f, -0x1.533334p-1f, -0x1.cp-2f, -0x1.b33334p-3f, -0x1.3d70a4p-4f, -0x1.0a3d7p-5f, -0x1.6872bp-8f, 0.0f,
       0x1.6872bp-8f, 0x1.0a3d7p-5f, 0x1.3d70a4p-4f, 0x1.b33334p-3f, 0x1.cp-2f, 0x1.533334p-1f, 0x1.c66666p-1f, 1.0f};
@@ -596,6 +631,7 @@ struct ExpAvgInt4Table {
 };
 // codecs.EXP_AVG_SQ_INT4: v's powers of two 2^-15 .. 1, no zero (a v > 0 never decodes to 0)
 struct ExpAvgSqInt4Table {
+  static constexpr bool kPowersOfTwo = true;  // encode() takes the closed form
   static constexpr float kLevels[16] = {
       0x1p-15f, 0x1p-14f, 0x1p-13f, 0x1p-12f, 0x1p-11f, 0x1p-10f, 0x1p-9f, 0x1p-8f,
       0x1p-7f, 0x1p-6f, 0x1p-5f, 0x1p-4f, 0x1p-3f, 0x1p-2f, 0x1p-1f, 1.0f};
@@ -688,14 +724,16 @@ struct Int4Moment {
   static constexpr bool kStaged = false;  // no running peak needed: finish_block takes its own
   uint8_t* data;                          // the work block's first code byte
   alignas(64) float values[kBlock];
+  explicit Int4Moment(uint8_t* codes) : data(codes) {}  // `values` left uninitialised: begin_block fills it
   void begin_block(const float* absmax, int64_t, int64_t, int64_t n) {
     for (int64_t half = 0; half * kInt4Block < n; ++half) {
       const int64_t start = half * kInt4Block, end = std::min(n, start + kInt4Block);
       const float scale = Code::decode_scale(absmax[half]);
       int64_t j = start;
 #ifdef ADAMKIT_VECTOR
-      const F scale_lanes = V::set1(scale);
-      for (; j + V::kLanes <= end; j += V::kLanes) V::store(values + j, Code::decode_lanes(V::load_nibbles(data + j / 2), scale_lanes));
+      alignas(64) float scaled[16];
+      Code::decode_table(scale, scaled);
+      for (; j + V::kLanes <= end; j += V::kLanes) V::store(values + j, Code::decode_lanes(V::load_nibbles(data + j / 2), scaled));
 #endif
       for (; j < end; ++j) values[j] = Code::decode((data[j / 2] >> (4 * (j & 1))) & 15u, scale);
     }
@@ -1057,6 +1095,28 @@ void floor_plain(P* __restrict p, const P* __restrict g, S* __restrict m, S* __r
   }
 }
 
+// int4 state (two elements a byte per moment): the threads take contiguous halves, as floor_plain,
+// each with one loop over its parameter elements and one over its state bytes.
+template <typename P>
+void floor_nibbles(P* __restrict p, const P* __restrict g, uint8_t* __restrict m, uint8_t* __restrict v, int64_t n, int threads) {
+#pragma omp parallel num_threads(threads) if (n >= kParallelThreshold)
+  {
+#ifdef _OPENMP
+    const int64_t team = omp_get_thread_num(), size = omp_get_num_threads();
+#else
+    const int64_t team = 0, size = 1;
+#endif
+    const int64_t begin = n * team / size / 64 * 64, end = team + 1 == size ? n : n * (team + 1) / size / 64 * 64;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) p[i] = P(p[i] - g[i]);
+#pragma omp simd
+    for (int64_t k = begin / 2; k < (end + 1) / 2; ++k) {
+      m[k] = uint8_t(m[k] + 1);
+      v[k] = uint8_t(v[k] ^ 1);
+    }
+  }
+}
+
 #endif  // ADAMKIT_LOWPREC
 
 }  // namespace
@@ -1091,9 +1151,15 @@ int32_t ADAMKIT_CAT(adam_lowprec_step, ADAMKIT_MODE_SUFFIX)(const LowPrecBuffers
   return 0;
 }
 #else
-// param_bytes 4 or 2; state_bytes 4, 2 or 1 (the int8 modes' per-block absmax adds < 2 %).
+// param_bytes 4 or 2; state_bytes 4, 2 or 1 (the int8 modes' per-block absmax adds < 2 %), or 0:
+// half a byte (int4; m and v hold (n + 1) / 2 bytes, always one loop per width).
 void floor_lowprec(void* p, const void* g, void* m, void* v, int64_t n, int32_t param_bytes, int32_t state_bytes,
                    int threads, int plain) {
+  if (state_bytes == 0) {
+    if (param_bytes == 4) floor_nibbles<uint32_t>((uint32_t*)p, (const uint32_t*)g, (uint8_t*)m, (uint8_t*)v, n, threads);
+    else floor_nibbles<uint16_t>((uint16_t*)p, (const uint16_t*)g, (uint8_t*)m, (uint8_t*)v, n, threads);
+    return;
+  }
   if (plain) {
     if (param_bytes == 4 && state_bytes == 4) floor_plain<uint32_t, uint32_t>((uint32_t*)p, (const uint32_t*)g, (uint32_t*)m, (uint32_t*)v, n, threads);
     else if (param_bytes == 4 && state_bytes == 2) floor_plain<uint32_t, uint16_t>((uint32_t*)p, (const uint32_t*)g, (uint16_t*)m, (uint16_t*)v, n, threads);
