@@ -487,5 +487,5 @@ def test_device_benchmark_smoke_run(capsys) -> None:
     spec.loader.exec_module(bench_device)
     assert bench_device.main(["--smoke"]) == 0
     output = capsys.readouterr().out
-    for name in ("torch fused", "torch foreach", "adamkit ", "adamkit int8 state", "adamkit bf16 SR"):
+    for name in ("torch fused", "torch foreach", "adamkit ", "adamkit int8 state", "adamkit int4 state", "adamkit bf16 SR"):
         assert f"\n{name}" in output, name

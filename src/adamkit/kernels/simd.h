@@ -113,11 +113,12 @@ struct Avx2 {
   static F blend(F a, F b, M mask) { return _mm256_blendv_ps(a, b, mask); }  // mask ? b : a
   static I blend(I a, I b, M mask) { return _mm256_blendv_epi8(a, b, as_int(mask)); }
   static I add_where(I a, M mask, I b) { return _mm256_add_epi32(a, _mm256_and_si256(as_int(mask), b)); }  // mask ? a + b : a
-  // int4 codes (adam_kernel.cpp's Int4Moment): a >= b (false for NaN), a 16-entry table lookup, and
-  // kLanes 4-bit codes to and from kLanes / 2 bytes (element 2k in the low nibble of byte k)
+  // int4 codes (adam_kernel.cpp's Int4Moment): a >= b (false for NaN), table lookups (reading only
+  // the index's low 3 or 4 bits), and kLanes 4-bit codes to and from kLanes / 2 bytes (element 2k in
+  // the low nibble of byte k; loaded codes hold other bits above the nibble, which lookup16 ignores)
   static M greater_equal(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
   static F lookup8(I index, const float* table) { return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), index); }  // [0, 8)
-  static F lookup16(I index, const float* table) {  // index in [0, 16)
+  static F lookup16(I index, const float* table) {  // the index's low 4 bits
     const F low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), index);
     const F high = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), index);
     return _mm256_blendv_ps(low, high, as_float(_mm256_slli_epi32(index, 28)));  // bit 3 to the sign bit
@@ -127,7 +128,7 @@ struct Avx2 {
     std::memcpy(&word, p, 4);
     const __m128i bytes = _mm_cvtsi32_si128(word);
     const I doubled = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(bytes, bytes));  // byte k in lanes 2k, 2k + 1
-    return _mm256_and_si256(_mm256_srlv_epi32(doubled, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4)), splat(15));
+    return _mm256_srlv_epi32(doubled, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
   }
   static void store_nibbles(uint8_t* p, I code) {  // lanes hold values < 16
     const I pairs = _mm256_or_si256(code, _mm256_srli_epi64(code, 28));  // low 32 bits: even | odd << 4
@@ -287,11 +288,11 @@ struct Avx512 {
   static F lookup8(I index, const float* table) {  // index in [0, 8)
     return _mm512_permutexvar_ps(index, _mm512_castps256_ps512(_mm256_loadu_ps(table)));
   }
-  static F lookup16(I index, const float* table) { return _mm512_permutexvar_ps(index, _mm512_loadu_ps(table)); }
+  static F lookup16(I index, const float* table) { return _mm512_permutexvar_ps(index, _mm512_loadu_ps(table)); }  // low 4 bits
   static I load_nibbles(const uint8_t* p) {
     const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     const I doubled = ADAMKIT_CVTEPU8_EPI32(_mm_unpacklo_epi8(bytes, bytes));  // byte k in lanes 2k, 2k + 1
-    return _mm512_and_si512(_mm512_srlv_epi32(doubled, _mm512_set1_epi64(int64_t(4) << 32)), splat(15));
+    return _mm512_srlv_epi32(doubled, _mm512_set1_epi64(int64_t(4) << 32));
   }
   static void store_nibbles(uint8_t* p, I code) {  // lanes hold values < 16
     const I pairs = _mm512_or_si512(code, _mm512_srli_epi64(code, 28));  // low 32 bits: even | odd << 4
