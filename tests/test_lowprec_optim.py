@@ -453,9 +453,9 @@ def test_int4_storage_per_parameter(fused):
 
 @pytest.mark.parametrize("fused", [None, False])
 def test_int4_step_stays_bounded_and_v_stays_positive(fused):
-    """|delta p| <= the core bound up to the codes' rounding: m's levels are within 2x of the value
-    or 0, v's powers of two within 2^-1.5 below it (sqrt: 0.84), so 2.5x at most, and a v > 0
-    never decodes to 0 (the bound would break as m / eps)."""
+    """|delta p| <= the core bound up to the codes' rounding: m's nearest level is at most 2x the
+    value (or 0), v's nearest power of two at least 1/1.5 of it (sqrt: 0.82), so 2.45x at most,
+    and a v > 0 never decodes to 0 (the bound would break as m / eps)."""
     torch.manual_seed(0)
     param = torch.nn.Parameter(torch.zeros(64, 128))
     optimizer = adamkit.Adam([param], lr=1.0, betas=(0.9, 0.999), eps=1e-8, fused=fused, state_dtype="int4")
