@@ -5,13 +5,14 @@ elements. Contestants, each with its own parameters and state, stepped round by 
 
 * fp32: torch.optim.AdamW fused, torch foreach, adamkit (device path);
 * int8 state: adamkit ``state_dtype="int8"``, bitsandbytes ``AdamW8bit``, torchao ``AdamW8bit``;
+* int4 state: adamkit ``state_dtype="int4"``, torchao ``AdamW4bit``;
 * bf16 parameters with stochastic rounding: adamkit (``param_rounding="stochastic"``, bf16
   state), torchao ``AdamW(bf16_stochastic_round=True)``.
 
 The peers are benchmark-environment packages (``pip install bitsandbytes torchao``), never
 adamkit dependencies; a missing one is skipped with the reason printed. Each mode is shown
 with its bytes floor: the bytes one step must read and write (fp32: 28 B/param; int8 state
-with fp32 params: 16 plus scales; bf16 params + bf16 state: 14) divided by the device's
+with fp32 params: 16 plus scales; int4 state: 14 plus scales; bf16 params + bf16 state: 14) divided by the device's
 copy bandwidth measured in the same run (one large ``copy_``). Times are medians over the
 timed rounds, each step followed by a device synchronize; ratios are to torch fused fp32.
 
@@ -43,8 +44,9 @@ from adamkit import bench, device as device_path
 
 LR, WEIGHT_DECAY = 1e-3, 1e-2
 SMOKE_CASES = {"smoke": lambda: [(64, 96), (96,), (4096 + 300,), (10,)] * 3}
-# read p, g, m, v and write p, m, v (int8: 1-byte codes, plus each moment's 4-byte absmax per 256, read and written)
-BYTES_PER_PARAM = {"fp32": 7 * 4.0, "int8": 3 * 4 + 4 * 1 + 4 * 4 / 256, "bf16-sr": 7 * 2.0}
+# read p, g, m, v and write p, m, v (int8: 1-byte codes, plus each moment's 4-byte absmax per 256, read and written;
+# int4: half a byte, an absmax per 128)
+BYTES_PER_PARAM = {"fp32": 7 * 4.0, "int8": 3 * 4 + 4 * 1 + 4 * 4 / 256, "int4": 3 * 4 + 4 * 0.5 + 4 * 4 / 128, "bf16-sr": 7 * 2.0}
 
 
 def synchronize(dev: torch.device) -> None:
@@ -123,6 +125,14 @@ def contestants(shapes, dev: torch.device) -> dict[str, tuple[str, Callable[[], 
     everyone["adamkit int8 state"] = ("int8", adamkit_step(int8, dev))
     for name, step in peers_8bit(shapes, dev).items():
         everyone[name] = ("int8", step)
+    int4 = adamkit.AdamW(make_params(shapes, dev), lr=LR, weight_decay=WEIGHT_DECAY, state_dtype="int4")
+    everyone["adamkit int4 state"] = ("int4", adamkit_step(int4, dev))
+    try:
+        from torchao.optim import AdamW4bit
+
+        everyone["torchao AdamW4bit"] = ("int4", AdamW4bit(make_params(shapes, dev), lr=LR, weight_decay=WEIGHT_DECAY).step)
+    except Exception as error:  # noqa: BLE001 - any failure means "not available here"
+        print(f"skipping torchao AdamW4bit: {type(error).__name__}: {error}")
     bf16 = adamkit.AdamW(
         make_params(shapes, dev, torch.bfloat16), lr=LR, weight_decay=WEIGHT_DECAY, state_dtype="bfloat16", param_rounding="stochastic"
     )

@@ -2,17 +2,18 @@
 
 AdamW on GPT-2-small shapes (or another adamkit.bench case). In one process,
 round by round, it times torch's fused fp32 step (the reference), adamkit fp32,
-adamkit with bf16 m and v, with int8 m and v, and with bf16 params + bf16 state +
+adamkit with bf16 m and v, with int8 m and v, with int4 m and v, and with bf16 params + bf16 state +
 stochastic rounding, plus torch fused on bf16 params, and bitsandbytes' AdamW8bit
 when it is installed and has a CPU backend (benchmark environment only:
 ``pip install bitsandbytes``; not an adamkit dependency). Each mode comes with a
 bytes-only floor pass: the same element reads and writes with trivial arithmetic
-(fp32 28 B/param; bf16 state 20; int8 state 16 plus scales; all bf16 14), on the pages
+(fp32 28 B/param; bf16 state 20; int8 state 16 plus scales; int4 state 14 plus scales: fp32
+p, g and half a byte each of m and v, read and written; all bf16 14), on the pages
 adamkit's step uses (parameters and gradients from torch's allocator, state on huge pages where
 adamkit puts its own), and the fp32 floor with every buffer on huge pages too. Every
 contestant has its own parameters and state. When the rounds fall into the machine's two memory
 phases (adamkit.bench.memory_phases), the mode ratios of each phase follow.
-Also reports int8 state bytes per parameter, measured from the state dict.
+Also reports int8 and int4 state bytes per parameter, measured from the state dict.
 
     PYTHONPATH=src python benchmarks/bench_lowprec.py --case gpt2 [--steps 10 --warmup 3]
 """
@@ -43,13 +44,17 @@ def params_for(shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32
     return converted
 
 
-def floor(total: int, param_dtype: torch.dtype, state_dtype: torch.dtype, huge_params: bool = False) -> bench.Contestant:
+def floor(
+    total: int, param_dtype: torch.dtype, state_dtype: torch.dtype, huge_params: bool = False, half: bool = False
+) -> bench.Contestant:
     """A mode's bytes-only floor, on the pages adamkit's step uses: parameters and gradients from
     torch's allocator (``huge_params``: on huge pages too), the state where adamkit puts its own
-    (adamkit.memory: huge pages where the system gives them on request)."""
+    (adamkit.memory: huge pages where the system gives them on request). ``half``: uint8 moments
+    of half the length (int4)."""
     make_params = memory.huge_zeros if huge_params else (lambda numel, dtype: torch.zeros(numel, dtype=dtype))
     p, g = make_params(total, param_dtype), make_params(total, param_dtype)
-    m, v = (memory.on_huge_pages(torch.zeros(total, dtype=state_dtype)) for _ in range(2))
+    state_numel = (total + 1) // 2 if half else total
+    m, v = (memory.on_huge_pages(torch.zeros(state_numel, dtype=state_dtype)) for _ in range(2))
     if param_dtype == state_dtype == torch.float32:
         return lambda: floor_flat_(p, g, m, v)
     return floor_lowprec_(p, g, m, v, plain=True)  # one loop per element: 3-7 % faster (benchmarks/floors.py)
@@ -98,6 +103,9 @@ def contestants(shapes: list[tuple[int, ...]], skip: tuple[str, ...]) -> tuple[l
     int8 = adamkit.AdamW(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY, state_dtype="int8")
     add("adamkit int8 m,v", lambda: int8.step)
     add("floor int8 m,v (16 B)", lambda: floor(total, torch.float32, torch.uint8))
+    int4 = adamkit.AdamW(params_for(shapes), lr=LR, weight_decay=WEIGHT_DECAY, state_dtype="int4")
+    add("adamkit int4 m,v", lambda: int4.step)
+    add("floor int4 m,v (14 B)", lambda: floor(total, torch.float32, torch.uint8, half=True))
     add(
         "adamkit bf16 p,m,v sr",
         lambda: adamkit.AdamW(
@@ -113,11 +121,18 @@ def contestants(shapes: list[tuple[int, ...]], skip: tuple[str, ...]) -> tuple[l
         bnb_step = bitsandbytes_adamw8bit(shapes)
         if bnb_step is not None:
             entries.append(("bitsandbytes AdamW8bit", bnb_step))
-    # int8 state bytes per parameter, measured from a state dict after one step.
-    int8.step()
-    state = int8.state_dict()["state"]
-    state_bytes = sum(t.numel() * t.element_size() for s in state.values() for k, t in s.items() if k != "step")
-    notes["int8 state bytes/param"] = state_bytes / total
+    # int8 / int4 state bytes per parameter, measured from a state dict after one step (int4: the
+    # parameters it applies to, >= 2 dims with an even last dimension; the others keep int8 or float32).
+    for name, optimizer in (("int8", int8), ("int4", int4)):
+        optimizer.step()
+        state = optimizer.state_dict()["state"]
+        state_bytes = sum(t.numel() * t.element_size() for s in state.values() for k, t in s.items() if k != "step")
+        notes[f"{name} state bytes/param"] = state_bytes / total
+        if name == "int4":
+            params = optimizer.param_groups[0]["params"]
+            packed = [i for i, p in enumerate(params) if "exp_avg_int4" in optimizer.state[p]]
+            packed_bytes = sum(t.numel() * t.element_size() for i in packed for k, t in state[i].items() if k != "step")
+            notes["int4 state bytes/param (int4 tensors)"] = packed_bytes / sum(params[i].numel() for i in packed)
     return [bench.Contestant(name, step) for name, step in entries], notes
 
 
@@ -136,6 +151,7 @@ def main() -> None:
             ("adamkit fp32", "floor fp32 (28 B)"),
             ("adamkit bf16 m,v", "floor bf16 m,v (20 B)"),
             ("adamkit int8 m,v", "floor int8 m,v (16 B)"),
+            ("adamkit int4 m,v", "floor int4 m,v (14 B)"),
             ("adamkit bf16 p,m,v sr", "floor bf16 p,g,m,v (14 B)"),
         ):
             if mode in times and floor_name in times:

@@ -36,10 +36,12 @@ STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 # Low-precision state under FSDP2. The first weight, (37, 130) = 4,810 elements, gets int8
 # state by the whole parameter's size (>= codecs.INT8_MIN_NUMEL = 4,096) although each
 # rank's shard is smaller: rows split unevenly 19 + 18 (2,470 + 2,340 elements), and the
-# boundary at element 2,470 falls inside int8 block 9 (elements 2,304 .. 2,559).
+# boundary at element 2,470 falls inside int8 block 9 (elements 2,304 .. 2,559) and int4
+# block 19 (elements 2,432 .. 2,559; int4 packs along the even last dimension, 130).
 LOWPREC_IN_FEATURES, LOWPREC_HIDDEN = 130, 37
 LOWPREC_MODES: dict[str, dict[str, Any]] = {
     "int8": dict(dtype=torch.float32, options=dict(state_dtype="int8", amsgrad=True)),
+    "int4": dict(dtype=torch.float32, options=dict(state_dtype="int4", amsgrad=True)),
     "bf16_exp_avg_sq": dict(dtype=torch.float32, options=dict(exp_avg_sq_dtype="bfloat16")),
     "bf16_params_stochastic": dict(
         dtype=torch.bfloat16, options=dict(param_rounding="stochastic", rounding_seed=7, state_dtype="int8")
@@ -47,6 +49,7 @@ LOWPREC_MODES: dict[str, dict[str, Any]] = {
     "bf16_params_kahan": dict(dtype=torch.bfloat16, options=dict(param_rounding="kahan")),
 }
 DCP_LOWPREC_MODE = "int8"
+DCP_LOWPREC_MODES = ("int8", "int4")  # resharded through DCP, 2 ranks -> 1 and back
 
 
 # -- the shared training problem ---------------------------------------------------------
@@ -330,8 +333,8 @@ SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
     "dcp_load": scenario_dcp_load,
     **{f"fsdp_{mode}": functools.partial(_fsdp_lowprec, mode=mode) for mode in LOWPREC_MODES},
     "fsdp_nonfinite_skip": scenario_fsdp_nonfinite_skip,
-    f"dcp_save_{DCP_LOWPREC_MODE}": functools.partial(scenario_dcp_save, mode=DCP_LOWPREC_MODE),
-    f"dcp_load_{DCP_LOWPREC_MODE}": functools.partial(scenario_dcp_load, mode=DCP_LOWPREC_MODE),
+    **{f"dcp_save_{mode}": functools.partial(scenario_dcp_save, mode=mode) for mode in DCP_LOWPREC_MODES},
+    **{f"dcp_load_{mode}": functools.partial(scenario_dcp_load, mode=mode) for mode in DCP_LOWPREC_MODES},
 }
 
 

@@ -372,7 +372,7 @@ def _cpu_state(optimizer, param) -> dict:
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{v}" for v in m.values()))
-def test_int8_and_bf16_codes_are_bitwise_the_cpu_kernels(mode, amsgrad, target) -> None:
+def test_int8_int4_and_bf16_codes_are_bitwise_the_cpu_kernels(mode, amsgrad, target) -> None:
     """With betas (0.5, 0.5) and no decay the fp32 moments round alike in both paths (the
     products by 0.5 are exact, so the CPU kernel's multiply-adds round once, as torch's ops),
     so their stored codes, absmax and bf16 values must be identical bit for bit, step after
@@ -395,7 +395,7 @@ def test_int8_and_bf16_codes_are_bitwise_the_cpu_kernels(mode, amsgrad, target) 
 @needs_kernel
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("rounding", codecs.PARAM_ROUNDINGS)
-@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8", "int4"])
 def test_bf16_rounding_is_bitwise_the_cpu_kernels(rounding, state_dtype, target) -> None:
     """Zero gradients and decoupled decay: x = (p [+ comp]) * (1 - lr wd) is one fp32 product
     in both paths, so the rounded bf16 parameters (stochastic: the counter-based stream;
@@ -415,17 +415,19 @@ def test_bf16_rounding_is_bitwise_the_cpu_kernels(rounding, state_dtype, target)
 
 @pytest.mark.slow
 @needs_kernel
-def test_compiled_kernel_one_graph_per_family_and_the_cpu_kernels_codes() -> None:
+@pytest.mark.parametrize(
+    "state_dtype, shapes", [("int8", [(70, 100), (5000,), (4096 * 3 + 7,)]), ("int4", [(70, 100), (64, 130), (3, 4096 + 256)])]
+)
+def test_compiled_kernel_one_graph_per_family_and_the_cpu_kernels_codes(state_dtype, shapes) -> None:
     """torch.compile (inductor's CPU backend here, Triton on GPUs) of one family: one graph for
-    every shape and step; with betas (0.5, 0.5) its int8 codes and absmax are the CPU kernel's bit
-    for bit, and its bf16 parameters (stochastic rounding) within a bf16 place of them."""
+    every shape and step; with betas (0.5, 0.5) its int8/int4 codes and absmax are the CPU kernel's
+    bit for bit, and its bf16 parameters (stochastic rounding) within a bf16 place of them."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    shapes = [(70, 100), (5000,), (4096 * 3 + 7,)]
     compiled, theirs = lowprec_params(torch.bfloat16, shapes=shapes), lowprec_params(torch.bfloat16, shapes=shapes)
-    options = dict(betas=(0.5, 0.5), weight_decay=0.0, state_dtype="int8", param_rounding="stochastic", rounding_seed=3)
+    options = dict(betas=(0.5, 0.5), weight_decay=0.0, state_dtype=state_dtype, param_rounding="stochastic", rounding_seed=3)
     with compiled_lowprec.compile_on_cpu():
         first = _run_lowprec(compiled, forced=True, steps=3, **options)
     second = _run_lowprec(theirs, forced=False, fused=True, steps=3, **options)
@@ -436,7 +438,11 @@ def test_compiled_kernel_one_graph_per_family_and_the_cpu_kernels_codes() -> Non
     assert_same_state(first, second, compiled, theirs, rtol=2**-8)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(state_dtype="int8", amsgrad=True), dict(exp_avg_dtype="bfloat16")], ids=["dense", "int8", "bf16"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(state_dtype="int8", amsgrad=True), dict(exp_avg_dtype="bfloat16"), dict(state_dtype="int4", amsgrad=True)],
+    ids=["dense", "int8", "bf16", "int4"],
+)
 def test_dtensor_shards_step_as_plain_params(options) -> None:
     """FSDP2-style Shard(0) DTensor parameters on the device path (1-rank mesh): DTensor state,
     and the same bits as a plain parameter on the same path (dense: the fused call on the local
@@ -481,5 +487,5 @@ def test_device_benchmark_smoke_run(capsys) -> None:
     spec.loader.exec_module(bench_device)
     assert bench_device.main(["--smoke"]) == 0
     output = capsys.readouterr().out
-    for name in ("torch fused", "torch foreach", "adamkit ", "adamkit int8 state", "adamkit bf16 SR"):
+    for name in ("torch fused", "torch foreach", "adamkit ", "adamkit int8 state", "adamkit int4 state", "adamkit bf16 SR"):
         assert f"\n{name}" in output, name

@@ -32,7 +32,8 @@ def work_dir(tmp_path_factory) -> Path:
     with ds.single_thread(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
         ds.dcp_save_single_process(work / "dcp_1rank")  # read by the ranks' dcp_load scenario
-        ds.dcp_save_single_process(work / ds.dcp_dir("1rank", ds.DCP_LOWPREC_MODE), ds.DCP_LOWPREC_MODE)
+        for mode in ds.DCP_LOWPREC_MODES:
+            ds.dcp_save_single_process(work / ds.dcp_dir("1rank", mode), mode)
     ds.run_all_scenarios(work)
     return work
 
@@ -56,7 +57,7 @@ def lowprec_reference() -> dict[str, dict[int, dict[str, torch.Tensor]]]:
     out: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
     with ds.single_thread():
         for mode in ds.LOWPREC_MODES:
-            counts = (ds.STEPS, ds.STEPS + ds.MORE_STEPS) if mode == ds.DCP_LOWPREC_MODE else (ds.STEPS,)
+            counts = (ds.STEPS, ds.STEPS + ds.MORE_STEPS) if mode in ds.DCP_LOWPREC_MODES else (ds.STEPS,)
             out[mode] = {steps: ds.named_state(*ds.lowprec_reference_run(mode, steps)) for steps in counts}
     return out
 
@@ -121,14 +122,14 @@ def test_fsdp2_matches_one_process(work_dir, reference, name, amsgrad):
 
 
 def quantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The int8 codes and block absmax entries of a named state."""
+    """The int8/int4 codes and block absmax entries of a named state."""
     return {k: v for k, v in state.items() if v.dtype == torch.uint8 or k.endswith("_absmax")}
 
 
 @pytest.mark.parametrize("mode", list(ds.LOWPREC_MODES))
 def test_fsdp2_low_precision_state_matches_one_process(work_dir, lowprec_reference, mode):
     expected = lowprec_reference[mode][ds.STEPS]
-    int8 = ds.LOWPREC_MODES[mode]["options"].get("state_dtype") == "int8"
+    int8 = ds.LOWPREC_MODES[mode]["options"].get("state_dtype") in ("int8", "int4")
     weight_numel = ds.LOWPREC_HIDDEN * ds.LOWPREC_IN_FEATURES
     # The setting the test relies on: the first weight gets int8 blocks by its whole size, while
     # each rank's shard is below INT8_MIN_NUMEL, split unevenly, with a block straddling the boundary.
@@ -138,7 +139,7 @@ def test_fsdp2_low_precision_state_matches_one_process(work_dir, lowprec_referen
         local = result["local_numel"]["0.weight"]
         assert local == (19, 18)[rank] * ds.LOWPREC_IN_FEATURES < codecs.INT8_MIN_NUMEL <= weight_numel
         if rank == 0:
-            assert local % codecs.BLOCK_SIZE != 0
+            assert local % codecs.BLOCK_SIZE != 0 and local % codecs.INT4_BLOCK_SIZE != 0
         if int8:  # sharding must not change the quantized values: codes and scales bit-identical ...
             assert_same(result, quantized(expected))
         # ... and everything else (params, bf16/fp32 moments, Kahan buffers) to float32 tolerance.
@@ -155,8 +156,8 @@ def test_fsdp2_nonfinite_skip_is_decided_alike_on_every_rank(work_dir):
         assert_same(result, before)
 
 
-def test_dcp_low_precision_saved_by_2_ranks_loads_into_1_and_continues(work_dir, lowprec_reference):
-    mode = ds.DCP_LOWPREC_MODE
+@pytest.mark.parametrize("mode", ds.DCP_LOWPREC_MODES)
+def test_dcp_low_precision_saved_by_2_ranks_loads_into_1_and_continues(work_dir, lowprec_reference, mode):
     two_ranks = ds.load_result(work_dir, f"dcp_save_{mode}", 0)
     with ds.single_thread(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
@@ -170,8 +171,8 @@ def test_dcp_low_precision_saved_by_2_ranks_loads_into_1_and_continues(work_dir,
         assert_same(result, final, exact=False)
 
 
-def test_dcp_low_precision_saved_by_1_rank_loads_into_2_and_continues(work_dir, lowprec_reference):
-    mode = ds.DCP_LOWPREC_MODE
+@pytest.mark.parametrize("mode", ds.DCP_LOWPREC_MODES)
+def test_dcp_low_precision_saved_by_1_rank_loads_into_2_and_continues(work_dir, lowprec_reference, mode):
     for rank in range(ds.WORLD_SIZE):
         result = ds.load_result(work_dir, f"dcp_load_{mode}", rank)
         assert_same(result, lowprec_reference[mode][ds.STEPS], prefix="loaded/")

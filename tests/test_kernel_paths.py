@@ -16,10 +16,11 @@ import pytest
 
 from adamkit.kernels import lowprec, native, verify
 
-F32, BF16, INT8 = verify.F32, verify.BF16, verify.INT8
+F32, BF16, INT8, INT4 = verify.F32, verify.BF16, verify.INT8, verify.INT4
 # int8 m,v with fp32 params; all-bf16 (the paired-lane loop, every rounding); bf16 params with
-# int8 state; bf16 state with fp32 params.
-MODES = [(INT8, INT8, F32), (BF16, BF16, BF16), (INT8, INT8, BF16), (BF16, BF16, F32)]
+# int8 state; bf16 state with fp32 params; int4 m,v with fp32 and bf16 params; int4 beside int8.
+MODES = [(INT8, INT8, F32), (BF16, BF16, BF16), (INT8, INT8, BF16), (BF16, BF16, F32), (INT4, INT4, F32), (INT4, INT4, BF16),
+         (INT8, INT4, F32)]
 compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
 
 

@@ -119,7 +119,8 @@ def test_stochastic_bf16_rounding_is_unbiased_and_reproducible():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(state_dtype="int4"), "state_dtype"),
+        (dict(state_dtype="int2"), "state_dtype"),
+        (dict(exp_avg_dtype="uint4"), "exp_avg_dtype"),
         (dict(exp_avg_dtype="fp8"), "exp_avg_dtype"),
         (dict(exp_avg_sq_dtype=torch.float16), "exp_avg_sq_dtype"),
         (dict(exp_avg_sq_dtype=8), "exp_avg_sq_dtype"),
@@ -131,10 +132,156 @@ def test_bad_state_dtypes_name_argument_and_value(kwargs, message):
         codecs.resolve_state_dtypes(kwargs.get("state_dtype"), kwargs.get("exp_avg_dtype"), kwargs.get("exp_avg_sq_dtype"))
     assert message in str(info.value)
     if "conflicts" not in message:
-        assert "float32" in str(info.value) and "int8" in str(info.value)  # lists the valid names
+        assert all(name in str(info.value) for name in codecs.STATE_DTYPES)  # lists the valid names
 
 
 def test_state_dtype_names_and_torch_dtypes_agree():
     assert codecs.resolve_state_dtypes(torch.int8, None, None) == ("int8", "int8")
     assert codecs.resolve_state_dtypes(None, "torch.bfloat16", torch.float32) == ("bfloat16", "float32")
     assert codecs.resolve_state_dtypes("int8", "int8", None) == ("int8", "int8")
+
+
+# -- int4 ------------------------------------------------------------------------------------
+
+INT4_CODES = {"exp_avg": codecs.EXP_AVG_INT4, "exp_avg_sq": codecs.EXP_AVG_SQ_INT4}
+
+
+def int4_error_bound(x: torch.Tensor, code: codecs.FourBit) -> torch.Tensor:
+    """Per-element bound from the code's definition: the distance from x's level to the
+    midpoints on either side (a nearest-level code is within half the gap around it), in
+    units of the block's absmax, plus a float32 slack; below the smallest level, that level."""
+    size = codecs.INT4_BLOCK_SIZE
+    blocks = torch.nn.functional.pad(x.double().reshape(-1), (0, (-x.numel()) % size)).view(-1, size)
+    unit = blocks.abs().amax(1, keepdim=True).expand_as(blocks).reshape(-1)[: x.numel()]
+    levels = code.values().double()
+    gaps = torch.diff(levels)
+    r = (x.double().reshape(-1) / unit.clamp_min(1e-300)).clamp(-1, 1)
+    # the gap of the interval r falls in (the largest gap bounds a nearest-level error by half)
+    index = torch.searchsorted(levels, r).clamp(1, len(levels) - 1) - 1
+    below = (r < levels[0]).double() * (levels[0] - r)
+    return (gaps[index] / 2 + below) * unit * (1 + 1e-6) + unit * 1e-6
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    key=st.sampled_from(sorted(INT4_CODES)),
+    rows=st.integers(1, 12),
+    half_columns=st.integers(1, 150),
+    log_scale=magnitudes,
+    spread=st.floats(0, 8),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_int4_round_trip_within_half_a_gap(key, rows, half_columns, log_scale, spread, seed):
+    generator = np.random.default_rng(seed)
+    size = rows * half_columns * 2
+    values = generator.standard_normal(size) * np.exp(generator.standard_normal(size) * spread) * 10.0**log_scale
+    if key == "exp_avg_sq":
+        values = np.abs(values)
+    finite = float(torch.finfo(torch.float32).max)
+    x = torch.tensor(np.clip(values, -finite, finite), dtype=torch.float32).view(rows, 2 * half_columns)
+    code = INT4_CODES[key]
+    packed, absmax = codecs.quantize4(x, code)
+    assert packed.dtype == torch.uint8 and packed.shape == (rows, half_columns)
+    assert absmax.shape == (codecs.num_blocks(size, codecs.INT4_BLOCK_SIZE),)
+    y = codecs.dequantize4(packed, absmax, code)
+    assert y.shape == x.shape and bool(torch.isfinite(y).all())
+    assert bool(((y.double() - x.double()).abs() <= int4_error_bound(x, code).view(x.shape)).all())
+    if key == "exp_avg_sq":
+        assert bool((y >= 0).all())
+        assert bool(((x > 0) <= (y > 0)).all()), "a non-zero v decoded to zero"
+
+
+@pytest.mark.parametrize("key", sorted(INT4_CODES))
+@pytest.mark.parametrize(
+    "case",
+    ["zeros", "one huge value", "denormals", "all negative", "float32 max", "mixed zero and tiny", "nan", "inf"],
+)
+def test_int4_edge_blocks(key, case):
+    x = {
+        "zeros": torch.zeros(600),
+        "one huge value": torch.full((600,), 1e-3).index_fill_(0, torch.tensor([3, 300]), 1e30),
+        "denormals": torch.full((600,), 1e-42),
+        "all negative": -torch.rand(600) - 1e-3,
+        "float32 max": torch.full((600,), torch.finfo(torch.float32).max),
+        "mixed zero and tiny": torch.zeros(600).index_fill_(0, torch.tensor([7]), 1e-40),
+        "nan": torch.rand(600).index_fill_(0, torch.tensor([5, 300]), float("nan")),
+        "inf": torch.rand(600).index_fill_(0, torch.tensor([5]), float("inf")),
+    }[case].view(2, 300)
+    if key == "exp_avg_sq":
+        x = x.abs()
+    code = INT4_CODES[key]
+    packed, absmax = codecs.quantize4(x, code)
+    y = codecs.dequantize4(packed, absmax, code)
+    assert bool(torch.isfinite(y).all()), case
+    assert bool(torch.isfinite(absmax[absmax == absmax]).all() or case == "inf")
+    if case == "nan":
+        # as int8: a NaN takes the positive top code, and does not set its block's scale
+        codes = torch.stack((packed.reshape(-1) & 15, packed.reshape(-1) >> 4), 1).reshape(-1)
+        assert int(codes[5]) == 15 and int(codes[300]) == 15
+        assert float(absmax[0]) == float(x.reshape(-1)[:128].nan_to_num(0).abs().max())
+        return
+    if case == "inf":  # the block's scale is infinite: its elements decode to 0, the others are untouched
+        assert bool((y.reshape(-1)[:128] == 0).all())
+        tail = x.reshape(1, -1)[:, 128:]
+        assert torch.equal(y.reshape(1, -1)[:, 128:], codecs.dequantize4(*codecs.quantize4(tail, code, 128), code, 128))
+        return
+    assert bool((torch.sign(y) * torch.sign(x) >= 0).all()), "a value changed sign"
+    if case == "zeros":
+        assert bool((y == 0).all())
+    if case in ("one huge value", "float32 max"):
+        assert y.abs().max() == pytest.approx(float(x.abs().max()), rel=1e-6)
+    if key == "exp_avg_sq":
+        assert bool(((x > 0) <= (y > 0)).all())
+
+
+def test_int4_every_level_round_trips_exactly_and_packs_low_nibble_first():
+    for code in INT4_CODES.values():
+        levels = code.values()
+        distinct = torch.tensor(sorted(set(levels.tolist())))
+        x = torch.cat([distinct, torch.ones(2 * codecs.INT4_BLOCK_SIZE - len(distinct))]).view(2, -1)
+        y = codecs.dequantize4(*codecs.quantize4(x, code), code)
+        assert torch.equal(y, x)
+    packed, _ = codecs.quantize4(torch.tensor([[0.0, 1.0]]), codecs.EXP_AVG_INT4)
+    assert int(packed[0, 0]) == 7 | (15 << 4)  # level 0.0 is index 7, 1.0 is 15; element 0 low
+
+
+def test_int4_codes_of_a_shard_equal_the_whole_parameters():
+    """Blocks of 128 counted from the parameter's first element, whatever part a tensor holds."""
+    x = torch.randn(24, 100)
+    whole, absmax = codecs.quantize4(x, codecs.EXP_AVG_INT4)
+    for first_row, end_row in ((0, 7), (7, 13), (13, 24)):
+        offset = first_row * 100
+        first, end = codecs.block_range(offset, (end_row - first_row) * 100, codecs.INT4_BLOCK_SIZE)
+        part, _ = codecs.quantize4(x[first_row:end_row], codecs.EXP_AVG_INT4, offset, absmax[first:end])
+        assert torch.equal(part, whole[first_row:end_row])
+        back = codecs.dequantize4(part, absmax[first:end], codecs.EXP_AVG_INT4, offset)
+        assert torch.equal(back, codecs.dequantize4(whole, absmax, codecs.EXP_AVG_INT4)[first_row:end_row])
+
+
+def test_int4_storage_applies_to_packable_large_params_only():
+    assert codecs.storage_for("int4", torch.empty(64, 128)) == "int4"
+    assert codecs.storage_for("int4", torch.empty(8, 8)) == "float32"  # under INT8_MIN_NUMEL
+    assert codecs.storage_for("int4", torch.empty(5000)) == "int8"  # 1-D: a shard may split a byte
+    assert codecs.storage_for("int4", torch.empty(100, 51)) == "int8"  # odd last dimension
+
+
+def test_int4_state_dtype_names():
+    assert codecs.resolve_state_dtypes("int4", None, None) == ("int4", "int4")
+    assert codecs.resolve_state_dtypes(None, "int4", "int8") == ("int4", "int8")
+
+
+def test_int4_tables_of_the_kernel_are_the_codecs():
+    """The C++ kernel spells the int4 levels and midpoints out as float literals: the same float32s."""
+    import re
+    from pathlib import Path
+
+    source = (Path(codecs.__file__).parent / "kernels" / "adam_kernel.cpp").read_text()
+    for table, code in (("ExpAvgInt4Table", codecs.EXP_AVG_INT4), ("ExpAvgSqInt4Table", codecs.EXP_AVG_SQ_INT4)):
+        body = source[source.index(f"struct {table} {{") :]
+        body = body[: body.index("\n};")]
+        levels, midpoints = (
+            [float.fromhex(x) if "x" in x else float(x) for x in re.findall(r"-?0x[0-9a-f.]+p[+-]?\d+|-?\d+\.\d+", part)]
+            for part in body.split("kMidpoints")
+        )
+        assert levels == list(code.levels)
+        assert midpoints == code.midpoints().tolist()

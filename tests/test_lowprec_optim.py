@@ -19,8 +19,12 @@ MODES = [
     dict(state_dtype="int8"),
     dict(exp_avg_dtype="int8", exp_avg_sq_dtype="bfloat16"),
     dict(exp_avg_dtype="float32", exp_avg_sq_dtype="int8"),
+    dict(state_dtype="int4"),
+    dict(exp_avg_dtype="int4", exp_avg_sq_dtype="bfloat16"),
+    dict(exp_avg_dtype="int8", exp_avg_sq_dtype="int4"),
 ]
-SHAPES = [(70, 100), (300,), (5000,), (1,)]  # int8 applies to the first and third only (>= 4096 elements)
+# int8 applies to the first and third only (>= 4096 elements); int4 to the first (the third: int8)
+SHAPES = [(70, 100), (300,), (5000,), (1,)]
 
 
 def make_params(dtype=torch.float32, seed=0, shapes=SHAPES):
@@ -60,6 +64,8 @@ def assert_same_state(first, second, params_first, params_second, rtol=4 * 2**-2
             if key == "kahan_comp":  # the low bits themselves: compare what p + compensation represents
                 mostly_close(p.float() + value.float(), q.float() + other.float(), 2**-14, 1e-7)
             elif value.dtype == torch.uint8:
+                if key.endswith("_int4"):  # compare codes, not the bytes holding two
+                    value, other = unpack_int4(value), unpack_int4(other)
                 differ = (value.int() - other.int()).abs()
                 assert int(differ.max()) <= 1 and float((differ > 0).float().mean()) < 1e-3, key
             else:
@@ -78,7 +84,7 @@ def test_kernel_and_loop_path_agree(mode, amsgrad):
 
 
 @pytest.mark.parametrize("rounding", codecs.PARAM_ROUNDINGS)
-@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8", "int4"])
 def test_bf16_params_kernel_and_loop_agree(rounding, state_dtype):
     kernel_params, loop_params = make_params(torch.bfloat16), make_params(torch.bfloat16)
     kernel = run(kernel_params, param_rounding=rounding, state_dtype=state_dtype, rounding_seed=3)
@@ -272,7 +278,7 @@ def test_checkpoint_whose_tensors_contradict_its_dtypes_is_refused():
     "kwargs, message",
     [
         (dict(state_dtype="float8"), "Invalid state_dtype: 'float8'"),
-        (dict(exp_avg_dtype="int4"), "Invalid exp_avg_dtype: 'int4'"),
+        (dict(exp_avg_dtype="int2"), "Invalid exp_avg_dtype: 'int2'"),
         (dict(state_dtype="int8", exp_avg_sq_dtype="bfloat16"), "conflicts with state_dtype"),
         (dict(param_rounding="up"), "Invalid param_rounding: 'up'"),
         (dict(rounding_seed=-1), "Invalid rounding_seed: -1"),
@@ -332,7 +338,9 @@ def one_rank_mesh():
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("options", [dict(state_dtype="int8", amsgrad=True), dict(exp_avg_dtype="bfloat16")])
+@pytest.mark.parametrize(
+    "options", [dict(state_dtype="int8", amsgrad=True), dict(exp_avg_dtype="bfloat16"), dict(state_dtype="int4", amsgrad=True)]
+)
 def test_dtensor_params_keep_dtensor_state_and_match_plain_params(options):
     """A DTensor parameter steps its local part; its state is DTensors (element-wise ones placed
     like the parameter, the int8 absmax replicated), so DCP can reshard it. Two ranks: test_distributed."""
@@ -407,3 +415,180 @@ def test_sparse_gradient_with_low_precision_layout_is_refused_before_anything_ch
     for index, entries in before["state"].items():
         for key, value in entries.items():
             assert torch.equal(after["state"][index][key], value), (index, key)
+
+
+# -- int4 -----------------------------------------------------------------------------------------
+
+INT4_SHAPES = [(70, 100), (300,), (5000,), (64, 96), (1,)]  # int4: (70, 100) and (64, 96); (5000,) int8
+
+
+def unpack_int4(codes):
+    flat = codes.reshape(-1).int()
+    return torch.stack((flat & 15, flat >> 4), 1).reshape(-1)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_int4_state_bytes_per_parameter(fused):
+    """State measured from the state dict: two 4-bit codes plus a float32 absmax per 128 elements each."""
+    params = [torch.nn.Parameter(torch.zeros(768, 3072))]
+    optimizer = run(params, steps=1, state_dtype="int4", fused=fused)
+    state = optimizer.state_dict()["state"][0]
+    assert set(state) == {"step", "exp_avg_int4", "exp_avg_absmax", "exp_avg_sq_int4", "exp_avg_sq_absmax"}
+    moment_bytes = sum(t.numel() * t.element_size() for k, t in state.items() if k != "step")
+    assert moment_bytes / params[0].numel() == pytest.approx(1 + 2 * 4 / codecs.INT4_BLOCK_SIZE)  # 1.0625
+    assert moment_bytes / params[0].numel() <= 1.10
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_int4_storage_per_parameter(fused):
+    params = make_params(shapes=INT4_SHAPES)
+    optimizer = run(params, steps=1, state_dtype="int4", fused=fused)
+    keys = [set(optimizer.state[p]) - {"step"} for p in params]
+    assert keys[0] == keys[3] == {"exp_avg_int4", "exp_avg_absmax", "exp_avg_sq_int4", "exp_avg_sq_absmax"}
+    assert keys[2] == {"exp_avg_int8", "exp_avg_absmax", "exp_avg_sq_int8", "exp_avg_sq_absmax"}
+    assert keys[1] == keys[4] == {"exp_avg", "exp_avg_sq"}
+    assert optimizer.state[params[0]]["exp_avg_int4"].shape == (70, 50)
+    assert optimizer.state[params[0]]["exp_avg_absmax"].shape == (codecs.num_blocks(7000, 128),)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_int4_step_stays_bounded_and_v_stays_positive(fused):
+    """|delta p| <= the core bound up to the codes' rounding: m's nearest level is at most 2x the
+    value (or 0), v's nearest power of two at least 1/1.5 of it (sqrt: 0.82), so 2.45x at most,
+    and a v > 0 never decodes to 0 (the bound would break as m / eps)."""
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.zeros(64, 128))
+    optimizer = adamkit.Adam([param], lr=1.0, betas=(0.9, 0.999), eps=1e-8, fused=fused, state_dtype="int4")
+    for step in range(1, 120):
+        scale = 1e3 if step == 1 else torch.exp(torch.randn(1) * 4).item()
+        grad = torch.randn(64, 128) * scale
+        grad[:2] = 0.0 if step > 1 else grad[:2]  # a block whose v decays towards zero
+        grad[2:4] = 1e-30 * torch.randn(2, 128)  # a block of denormal-sized squares
+        param.grad = grad
+        before = param.detach().clone()
+        optimizer.step()
+        delta = (param.detach() - before).abs()
+        assert bool(torch.isfinite(param).all())
+        assert float(delta.max()) <= 2.5 * step_bound(1.0, 0.9, 0.999, step), step
+        v = codecs.decode("exp_avg_sq", optimizer.state[param], "int4", param.dtype)
+        assert bool((v >= 0).all())
+        assert bool((v[:2] > 0).all()) and bool((v[4:] > 0).all())  # rows 2, 3: squares underflow to v = 0
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("mode", [dict(state_dtype="int4"), dict(exp_avg_dtype="int4", exp_avg_sq_dtype="int8"),
+                                  dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="int4")], ids=["int4", "int4-int8", "bf16-int4"])
+def test_int4_checkpoint_round_trips_exactly(mode, fused):
+    params = make_params(shapes=INT4_SHAPES)
+    optimizer = run(params, fused=fused, **mode)
+    state_dict = saved(optimizer)
+    clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    restored = adamkit.AdamW(clone, lr=1e-2, fused=fused, **mode)
+    restored.load_state_dict(state_dict)
+    generator = torch.Generator().manual_seed(9)
+    for _ in range(2):
+        for p, q in zip(params, clone):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        restored.step()
+    for p, q in zip(params, clone):
+        assert torch.equal(p, q)
+        for key, value in optimizer.state[p].items():
+            assert torch.equal(value, restored.state[q][key]), key
+
+
+def test_float32_checkpoint_converts_into_int4_and_back_and_out_to_torch():
+    params = make_params(shapes=INT4_SHAPES)
+    reference = torch.optim.AdamW(params, lr=1e-2)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        reference.step()
+    torch_checkpoint = saved(reference)
+    quantized = adamkit.AdamW(params, lr=1e-2, state_dtype="int4", fused=False)
+    with pytest.raises(ValueError, match="convert_state_dtypes=True"):
+        quantized.load_state_dict(torch_checkpoint)
+    assert len(quantized.state) == 0  # nothing changed
+    quantized.load_state_dict(torch_checkpoint, convert_state_dtypes=True)
+    big = params[0]
+    codes, absmax = codecs.quantize4(reference.state[big]["exp_avg_sq"], codecs.EXP_AVG_SQ_INT4)
+    assert torch.equal(quantized.state[big]["exp_avg_sq_int4"], codes)
+    assert torch.equal(quantized.state[big]["exp_avg_sq_absmax"], absmax)
+    assert quantized.state[params[2]]["exp_avg_int8"].dtype == torch.uint8  # 1-D: int8
+    assert quantized.state[params[1]]["exp_avg"].dtype == torch.float32  # small tensor: float32 kept
+
+    low_checkpoint = saved(quantized)
+    back = adamkit.AdamW(params, lr=1e-2, fused=False)
+    with pytest.raises(ValueError, match="stores exp_avg as 'int4'"):
+        back.load_state_dict(low_checkpoint)
+    back.load_state_dict(low_checkpoint, convert_state_dtypes=True)
+    dequantized = codecs.dequantize4(codes, absmax, codecs.EXP_AVG_SQ_INT4)
+    assert torch.equal(back.state[big]["exp_avg_sq"], dequantized)
+    ratio = dequantized / reference.state[big]["exp_avg_sq"]
+    assert float(ratio.min()) >= 2**-0.5 and float(ratio.max()) <= 2**0.5 + 1e-6 or float(ratio.max()) > 1  # powers of two
+    exported = adamkit.to_torch_state_dict(low_checkpoint)
+    assert torch.equal(exported["state"][0]["exp_avg_sq"], dequantized)
+    again = torch.optim.AdamW(params, lr=1e-2)
+    again.load_state_dict(exported)  # torch takes it
+    assert torch.equal(again.state[big]["exp_avg_sq"], dequantized)
+    # and int8 <-> int4 converts directly
+    eight = adamkit.AdamW(params, lr=1e-2, state_dtype="int8", fused=False)
+    eight.load_state_dict(low_checkpoint, convert_state_dtypes=True)
+    expected, _ = codecs.quantize(dequantized, codecs.EXP_AVG_SQ_CODE)
+    assert torch.equal(eight.state[big]["exp_avg_sq_int8"], expected)
+
+
+def test_int4_checkpoint_with_wrong_code_shape_is_refused():
+    params = make_params(shapes=INT4_SHAPES)
+    optimizer = run(params, state_dtype="int4", fused=False)
+    state_dict = saved(optimizer)
+    state_dict["state"][0]["exp_avg_int4"] = torch.zeros(70, 100, dtype=torch.uint8)  # unpacked
+    with pytest.raises(ValueError, match=r"exp_avg_int4.*\(70, 100\).*int4 codes \(two per byte\) of \(70, 50\)"):
+        optimizer.load_state_dict(state_dict)
+    state_dict = saved(optimizer)
+    state_dict["state"][0]["exp_avg_absmax"] = state_dict["state"][0]["exp_avg_absmax"][:-1]
+    with pytest.raises(ValueError, match=r"exp_avg_absmax.*float32 tensor of shape \(55,\)"):
+        optimizer.load_state_dict(state_dict)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(state_dtype="int3"), "Invalid state_dtype: 'int3'"),
+        (dict(exp_avg_dtype="uint4"), "Invalid exp_avg_dtype: 'uint4'"),
+        (dict(state_dtype="int4", exp_avg_sq_dtype="int8"), "exp_avg_sq_dtype: 'int8' conflicts with state_dtype='int4'"),
+    ],
+)
+def test_int4_bad_arguments_name_argument_and_value(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")) as info:
+        adamkit.AdamW(make_params(shapes=[(64, 128)]), **kwargs)
+    if "Invalid" in message:
+        assert "'int4'" in str(info.value)  # lists the valid names
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+def test_int4_kernel_codes_equal_the_reference_loops_bit_for_bit(amsgrad, param_dtype):
+    """With betas (0.5, 0) every moment is formed exactly alike on both paths (halving is exact;
+    v = g * g rounds once, with or without an FMA), so the kernel's int4 encoder and decoder
+    must give the reference loop's codes and scales bit for bit, over several steps."""
+    shapes = [(70, 100), (64, 130), (3, 4096 + 256)]  # last blocks short; a param of 2 work blocks + a half
+    kernel_params, loop_params = make_params(param_dtype, shapes=shapes), make_params(param_dtype, shapes=shapes)
+    options = dict(state_dtype="int4", betas=(0.5, 0.0), amsgrad=amsgrad)
+    kernel = adamkit.AdamW(kernel_params, lr=1e-2, **options)
+    loop = adamkit.AdamW(loop_params, lr=1e-2, fused=False, **options)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        for p, q in zip(kernel_params, loop_params):
+            grad = torch.randn(p.shape, generator=generator) * torch.exp(torch.randn(p.shape, generator=generator) * 3)
+            grad[0, :7] = 0.0  # exact zeros in a block
+            p.grad, q.grad = grad.to(param_dtype), grad.to(param_dtype)
+        kernel.step()
+        loop.step()
+    assert all(plan.usable.all() for plan in kernel._group_plans[0].plans if plan.layout is not None)
+    for p, q in zip(kernel_params, loop_params):
+        for key, value in loop.state[q].items():
+            if key.endswith(("_int4", "_absmax")):
+                assert torch.equal(kernel.state[p][key], value), key

@@ -29,16 +29,29 @@ Formats (names accepted as strings or torch dtypes):
   Tensors with fewer than :data:`INT8_MIN_NUMEL` elements keep float32 state for an
   int8 moment (as bitsandbytes does): their state is negligible in size, and
   biases / norm gains are where 8-bit state hurts most.
+* ``int4`` - blockwise 4-bit codes (Li, Chen & Zhu, "Memory Efficient Optimizers with
+  4-bit States", NeurIPS 2023): blocks of :data:`INT4_BLOCK_SIZE` (128) with a float32
+  absmax each, two codes per byte. A code is the index of the nearest of 16 levels
+  (:class:`FourBit`): ``exp_avg`` the paper's dynamic-exponent map, ``exp_avg_sq`` the
+  powers of two 2^-15 .. 2^0 without zero, so a v in a block with a non-zero absmax
+  never decodes to 0 (the paper's zero-point problem: a zero v turns a step into
+  m / eps). Without the paper's rank-1 normalisation (it needs whole-tensor row and
+  column maxima: a second pass), powers of two gave v half the update error of the
+  paper's linear map at block 128 on real Adam state. Codes are packed along the last dimension (element 2k in the low nibble),
+  so the code tensor shards along dim 0 like the parameter; int4 applies to parameters
+  of at least 2 dimensions with an even last dimension and at least
+  :data:`INT8_MIN_NUMEL` elements: others keep float32 (small ones) or int8 (the rest).
+  The choice was measured: ``benchmarks/choose_int4_codes.py`` (RESULTS_LOWPREC.md).
 
 State keys (:func:`moment_key`): a moment in the parameter's own dtype (torch's layout)
 keeps torch's key (``exp_avg``); any other storage has a key torch does not use
-(``exp_avg_int8`` with ``exp_avg_absmax``, ``exp_avg_bf16``, ``exp_avg_fp32``), so
+(``exp_avg_int8`` or ``exp_avg_int4`` with ``exp_avg_absmax``, ``exp_avg_bf16``, ``exp_avg_fp32``), so
 ``torch.optim`` refuses such state instead of casting codes to floats and training on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,6 +64,14 @@ __all__ = [
     "BLOCK_SIZE",
     "INT8_MIN_NUMEL",
     "MiniFloat",
+    "FourBit",
+    "INT4_BLOCK_SIZE",
+    "EXP_AVG_INT4",
+    "EXP_AVG_SQ_INT4",
+    "dynamic_map",
+    "quantize4",
+    "dequantize4",
+    "block_size",
     "EXP_AVG_CODE",
     "EXP_AVG_SQ_CODE",
     "resolve_state_dtypes",
@@ -73,9 +94,10 @@ __all__ = [
     "stochastic_bf16",
 ]
 
-STATE_DTYPES = ("float32", "bfloat16", "int8")
+STATE_DTYPES = ("float32", "bfloat16", "int8", "int4")
 PARAM_ROUNDINGS = ("nearest", "stochastic", "kahan")
 BLOCK_SIZE = 256
+INT4_BLOCK_SIZE = 128  # the paper's block for both moments: 256 lets one outlier flatten twice as many
 INT8_MIN_NUMEL = 4096
 _TORCH_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.int8: "int8"}
 _MASK32 = 0xFFFFFFFF
@@ -142,19 +164,35 @@ def storage_for(requested: str | None, param: Tensor) -> str:
     """The storage one moment of ``param`` actually uses under a requested dtype."""
     if requested is None:
         return _TORCH_NAMES.get(param.dtype, str(param.dtype).removeprefix("torch."))
-    if requested == "int8" and param.numel() < INT8_MIN_NUMEL:
+    if requested in ("int8", "int4") and param.numel() < INT8_MIN_NUMEL:
         return "float32"
+    if requested == "int4" and not packs_int4(tuple(param.shape)):
+        return "int8"
     return requested
 
 
-def num_blocks(numel: int) -> int:
-    return -(-numel // BLOCK_SIZE)
+def packs_int4(shape: tuple[int, ...]) -> bool:
+    """Whether int4 codes of a parameter of ``shape`` pack two per byte along its last dimension.
+
+    At least 2 dimensions: FSDP2 shards dim 0, so a shard is whole rows and never splits a
+    byte (a 1-D parameter's shard may start at an odd element).
+    """
+    return len(shape) >= 2 and shape[-1] % 2 == 0
 
 
-def block_range(offset: int, numel: int) -> tuple[int, int]:
-    """[first, end): the blocks that elements offset .. offset + numel - 1 of a parameter fall in."""
-    first = offset // BLOCK_SIZE
-    return first, (num_blocks(offset + numel) if numel else first)
+def block_size(storage: str) -> int:
+    """Elements per absmax block of a blockwise storage (int8: 256, int4: 128)."""
+    return INT4_BLOCK_SIZE if storage == "int4" else BLOCK_SIZE
+
+
+def num_blocks(numel: int, size: int = BLOCK_SIZE) -> int:
+    return -(-numel // size)
+
+
+def block_range(offset: int, numel: int, size: int = BLOCK_SIZE) -> tuple[int, int]:
+    """[first, end): the blocks of ``size`` that elements offset .. offset + numel - 1 of a parameter fall in."""
+    first = offset // size
+    return first, (num_blocks(offset + numel, size) if numel else first)
 
 
 # -- the int8 minifloat codes --------------------------------------------------------------
@@ -218,17 +256,17 @@ def _magnitude_value(magnitude: Tensor, code: MiniFloat) -> Tensor:
     return torch.where(magnitude < 2**m, subnormal, normal)
 
 
-def _blocks(flat: Tensor, offset: int = 0) -> Tensor:
+def _blocks(flat: Tensor, offset: int = 0, size: int = BLOCK_SIZE) -> Tensor:
     """Elements offset .. offset + n - 1 of a parameter, zero-padded into whole blocks of it."""
     if flat.numel() == 0:
-        return flat.new_zeros(0, BLOCK_SIZE)
-    lead = offset % BLOCK_SIZE
-    padding = num_blocks(lead + flat.numel()) * BLOCK_SIZE - lead - flat.numel()
-    return torch.nn.functional.pad(flat, (lead, padding)).view(-1, BLOCK_SIZE)
+        return flat.new_zeros(0, size)
+    lead = offset % size
+    padding = num_blocks(lead + flat.numel(), size) * size - lead - flat.numel()
+    return torch.nn.functional.pad(flat, (lead, padding)).view(-1, size)
 
 
 def _unblock(blocks: Tensor, offset: int, numel: int) -> Tensor:
-    lead = offset % BLOCK_SIZE
+    lead = offset % blocks.shape[-1]
     return blocks.reshape(-1)[lead : lead + numel]
 
 
@@ -247,9 +285,10 @@ def _decode_scale(absmax: Tensor, code: MiniFloat) -> Tensor:
     return torch.where(inverse > 0, 1.0 / inverse, torch.zeros_like(inverse)).clamp_(max=cap)
 
 
-def block_absmax(x: Tensor, offset: int = 0) -> Tensor:
+def block_absmax(x: Tensor, offset: int = 0, storage: str = "int8") -> Tensor:
     """max |x| over x's part of each block it touches (x: elements offset.. of a parameter)."""
-    return _blocks(x.detach().reshape(-1).to(torch.float32), offset).abs().amax(dim=1)
+    blocks = _blocks(x.detach().reshape(-1).to(torch.float32), offset, block_size(storage)).abs()
+    return _int4_absmax(blocks) if storage == "int4" else blocks.amax(dim=1)
 
 
 def quantize(x: Tensor, code: MiniFloat, offset: int = 0, absmax: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -288,9 +327,123 @@ def dequantize(codes: Tensor, absmax: Tensor, code: MiniFloat, offset: int = 0) 
     return _unblock(values, offset, flat.numel()).view(codes.shape)
 
 
+# -- the int4 codes ----------------------------------------------------------------------
+
+
+def dynamic_map(signed: bool, exponent_bits: int, total_bits: int) -> list[float]:
+    """The dynamic-exponent ("DE") map of Dettmers' 8-bit optimizers, which the 4-bit paper uses
+    for m with 3 exponent bits and 4 bits: per decade 10^-(E-1) .. 10^0, the midpoints of an
+    even split of [0.1, 1]; plus 0 and 1. Ascending, float64."""
+    data: list[float] = []
+    magnitude_bits = total_bits - 1
+    for i in range(exponent_bits):
+        items = 2 ** (i + magnitude_bits - exponent_bits) + 1 if signed else 2 ** (i + magnitude_bits - exponent_bits + 1) + 1
+        bounds = np.linspace(0.1, 1.0, items)
+        means = (bounds[:-1] + bounds[1:]) / 2 * 10.0 ** (i + 1 - exponent_bits)
+        data += means.tolist() + ((-means).tolist() if signed else [])
+    extra = 2 ** (magnitude_bits - exponent_bits) - 1
+    if extra > 0:
+        bounds = np.linspace(0.1, 1.0, extra + 1)
+        means = (bounds[:-1] + bounds[1:]) / 2
+        data += means.tolist() + ((-means).tolist() if signed else [])
+    data += [0.0, 1.0]
+    return sorted(data)
+
+
+@dataclass(frozen=True)
+class FourBit:
+    """A 4-bit code: 16 levels, ascending, the largest 1.0 (a block's absmax maps to it).
+
+    A value x of a block with scale ``inverse = 1 / absmax`` takes the index of the nearest
+    level to ``r = x * inverse`` (float32): the number of midpoints between adjacent levels
+    that r reaches (r >= midpoint: a tie goes up). A NaN takes the top code (15), as int8's
+    NaN takes its positive top code. Decoding is ``level[code] * (1 / inverse)``.
+    """
+
+    levels: tuple[float, ...]  # float32 values, ascending
+    # float32 thresholds between adjacent levels (their mean in float64, rounded), as numbers so that
+    # torch.compile traces the encoder with them as constants
+    thresholds: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        levels = np.asarray(self.levels, dtype=np.float64)
+        object.__setattr__(self, "thresholds", tuple(float(x) for x in ((levels[:-1] + levels[1:]) / 2).astype(np.float32)))
+
+    @property
+    def top(self) -> float:
+        return 1.0
+
+    def values(self) -> Tensor:
+        return torch.tensor(self.levels, dtype=torch.float32)
+
+    def midpoints(self) -> Tensor:
+        return torch.tensor(self.thresholds, dtype=torch.float32)
+
+
+def _float32_levels(levels: list[float]) -> tuple[float, ...]:
+    return tuple(float(x) for x in np.asarray(levels, dtype=np.float32))
+
+
+# m: the paper's DE map (signed, 3 exponent bits): 0, +-0.0055 .. +-0.8875 and 1.0.
+EXP_AVG_INT4 = FourBit(_float32_levels(dynamic_map(True, 3, 4)))
+# v: powers of two 2^-15 .. 1, no zero: a v > 0 never decodes to 0, and small v keep their
+# magnitude (the paper's linear (k + 1) / 16 lifts everything under absmax / 32 to absmax / 16).
+EXP_AVG_SQ_INT4 = FourBit(_float32_levels([2.0 ** (k - 15) for k in range(16)]))
+
+
+def _int4_absmax(magnitudes: Tensor) -> Tensor:
+    """Block absmax of |x| blocks for int4: a NaN does not set it (as the kernel's running max)."""
+    return torch.where(torch.isnan(magnitudes), torch.zeros_like(magnitudes), magnitudes).amax(dim=1)
+
+
+def _int4_codes(r: Tensor, code: FourBit) -> Tensor:
+    """Nearest-level index of float32 r (int64): midpoints reached, NaN -> 15. An unsigned code
+    (all levels > 0, v's) reads |r|: a v is never negative, -0.0 included."""
+    if code.levels[0] > 0:
+        r = r.abs()
+    codes = torch.zeros(r.shape, dtype=torch.int64, device=r.device)
+    for midpoint in code.thresholds:
+        codes += (r >= midpoint).to(torch.int64)
+    return torch.where(torch.isnan(r), torch.full_like(codes, 15), codes)
+
+
+def packed_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of the int4 codes of a parameter of ``shape``: two codes per byte along the last dimension."""
+    return (*shape[:-1], shape[-1] // 2)
+
+
+def quantize4(x: Tensor, code: FourBit, offset: int = 0, absmax: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """float32 tensor (last dimension even) -> (uint8 packed codes, float32 absmax per block of 128).
+
+    As :func:`quantize`: ``x`` holds elements ``offset ..`` of a parameter, ``absmax`` the
+    absmax of the blocks x touches (by default x's own). Element 2k's code is the low nibble
+    of byte k.
+    """
+    flat = x.detach().reshape(-1).to(torch.float32)
+    blocks = _blocks(flat, offset, INT4_BLOCK_SIZE)
+    if absmax is None:
+        absmax = _int4_absmax(blocks.abs())
+    inverse = _encode_scale(absmax, code)
+    codes = _unblock(_int4_codes(blocks * inverse[:, None], code), offset, flat.numel()).view(-1, 2)
+    packed = (codes[:, 0] | (codes[:, 1] << 4)).to(torch.uint8)
+    return packed.view(packed_shape(tuple(x.shape))), absmax
+
+
+def dequantize4(packed: Tensor, absmax: Tensor, code: FourBit, offset: int = 0) -> Tensor:
+    """(uint8 packed codes, float32 absmax per block of 128) -> float32 tensor of the parameter's
+    shape (the codes' last dimension doubled). ``offset``/``absmax`` as in :func:`quantize4`."""
+    flat = packed.reshape(-1).to(torch.int64)
+    codes = torch.stack((flat & 15, flat >> 4), dim=1).reshape(-1)
+    blocks = _blocks(codes, offset, INT4_BLOCK_SIZE)
+    values = code.values().to(packed.device)[blocks] * _decode_scale(absmax, code)[:, None]
+    return _unblock(values, offset, codes.numel()).view(*packed.shape[:-1], packed.shape[-1] * 2)
+
+
 # -- moments: encode/decode by storage name -------------------------------------------------
 
 _MOMENT_CODES = {"exp_avg": EXP_AVG_CODE, "exp_avg_sq": EXP_AVG_SQ_CODE, "max_exp_avg_sq": EXP_AVG_SQ_CODE}
+_INT4_CODES = {"exp_avg": EXP_AVG_INT4, "exp_avg_sq": EXP_AVG_SQ_INT4, "max_exp_avg_sq": EXP_AVG_SQ_INT4}
+BLOCKWISE = ("int8", "int4")  # storages with a per-block absmax
 
 
 def moment_code(key: str) -> MiniFloat:
@@ -298,12 +451,31 @@ def moment_code(key: str) -> MiniFloat:
     return _MOMENT_CODES[key]
 
 
+def int4_code(key: str) -> FourBit:
+    """The int4 code of moment ``key``."""
+    return _INT4_CODES[key]
+
+
+def quantize_moment(key: str, value: Tensor, storage: str, offset: int = 0, absmax: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(codes, absmax) of moment ``key``'s float32 value in a blockwise storage (int8 or int4)."""
+    if storage == "int4":
+        return quantize4(value, _INT4_CODES[key], offset, absmax)
+    return quantize(value, _MOMENT_CODES[key], offset, absmax)
+
+
+def dequantize_moment(key: str, codes: Tensor, absmax: Tensor, storage: str, offset: int = 0) -> Tensor:
+    """float32 value of moment ``key`` from its blockwise codes (int8 or int4)."""
+    if storage == "int4":
+        return dequantize4(codes, absmax, _INT4_CODES[key], offset)
+    return dequantize(codes, absmax, _MOMENT_CODES[key], offset)
+
+
 def absmax_key(key: str) -> str:
     """State key of the per-block absmax that goes with an int8 moment."""
     return f"{key}_absmax"
 
 
-_KEY_SUFFIXES = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}
+_KEY_SUFFIXES = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8", "int4": "int4"}
 
 
 def moment_key(key: str, storage: str, param_dtype: torch.dtype) -> str:
@@ -348,8 +520,8 @@ def encode(
     ``offset``/``absmax``: for a shard, as in :func:`quantize`.
     """
     name = moment_key(key, storage, param_dtype)
-    if storage == "int8":
-        codes, absmax = quantize(value, _MOMENT_CODES[key], offset, absmax)
+    if storage in BLOCKWISE:
+        codes, absmax = quantize_moment(key, value, storage, offset, absmax)
         return {name: codes, absmax_key(key): absmax}
     return {name: value.to(getattr(torch, storage)).clone(memory_format=torch.contiguous_format)}
 
@@ -360,8 +532,8 @@ def decode(key: str, entries: dict[str, Any], storage: str, param_dtype: torch.d
     For a shard: the codes of elements ``offset ..`` and the absmax of the blocks they touch.
     """
     name = moment_key(key, storage, param_dtype)
-    if storage == "int8":
-        return dequantize(entries[name], entries[absmax_key(key)], _MOMENT_CODES[key], offset)
+    if storage in BLOCKWISE:
+        return dequantize_moment(key, entries[name], entries[absmax_key(key)], storage, offset)
     return entries[name].to(torch.float32)
 
 
@@ -371,14 +543,17 @@ def entries_match(key: str, entries: dict[str, Any], storage: str, param: Tensor
     tensor = entries.get(name)
     if not isinstance(tensor, Tensor):
         return f"{name!r} is missing or not a tensor"
-    if tuple(tensor.shape) != tuple(param.shape):
-        return f"{name!r} has shape {tuple(tensor.shape)}, the parameter {tuple(param.shape)}"
-    if storage == "int8":
+    shape = packed_shape(tuple(param.shape)) if storage == "int4" else tuple(param.shape)
+    if tuple(tensor.shape) != shape:
+        what = "int4 codes (two per byte) of" if storage == "int4" else "the parameter"
+        return f"{name!r} has shape {tuple(tensor.shape)}, {what} {shape}"
+    if storage in BLOCKWISE:
         absmax = entries.get(absmax_key(key))
+        blocks = num_blocks(param.numel(), block_size(storage))
         if tensor.dtype != torch.uint8:
-            return f"{name!r} has dtype {tensor.dtype}, int8 state stores uint8 codes"
-        if not isinstance(absmax, Tensor) or absmax.dtype != torch.float32 or tuple(absmax.shape) != (num_blocks(param.numel()),):
-            return f"{absmax_key(key)!r} must be a float32 tensor of shape ({num_blocks(param.numel())},)"
+            return f"{name!r} has dtype {tensor.dtype}, {storage} state stores uint8 codes"
+        if not isinstance(absmax, Tensor) or absmax.dtype != torch.float32 or tuple(absmax.shape) != (blocks,):
+            return f"{absmax_key(key)!r} must be a float32 tensor of shape ({blocks},)"
         return None
     if tensor.dtype != getattr(torch, storage):
         return f"{name!r} has dtype {tensor.dtype}, expected {storage}"

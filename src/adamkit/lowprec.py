@@ -12,9 +12,9 @@ Group keys (recorded in ``state_dict()['param_groups']``):
 ``exp_avg_dtype``, ``exp_avg_sq_dtype`` (None: like the parameter, torch's layout),
 ``param_rounding`` ("nearest", "stochastic", "kahan"; bfloat16 parameters only) and
 ``rounding_seed``. A moment stored in other than the parameter's dtype has a state key
-of its own (``exp_avg_int8``, ``exp_avg_bf16``, ``exp_avg_fp32``; :func:`codecs.moment_key`),
-so torch.optim refuses it; other extra per-parameter keys: ``<moment>_absmax`` (int8
-moments) and ``kahan_comp`` (Kahan rounding).
+of its own (``exp_avg_int8``, ``exp_avg_int4``, ``exp_avg_bf16``, ``exp_avg_fp32``;
+:func:`codecs.moment_key`), so torch.optim refuses it; other extra per-parameter keys:
+``<moment>_absmax`` (int8 and int4 moments) and ``kahan_comp`` (Kahan rounding).
 
 Sharded (DTensor, FSDP2) parameters take the loop path on their local part, with the
 blocks and random streams of the whole parameter (:mod:`adamkit.shards`): state is
@@ -135,42 +135,37 @@ def _storage_of(layout: Layout | None, key: str, param: Tensor) -> str:
     return layout.storage(key) if layout is not None else _plain_storage(param)
 
 
-def _decode(
-    key: str, local_state: dict[str, Tensor], storage: str, dtype: torch.dtype, offset: int, blocks: tuple[int, int]
-) -> Tensor:
-    """float32 value of moment ``key`` of a ``dtype`` parameter from plain local tensors (an
-    absmax: the whole parameter's)."""
+def _decode(key: str, local_state: dict[str, Tensor], storage: str, dtype: torch.dtype, offset: int, numel: int) -> Tensor:
+    """float32 value of moment ``key`` of a ``dtype`` parameter from plain local tensors holding
+    ``numel`` elements from ``offset`` on (an absmax: the whole parameter's)."""
     name = codecs.moment_key(key, storage, dtype)
     entries = {name: local_state[name]}
-    if storage == "int8":
-        first, end = blocks
+    if storage in codecs.BLOCKWISE:
+        first, end = codecs.block_range(offset, numel, codecs.block_size(storage))
         entries[codecs.absmax_key(key)] = local_state[codecs.absmax_key(key)][first:end]
     return codecs.decode(key, entries, storage, dtype, offset)
 
 
 def _encode(
-    values: dict[str, Tensor],
-    storages: dict[str, str],
-    dtype: torch.dtype,
-    offset: int,
-    blocks: tuple[int, int],
-    agree_absmax: Any = None,
+    values: dict[str, Tensor], storages: dict[str, str], dtype: torch.dtype, offset: int, agree_absmax: Any = None
 ) -> dict[str, Tensor]:
     """State entries (plain tensors) for the moments' float32 values at local elements starting at
-    global index ``offset`` of a ``dtype`` parameter; ``agree_absmax`` turns local partial block
-    maxima into the whole parameter's (None: the tensor is the whole parameter, every block it
+    global index ``offset`` of a ``dtype`` parameter; ``agree_absmax(partials, block sizes)`` turns
+    local partial block maxima into the whole parameter's (None: the tensor is the whole parameter, every block it
     touches is its own)."""
     if agree_absmax is None:
         return {
             name: t for key, value in values.items() for name, t in codecs.encode(key, value, storages[key], dtype).items()
         }
-    int8 = [key for key in values if storages[key] == "int8"]
-    absmaxes = dict(zip(int8, agree_absmax([codecs.block_absmax(values[key], offset) for key in int8])))
-    first, end = blocks
+    blockwise = [key for key in values if storages[key] in codecs.BLOCKWISE]
+    sizes = [codecs.block_size(storages[key]) for key in blockwise]
+    partials = [codecs.block_absmax(values[key], offset, storages[key]) for key in blockwise]
+    absmaxes = dict(zip(blockwise, agree_absmax(partials, sizes)))
     entries: dict[str, Tensor] = {}
     for key, value in values.items():
         if key in absmaxes:
-            entries.update(codecs.encode(key, value, "int8", dtype, offset, absmaxes[key][first:end]))
+            first, end = codecs.block_range(offset, value.numel(), codecs.block_size(storages[key]))
+            entries.update(codecs.encode(key, value, storages[key], dtype, offset, absmaxes[key][first:end]))
             entries[codecs.absmax_key(key)] = absmaxes[key]
         else:
             entries.update(codecs.encode(key, value, storages[key], dtype))
@@ -187,9 +182,9 @@ def decode_moment(
     """
     stored = codecs.moment_key(key, storage, dtype)
     local = {stored: span.local(entries[name or stored])}
-    if storage == "int8":
+    if storage in codecs.BLOCKWISE:
         local[codecs.absmax_key(key)] = span.local_blocks(entries[codecs.absmax_key(key)])
-    return _decode(key, local, storage, dtype, span.offset, span.block_range())
+    return _decode(key, local, storage, dtype, span.offset, span.local_numel)
 
 
 def encode_moments(values: dict[str, Tensor], storages: dict[str, str], dtype: torch.dtype, span: shards.Span) -> dict[str, Tensor]:
@@ -197,7 +192,7 @@ def encode_moments(values: dict[str, Tensor], storages: dict[str, str], dtype: t
     parameter (local tensors; an int8 moment's absmax covers the whole parameter's blocks,
     agreed across its shards)."""
     agree = None if span.dtensor is None else span.agree_absmax
-    return _encode(values, storages, dtype, span.offset, span.block_range(), agree)
+    return _encode(values, storages, dtype, span.offset, agree)
 
 
 def _moment_state(key: str, value: Tensor, storage: str, dtype: torch.dtype, span: shards.Span) -> dict[str, Tensor]:
@@ -223,7 +218,7 @@ def _shard_plain_entries_(state: dict[str, Any], span: shards.Span) -> None:
             continue
         if name in _ABSMAX_KEYS:
             state[name] = span.wrap_blocks(tensor)
-        elif tuple(tensor.shape) == tuple(span.dtensor.shape):
+        elif span.holds(tensor):
             state[name] = span.wrap(span.local(tensor).clone())
 
 
@@ -271,7 +266,7 @@ def update_(
     keys = moment_keys(amsgrad)
     local = shards.localize(param, grad, state)  # sharding resolved once: plain tensors and offsets below
     dtype = param.dtype
-    moments = {key: _decode(key, local.state, layout.storage(key), dtype, local.offset, local.blocks) for key in keys}
+    moments = {key: _decode(key, local.state, layout.storage(key), dtype, local.offset, local.param.numel()) for key in keys}
     work = local.param.to(torch.float32)  # fp32 params: the parameter itself, updated in place
     if layout.kahan:
         work = work + local.state["kahan_comp"].to(torch.float32)
@@ -280,7 +275,7 @@ def update_(
     )
     coded = {key: moments[key] for key in keys if layout.storage(key) != "float32"}  # float32: decoded in place
     agree = local.agree_absmax if shards.is_dtensor(param) else None
-    for name, tensor in _encode(coded, {key: layout.storage(key) for key in coded}, dtype, local.offset, local.blocks, agree).items():
+    for name, tensor in _encode(coded, {key: layout.storage(key) for key in coded}, dtype, local.offset, agree).items():
         local.state[name].copy_(tensor)
     if layout.param_dtype == _BF16:
         step = int(state["step"].item())
@@ -423,11 +418,11 @@ def prepare_load(
                 problem = codecs.entries_match(key, entries, have, param)
                 if problem is not None:
                     raise ValueError(f"{where}: {problem}, but {where_group} records {key} stored as {have!r}")
-                if have == "int8":
+                if have in codecs.BLOCKWISE:
                     _quantized_entries_ok(where, key, entries)
                 if have == want:
                     name = codecs.moment_key(key, have, param.dtype)
-                    names = (name, codecs.absmax_key(key)) if have == "int8" else (name,)
+                    names = (name, codecs.absmax_key(key)) if have in codecs.BLOCKWISE else (name,)
                     new.update({name: entries[name].detach().clone() for name in names})
                     continue
                 if not convert:

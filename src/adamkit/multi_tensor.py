@@ -37,7 +37,7 @@ __all__ = ["GroupPlans", "Plan", "kernel_layout", "overlapping"]
 # use it only if it is built already (the Python gather costs well under a millisecond for them).
 COMPILED_GATHER_MIN_PARAMS = 256
 _MOMENTS = lowprec.MOMENT_KEYS
-_TORCH_STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.uint8}
+_TORCH_STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.uint8, "int4": torch.uint8}
 # state keys (a moment's under each of its storages' keys) -> the low-precision kernel's table names
 # (LowPrecBuffers in adam_kernel.cpp)
 _LOWPREC_FIELDS = {
@@ -123,12 +123,12 @@ class Plan:
     # -- state --------------------------------------------------------------------------------
 
     def _state_roles(self) -> dict[str, str | None]:
-        """The state keys the kernel reads -> the moment each holds (None: not a moment's values)."""
+        """The state keys the kernel reads -> the moment each holds or scales (None: neither)."""
         moments = _MOMENTS if self.amsgrad else _MOMENTS[:2]
         if self.layout is None:
             return {key: key for key in moments}
         roles: dict[str, str | None] = {codecs.moment_key(key, self.layout.storage(key), self.dtype): key for key in moments}
-        roles.update({codecs.absmax_key(key): None for key in moments if self.layout.storage(key) == "int8"})
+        roles.update({codecs.absmax_key(key): key for key in moments if self.layout.storage(key) in codecs.BLOCKWISE})
         if self.layout.kahan:
             roles["kahan_comp"] = None
         return roles
@@ -144,7 +144,8 @@ class Plan:
             if tensor.device != local.device or not tensor.is_contiguous():
                 return False
             if role.endswith("_absmax"):
-                if tensor.dtype != torch.float32 or tensor.numel() != codecs.num_blocks(local.numel()):
+                size = codecs.block_size(self.layout.storage(moment))
+                if tensor.dtype != torch.float32 or tensor.numel() != codecs.num_blocks(local.numel(), size):
                     return False
                 continue
             if self.layout is None:
@@ -153,7 +154,8 @@ class Plan:
                 expected = torch.bfloat16
             else:
                 expected = _TORCH_STORAGE[self.layout.storage(moment)]
-            if tensor.dtype != expected or tensor.numel() != local.numel():
+            packing = 2 if self.layout is not None and role != "kahan_comp" and self.layout.storage(moment) == "int4" else 1
+            if tensor.dtype != expected or tensor.numel() * packing != local.numel():
                 return False
         step = state.get("step")
         return isinstance(step, Tensor) and step.dtype == torch.float32 and step.device.type == "cpu" and step.numel() == 1

@@ -1,7 +1,7 @@
 """Where a sharded (DTensor, FSDP2) parameter's local part lies in the whole parameter.
 
 Low-precision state is defined per parameter (:mod:`adamkit.codecs`): int8 block b
-covers elements ``256 b .. 256 b + 255`` of the whole flattened parameter, and the
+covers elements ``256 b .. 256 b + 255`` of the whole flattened parameter (int4: 128), and the
 stochastic-rounding bits are drawn per element index. A rank stepping its shard
 must therefore know the global index of its first element (the shard's *offset*).
 
@@ -14,7 +14,9 @@ Design (the simplest one that keeps every code and scale equal to one process's)
 
 * Element-wise state (``exp_avg``/``exp_avg_sq`` in any storage, int8 codes, the
   Kahan compensation) is a DTensor with the parameter's placements, as torch.optim's
-  state is, so DCP reshards it like the parameter.
+  state is, so DCP reshards it like the parameter. int4 codes pack two elements per
+  byte along the last dimension (a parameter of >= 2 dims): a DTensor of the packed
+  shape, sharded by the same rows.
 * A moment's per-block absmax is a *replicated* DTensor holding the whole
   parameter's blocks on every rank. After the fp32 update each rank takes the absmax
   of its own part of every block it touches, and one ``all_reduce(MAX)`` per
@@ -90,8 +92,13 @@ class Span:
     def local_numel(self) -> int:
         return math.prod(self.local_shape)
 
-    def block_range(self) -> tuple[int, int]:
-        return codecs.block_range(self.offset, self.local_numel)
+    def block_range(self, size: int = codecs.BLOCK_SIZE) -> tuple[int, int]:
+        return codecs.block_range(self.offset, self.local_numel, size)
+
+    def holds(self, tensor: Tensor) -> bool:
+        """Whether plain ``tensor`` is element-wise state of the whole parameter (its shape, or int4's packed one)."""
+        shape = tuple(self.dtensor.shape)
+        return tuple(tensor.shape) == shape or (codecs.packs_int4(shape) and tuple(tensor.shape) == codecs.packed_shape(shape))
 
     # -- local views of state tensors --------------------------------------------------------
 
@@ -102,6 +109,9 @@ class Span:
             return tensor.to_local()
         if self.dtensor is not None and tuple(tensor.shape) == tuple(self.dtensor.shape):
             return tensor.reshape(-1)[self.offset : self.offset + self.local_numel].view(self.local_shape)
+        if self.dtensor is not None and self.holds(tensor):  # packed int4 codes: the same rows
+            row = self.offset // math.prod(self.dtensor.shape[1:]) if self.local_numel else 0
+            return tensor[row : row + self.local_shape[0]]
         return tensor
 
     @staticmethod
@@ -116,9 +126,11 @@ class Span:
         if self.dtensor is None:
             return local
         param = self.dtensor
-        return DTensor.from_local(
-            local, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
-        )
+        shape, stride = tuple(param.shape), tuple(param.stride())
+        if local.ndim >= 2 and tuple(local.shape[1:]) != tuple(self.local_shape[1:]):  # packed int4 codes
+            shape = codecs.packed_shape(shape)
+            stride = _contiguous_strides(shape)
+        return DTensor.from_local(local, param.device_mesh, param.placements, run_check=False, shape=shape, stride=stride)
 
     def wrap_blocks(self, absmax: Tensor) -> Tensor:
         """Per-block state of the whole parameter: a replicated DTensor (see the module docstring)."""
@@ -129,19 +141,22 @@ class Span:
             absmax, mesh, [Replicate()] * mesh.ndim, run_check=False, shape=absmax.shape, stride=absmax.stride()
         )
 
-    def agree_absmax(self, partials: list[Tensor]) -> list[Tensor]:
-        """The whole parameter's absmax per block, from this process's partial ones (block_range).
+    def agree_absmax(self, partials: list[Tensor], sizes: list[int] | None = None) -> list[Tensor]:
+        """The whole parameter's absmax per block, from this process's partial ones (block_range);
+        ``sizes``: each one's block size (default: int8's).
 
         One all_reduce(MAX) over the mesh dims that shard the parameter, for all moments at once.
         """
         if self.dtensor is None or not partials:
             return partials  # a plain tensor's blocks are all its own
-        first, end = self.block_range()
-        full = torch.zeros(len(partials), codecs.num_blocks(self.numel), dtype=torch.float32, device=partials[0].device)
-        for row, partial in zip(full, partials):
+        sizes = sizes or [codecs.BLOCK_SIZE] * len(partials)
+        counts = [codecs.num_blocks(self.numel, size) for size in sizes]
+        full = torch.zeros(sum(counts), dtype=torch.float32, device=partials[0].device)
+        for row, partial, size in zip(full.split(counts), partials, sizes):
+            first, end = self.block_range(size)
             row[first:end] = partial
         _all_reduce_over_shards(full, self.dtensor, "MAX")
-        return list(full.unbind(0))
+        return [row.clone() for row in full.split(counts)]
 
 
 @dataclass(frozen=True)
@@ -152,7 +167,7 @@ class LocalStep:
     tensors (views: writing them writes the state); an absmax entry is the whole parameter's
     block vector. Codecs and kernels take these with ``offset`` (the global index of the first
     local element) and ``blocks`` (the global blocks the local elements touch); the only call
-    back into torch.distributed is ``agree_absmax``, for int8 blocks that straddle shards.
+    back into torch.distributed is ``agree_absmax``, for int8/int4 blocks that straddle shards.
     """
 
     param: Tensor
@@ -162,8 +177,8 @@ class LocalStep:
     blocks: tuple[int, int]
     span: Span
 
-    def agree_absmax(self, partials: list[Tensor]) -> list[Tensor]:
-        return self.span.agree_absmax(partials)
+    def agree_absmax(self, partials: list[Tensor], sizes: list[int] | None = None) -> list[Tensor]:
+        return self.span.agree_absmax(partials, sizes)
 
 
 def localize(param: Tensor, grad: Tensor, state: dict[str, Any]) -> LocalStep:

@@ -128,7 +128,7 @@ def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any, group_de
                 if name not in param_state:
                     continue
                 if isinstance(param_state[name], Tensor) and param_state[name].dtype == torch.uint8:
-                    continue  # int8 codes: lowprec.prepare_load checks them against the recorded dtypes
+                    continue  # int8/int4 codes: lowprec.prepare_load checks them against the recorded dtypes
                 _check_moment(where, name, param_state[name], param, second=key != "exp_avg")
 
 
@@ -137,7 +137,7 @@ def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
 
     Every moment is decoded to float32 under torch's key (``exp_avg``, ``exp_avg_sq``,
     ``max_exp_avg_sq``); a moment already in torch's layout is kept as it is, and torch's
-    loader casts the others to the parameter's dtype. The int8 block scales and the Kahan
+    loader casts the others to the parameter's dtype. The int8/int4 block scales and the Kahan
     compensation (``kahan_comp``: bits below a bf16 parameter's last place) have no place
     in torch and are dropped, as are adamkit's own group keys (torch has no
     ``bias_correction=False`` or ``decoupled_lr``: it steps on with its own rule). The
@@ -166,10 +166,10 @@ def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
                     f"{where}[{name!r}] is a DTensor: to_torch_state_dict takes a full (gathered) state dict, "
                     "e.g. get_optimizer_state_dict(..., options=StateDictOptions(full_state_dict=True))"
                 )
-            if name == key and storage != "int8":
+            if name == key and storage not in codecs.BLOCKWISE:
                 converted[key] = tensor  # torch's layout already
-            elif storage == "int8":
-                converted[key] = codecs.dequantize(tensor, entries[codecs.absmax_key(key)], codecs.moment_code(key))
+            elif storage in codecs.BLOCKWISE:
+                converted[key] = codecs.dequantize_moment(key, tensor, entries[codecs.absmax_key(key)], storage)
             else:
                 converted[key] = tensor.to(torch.float32)
         state[param_id] = converted

@@ -378,7 +378,7 @@ struct LowPrecBuffers {  // per-parameter tables, torch's layout kept: one tenso
 namespace {
 
 constexpr int64_t kBlock = 256;  // codecs.BLOCK_SIZE
-enum Format { kF32 = 0, kBF16 = 1, kInt8 = 2 };
+enum Format { kF32 = 0, kBF16 = 1, kInt8 = 2, kInt4 = 3 };
 enum Rounding { kNearest = 0, kStochastic = 1, kKahan = 2 };
 
 inline uint32_t bits_of(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
@@ -566,6 +566,96 @@ struct MiniFloat {
 using ExpAvgCode = MiniFloat<4, 3, true, false>;   // codecs.EXP_AVG_CODE
 using ExpAvgSqCode = MiniFloat<5, 3, false, true>;  // codecs.EXP_AVG_SQ_CODE
 
+// A 4-bit code (codecs.FourBit): the index of the nearest of 16 ascending levels (the top one 1.0)
+// to r = x / absmax, counted as the midpoints r reaches (a tie goes up); a NaN takes code 15.
+// The scalar code counts; the vector code finds the same count by a branch-free binary search
+// (the midpoints ascend), four compares instead of fifteen. An unsigned code (all levels > 0)
+// reads |r|. For the powers of two 2^-15 .. 1 the count has a closed form on r's bits:
+// rounding the significand at 1.5 (the midpoint) carries into the exponent, which clamped to
+// [-15, 0] is code - 15 (a NaN or infinity saturates to 15, a denormal or zero to 0).
+template <class Table>
+struct FourBit {
+  static constexpr bool kUnsigned = Table::kLevels[0] > 0;
+  static constexpr uint32_t kAbs = kUnsigned ? 0x7FFFFFFFu : 0xFFFFFFFFu;
+  // The midpoints the search compares with: with bit b to decide, the code so far is a multiple of
+  // 2b and the candidate is midpoint code + b - 1, so each step's candidates form a table indexed
+  // by code / 2b (2, 4 and 8 entries for b = 4, 2, 1; b = 8 has one: midpoint 7).
+  struct SearchTables {
+    float by4[8], by2[8], by1[8];
+  };
+  static constexpr SearchTables search_tables() {
+    SearchTables s{};
+    for (int j = 0; j < 2; ++j) s.by4[j] = Table::kMidpoints[8 * j + 3];
+    for (int j = 0; j < 4; ++j) s.by2[j] = Table::kMidpoints[4 * j + 1];
+    for (int j = 0; j < 8; ++j) s.by1[j] = Table::kMidpoints[2 * j];
+    return s;
+  }
+  static constexpr SearchTables kSearch = search_tables();
+  static float encode_scale(float absmax) {  // 1 / absmax, 0 for a zero block, capped (MiniFloat's, top 1)
+    float inverse = absmax > 0 ? 1.0f / absmax : 0.0f;
+    return inverse > 0x1p126f ? 0x1p126f : inverse;
+  }
+  static float decode_scale(float absmax) {  // 1 / inverse, capped so a level times it stays finite
+    const float inverse = encode_scale(absmax);
+    const float scale = inverse > 0 ? 1.0f / inverse : 0.0f;
+    const float cap = std::nextafter(3.4028234663852886e38f, 0.0f);
+    return scale > cap ? cap : scale;
+  }
+  static uint32_t encode(float x, float inverse) {
+    const float r = float_of(bits_of(x * inverse) & kAbs);
+    if (Table::kPowersOfTwo) {
+      const uint32_t exponent = (bits_of(r) + 0x400000u) >> 23;  // 127 + log2 of the nearest power of two
+      return (exponent < 112u ? 112u : exponent > 127u ? 127u : exponent) - 112u;
+    }
+    uint32_t code = 0;
+    for (int k = 0; k < 15; ++k) code += r >= Table::kMidpoints[k] ? 1u : 0u;
+    return r != r ? 15u : code;
+  }
+  static float decode(uint32_t code, float scale) { return Table::kLevels[code] * scale; }
+  // every level times scale, so that the vector decoder is one table lookup (the same products)
+  static void decode_table(float scale, float* out) {
+    for (int k = 0; k < 16; ++k) out[k] = Table::kLevels[k] * scale;
+  }
+#ifdef ADAMKIT_VECTOR
+  static I encode_lanes(F x, F inverse) {
+    const F r = V::bit_and(V::mul(x, inverse), V::as_float(V::splat(kAbs)));
+    if (Table::kPowersOfTwo) {
+      const I exponent = V::shift_right<23>(V::add(V::as_int(r), V::splat(0x400000u)));
+      return V::sub(V::min_u32(V::max_u32(exponent, V::splat(112)), V::splat(127)), V::splat(112));
+    }
+    I code = V::add_where(V::splat(0), V::greater_equal(r, V::set1(Table::kMidpoints[7])), V::splat(8));
+    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<3>(code), kSearch.by4)), V::splat(4));
+    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<2>(code), kSearch.by2)), V::splat(2));
+    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<1>(code), kSearch.by1)), V::splat(1));
+    return V::blend(code, V::splat(15), V::is_nan(r));  // NaN compares false throughout
+  }
+  static F decode_lanes(I code, const float* scaled_table) { return V::lookup16(code, scaled_table); }
+#endif
+};
+// codecs.EXP_AVG_INT4: the dynamic-exponent map of Li, Chen & Zhu (NeurIPS 2023) for m, as float32
+struct ExpAvgInt4Table {
+  static constexpr bool kPowersOfTwo = false;
+  static constexpr float kLevels[16] = {
+      -0x1.c66666p-1f, -0x1.533334p-1f, -0x1.cp-2f, -0x1.b33334p-3f, -0x1.3d70a4p-4f, -0x1.0a3d7p-5f, -0x1.6872bp-8f, 0.0f,
+      0x1.6872bp-8f, 0x1.0a3d7p-5f, 0x1.3d70a4p-4f, 0x1.b33334p-3f, 0x1.cp-2f, 0x1.533334p-1f, 0x1.c66666p-1f, 1.0f};
+  static constexpr float kMidpoints[15] = {
+      -0x1.8cccccp-1f, -0x1.19999ap-1f, -0x1.4cccccp-2f, -0x1.28f5c4p-3f, -0x1.c28f5cp-5f, -0x1.374bc6p-6f, -0x1.6872bp-9f, 0x1.6872bp-9f,
+      0x1.374bc6p-6f, 0x1.c28f5cp-5f, 0x1.28f5c4p-3f, 0x1.4cccccp-2f, 0x1.19999ap-1f, 0x1.8cccccp-1f, 0x1.e33334p-1f};
+};
+// codecs.EXP_AVG_SQ_INT4: v's powers of two 2^-15 .. 1, no zero (a v > 0 never decodes to 0)
+struct ExpAvgSqInt4Table {
+  static constexpr bool kPowersOfTwo = true;  // encode() takes the closed form
+  static constexpr float kLevels[16] = {
+      0x1p-15f, 0x1p-14f, 0x1p-13f, 0x1p-12f, 0x1p-11f, 0x1p-10f, 0x1p-9f, 0x1p-8f,
+      0x1p-7f, 0x1p-6f, 0x1p-5f, 0x1p-4f, 0x1p-3f, 0x1p-2f, 0x1p-1f, 1.0f};
+  static constexpr float kMidpoints[15] = {
+      0x1.8p-15f, 0x1.8p-14f, 0x1.8p-13f, 0x1.8p-12f, 0x1.8p-11f, 0x1.8p-10f, 0x1.8p-9f, 0x1.8p-8f,
+      0x1.8p-7f, 0x1.8p-6f, 0x1.8p-5f, 0x1.8p-4f, 0x1.8p-3f, 0x1.8p-2f, 0x1.8p-1f};
+};
+using ExpAvgInt4 = FourBit<ExpAvgInt4Table>;
+using ExpAvgSqInt4 = FourBit<ExpAvgSqInt4Table>;
+constexpr int64_t kInt4Block = 128;  // codecs.INT4_BLOCK_SIZE: a kBlock work block holds two
+
 // Moment storage within one block: load/load_lanes give fp32 of element i (position j in the
 // block), store/store_lanes write it back. An int8 moment's new values are staged in the block
 // buffer `values` and encoded by finish_block once the block's absmax is known.
@@ -647,6 +737,73 @@ struct Int8Moment {
 #endif
 };
 
+// An int4 moment: decoded into `values` when the block begins, encoded by finish_block, two codes a
+// byte. Each half of the work block has its own absmax, taken here from the staged values (the
+// step's running peak covers the whole work block), ignoring NaN as that peak does.
+template <class Code>
+struct Int4Moment {
+  static constexpr bool kStaged = false;  // no running peak needed: finish_block takes its own
+  uint8_t* data;                          // the work block's first code byte
+  alignas(64) float values[kBlock];       // left uninitialised: begin_block fills it
+  void begin_block(const float* absmax, int64_t, int64_t, int64_t n, bool) {
+    for (int64_t half = 0; half * kInt4Block < n; ++half) {
+      const int64_t start = half * kInt4Block, end = std::min(n, start + kInt4Block);
+      const float scale = Code::decode_scale(absmax[half]);
+      int64_t j = start;
+#ifdef ADAMKIT_VECTOR
+      alignas(64) float scaled[16];
+      Code::decode_table(scale, scaled);
+      for (; j + V::kLanes <= end; j += V::kLanes) V::store(values + j, Code::decode_lanes(V::load_nibbles(data + j / 2), scaled));
+#endif
+      for (; j < end; ++j) values[j] = Code::decode((data[j / 2] >> (4 * (j & 1))) & 15u, scale);
+    }
+  }
+  float load(int64_t, int64_t j) const { return values[j]; }
+  void store(int64_t, int64_t j, float x) { values[j] = x; }
+  void finish_block(float* absmax, int64_t, int64_t, int64_t n, float) const {
+    for (int64_t half = 0; half * kInt4Block < n; ++half) {
+      const int64_t start = half * kInt4Block, end = std::min(n, start + kInt4Block);
+      float peak = 0.0f;
+      int64_t j = start;
+#ifdef ADAMKIT_VECTOR
+      const F abs_mask = V::as_float(V::splat(0x7FFFFFFFu));
+      F peak_lanes = V::zero();
+      for (; j + V::kLanes <= end; j += V::kLanes) peak_lanes = V::max(V::bit_and(V::load(values + j), abs_mask), peak_lanes);
+      peak = V::max_of_lanes(peak_lanes);
+#endif
+      for (; j < end; ++j) peak = std::fabs(values[j]) > peak ? std::fabs(values[j]) : peak;  // NaN: skipped
+      const float inverse = Code::encode_scale(peak);
+      j = start;
+#ifdef ADAMKIT_VECTOR
+      const F inverse_lanes = V::set1(inverse);
+      for (; j + V::kLanes <= end; j += V::kLanes) V::store_nibbles(data + j / 2, Code::encode_lanes(V::load(values + j), inverse_lanes));
+#endif
+      for (; j + 1 < end; j += 2) data[j / 2] = uint8_t(Code::encode(values[j], inverse) | Code::encode(values[j + 1], inverse) << 4);
+      if (j < end) data[j / 2] = uint8_t(Code::encode(values[j], inverse));  // an odd tail (a 1-D tensor on the loop path never comes here)
+      absmax[half] = peak;
+    }
+  }
+#ifdef ADAMKIT_VECTOR
+  F load_lanes(int64_t, int64_t j) const { return V::load(values + j); }
+  void store_lanes(int64_t, int64_t j, F x) { V::store(values + j, x); }
+#endif
+};
+
+// Where a moment's storage and block scales start for the work block at element `first` of
+// parameter `param`: element-wise storage, one absmax per kBlock; int4 packs two elements a byte
+// and keeps one absmax per kInt4Block.
+template <class Moment>
+struct MomentAt {
+  using Data = decltype(Moment::data);
+  static Data data(void* const* table, int32_t param, int64_t first) { return table ? static_cast<Data>(table[param]) + first : nullptr; }
+  static float* absmax(float* const* table, int32_t param, int64_t first) { return table ? table[param] + first / kBlock : nullptr; }
+};
+template <class Code>
+struct MomentAt<Int4Moment<Code>> {
+  static uint8_t* data(void* const* table, int32_t param, int64_t first) { return table ? static_cast<uint8_t*>(table[param]) + first / 2 : nullptr; }
+  static float* absmax(float* const* table, int32_t param, int64_t first) { return table ? table[param] + first / kInt4Block : nullptr; }
+};
+
 #ifdef ADAMKIT_VECTOR
 // AdamMath's arithmetic on V::kLanes floats: the same IEEE operations as ScalarOps<float>.
 struct VectorOps {
@@ -673,19 +830,18 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
   const PT* __restrict g = static_cast<const PT*>(b.g[param]) + first;
   uint16_t* __restrict comp = b.comp ? static_cast<uint16_t*>(b.comp[param]) + first : nullptr;
   const AdamConstants<float>& c = constants[b.scalar_index[param]];
-  auto storage = [&](void* const* table, auto* typed) {
-    return table ? static_cast<decltype(typed)>(table[param]) + first : nullptr;
-  };
-  auto absmax = [&](float* const* table) { return table ? table[param] + first / kBlock : nullptr; };
-  // default-initialised, not `MomentM m{...}`: that would zero an int8 moment's staging buffer every block
+  // default-initialised, not `MomentM m{...}`: that would zero a staged moment's buffer every block
   MomentM m;
   MomentV v, vmax;
-  m.data = storage(b.m, decltype(MomentM::data){});
-  v.data = storage(b.v, decltype(MomentV::data){});
-  vmax.data = storage(b.vmax, decltype(MomentV::data){});
-  m.begin_block(absmax(b.m_absmax), 0, base, n, flush);
-  v.begin_block(absmax(b.v_absmax), 0, base, n, flush);
-  if (AMSGRAD) vmax.begin_block(absmax(b.vmax_absmax), 0, base, n, flush);
+  m.data = MomentAt<MomentM>::data(b.m, param, first);
+  v.data = MomentAt<MomentV>::data(b.v, param, first);
+  vmax.data = MomentAt<MomentV>::data(b.vmax, param, first);
+  float* const m_absmax = MomentAt<MomentM>::absmax(b.m_absmax, param, first);
+  float* const v_absmax = MomentAt<MomentV>::absmax(b.v_absmax, param, first);
+  float* const vmax_absmax = MomentAt<MomentV>::absmax(b.vmax_absmax, param, first);
+  m.begin_block(m_absmax, 0, base, n, flush);
+  v.begin_block(v_absmax, 0, base, n, flush);
+  if (AMSGRAD) vmax.begin_block(vmax_absmax, 0, base, n, flush);
   const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
   const uint32_t folded_key = key ^ (key >> 16);  // noise_lanes
   const uint32_t local = uint32_t(b.param_offset[param] + first);  // element index within the whole parameter
@@ -869,9 +1025,9 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
       if (ROUNDING == kKahan) comp[i] = bf16_nearest(x - bf16_value(rounded));  // what rounding lost
     }
   }
-  m.finish_block(absmax(b.m_absmax), 0, base, n, peak_m);
-  v.finish_block(absmax(b.v_absmax), 0, base, n, peak_v);
-  if (AMSGRAD) vmax.finish_block(absmax(b.vmax_absmax), 0, base, n, peak_vmax);
+  m.finish_block(m_absmax, 0, base, n, peak_m);
+  v.finish_block(v_absmax, 0, base, n, peak_v);
+  if (AMSGRAD) vmax.finish_block(vmax_absmax, 0, base, n, peak_vmax);
 }
 
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
@@ -892,11 +1048,13 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars* scalars, int32_t k
 #ifdef ADAMKIT_LOWPREC
 // Each storage mode is its own object of the kernel module (kernels/native_build.py passes
 // ADAMKIT_M_FORMAT, ADAMKIT_V_FORMAT, ADAMKIT_PARAM_FORMAT), so the objects compile in parallel.
-template <int F, class Code>
+template <int F, class Code, class Int4Code>
 using MomentOf = typename std::conditional<
-    F == kF32, F32Moment, typename std::conditional<F == kBF16, BF16Moment, Int8Moment<Code>>::type>::type;
-using ModeM = MomentOf<ADAMKIT_M_FORMAT, ExpAvgCode>;
-using ModeV = MomentOf<ADAMKIT_V_FORMAT, ExpAvgSqCode>;
+    F == kF32, F32Moment,
+    typename std::conditional<F == kBF16, BF16Moment,
+                              typename std::conditional<F == kInt4, Int4Moment<Int4Code>, Int8Moment<Code>>::type>::type>::type;
+using ModeM = MomentOf<ADAMKIT_M_FORMAT, ExpAvgCode, ExpAvgInt4>;
+using ModeV = MomentOf<ADAMKIT_V_FORMAT, ExpAvgSqCode, ExpAvgSqInt4>;
 constexpr bool kBF16Params = ADAMKIT_PARAM_FORMAT == kBF16;
 
 template <bool AMSGRAD>
@@ -952,6 +1110,28 @@ void floor_plain(P* __restrict p, const P* __restrict g, S* __restrict m, S* __r
   }
 }
 
+// int4 state (two elements a byte per moment): the threads take contiguous halves, as floor_plain,
+// each with one loop over its parameter elements and one over its state bytes.
+template <typename P>
+void floor_nibbles(P* __restrict p, const P* __restrict g, uint8_t* __restrict m, uint8_t* __restrict v, int64_t n, int threads) {
+#pragma omp parallel num_threads(threads) if (n >= kParallelThreshold)
+  {
+#ifdef _OPENMP
+    const int64_t team = omp_get_thread_num(), size = omp_get_num_threads();
+#else
+    const int64_t team = 0, size = 1;
+#endif
+    const int64_t begin = n * team / size / 64 * 64, end = team + 1 == size ? n : n * (team + 1) / size / 64 * 64;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) p[i] = P(p[i] - g[i]);
+#pragma omp simd
+    for (int64_t k = begin / 2; k < (end + 1) / 2; ++k) {
+      m[k] = uint8_t(m[k] + 1);
+      v[k] = uint8_t(v[k] ^ 1);
+    }
+  }
+}
+
 #endif  // ADAMKIT_LOWPREC
 
 }  // namespace
@@ -986,9 +1166,15 @@ int32_t ADAMKIT_CAT(adam_lowprec_step, ADAMKIT_MODE_SUFFIX)(const LowPrecBuffers
   return 0;
 }
 #else
-// param_bytes 4 or 2; state_bytes 4, 2 or 1 (the int8 modes' per-block absmax adds < 2 %).
+// param_bytes 4 or 2; state_bytes 4, 2 or 1 (the int8 modes' per-block absmax adds < 2 %), or 0:
+// half a byte (int4; m and v hold (n + 1) / 2 bytes, always one loop per width).
 void floor_lowprec(void* p, const void* g, void* m, void* v, int64_t n, int32_t param_bytes, int32_t state_bytes,
                    int threads, int plain) {
+  if (state_bytes == 0) {
+    if (param_bytes == 4) floor_nibbles<uint32_t>((uint32_t*)p, (const uint32_t*)g, (uint8_t*)m, (uint8_t*)v, n, threads);
+    else floor_nibbles<uint16_t>((uint16_t*)p, (const uint16_t*)g, (uint8_t*)m, (uint8_t*)v, n, threads);
+    return;
+  }
   if (plain) {
     if (param_bytes == 4 && state_bytes == 4) floor_plain<uint32_t, uint32_t>((uint32_t*)p, (const uint32_t*)g, (uint32_t*)m, (uint32_t*)v, n, threads);
     else if (param_bytes == 4 && state_bytes == 2) floor_plain<uint32_t, uint16_t>((uint32_t*)p, (const uint32_t*)g, (uint16_t*)m, (uint16_t*)v, n, threads);

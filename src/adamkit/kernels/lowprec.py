@@ -15,7 +15,7 @@ from ..functional import StepScalars
 
 __all__ = ["FORMATS", "ROUNDINGS", "PARAM_FORMATS", "TABLE_FIELDS", "block_tables", "step", "lanes", "floor_lowprec_"]
 
-FORMATS = {"float32": 0, "bfloat16": 1, "int8": 2}
+FORMATS = {"float32": 0, "bfloat16": 1, "int8": 2, "int4": 3}
 ROUNDINGS = {"nearest": 0, "stochastic": 1, "kahan": 2}
 PARAM_FORMATS = {torch.float32: 0, torch.bfloat16: 1}
 # The kernel's tables (LowPrecBuffers in adam_kernel.cpp), passed by name: per-parameter pointer
@@ -72,15 +72,17 @@ def floor_lowprec_(
     """Bytes-only floor of a storage mode: the element reads and writes of a step, no math.
 
     ``param``/``grad`` are float32 or bfloat16 buffers, the moments 4-, 2- or 1-byte
-    buffers of the same length; returns a zero-argument callable doing one pass. ``plain``: one
-    loop per element over contiguous halves per thread, instead of one loop per width per chunk.
+    buffers of the same length, or uint8 buffers of half the length (int4: two elements a byte);
+    returns a zero-argument callable doing one pass. ``plain``: one loop per element over
+    contiguous halves per thread, instead of one loop per width per chunk (int4: always halves).
     """
     kernel = _module().floor_lowprec
+    half = exp_avg.numel() * 2 == param.numel() and exp_avg.element_size() == 1
     args = (
         *(t.data_ptr() for t in (param, grad, exp_avg, exp_avg_sq)),
         param.numel(),
         param.element_size(),
-        exp_avg.element_size(),
+        0 if half else exp_avg.element_size(),
     )
     buffers = (param, grad, exp_avg, exp_avg_sq)  # the closure keeps the memory alive
 

@@ -19,8 +19,10 @@
 
 // The low-precision modes' entry points, one object each: (param, exp_avg, exp_avg_sq) formats.
 #define ADAMKIT_FOR_EACH_MODE(X)                                                                               \
-  X(0, 0, 0) X(0, 0, 1) X(0, 0, 2) X(0, 1, 0) X(0, 1, 1) X(0, 1, 2) X(0, 2, 0) X(0, 2, 1) X(0, 2, 2) X(1, 0, 0) \
-  X(1, 0, 1) X(1, 0, 2) X(1, 1, 0) X(1, 1, 1) X(1, 1, 2) X(1, 2, 0) X(1, 2, 1) X(1, 2, 2)
+  X(0, 0, 0) X(0, 0, 1) X(0, 0, 2) X(0, 0, 3) X(0, 1, 0) X(0, 1, 1) X(0, 1, 2) X(0, 1, 3) X(0, 2, 0) X(0, 2, 1) \
+  X(0, 2, 2) X(0, 2, 3) X(0, 3, 0) X(0, 3, 1) X(0, 3, 2) X(0, 3, 3) X(1, 0, 0) X(1, 0, 1) X(1, 0, 2) X(1, 0, 3) \
+  X(1, 1, 0) X(1, 1, 1) X(1, 1, 2) X(1, 1, 3) X(1, 2, 0) X(1, 2, 1) X(1, 2, 2) X(1, 2, 3) X(1, 3, 0) X(1, 3, 1) \
+  X(1, 3, 2) X(1, 3, 3)
 // Weak: a module built with a subset of the modes (kernels/verify.py's checks) links without the
 // others, which then read as null and are refused.
 #define ADAMKIT_DECLARE(p, m, v)                                                                              \
@@ -39,11 +41,11 @@ struct Mode {
   LowPrecLanes lanes;
 };
 #define ADAMKIT_ENTRY(p, m, v) {adam_lowprec_step_p##p##_m##m##_v##v, adam_lowprec_lanes_p##p##_m##m##_v##v},
-const Mode kModes[18] = {ADAMKIT_FOR_EACH_MODE(ADAMKIT_ENTRY)};  // in the order (p, m, v) above
+const Mode kModes[32] = {ADAMKIT_FOR_EACH_MODE(ADAMKIT_ENTRY)};  // in the order (p, m, v) above
 
 const Mode* mode_of(int param_format, int m_format, int v_format) {
-  if (param_format < 0 || param_format > 1 || m_format < 0 || m_format > 2 || v_format < 0 || v_format > 2) return nullptr;
-  const Mode* mode = &kModes[(param_format * 3 + m_format) * 3 + v_format];
+  if (param_format < 0 || param_format > 1 || m_format < 0 || m_format > 3 || v_format < 0 || v_format > 3) return nullptr;
+  const Mode* mode = &kModes[(param_format * 4 + m_format) * 4 + v_format];
   return mode->step != nullptr && mode->lanes != nullptr ? mode : nullptr;
 }
 

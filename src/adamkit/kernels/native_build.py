@@ -36,8 +36,8 @@ HERE = Path(__file__).parent
 ISAS = ("x86_64", "avx2", "avx512")
 _MARCH = {"x86_64": "x86-64", "avx2": "x86-64-v3", "avx512": "x86-64-v4", "native": "native"}
 # (param, exp_avg, exp_avg_sq) storage formats of the low-precision kernel: 0 float32, 1 bfloat16,
-# 2 int8 (params: float32 or bfloat16).
-LOWPREC_MODES = tuple((p, m, v) for p in (0, 1) for m in (0, 1, 2) for v in (0, 1, 2))
+# 2 int8, 3 int4 (params: float32 or bfloat16).
+LOWPREC_MODES = tuple((p, m, v) for p in (0, 1) for m in (0, 1, 2, 3) for v in (0, 1, 2, 3))
 COMMON_FLAGS = (
     "-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fPIC", "-std=c++17",
     "-fvisibility=hidden",

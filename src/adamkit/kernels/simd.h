@@ -119,6 +119,30 @@ struct Avx2 {
   static F blend(F a, F b, M mask) { return _mm256_blendv_ps(a, b, mask); }  // mask ? b : a
   static I blend(I a, I b, M mask) { return _mm256_blendv_epi8(a, b, as_int(mask)); }
   static I add_where(I a, M mask, I b) { return _mm256_add_epi32(a, _mm256_and_si256(as_int(mask), b)); }  // mask ? a + b : a
+  // int4 codes (adam_kernel.cpp's Int4Moment): a >= b (false for NaN), table lookups (reading only
+  // the index's low 3 or 4 bits), and kLanes 4-bit codes to and from kLanes / 2 bytes (element 2k in
+  // the low nibble of byte k; loaded codes hold other bits above the nibble, which lookup16 ignores)
+  static M greater_equal(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static F lookup8(I index, const float* table) { return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), index); }  // [0, 8)
+  static F lookup16(I index, const float* table) {  // the index's low 4 bits
+    const F low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), index);
+    const F high = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), index);
+    return _mm256_blendv_ps(low, high, as_float(_mm256_slli_epi32(index, 28)));  // bit 3 to the sign bit
+  }
+  static I load_nibbles(const uint8_t* p) {
+    int32_t word;
+    std::memcpy(&word, p, 4);
+    const __m128i bytes = _mm_cvtsi32_si128(word);
+    const I doubled = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(bytes, bytes));  // byte k in lanes 2k, 2k + 1
+    return _mm256_srlv_epi32(doubled, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
+  }
+  static void store_nibbles(uint8_t* p, I code) {  // lanes hold values < 16
+    const I pairs = _mm256_or_si256(code, _mm256_srli_epi64(code, 28));  // low 32 bits: even | odd << 4
+    const I bytes = _mm256_shuffle_epi8(pairs, _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                                -1, -1, 0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+    const int32_t word = _mm_cvtsi128_si32(_mm_or_si128(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1)));
+    std::memcpy(p, &word, 4);
+  }
 
   static float max_of_lanes(F x) {  // lanes hold no NaN
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
@@ -173,6 +197,16 @@ inline __m512i emulated_srai_epi32(__m512i x) {  // arithmetic shift right
 #define ADAMKIT_CVTSEPI32_EPI8 emulated_cvtsepi32_epi8
 #define ADAMKIT_CVTUSEPI32_EPI8 emulated_cvtusepi32_epi8
 #define ADAMKIT_SRAI_EPI32(x, n) emulated_srai_epi32<n>(x)
+inline __m128i emulated_cvtepi64_epi8(__m512i x) {  // 8 lanes of 64 bits truncated to bytes, zeros above
+  uint64_t in[8];
+  uint8_t out[16] = {};
+  std::memcpy(in, &x, sizeof(in));
+  for (int k = 0; k < 8; ++k) out[k] = uint8_t(in[k]);
+  __m128i result;
+  std::memcpy(&result, out, sizeof(result));
+  return result;
+}
+#define ADAMKIT_CVTEPI64_EPI8 emulated_cvtepi64_epi8
 #else
 #define ADAMKIT_CVTEPI8_EPI32 _mm512_cvtepi8_epi32
 #define ADAMKIT_CVTEPU8_EPI32 _mm512_cvtepu8_epi32
@@ -182,6 +216,7 @@ inline __m512i emulated_srai_epi32(__m512i x) {  // arithmetic shift right
 #define ADAMKIT_CVTSEPI32_EPI8 _mm512_cvtsepi32_epi8
 #define ADAMKIT_CVTUSEPI32_EPI8 _mm512_cvtusepi32_epi8
 #define ADAMKIT_SRAI_EPI32(x, n) _mm512_srai_epi32(x, n)
+#define ADAMKIT_CVTEPI64_EPI8 _mm512_cvtepi64_epi8
 #endif  // ADAMKIT_EMULATE_AVX512
 
 struct Avx512 {
@@ -261,6 +296,21 @@ struct Avx512 {
   static F blend(F a, F b, M mask) { return _mm512_mask_blend_ps(mask, a, b); }  // mask ? b : a
   static I blend(I a, I b, M mask) { return _mm512_mask_blend_epi32(mask, a, b); }
   static I add_where(I a, M mask, I b) { return _mm512_mask_add_epi32(a, mask, a, b); }
+  // int4 codes: as Avx2's
+  static M greater_equal(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  static F lookup8(I index, const float* table) {  // index in [0, 8)
+    return _mm512_permutexvar_ps(index, _mm512_castps256_ps512(_mm256_loadu_ps(table)));
+  }
+  static F lookup16(I index, const float* table) { return _mm512_permutexvar_ps(index, _mm512_loadu_ps(table)); }  // low 4 bits
+  static I load_nibbles(const uint8_t* p) {
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    const I doubled = ADAMKIT_CVTEPU8_EPI32(_mm_unpacklo_epi8(bytes, bytes));  // byte k in lanes 2k, 2k + 1
+    return _mm512_srlv_epi32(doubled, _mm512_set1_epi64(int64_t(4) << 32));
+  }
+  static void store_nibbles(uint8_t* p, I code) {  // lanes hold values < 16
+    const I pairs = _mm512_or_si512(code, _mm512_srli_epi64(code, 28));  // low 32 bits: even | odd << 4
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), ADAMKIT_CVTEPI64_EPI8(pairs));
+  }
 
   static float max_of_lanes(F x) {  // lanes hold no NaN
     __m256 half = _mm256_max_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));

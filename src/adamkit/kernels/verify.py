@@ -5,7 +5,7 @@ default this compares the module this process uses (the best shipped build for t
 the shipped baseline x86-64 build, which has no vector path, and on an AVX-512 CPU with the
 AVX2 build too: no compiler is needed, so a wheel can be checked where it is installed. Both run
 the same inputs, and every output buffer is compared byte for byte: realistic values and garbage
-(NaN, Inf, denormals, random bit patterns and int8 codes, absmax 0 / 1e30 / float32 max / NaN /
+(NaN, Inf, denormals, random bit patterns and int8/int4 codes, absmax 0 / 1e30 / float32 max / NaN /
 Inf), partial blocks, zero runs, every rounding, AMSGrad, maximize, grad_scale, L2 and both lerp
 forms, with and without DAZ/FTZ (where a denormal output matches a zero of its sign: DAZ reads
 denormal inputs as zero, so which of two such inputs an op returns is moot). A NaN in a float
@@ -36,12 +36,13 @@ from .lowprec import block_tables, lanes, step
 
 __all__ = ["EMULATE_AVX512_FLAGS", "MODES", "build_module", "shipped", "compare_builds", "simde_available", "check"]
 
-F32, BF16, INT8 = 0, 1, 2  # lowprec.FORMATS
+F32, BF16, INT8, INT4 = 0, 1, 2, 3  # lowprec.FORMATS
 EMULATE_AVX512_FLAGS = ("-DADAMKIT_EMULATE_AVX512", "-Wno-psabi")
 # every (exp_avg, exp_avg_sq, param) storage format
-MODES = [(m, v, p) for m in (F32, BF16, INT8) for v in (F32, BF16, INT8) for p in (F32, BF16)]
-_ELEMENT_BUFFERS = ("p", "g", "m", "v", "vmax", "comp")  # one element per parameter element
-_BLOCK_BUFFERS = ("m_absmax", "v_absmax", "vmax_absmax")  # one per block of 256
+MODES = [(m, v, p) for m in (F32, BF16, INT8, INT4) for v in (F32, BF16, INT8, INT4) for p in (F32, BF16)]
+_ELEMENT_BUFFERS = ("p", "g", "m", "v", "vmax", "comp")  # one element per parameter element (int4: half a byte)
+_BLOCK_BUFFERS = ("m_absmax", "v_absmax", "vmax_absmax")  # one per block of 256 (int4: 128)
+_BLOCK = {INT8: 256, INT4: 128}
 _KERNEL = Path(__file__).with_name("adam_kernel.cpp")
 
 
@@ -85,6 +86,8 @@ def make_inputs(sizes: list[int], mode: tuple[int, int, int], amsgrad: bool, rou
                 rng: np.random.Generator, realistic: bool) -> dict[str, np.ndarray | None]:
     """Buffers of one bucket of parameters with ``sizes`` elements in storage ``mode``."""
     m, v, p = mode
+    if INT4 in (m, v):  # int4 tensors hold whole bytes of codes (an even last dimension)
+        sizes = [size + size % 2 for size in sizes]
     n = sum(sizes)
     numel = np.array(sizes, np.int64)
     block_param, block_local = block_tables(numel)
@@ -113,8 +116,9 @@ def make_inputs(sizes: list[int], mode: tuple[int, int, int], amsgrad: bool, rou
         state[key + "_absmax"] = None
         if key == "vmax" and not amsgrad:
             state[key] = None
-        elif storage == INT8:
-            state[key] = rng.integers(0, 256, n).astype(np.uint8)
+        elif storage in (INT8, INT4):
+            state[key] = rng.integers(0, 256, n if storage == INT8 else n // 2).astype(np.uint8)
+            blocks = int(((numel + _BLOCK[storage] - 1) // _BLOCK[storage]).sum())
             absmax = (np.abs(rng.standard_normal(blocks)) * (1e-3 if key == "m" else 1e-6)).astype(np.float32)
             if not realistic:
                 k = max(1, blocks // 8)
@@ -129,11 +133,11 @@ def make_inputs(sizes: list[int], mode: tuple[int, int, int], amsgrad: bool, rou
     state["comp"] = _to_bf16((rng.standard_normal(n) * 1e-5).astype(np.float32)) if rounding == 2 else None
     # A run of zero gradients over zero moments (fresh state): moments that stay exactly 0, which
     # the int8 encoders' fast path must turn into code 0 (its formula is negative there).
-    zeros = slice(start := int(rng.integers(0, n)), min(n, start + 300))
+    zeros = slice(start := int(rng.integers(0, n)) // 2 * 2, min(n, start + 300))
     state["g"][zeros] = 0
-    for key in ("m", "v", "vmax"):
+    for key, storage in (("m", m), ("v", v), ("vmax", v)):
         if state[key] is not None:
-            state[key][zeros] = 0
+            state[key][slice(zeros.start // 2, zeros.stop // 2) if storage == INT4 else zeros] = 0
     return state
 
 
@@ -143,12 +147,19 @@ def run_step(module: ModuleType, state: dict, mode: tuple[int, int, int], roundi
     m, v, p = mode
     # The parameters' elements lie end to end in each buffer: the tables point at each one's start.
     element_starts = np.concatenate(([0], np.cumsum(state["numel"])[:-1]))
-    block_starts = np.concatenate(([0], np.cumsum((state["numel"] + 255) // 256)[:-1]))
+    storages = {"m": m, "v": v, "vmax": v}
+
+    def block_starts(size: int) -> np.ndarray:
+        return np.concatenate(([0], np.cumsum((state["numel"] + size - 1) // size)[:-1]))
+
     tables = {key: state[key] for key in ("numel", "block_param", "block_local", "param_offset", "param_stream", "steps", "scalar_index")}
-    for keys, starts in ((_ELEMENT_BUFFERS, element_starts), (_BLOCK_BUFFERS, block_starts)):
-        for key in keys:
-            buffer = state[key]
-            tables[key] = None if buffer is None else (buffer.__array_interface__["data"][0] + starts * buffer.itemsize).astype(np.int64)
+    for key in _ELEMENT_BUFFERS + _BLOCK_BUFFERS:
+        buffer, storage = state[key], storages.get(key.removesuffix("_absmax"))
+        if key in _BLOCK_BUFFERS:
+            starts = block_starts(_BLOCK.get(storage, 256))
+        else:
+            starts = element_starts // 2 if storage == INT4 else element_starts
+        tables[key] = None if buffer is None else (buffer.__array_interface__["data"][0] + starts * buffer.itemsize).astype(np.int64)
     step(tables, seed, (p, m, v, rounding), [scalars], threads, module)
 
 
@@ -189,7 +200,7 @@ def _same(expected: np.ndarray, actual: np.ndarray, kind: str, flush: bool) -> b
 def _kinds(mode: tuple[int, int, int]) -> dict[str, str]:
     """How to compare each buffer of a storage mode: "f32", "bf16" or "bytes" (codes, indices)."""
     def kind(storage: int) -> str:
-        return {F32: "f32", BF16: "bf16", INT8: "bytes"}[storage]
+        return {F32: "f32", BF16: "bf16", INT8: "bytes", INT4: "bytes"}[storage]
     m, v, p = mode
     return {"p": kind(p), "g": kind(p), "m": kind(m), "v": kind(v), "vmax": kind(v), "comp": "bf16",
             "m_absmax": "f32", "v_absmax": "f32", "vmax_absmax": "f32"}
@@ -246,7 +257,7 @@ def check(candidate: ModuleType | None = None, reference: ModuleType | None = No
     mismatches = compare_builds(reference, candidate, modes, seeds, report)
     if torch.set_flush_denormal(True):  # DAZ/FTZ: the int8 decode has a separate form for it
         try:
-            int8_modes = [mode for mode in modes if INT8 in mode[:2]]
+            int8_modes = [mode for mode in modes if INT8 in mode[:2] or INT4 in mode[:2]]
             mismatches += compare_builds(reference, candidate, int8_modes, max(1, seeds - 1), report, flush=True)
         finally:
             torch.set_flush_denormal(False)
