@@ -7,7 +7,7 @@ moments) with trivial arithmetic. Two kernels per mode: the chunked one the benc
 each thread a contiguous half); each on buffers from torch's allocator (4 KiB pages unless
 THP_MEM_ALLOC_ENABLE=1) and on buffers with MADV_HUGEPAGE (adamkit.memory). GPT-2-small's
 124.4M elements, both threads; one mode at a time, its contestants back to back in every round;
-ratios are medians of per-round ratios to the mode's chunked floor on 4 KiB pages, and of each
+ratios are medians of per-round ratios to the mode's chunked floor on torch's buffers, and of each
 memory phase's rounds when they fall into two (adamkit.bench.memory_phases).
 
     chrt -f 10 python benchmarks/floors.py [--rounds 20]
@@ -16,6 +16,7 @@ memory phase's rounds when they fall into two (adamkit.bench.memory_phases).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 
 import torch
@@ -40,14 +41,16 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{ELEMENTS:,} elements, {torch.get_num_threads()} threads, {args.rounds} rounds; CPU {native.cpu_vendor()}, "
           f"THP mode {memory.thp_mode()}")
-    print(f"{'floor':<46}{'median ms':>10}{'GB/s':>8}{'x chunked, 4 KiB':>18}   (medians of per-round ratios)")
+    # torch's allocator gives 4 KiB pages unless THP_MEM_ALLOC_ENABLE=1 asks it for huge ones
+    torch_pages = "torch, huge pages" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "torch, 4 KiB pages"
+    print(f"{'floor':<46}{'median ms':>10}{'GB/s':>8}{'x chunked, torch':>18}   (medians of per-round ratios)")
     for name, (param_dtype, state_dtype) in MODES.items():  # one mode's buffers at a time
         contestants = {}
         for huge in (False, True):
             make = memory.huge_zeros if huge else (lambda numel, dtype: torch.zeros(numel, dtype=dtype))
             tensors = [make(ELEMENTS, dtype) for dtype in (param_dtype, param_dtype, state_dtype, state_dtype)]
             for plain in (False, True):
-                label = f"{name}, {'plain' if plain else 'chunked'}, {'huge' if huge else '4 KiB'} pages"
+                label = f"{name}, {'plain' if plain else 'chunked'}, {'huge_zeros' if huge else torch_pages}"
                 contestants[label] = floor_lowprec_(*tensors, plain=plain)
         times = bench.time_interleaved([bench.Contestant(label, one_pass) for label, one_pass in contestants.items()],
                                        args.rounds, args.warmup)
