@@ -15,9 +15,10 @@ and rank-1 normalisation of v (scale min(row max, column max) per element).
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits
 
 from adamkit import codecs
+
+from choose_int8_codes import state_snapshots  # the same real Adam state (a script beside this one)
 
 
 def table_quantizer(levels: list[float], block: int):
@@ -86,26 +87,6 @@ CANDIDATES_V = {
 }
 
 
-def snapshots(steps=(10, 100, 1000)) -> list[tuple[int, list[torch.Tensor], list[torch.Tensor]]]:
-    torch.manual_seed(0)
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16
-    y = torch.tensor(digits.target)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    taken = []
-    for step in range(1, max(steps) + 1):
-        batch = torch.randint(0, len(x), (64,))
-        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step in steps:
-            big = [p for p in model.parameters() if p.numel() >= codecs.INT8_MIN_NUMEL]
-            taken.append((step, [optimizer.state[p]["exp_avg"].clone() for p in big], [optimizer.state[p]["exp_avg_sq"].clone() for p in big]))
-    return taken
-
-
 def update(m, v, step, beta1=0.9, beta2=0.999, eps=1e-8):
     return (m / (1 - beta1**step)) / (torch.sqrt(v / (1 - beta2**step)) + eps)
 
@@ -125,7 +106,7 @@ def measure(shots, quantize_m, quantize_v) -> tuple[list[tuple[float, float]], f
 
 
 def main() -> None:
-    shots = snapshots()
+    shots = state_snapshots()
     exact = lambda x: x  # noqa: E731
     print(f"{'moment':<7}{'code':<28}" + "".join(f"{'step ' + str(s) + ' rel L2':>17}{'p99.9 rel':>11}" for s, _, _ in shots) + f"{'v->0 share':>12}")
     rows = [("m", name, q, exact) for name, q in CANDIDATES_M.items()]

@@ -62,7 +62,9 @@ CANDIDATES_V = {
 }
 
 
-def snapshots(steps=(10, 100, 1000)) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+def state_snapshots(steps=(10, 100, 1000)) -> list[tuple[int, list[torch.Tensor], list[torch.Tensor]]]:
+    """Adam's m and v of an MLP on the bundled digits at ``steps``, one tensor per parameter of at
+    least INT8_MIN_NUMEL elements (the ones a blockwise code would store)."""
     torch.manual_seed(0)
     digits = load_digits()
     x = torch.tensor(digits.data, dtype=torch.float32) / 16
@@ -78,10 +80,13 @@ def snapshots(steps=(10, 100, 1000)) -> list[tuple[int, torch.Tensor, torch.Tens
         optimizer.step()
         if step in steps:
             big = [p for p in model.parameters() if p.numel() >= codecs.INT8_MIN_NUMEL]
-            m = torch.cat([optimizer.state[p]["exp_avg"].reshape(-1) for p in big])
-            v = torch.cat([optimizer.state[p]["exp_avg_sq"].reshape(-1) for p in big])
-            taken.append((step, m.clone(), v.clone()))
+            taken.append((step, [optimizer.state[p]["exp_avg"].clone() for p in big], [optimizer.state[p]["exp_avg_sq"].clone() for p in big]))
     return taken
+
+
+def snapshots(steps=(10, 100, 1000)) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """state_snapshots with each moment's tensors laid end to end."""
+    return [(step, torch.cat([t.reshape(-1) for t in m]), torch.cat([t.reshape(-1) for t in v])) for step, m, v in state_snapshots(steps)]
 
 
 def update(m, v, step, beta1=0.9, beta2=0.999, eps=1e-8):

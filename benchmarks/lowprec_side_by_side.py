@@ -26,11 +26,7 @@ from adamkit.kernels import verify
 from adamkit.kernels.build import import_module_file
 from adamkit.kernels.lowprec import floor_lowprec_
 
-MODES = {  # name: (exp_avg, exp_avg_sq, param) formats, rounding, param dtype, state dtype of the floor
-    "bf16 m,v": ((1, 1, 0), 0, torch.float32, torch.bfloat16),
-    "int8 m,v": ((2, 2, 0), 0, torch.float32, torch.uint8),
-    "bf16 p,m,v sr": ((1, 1, 1), 1, torch.bfloat16, torch.bfloat16),
-}
+from lowprec_arithmetic import MODES  # the same modes (a script beside this one)
 
 
 def main() -> None:

@@ -13,6 +13,16 @@ from adamkit import codecs
 CODES = {"exp_avg": codecs.EXP_AVG_CODE, "exp_avg_sq": codecs.EXP_AVG_SQ_CODE}
 
 
+def assert_decoded_within(x: torch.Tensor, y: torch.Tensor, bound: torch.Tensor, key: str) -> None:
+    """y, the decoded codes of x, is finite and within ``bound`` of x; a decoded v is >= 0, and
+    never 0 where x > 0."""
+    assert bool(torch.isfinite(y).all())
+    assert bool(((y.double() - x.double()).abs() <= bound).all())
+    if key == "exp_avg_sq":
+        assert bool((y >= 0).all())
+        assert bool(((x > 0) <= (y > 0)).all()), "a non-zero v decoded to zero"
+
+
 def error_bound(x: torch.Tensor, code: codecs.MiniFloat) -> torch.Tensor:
     """Per-element bound from the code's definition: half a level spacing, in x's units.
 
@@ -50,11 +60,7 @@ def test_round_trip_within_half_a_level(key, size, log_scale, spread, seed):
     assert codes.dtype == torch.uint8 and codes.shape == x.shape
     assert absmax.shape == (codecs.num_blocks(size),)
     y = codecs.dequantize(codes, absmax, code)
-    assert bool(torch.isfinite(y).all())
-    assert bool(((y.double() - x.double()).abs() <= error_bound(x, code)).all())
-    if key == "exp_avg_sq":
-        assert bool((y >= 0).all())
-        assert bool(((x > 0) <= (y > 0)).all()), "a non-zero v decoded to zero"
+    assert_decoded_within(x, y, error_bound(x, code), key)
 
 
 @pytest.mark.parametrize("key", sorted(CODES))
@@ -184,11 +190,8 @@ def test_int4_round_trip_within_half_a_gap(key, rows, half_columns, log_scale, s
     assert packed.dtype == torch.uint8 and packed.shape == (rows, half_columns)
     assert absmax.shape == (codecs.num_blocks(size, codecs.INT4_BLOCK_SIZE),)
     y = codecs.dequantize4(packed, absmax, code)
-    assert y.shape == x.shape and bool(torch.isfinite(y).all())
-    assert bool(((y.double() - x.double()).abs() <= int4_error_bound(x, code).view(x.shape)).all())
-    if key == "exp_avg_sq":
-        assert bool((y >= 0).all())
-        assert bool(((x > 0) <= (y > 0)).all()), "a non-zero v decoded to zero"
+    assert y.shape == x.shape
+    assert_decoded_within(x, y, int4_error_bound(x, code).view(x.shape), key)
 
 
 @pytest.mark.parametrize("key", sorted(INT4_CODES))
