@@ -63,20 +63,27 @@ def test_round_trip_within_half_a_level(key, size, log_scale, spread, seed):
     assert_decoded_within(x, y, error_bound(x, code), key)
 
 
-@pytest.mark.parametrize("key", sorted(CODES))
-@pytest.mark.parametrize(
-    "case",
-    ["zeros", "one huge value", "denormals", "all negative", "float32 max", "mixed zero and tiny"],
-)
-def test_edge_blocks_stay_finite(key, case):
-    x = {
+def edge_block(case: str) -> torch.Tensor:
+    """600 values (more than two blocks) of an awkward kind."""
+    return {
         "zeros": torch.zeros(600),
         "one huge value": torch.full((600,), 1e-3).index_fill_(0, torch.tensor([3, 300]), 1e30),
         "denormals": torch.full((600,), 1e-42),
         "all negative": -torch.rand(600) - 1e-3,
         "float32 max": torch.full((600,), torch.finfo(torch.float32).max),
         "mixed zero and tiny": torch.zeros(600).index_fill_(0, torch.tensor([7]), 1e-40),
+        "nan": torch.rand(600).index_fill_(0, torch.tensor([5, 300]), float("nan")),
+        "inf": torch.rand(600).index_fill_(0, torch.tensor([5]), float("inf")),
     }[case]
+
+
+@pytest.mark.parametrize("key", sorted(CODES))
+@pytest.mark.parametrize(
+    "case",
+    ["zeros", "one huge value", "denormals", "all negative", "float32 max", "mixed zero and tiny"],
+)
+def test_edge_blocks_stay_finite(key, case):
+    x = edge_block(case)
     if key == "exp_avg_sq":
         x = x.abs()
     code = CODES[key]
@@ -200,16 +207,7 @@ def test_int4_round_trip_within_half_a_gap(key, rows, half_columns, log_scale, s
     ["zeros", "one huge value", "denormals", "all negative", "float32 max", "mixed zero and tiny", "nan", "inf"],
 )
 def test_int4_edge_blocks(key, case):
-    x = {
-        "zeros": torch.zeros(600),
-        "one huge value": torch.full((600,), 1e-3).index_fill_(0, torch.tensor([3, 300]), 1e30),
-        "denormals": torch.full((600,), 1e-42),
-        "all negative": -torch.rand(600) - 1e-3,
-        "float32 max": torch.full((600,), torch.finfo(torch.float32).max),
-        "mixed zero and tiny": torch.zeros(600).index_fill_(0, torch.tensor([7]), 1e-40),
-        "nan": torch.rand(600).index_fill_(0, torch.tensor([5, 300]), float("nan")),
-        "inf": torch.rand(600).index_fill_(0, torch.tensor([5]), float("inf")),
-    }[case].view(2, 300)
+    x = edge_block(case).view(2, 300)
     if key == "exp_avg_sq":
         x = x.abs()
     code = INT4_CODES[key]

@@ -188,14 +188,11 @@ def saved(optimizer):
     return torch.load(buffer)
 
 
-@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{v}" for v in m.values()))
-def test_low_precision_checkpoint_round_trips_exactly(mode):
-    params = make_params()
-    optimizer = run(params, **mode)
-    state_dict = saved(optimizer)
-    assert state_dict["param_groups"][0]["exp_avg_dtype"] == optimizer.param_groups[0]["exp_avg_dtype"]
+def assert_resumes_exactly(optimizer, params: list, state_dict: dict, **options) -> None:
+    """An adamkit.AdamW(**options) on copies of ``params``, loaded from ``state_dict``, takes the
+    same two steps as ``optimizer``: parameters and every state entry equal."""
     clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    restored = adamkit.AdamW(clone, lr=1e-2, **mode)
+    restored = adamkit.AdamW(clone, lr=1e-2, **options)
     restored.load_state_dict(state_dict)
     generator = torch.Generator().manual_seed(9)
     for _ in range(2):
@@ -208,6 +205,15 @@ def test_low_precision_checkpoint_round_trips_exactly(mode):
         assert torch.equal(p, q)
         for key, value in optimizer.state[p].items():
             assert torch.equal(value, restored.state[q][key]), key
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{v}" for v in m.values()))
+def test_low_precision_checkpoint_round_trips_exactly(mode):
+    params = make_params()
+    optimizer = run(params, **mode)
+    state_dict = saved(optimizer)
+    assert state_dict["param_groups"][0]["exp_avg_dtype"] == optimizer.param_groups[0]["exp_avg_dtype"]
+    assert_resumes_exactly(optimizer, params, state_dict, **mode)
 
 
 def test_int8_state_bytes_per_parameter():
@@ -488,21 +494,7 @@ def test_int4_step_stays_bounded_and_v_stays_positive(fused):
 def test_int4_checkpoint_round_trips_exactly(mode, fused):
     params = make_params(shapes=INT4_SHAPES)
     optimizer = run(params, fused=fused, **mode)
-    state_dict = saved(optimizer)
-    clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    restored = adamkit.AdamW(clone, lr=1e-2, fused=fused, **mode)
-    restored.load_state_dict(state_dict)
-    generator = torch.Generator().manual_seed(9)
-    for _ in range(2):
-        for p, q in zip(params, clone):
-            p.grad = torch.randn(p.shape, generator=generator)
-            q.grad = p.grad.clone()
-        optimizer.step()
-        restored.step()
-    for p, q in zip(params, clone):
-        assert torch.equal(p, q)
-        for key, value in optimizer.state[p].items():
-            assert torch.equal(value, restored.state[q][key]), key
+    assert_resumes_exactly(optimizer, params, saved(optimizer), fused=fused, **mode)
 
 
 def test_float32_checkpoint_converts_into_int4_and_back_and_out_to_torch():

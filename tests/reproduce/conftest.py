@@ -21,3 +21,12 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
         torch.set_num_threads(threads)
     assert rc == 0
     return {"out": Path(out), "document": json.loads((out / "results.json").read_text())}
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (the experiments' small models), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,12 +17,7 @@ from adamkit.reproduce.stats import Interval
 from adamkit.reproduce.tuning import TuningCurve
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- claims --------------------------------------------------------------------------------

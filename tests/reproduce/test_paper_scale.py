@@ -10,18 +10,11 @@ import struct
 
 import numpy as np
 import pytest
-import torch
 
 from adamkit import cli
 from adamkit.reproduce import EXPERIMENTS, cnn, data, logistic, mlp
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
