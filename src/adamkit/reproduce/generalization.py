@@ -252,6 +252,10 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         intervals.append(interval)
         if other == "Adam":
             outcomes.append(stats.above(interval, 0.0))
+    # the horizon gate on the two judged methods' mean validation-error curves (one value per epoch)
+    judged = {n: [r["val_error"] for r in comparison.runs[n]] for n in ("SGD-momentum", "Adam")}
+    gate = stats.horizon_gate({n: np.mean([c[: min(map(len, curves))] for c in curves], axis=0).tolist() for n, curves in judged.items()},
+                              settings.epochs * -(-settings.mnist_train // 64), None)
     claims.append(
         Claim(
             key="generalization-real-task",
@@ -267,6 +271,9 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             holds=stats.combine(*outcomes),
             defect=True,
             tuning=list(comparison.curves.values()),
+            steps=gate["steps"],
+            horizon=gate,
+            gate=gate,
         )
     )
 

@@ -52,7 +52,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(vocabulary=2000, documents=10000, tokens=20, epochs=12)
+        return cls(vocabulary=2000, documents=10000, tokens=20, epochs=30)
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:

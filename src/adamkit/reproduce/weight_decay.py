@@ -31,7 +31,7 @@ from torch import nn
 from . import data, stats
 from .common import DEMONSTRATION, Claim, ExperimentResult, Figure, Measure, make_optimizer, new_figure, plot_tuning, seed_everything
 from .runner import Runner
-from .tuning import tune
+from .tuning import tune, tuning_seeds as held_out_seeds
 
 NAME = "weight-decay"
 TITLE = "Decoupled weight decay: Adam + L2 vs AdamW"
@@ -60,11 +60,11 @@ class Settings:
 
     @classmethod
     def full(cls) -> "Settings":
-        return cls(quadratic_steps=20000, lrs=[1e-4, 1e-3, 1e-2], n_train=200, hidden=128, steps=2000, max_points=8)  # two decades of α
+        return cls(quadratic_steps=20000, lrs=[1e-4, 1e-3, 1e-2], n_train=200, hidden=128, steps=2000, max_points=12)  # two decades of α
 
 
 def estimated_runs(settings: Settings, n_seeds: int) -> int:
-    return 1 + len(METHODS) * len(settings.lrs) * 6 * n_seeds
+    return 1 + len(METHODS) * len(settings.lrs) * 6 * (n_seeds + settings.tuning_seeds)
 
 
 # -- part 1 ---------------------------------------------------------------------------
@@ -164,8 +164,10 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
     make = lambda name, decay, seed: {"method": parse[name][0], "lr": parse[name][1], "decay": decay, "seed": seed,  # noqa: E731
                                       "n_train": settings.n_train, "hidden": settings.hidden, "steps": settings.steps,
                                       "batch_size": settings.batch_size}
-    curves, results = tune(runner, trial, make, lambda r: r["test_loss"], start, seeds[: settings.tuning_seeds], parameter="λ", max_points=settings.max_points,
-                           score_name="test cross-entropy, mean of the last 10 % of evaluations")
+    # the grid's extent is found on tuning seeds that are never evaluated; the best λ itself is located
+    # again inside every bootstrap resample of the evaluation seeds (slope_of)
+    curves, results = tune(runner, trial, make, lambda r: r["test_loss"], start, held_out_seeds(seeds, settings.tuning_seeds), parameter="λ",
+                           max_points=settings.max_points, score_name="test cross-entropy, mean of the last 10 % of evaluations")
     # every grid point on every seed, so the slope's interval can resample seeds
     missing = [(n, v, s) for n, c in curves.items() for v in c.values for s in seeds if (n, v, s) not in results]
     for job, output in zip(missing, runner.map(trial, [make(*j) for j in missing])):
@@ -221,6 +223,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             intervals=[difference, *slopes.values()],
             holds=stats.above(difference, 0.0),
             tuning=list(curves.values()),
+            steps=settings.steps,
         ),
     ]
     fig, (ax1, ax2) = new_figure(ncols=2)
