@@ -578,16 +578,18 @@ struct FourBit {
   static constexpr bool kUnsigned = Table::kLevels[0] > 0;
   static constexpr uint32_t kAbs = kUnsigned ? 0x7FFFFFFFu : 0xFFFFFFFFu;
   // The midpoints the search compares with: with bit b to decide, the code so far is a multiple of
-  // 2b and the candidate is midpoint code + b - 1, so each step's candidates form a table indexed
-  // by code / 2b (2, 4 and 8 entries for b = 4, 2, 1; b = 8 has one: midpoint 7).
+  // 2b and the candidate is midpoint code + b - 1 (b = 8 has one: midpoint 7). 16 lanes look it up
+  // by the code itself (vpermps reads the index's low 4 bits: no shift); 8 lanes by code / 2b in a
+  // packed table of 2, 4 and 8 entries (one 8-entry permute instead of lookup16's two).
   struct SearchTables {
-    float by4[8], by2[8], by1[8];
+    float by4[16], by2[16], by1[16];
+    float by4_packed[8], by2_packed[8], by1_packed[8];
   };
   static constexpr SearchTables search_tables() {
     SearchTables s{};
-    for (int j = 0; j < 2; ++j) s.by4[j] = Table::kMidpoints[8 * j + 3];
-    for (int j = 0; j < 4; ++j) s.by2[j] = Table::kMidpoints[4 * j + 1];
-    for (int j = 0; j < 8; ++j) s.by1[j] = Table::kMidpoints[2 * j];
+    for (int code = 0; code < 16; code += 8) s.by4[code] = s.by4_packed[code / 8] = Table::kMidpoints[code + 3];
+    for (int code = 0; code < 16; code += 4) s.by2[code] = s.by2_packed[code / 4] = Table::kMidpoints[code + 1];
+    for (int code = 0; code < 16; code += 2) s.by1[code] = s.by1_packed[code / 2] = Table::kMidpoints[code];
     return s;
   }
   static constexpr SearchTables kSearch = search_tables();
@@ -617,16 +619,22 @@ struct FourBit {
     for (int k = 0; k < 16; ++k) out[k] = Table::kLevels[k] * scale;
   }
 #ifdef ADAMKIT_VECTOR
+  template <int SHIFT, class W = V>  // the code so far is a multiple of 2^SHIFT
+  static F candidate(I code, const float* by_code, const float* packed) {
+    if constexpr (W::kLanes == 16) return W::lookup16(code, by_code);
+    else return W::lookup8(W::template shift_right<SHIFT>(code), packed);
+  }
   static I encode_lanes(F x, F inverse) {
-    const F r = V::bit_and(V::mul(x, inverse), V::as_float(V::splat(kAbs)));
+    const F scaled = V::mul(x, inverse);
+    const F r = kUnsigned ? V::bit_and(scaled, V::as_float(V::splat(kAbs))) : scaled;
     if (Table::kPowersOfTwo) {
       const I exponent = V::shift_right<23>(V::add(V::as_int(r), V::splat(0x400000u)));
       return V::sub(V::min_u32(V::max_u32(exponent, V::splat(112)), V::splat(127)), V::splat(112));
     }
     I code = V::add_where(V::splat(0), V::greater_equal(r, V::set1(Table::kMidpoints[7])), V::splat(8));
-    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<3>(code), kSearch.by4)), V::splat(4));
-    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<2>(code), kSearch.by2)), V::splat(2));
-    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<1>(code), kSearch.by1)), V::splat(1));
+    code = V::add_where(code, V::greater_equal(r, candidate<3>(code, kSearch.by4, kSearch.by4_packed)), V::splat(4));
+    code = V::add_where(code, V::greater_equal(r, candidate<2>(code, kSearch.by2, kSearch.by2_packed)), V::splat(2));
+    code = V::add_where(code, V::greater_equal(r, candidate<1>(code, kSearch.by1, kSearch.by1_packed)), V::splat(1));
     return V::blend(code, V::splat(15), V::is_nan(r));  // NaN compares false throughout
   }
   static F decode_lanes(I code, const float* scaled_table) { return V::lookup16(code, scaled_table); }
