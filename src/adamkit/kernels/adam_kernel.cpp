@@ -578,16 +578,18 @@ struct FourBit {
   static constexpr bool kUnsigned = Table::kLevels[0] > 0;
   static constexpr uint32_t kAbs = kUnsigned ? 0x7FFFFFFFu : 0xFFFFFFFFu;
   // The midpoints the search compares with: with bit b to decide, the code so far is a multiple of
-  // 2b and the candidate is midpoint code + b - 1, so each step's candidates form a table indexed
-  // by code / 2b (2, 4 and 8 entries for b = 4, 2, 1; b = 8 has one: midpoint 7).
+  // 2b and the candidate is midpoint code + b - 1 (b = 8 has one: midpoint 7). 16 lanes look it up
+  // by the code itself (vpermps reads the index's low 4 bits: no shift); 8 lanes by code / 2b in a
+  // packed table of 2, 4 and 8 entries (one 8-entry permute instead of lookup16's two).
   struct SearchTables {
-    float by4[8], by2[8], by1[8];
+    float by4[16], by2[16], by1[16];
+    float by4_packed[8], by2_packed[8], by1_packed[8];
   };
   static constexpr SearchTables search_tables() {
     SearchTables s{};
-    for (int j = 0; j < 2; ++j) s.by4[j] = Table::kMidpoints[8 * j + 3];
-    for (int j = 0; j < 4; ++j) s.by2[j] = Table::kMidpoints[4 * j + 1];
-    for (int j = 0; j < 8; ++j) s.by1[j] = Table::kMidpoints[2 * j];
+    for (int code = 0; code < 16; code += 8) s.by4[code] = s.by4_packed[code / 8] = Table::kMidpoints[code + 3];
+    for (int code = 0; code < 16; code += 4) s.by2[code] = s.by2_packed[code / 4] = Table::kMidpoints[code + 1];
+    for (int code = 0; code < 16; code += 2) s.by1[code] = s.by1_packed[code / 2] = Table::kMidpoints[code];
     return s;
   }
   static constexpr SearchTables kSearch = search_tables();
@@ -617,16 +619,22 @@ struct FourBit {
     for (int k = 0; k < 16; ++k) out[k] = Table::kLevels[k] * scale;
   }
 #ifdef ADAMKIT_VECTOR
+  template <int SHIFT, class W = V>  // the code so far is a multiple of 2^SHIFT
+  static F candidate(I code, const float* by_code, const float* packed) {
+    if constexpr (W::kLanes == 16) return W::lookup16(code, by_code);
+    else return W::lookup8(W::template shift_right<SHIFT>(code), packed);
+  }
   static I encode_lanes(F x, F inverse) {
-    const F r = V::bit_and(V::mul(x, inverse), V::as_float(V::splat(kAbs)));
+    const F scaled = V::mul(x, inverse);
+    const F r = kUnsigned ? V::bit_and(scaled, V::as_float(V::splat(kAbs))) : scaled;
     if (Table::kPowersOfTwo) {
       const I exponent = V::shift_right<23>(V::add(V::as_int(r), V::splat(0x400000u)));
       return V::sub(V::min_u32(V::max_u32(exponent, V::splat(112)), V::splat(127)), V::splat(112));
     }
     I code = V::add_where(V::splat(0), V::greater_equal(r, V::set1(Table::kMidpoints[7])), V::splat(8));
-    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<3>(code), kSearch.by4)), V::splat(4));
-    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<2>(code), kSearch.by2)), V::splat(2));
-    code = V::add_where(code, V::greater_equal(r, V::lookup8(V::shift_right<1>(code), kSearch.by1)), V::splat(1));
+    code = V::add_where(code, V::greater_equal(r, candidate<3>(code, kSearch.by4, kSearch.by4_packed)), V::splat(4));
+    code = V::add_where(code, V::greater_equal(r, candidate<2>(code, kSearch.by2, kSearch.by2_packed)), V::splat(2));
+    code = V::add_where(code, V::greater_equal(r, candidate<1>(code, kSearch.by1, kSearch.by1_packed)), V::splat(1));
     return V::blend(code, V::splat(15), V::is_nan(r));  // NaN compares false throughout
   }
   static F decode_lanes(I code, const float* scaled_table) { return V::lookup16(code, scaled_table); }
@@ -661,6 +669,7 @@ constexpr int64_t kInt4Block = 128;  // codecs.INT4_BLOCK_SIZE: a kBlock work bl
 // buffer `values` and encoded by finish_block once the block's absmax is known.
 struct F32Moment {
   static constexpr bool kStaged = false;
+  static constexpr int64_t kSpan = kBlock;
   float* data;
   void begin_block(const float*, int64_t, int64_t, int64_t, bool) {}
   float load(int64_t i, int64_t) const { return data[i]; }
@@ -673,6 +682,7 @@ struct F32Moment {
 };
 struct BF16Moment {
   static constexpr bool kStaged = false;
+  static constexpr int64_t kSpan = kBlock;
   uint16_t* data;
   void begin_block(const float*, int64_t, int64_t, int64_t, bool) {}
   float load(int64_t i, int64_t) const { return bf16_value(data[i]); }
@@ -686,6 +696,7 @@ struct BF16Moment {
 template <class Code>
 struct Int8Moment {
   static constexpr bool kStaged = true;
+  static constexpr int64_t kSpan = kBlock;
   uint8_t* data;
   alignas(64) float values[kBlock];
 #ifdef ADAMKIT_VECTOR
@@ -737,54 +748,41 @@ struct Int8Moment {
 #endif
 };
 
-// An int4 moment: decoded into `values` when the block begins, encoded by finish_block, two codes a
-// byte. Each half of the work block has its own absmax, taken here from the staged values (the
-// step's running peak covers the whole work block), ignoring NaN as that peak does.
+// An int4 moment, two codes a byte: the update loop decodes the codes itself (one lookup in the
+// half's levels times its scale) and stages the new values in `values` with their running peak;
+// finish_block encodes each 128-half with its own absmax. The loop hands over the first half's peak
+// at the half's end (end_span), so the staged values are read once, to encode.
 template <class Code>
 struct Int4Moment {
-  static constexpr bool kStaged = false;  // no running peak needed: finish_block takes its own
-  uint8_t* data;                          // the work block's first code byte
-  alignas(64) float values[kBlock];       // left uninitialised: begin_block fills it
+  static constexpr bool kStaged = true;
+  static constexpr int64_t kSpan = kInt4Block;  // one absmax per span: the step's peaks restart at each
+  uint8_t* data;                                // the work block's first code byte
+  alignas(64) float values[kBlock];             // left uninitialised: the update loop fills it
+  alignas(64) float scaled[2][16];              // each half's levels times its decode scale
+  float first_peak;                             // the first half's absmax (set when n > kSpan)
   void begin_block(const float* absmax, int64_t, int64_t, int64_t n, bool) {
-    for (int64_t half = 0; half * kInt4Block < n; ++half) {
-      const int64_t start = half * kInt4Block, end = std::min(n, start + kInt4Block);
-      const float scale = Code::decode_scale(absmax[half]);
-      int64_t j = start;
-#ifdef ADAMKIT_VECTOR
-      alignas(64) float scaled[16];
-      Code::decode_table(scale, scaled);
-      for (; j + V::kLanes <= end; j += V::kLanes) V::store(values + j, Code::decode_lanes(V::load_nibbles(data + j / 2), scaled));
-#endif
-      for (; j < end; ++j) values[j] = Code::decode((data[j / 2] >> (4 * (j & 1))) & 15u, scale);
-    }
+    for (int64_t half = 0; half * kInt4Block < n; ++half) Code::decode_table(Code::decode_scale(absmax[half]), scaled[half]);
   }
-  float load(int64_t, int64_t j) const { return values[j]; }
+  float load(int64_t, int64_t j) const { return scaled[j >= kInt4Block][(data[j / 2] >> (4 * (j & 1))) & 15u]; }
   void store(int64_t, int64_t j, float x) { values[j] = x; }
-  void finish_block(float* absmax, int64_t, int64_t, int64_t n, float) const {
+  void end_span(float peak) { first_peak = peak; }
+  void finish_block(float* absmax, int64_t, int64_t, int64_t n, float peak) const {  // peak: the last half's
     for (int64_t half = 0; half * kInt4Block < n; ++half) {
       const int64_t start = half * kInt4Block, end = std::min(n, start + kInt4Block);
-      float peak = 0.0f;
+      const float half_peak = half == 0 && n > kInt4Block ? first_peak : peak;
+      const float inverse = Code::encode_scale(half_peak);
       int64_t j = start;
-#ifdef ADAMKIT_VECTOR
-      const F abs_mask = V::as_float(V::splat(0x7FFFFFFFu));
-      F peak_lanes = V::zero();
-      for (; j + V::kLanes <= end; j += V::kLanes) peak_lanes = V::max(V::bit_and(V::load(values + j), abs_mask), peak_lanes);
-      peak = V::max_of_lanes(peak_lanes);
-#endif
-      for (; j < end; ++j) peak = std::fabs(values[j]) > peak ? std::fabs(values[j]) : peak;  // NaN: skipped
-      const float inverse = Code::encode_scale(peak);
-      j = start;
 #ifdef ADAMKIT_VECTOR
       const F inverse_lanes = V::set1(inverse);
       for (; j + V::kLanes <= end; j += V::kLanes) V::store_nibbles(data + j / 2, Code::encode_lanes(V::load(values + j), inverse_lanes));
 #endif
       for (; j + 1 < end; j += 2) data[j / 2] = uint8_t(Code::encode(values[j], inverse) | Code::encode(values[j + 1], inverse) << 4);
       if (j < end) data[j / 2] = uint8_t(Code::encode(values[j], inverse));  // an odd tail (a 1-D tensor on the loop path never comes here)
-      absmax[half] = peak;
+      absmax[half] = half_peak;
     }
   }
 #ifdef ADAMKIT_VECTOR
-  F load_lanes(int64_t, int64_t j) const { return V::load(values + j); }
+  F load_lanes(int64_t, int64_t j) const { return Code::decode_lanes(V::load_nibbles(data + j / 2), scaled[j >= kInt4Block]); }
   void store_lanes(int64_t, int64_t j, F x) { V::store(values + j, x); }
 #endif
 };
@@ -845,7 +843,8 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
   const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
   const uint32_t folded_key = key ^ (key >> 16);  // noise_lanes
   const uint32_t local = uint32_t(b.param_offset[param] + first);  // element index within the whole parameter
-  float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // block absmax of staged (int8) moments
+  float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // absmax of staged moments' span (the block; int4: its half)
+  constexpr bool kSplit = MomentM::kSpan < kBlock || MomentV::kSpan < kBlock;
   int64_t scalar_start = 0;  // elements before it went through the vector code
   const AdamMath<ScalarOps<float>> scalar_math(c);
 #ifdef ADAMKIT_VECTOR
@@ -966,6 +965,15 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
       v.store_lanes(i, j, exp_avg_sq);
       if (MomentM::kStaged) peak_m_lanes = V::max(V::bit_and(exp_avg, abs_mask), peak_m_lanes);
       if (MomentV::kStaged) peak_v_lanes = V::max(exp_avg_sq, peak_v_lanes);
+      if constexpr (kSplit) {
+        if (j + V::kLanes == kInt4Block && n > kInt4Block) {  // the first half's peaks (kLanes divides kInt4Block)
+          if constexpr (MomentM::kSpan == kInt4Block) m.end_span(V::max_of_lanes(peak_m_lanes)), peak_m_lanes = V::zero();
+          if constexpr (MomentV::kSpan == kInt4Block) {
+            v.end_span(V::max_of_lanes(peak_v_lanes)), peak_v_lanes = V::zero();
+            if (AMSGRAD) vmax.end_span(V::max_of_lanes(peak_vmax_lanes)), peak_vmax_lanes = V::zero();
+          }
+        }
+      }
       x = step(x, exp_avg, second);
       if (!BF16_PARAMS) {
         V::storeu(reinterpret_cast<float*>(p + i), x);
@@ -986,43 +994,58 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
     peak_v = V::max_of_lanes(peak_v_lanes);
     peak_vmax = V::max_of_lanes(peak_vmax_lanes);
   }
-#else
+#endif
+  // The rest (all of it without vector code), in up to two segments so that an int4 moment's first
+  // half's peak is handed over where that half ends.
+  int64_t segment_end = kSplit && scalar_start < kInt4Block && n > kInt4Block ? kInt4Block : n;
+  for (int64_t segment_start = scalar_start; segment_start < n; segment_start = segment_end, segment_end = n) {
+#ifndef ADAMKIT_VECTOR
 #pragma omp simd reduction(max : peak_m, peak_v, peak_vmax)
 #endif
-  for (int64_t j = scalar_start; j < n; ++j) {
-    const int64_t i = base + j;
-    float param_value, grad_value;
-    if (BF16_PARAMS) {
-      param_value = bf16_value(p[i]);
-      if (ROUNDING == kKahan) param_value += bf16_value(comp[i]);  // p + compensation
-      grad_value = bf16_value(g[i]);
-    } else {
-      param_value = p[i];
-      grad_value = g[i];
+    for (int64_t j = segment_start; j < segment_end; ++j) {
+      const int64_t i = base + j;
+      float param_value, grad_value;
+      if (BF16_PARAMS) {
+        param_value = bf16_value(p[i]);
+        if (ROUNDING == kKahan) param_value += bf16_value(comp[i]);  // p + compensation
+        grad_value = bf16_value(g[i]);
+      } else {
+        param_value = p[i];
+        grad_value = g[i];
+      }
+      const float old_m = m.load(i, j), old_v = v.load(i, j);
+      float x, exp_avg, exp_avg_sq;
+      scalar_math.moments(param_value, grad_value, old_m, old_v, c.add_l2, c.scale_grad, x, exp_avg, exp_avg_sq);
+      float second = exp_avg_sq;
+      if (AMSGRAD) {
+        second = scalar_math.second_moment(vmax.load(i, j), exp_avg_sq);
+        vmax.store(i, j, second);
+        if (MomentV::kStaged) peak_vmax = second > peak_vmax ? second : peak_vmax;  // v >= 0
+      }
+      m.store(i, j, exp_avg);
+      v.store(i, j, exp_avg_sq);
+      if (MomentM::kStaged) peak_m = std::fabs(exp_avg) > peak_m ? std::fabs(exp_avg) : peak_m;
+      if (MomentV::kStaged) peak_v = exp_avg_sq > peak_v ? exp_avg_sq : peak_v;
+      x = scalar_math.step(x, exp_avg, second);
+      if (!BF16_PARAMS) {
+        p[i] = x;
+      } else if (ROUNDING == kStochastic) {                               // unbiased: add 16 random low bits, truncate
+        const uint32_t noise = mix32((local + uint32_t(j)) ^ key) & 0xFFFFu;
+        p[i] = x != x ? bf16_nearest(x) : uint16_t((bits_of(x) + noise) >> 16);
+      } else {
+        const uint16_t rounded = bf16_nearest(x);
+        p[i] = rounded;
+        if (ROUNDING == kKahan) comp[i] = bf16_nearest(x - bf16_value(rounded));  // what rounding lost
+      }
     }
-    const float old_m = m.load(i, j), old_v = v.load(i, j);
-    float x, exp_avg, exp_avg_sq;
-    scalar_math.moments(param_value, grad_value, old_m, old_v, c.add_l2, c.scale_grad, x, exp_avg, exp_avg_sq);
-    float second = exp_avg_sq;
-    if (AMSGRAD) {
-      second = scalar_math.second_moment(vmax.load(i, j), exp_avg_sq);
-      vmax.store(i, j, second);
-      if (MomentV::kStaged) peak_vmax = second > peak_vmax ? second : peak_vmax;  // v >= 0
-    }
-    m.store(i, j, exp_avg);
-    v.store(i, j, exp_avg_sq);
-    if (MomentM::kStaged) peak_m = std::fabs(exp_avg) > peak_m ? std::fabs(exp_avg) : peak_m;
-    if (MomentV::kStaged) peak_v = exp_avg_sq > peak_v ? exp_avg_sq : peak_v;
-    x = scalar_math.step(x, exp_avg, second);
-    if (!BF16_PARAMS) {
-      p[i] = x;
-    } else if (ROUNDING == kStochastic) {                               // unbiased: add 16 random low bits, truncate
-      const uint32_t noise = mix32((local + uint32_t(j)) ^ key) & 0xFFFFu;
-      p[i] = x != x ? bf16_nearest(x) : uint16_t((bits_of(x) + noise) >> 16);
-    } else {
-      const uint16_t rounded = bf16_nearest(x);
-      p[i] = rounded;
-      if (ROUNDING == kKahan) comp[i] = bf16_nearest(x - bf16_value(rounded));  // what rounding lost
+    if constexpr (kSplit) {
+      if (segment_end < n) {
+        if constexpr (MomentM::kSpan == kInt4Block) m.end_span(peak_m), peak_m = 0.0f;
+        if constexpr (MomentV::kSpan == kInt4Block) {
+          v.end_span(peak_v), peak_v = 0.0f;
+          if (AMSGRAD) vmax.end_span(peak_vmax), peak_vmax = 0.0f;
+        }
+      }
     }
   }
   m.finish_block(m_absmax, 0, base, n, peak_m);

@@ -298,9 +298,6 @@ struct Avx512 {
   static I add_where(I a, M mask, I b) { return _mm512_mask_add_epi32(a, mask, a, b); }
   // int4 codes: as Avx2's
   static M greater_equal(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
-  static F lookup8(I index, const float* table) {  // index in [0, 8)
-    return _mm512_permutexvar_ps(index, _mm512_castps256_ps512(_mm256_loadu_ps(table)));
-  }
   static F lookup16(I index, const float* table) { return _mm512_permutexvar_ps(index, _mm512_loadu_ps(table)); }  // low 4 bits
   static I load_nibbles(const uint8_t* p) {
     const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
