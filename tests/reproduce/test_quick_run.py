@@ -76,6 +76,27 @@ def test_comparisons_tune_every_optimizer_with_equal_trials(quick_report):
             assert len({len(curve["values"]) for curve in claim["tuning"]}) == 1, claim["key"]
 
 
+def test_every_tuning_grid_is_chosen_on_seeds_that_are_not_evaluated(quick_report):
+    evaluated = set(quick_report["document"]["seeds"])
+    for claim in quick_report["document"]["claims"]:
+        for curve in claim["tuning"]:
+            assert curve["seeds"] and not set(curve["seeds"]) & evaluated, (claim["key"], curve["name"])
+
+
+# comparisons of training runs: a verdict only once every contender's curve has flattened or the paper's horizon is reached
+GATED = ("logistic-ranking", "mlp-training-cost", "cnn-training-cost", "sparse-training-cost", "bias-correction-short",
+         "bias-correction", "generalization-real-task")
+
+
+def test_comparisons_of_training_runs_pass_the_horizon_gate_and_show_it(quick_report):
+    claims = {c["key"]: c for c in quick_report["document"]["claims"]}
+    for key in GATED:
+        gate = claims[key]["horizon"]
+        assert gate is not None and isinstance(gate["met"], bool) and gate["improvement"], key
+        assert claims[key]["steps"] == gate["steps"] > 0, key
+        assert f"{gate['steps']:,} steps" in report.horizon_text(claims[key])
+
+
 def test_reference_numbers_are_not_attributed_to_papers(quick_report):
     """Numbers from our reference runs may appear only in the labelled reference column; no file outside the project is cited."""
     for claim in quick_report["document"]["claims"]:

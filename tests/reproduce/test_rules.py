@@ -121,10 +121,11 @@ def test_quick_mode_gives_numbers_but_no_verdict():
     assert claim.verdict == NOT_REPRODUCED
 
 
-def _document(seeds, values, verdict="reproduced"):
+def _document(seeds, values, verdict="reproduced", gate_met=True):
     interval = {"statistic": "ahead: log steps Rival / Adam", "estimate": float(np.mean(values)), "low": 0.0, "high": 1.0,
                 "level": 0.95, "n": len(values), "values": list(values), "text": "", "coverage": None}
-    claim = {"key": "k", "verdict": verdict, "intervals": [interval], "neighbours": {"held": True, "checked": [], "changed": []}}
+    claim = {"key": "k", "verdict": verdict, "intervals": [interval], "neighbours": {"held": True, "checked": [], "changed": []},
+             "steps": 1000, "paper_steps": 20000, "horizon": {"met": gate_met}}
     return {"seeds": list(seeds), "claims": [claim]}
 
 
@@ -139,3 +140,13 @@ def test_pooling_two_seed_sets_judges_the_joined_values_again():
     assert row["intervals"][0].startswith(joined.text().split(" [")[0])
     with pytest.raises(ValueError):
         pool.pool(first, _document(range(4, 12), [0.1] * 8))
+
+
+def test_the_pooled_table_shows_each_runs_horizon_gate():
+    from adamkit.reproduce import pool
+
+    first, second = _document(range(8), [0.1] * 8), _document(range(8, 16), [0.2] * 8, gate_met=False)
+    table = pool.markdown(pool.pool(first, second), first, second)
+    assert "horizon 1,000 steps (paper 20,000), gate met in the first run only" in table
+    both = pool.markdown(pool.pool(first, _document(range(8, 16), [0.2] * 8)), first, second)
+    assert "gate met in both runs" in both

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import margins, stats
+from . import margins, report, stats
 from .common import verdict as verdict_of
 
 GATED = ("inconclusive (horizon not reached)", "no verdict (--quick)")
@@ -27,6 +27,18 @@ def pooled_interval(a: dict[str, Any], b: dict[str, Any]) -> stats.Interval | No
     if a["n"] < 2 or b["n"] < 2 or len(values) != a["n"] + b["n"]:
         return None
     return stats.bootstrap_interval(values, a["statistic"])
+
+
+def horizon(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Our horizon beside the paper's, and the gate's status in each run (where the claim has one)."""
+    if a["steps"] is None:
+        return "—"
+    text = report.horizon_text(a).split(", gate")[0]
+    gates = [c["horizon"]["met"] for c in (a, b) if c["horizon"] and "met" in c["horizon"]]
+    if len(gates) == 2:
+        text += ", gate met in both runs" if all(gates) else ", gate NOT met in either run" if not any(gates) else \
+            f", gate met in the {'first' if gates[0] else 'second'} run only"
+    return text
 
 
 def kind_of(statistic: str) -> str | None:
@@ -54,7 +66,7 @@ def pool(first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, Any]]:
             pooled = verdict_of(holds)
         else:
             pooled = a["verdict"] if a["verdict"] == b["verdict"] else "differs between the runs"
-        rows.append({"key": a["key"], "first": a["verdict"], "second": b["verdict"], "pooled": pooled,
+        rows.append({"key": a["key"], "first": a["verdict"], "second": b["verdict"], "pooled": pooled, "horizon": horizon(a, b),
                      "intervals": [(i.text() + (f", coverage {i.coverage:.0%}" if i.coverage is not None else "")) if i is not None
                                    else f"{x['text']} / {y['text']}" for i, x, y in zip(intervals, a["intervals"], b["intervals"])]})
     return rows
@@ -64,9 +76,10 @@ def markdown(rows: list[dict[str, Any]], first: dict[str, Any], second: dict[str
     def seeds(doc: dict[str, Any]) -> str:
         return f"{min(doc['seeds'])}–{max(doc['seeds'])}"
 
-    lines = [f"| claim | seeds {seeds(first)} | seeds {seeds(second)} | pooled | pooled statistics (95 % bootstrap-t) |", "|---|---|---|---|---|"]
+    lines = [f"| claim | horizon: ours (paper) | seeds {seeds(first)} | seeds {seeds(second)} | pooled | pooled statistics (95 % bootstrap-t) |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['key']} | {row['first']} | {row['second']} | {row['pooled']} | {'; '.join(row['intervals'])} |")
+        lines.append(f"| {row['key']} | {row['horizon']} | {row['first']} | {row['second']} | {row['pooled']} | {'; '.join(row['intervals'])} |")
     return "\n".join(lines)
 
 
