@@ -613,8 +613,7 @@ struct FourBit {
     for (int k = 0; k < 15; ++k) code += r >= Table::kMidpoints[k] ? 1u : 0u;
     return r != r ? 15u : code;
   }
-  static float decode(uint32_t code, float scale) { return Table::kLevels[code] * scale; }
-  // every level times scale, so that the vector decoder is one table lookup (the same products)
+  // every level times scale: the decoded value of code k is entry k (scalar and vector code alike)
   static void decode_table(float scale, float* out) {
     for (int k = 0; k < 16; ++k) out[k] = Table::kLevels[k] * scale;
   }
@@ -665,8 +664,8 @@ using ExpAvgSqInt4 = FourBit<ExpAvgSqInt4Table>;
 constexpr int64_t kInt4Block = 128;  // codecs.INT4_BLOCK_SIZE: a kBlock work block holds two
 
 // Moment storage within one block: load/load_lanes give fp32 of element i (position j in the
-// block), store/store_lanes write it back. An int8 moment's new values are staged in the block
-// buffer `values` and encoded by finish_block once the block's absmax is known.
+// block), store/store_lanes write it back. An int8 or int4 moment's new values are staged in the
+// block buffer `values` and encoded by finish_block once the block's (int4: each half's) absmax is known.
 struct F32Moment {
   static constexpr bool kStaged = false;
   static constexpr int64_t kSpan = kBlock;
@@ -816,8 +815,8 @@ struct VectorOps {
 };
 #endif
 
-// One block: decode, update and (for bf16/fp32 storage) encode element by element; int8 moments
-// are staged and encoded once the block's absmax is known.
+// One block: decode, update and (for bf16/fp32 storage) encode element by element; int8 and int4
+// moments are staged and encoded once the block's (int4: each half's) absmax is known.
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
 void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, int64_t block, bool flush) {
   using PT = typename std::conditional<BF16_PARAMS, uint16_t, float>::type;
