@@ -844,6 +844,16 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
   const uint32_t local = uint32_t(b.param_offset[param] + first);  // element index within the whole parameter
   float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // absmax of staged moments' span (the block; int4: its half)
   constexpr bool kSplit = MomentM::kSpan < kBlock || MomentV::kSpan < kBlock;
+  // Hands the first int4 half's running peaks (floats, or lanes that `reduce` folds to one) to its
+  // moments and restarts them at zero.
+  auto end_first_half = [&](auto& peak_of_m, auto& peak_of_v, auto& peak_of_vmax, auto reduce) {
+    using Peak = std::remove_reference_t<decltype(peak_of_m)>;
+    if constexpr (MomentM::kSpan == kInt4Block) m.end_span(reduce(peak_of_m)), peak_of_m = Peak{};
+    if constexpr (MomentV::kSpan == kInt4Block) {
+      v.end_span(reduce(peak_of_v)), peak_of_v = Peak{};
+      if (AMSGRAD) vmax.end_span(reduce(peak_of_vmax)), peak_of_vmax = Peak{};
+    }
+  };
   int64_t scalar_start = 0;  // elements before it went through the vector code
   const AdamMath<ScalarOps<float>> scalar_math(c);
 #ifdef ADAMKIT_VECTOR
@@ -965,13 +975,8 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
       if (MomentM::kStaged) peak_m_lanes = V::max(V::bit_and(exp_avg, abs_mask), peak_m_lanes);
       if (MomentV::kStaged) peak_v_lanes = V::max(exp_avg_sq, peak_v_lanes);
       if constexpr (kSplit) {
-        if (j + V::kLanes == kInt4Block && n > kInt4Block) {  // the first half's peaks (kLanes divides kInt4Block)
-          if constexpr (MomentM::kSpan == kInt4Block) m.end_span(V::max_of_lanes(peak_m_lanes)), peak_m_lanes = V::zero();
-          if constexpr (MomentV::kSpan == kInt4Block) {
-            v.end_span(V::max_of_lanes(peak_v_lanes)), peak_v_lanes = V::zero();
-            if (AMSGRAD) vmax.end_span(V::max_of_lanes(peak_vmax_lanes)), peak_vmax_lanes = V::zero();
-          }
-        }
+        if (j + V::kLanes == kInt4Block && n > kInt4Block)  // kLanes divides kInt4Block
+          end_first_half(peak_m_lanes, peak_v_lanes, peak_vmax_lanes, [](F lanes) { return V::max_of_lanes(lanes); });
       }
       x = step(x, exp_avg, second);
       if (!BF16_PARAMS) {
@@ -1037,15 +1042,8 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
         if (ROUNDING == kKahan) comp[i] = bf16_nearest(x - bf16_value(rounded));  // what rounding lost
       }
     }
-    if constexpr (kSplit) {
-      if (segment_end < n) {
-        if constexpr (MomentM::kSpan == kInt4Block) m.end_span(peak_m), peak_m = 0.0f;
-        if constexpr (MomentV::kSpan == kInt4Block) {
-          v.end_span(peak_v), peak_v = 0.0f;
-          if (AMSGRAD) vmax.end_span(peak_vmax), peak_vmax = 0.0f;
-        }
-      }
-    }
+    if constexpr (kSplit)
+      if (segment_end < n) end_first_half(peak_m, peak_v, peak_vmax, [](float peak) { return peak; });
   }
   m.finish_block(m_absmax, 0, base, n, peak_m);
   v.finish_block(v_absmax, 0, base, n, peak_v);
