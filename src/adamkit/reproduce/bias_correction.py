@@ -122,9 +122,14 @@ def trial(beta1: float, corrected: bool, lr: float, seed: int, steps: int, eval_
     return {"losses": losses, "eval_every": eval_every}
 
 
+def losses_within(result: dict, budget: int) -> list[float]:
+    """The evaluations made within ``budget`` steps."""
+    return result["losses"][: budget // result["eval_every"] + 1]
+
+
 def loss_at(result: dict, budget: int) -> float:
     """Mean of the last 10 % of the evaluations made within ``budget`` steps."""
-    return stats.tail_mean(result["losses"][: budget // result["eval_every"] + 1])
+    return stats.tail_mean(losses_within(result, budget))
 
 
 def largest_stable(curve_values: list[float], results: dict, name: str, seeds: list[int], budget: int, initial: float) -> float:
@@ -153,7 +158,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
     cache: dict = {}
     claims, figures = [], []
     fig, axes = new_figure(width=5.2, height=4.2, ncols=len(settings.budgets))
-    for ax, budget in zip(axes, settings.budgets):
+    for ax, budget, paper_steps in zip(axes, settings.budgets, PAPER_STEPS):
         curves, results = tune(runner, trial, make, lambda r: loss_at(r, budget), start, tuning_seeds, factor=math.sqrt(10), width=4,
                                cache=cache, score_name=f"−ELBO (nats), mean of the last 10 % of evaluations within {budget} steps")
 
@@ -171,8 +176,8 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         shown = [stats.bootstrap_interval(stats.relative_differences(loss[per_beta2[b2][False]], loss[per_beta2[b2][True]]),
                                           f"β2 = {b2:g}: (best without − best with)/best with (shown, not judged)") for b2 in settings.beta2s]
         # the horizon gate on every configuration the rule reads (mean −ELBO curve over the seeds, within the budget)
-        gate = stats.horizon_gate({n: np.mean([r["losses"][: budget // settings.eval_every + 1] for r in runs[n]], axis=0).tolist()
-                                   for n in needed}, budget, PAPER_STEPS[list(settings.budgets).index(budget)])
+        gate = stats.horizon_gate({n: np.mean([losses_within(r, budget) for r in runs[n]], axis=0).tolist() for n in needed},
+                                  budget, paper_steps)
         small = grid[overall[True]][1] in CLOSE_TO_ONE
         stable = {n: largest_stable(curves[n].values, results, n, tuning_seeds, budget, initial) for n in grid}
         smaller_without = all(stable[candidate_name(b1, b2, False)] < stable[candidate_name(b1, b2, True)] for b1 in BETA1S for b2 in close)
@@ -187,7 +192,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             paper_ref=PAPER_REF,
             paper_statement=PAPER_STATEMENT,
             steps=budget,
-            paper_steps=gate["paper_steps"],
+            paper_steps=paper_steps,
             horizon=gate,
             gate=gate,
             measured={f"{n} (α = {curves[n].chosen:.3g})": Measure(loss[n], "nats") for n in needed}

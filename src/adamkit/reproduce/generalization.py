@@ -44,6 +44,11 @@ ADAMW_TOTAL_DECAYS = (0.1, 1.0, 10.0)
 
 DECAY_AT = (0.5, 0.75)  # the learning rate × 0.1 after these fractions of the epochs, for every method
 FIT = 1e-4  # construction: a run "fits" the training set when its final loss is below this
+BATCH_SIZE = 64  # the real task's minibatch
+
+
+def steps_per_epoch(n_train: int) -> int:
+    return -(-n_train // BATCH_SIZE)
 
 
 @dataclass
@@ -162,7 +167,7 @@ def real_trial(name: str, lr: float, seed: int, mnist_train: int, mnist_val: int
     if name == "SGD-momentum":
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     elif name.startswith("AdamW"):
-        optimizer = make_optimizer("AdamW", model.parameters(), lr, weight_decay=adamw_lambda(total_decay, epochs, -(-len(xtr) // 64)),
+        optimizer = make_optimizer("AdamW", model.parameters(), lr, weight_decay=adamw_lambda(total_decay, epochs, steps_per_epoch(len(xtr))),
                                    decoupled_lr=True)
     else:
         optimizer = make_optimizer(name, model.parameters(), lr)
@@ -170,8 +175,8 @@ def real_trial(name: str, lr: float, seed: int, mnist_train: int, mnist_val: int
     val_error = []
     for _ in range(epochs):
         order = torch.randperm(len(xtr), generator=generator)
-        for start in range(0, len(xtr), 64):
-            index = order[start : start + 64]
+        for start in range(0, len(xtr), BATCH_SIZE):
+            index = order[start : start + BATCH_SIZE]
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(xtr[index]), ytr[index]).backward()
             optimizer.step()
@@ -255,7 +260,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
     # the horizon gate on the two judged methods' mean validation-error curves (one value per epoch)
     judged = {n: [r["val_error"] for r in comparison.runs[n]] for n in ("SGD-momentum", "Adam")}
     gate = stats.horizon_gate({n: np.mean([c[: min(map(len, curves))] for c in curves], axis=0).tolist() for n, curves in judged.items()},
-                              settings.epochs * -(-settings.mnist_train // 64), None)
+                              settings.epochs * steps_per_epoch(settings.mnist_train), None)
     claims.append(
         Claim(
             key="generalization-real-task",
@@ -305,7 +310,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
                             f"with P(y = +1) = {settings.p}; full-batch least squares from w = 0, float64, {settings.steps} steps; "
                             "a 2× grid of 7 lrs per method",
             "real task data": f"MNIST: {settings.mnist_train} train / {settings.mnist_val} validation / {settings.mnist_test} test of the 5,000 real digits",
-            "real task model": f"784-{settings.hidden}-10 ReLU network, batch 64, {settings.epochs} epochs, the learning rate × 0.1 "
+            "real task model": f"784-{settings.hidden}-10 ReLU network, batch {BATCH_SIZE}, {settings.epochs} epochs, the learning rate × 0.1 "
                                f"after {DECAY_AT[0]:.0%} and {DECAY_AT[1]:.0%} of the epochs (every method)",
             "real task optimizers": "torch.optim.SGD(momentum=0.9); adamkit.Adam; adamkit.AdamW(decoupled_lr=True) with λ·Σ η_t ∈ "
                                     f"{list(settings.adamw_total_decays)}, chosen on validation",

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
 BATCH = 10  # runs per batched call: a tuning grid's first five values × two tuning seeds, or the evaluation seeds
+PER_RUN = ("lr", "seed")  # what the runs of one batched call may differ in
 
 
 def _worker_init() -> None:
@@ -119,7 +120,7 @@ def batches(kwargs_list: Sequence[dict[str, Any]], jobs: int, batch: int) -> lis
     all where there are enough runs (so every process works)."""
     groups: dict[tuple, list[int]] = {}
     for i, kwargs in enumerate(kwargs_list):
-        groups.setdefault(tuple(sorted((k, v) for k, v in kwargs.items() if k not in ("lr", "seed"))), []).append(i)
+        groups.setdefault(tuple(sorted((k, v) for k, v in kwargs.items() if k not in PER_RUN)), []).append(i)
     total = len(kwargs_list)
     size = math.ceil(total / (jobs * math.ceil(total / (jobs * batch))))
     calls = []
@@ -131,7 +132,7 @@ def batches(kwargs_list: Sequence[dict[str, Any]], jobs: int, batch: int) -> lis
 
 
 def _call_batched(fn: Callable[..., list[Any]], kwargs: dict[str, Any], runs: list[tuple[float, int]]) -> list[Any]:
-    rest = {k: v for k, v in kwargs.items() if k not in ("lr", "seed")}
+    rest = {k: v for k, v in kwargs.items() if k not in PER_RUN}
     return fn(runs=runs, **rest)
 
 
