@@ -25,15 +25,16 @@ import numpy as np
 
 from adamkit.kernels import verify
 
+from lowprec_arithmetic import MODES as TIMED_MODES  # the modes the other low-precision scripts time (a script beside this one)
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("adam_kernel.cpp", "module.cpp", "simd.h")
-# name: ((exp_avg, exp_avg_sq, param) formats, rounding)
+# name: ((exp_avg, exp_avg_sq, param) formats, rounding): those modes, plus float32 storage (the update
+# alone, in the same kernel) and int4
 MODES = {
     "fp32": ((verify.F32, verify.F32, verify.F32), 0),
-    "bf16 m,v": ((verify.BF16, verify.BF16, verify.F32), 0),
-    "int8 m,v": ((verify.INT8, verify.INT8, verify.F32), 0),
+    **{name: (formats, rounding) for name, (formats, rounding, *_) in TIMED_MODES.items()},
     "int4 m,v": ((verify.INT4, verify.INT4, verify.F32), 0),
-    "bf16 p,m,v sr": ((verify.BF16, verify.BF16, verify.BF16), 1),
 }
 ELEMENTS = 1 << 15
 CALLS = 200  # per round and build
