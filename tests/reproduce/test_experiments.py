@@ -10,7 +10,7 @@ import torch
 
 import adamkit
 from adamkit.reproduce import (
-    amsgrad_online, annealing, bias_correction, generalization, invariance, little_tuning, nonstationary, step_bound, weight_decay,
+    amsgrad_online, annealing, bias_correction, generalization, invariance, little_tuning, logistic, nonstationary, step_bound, weight_decay,
 )
 from adamkit.reproduce.common import INCONCLUSIVE, REPRODUCED, Claim, Measure
 from adamkit.reproduce.stats import Interval
@@ -160,6 +160,16 @@ def test_bias_correction_covers_the_papers_grid():
     assert sorted({b2 for _, b2, _ in grid.values()}) == [0.99, 0.999, 0.9999]  # K&B Sec. 6.4
     assert len(grid) == 12 and {(b1, c) for b1, _, c in grid.values()} == {(0.0, True), (0.0, False), (0.9, True), (0.9, False)}
     assert set(bias_correction.CLOSE_TO_ONE) < set(bias_correction.BETA2S)
+
+
+def test_logistic_regression_at_a_weaker_l2_runs_as_long_as_its_conditioning_needs():
+    settings = logistic.Settings.full()
+    weak, main, strong = sorted([settings.l2, *settings.sensitivity])
+    assert settings.steps_at(main) == settings.steps_at(strong)
+    # κ grows as 1/λ and momentum methods need √κ as many steps: λ/10 runs at least √10 times as long
+    assert settings.steps_at(weak) >= math.sqrt(main / weak) * settings.steps_at(main)
+    kwargs = logistic._kwargs("Adam", 1e-2, 0, settings=settings, l2=weak)
+    assert kwargs["epochs"] * math.ceil(settings.n_train / settings.batch_size) == settings.steps_at(weak)
 
 
 def test_weight_decay_runs_a_batchnorm_network_over_two_decades():
