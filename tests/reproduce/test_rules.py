@@ -125,7 +125,8 @@ def _document(seeds, values, verdict="reproduced", gate_met=True):
     interval = {"statistic": "ahead: log steps Rival / Adam", "estimate": float(np.mean(values)), "low": 0.0, "high": 1.0,
                 "level": 0.95, "n": len(values), "values": list(values), "text": "", "coverage": None}
     claim = {"key": "k", "verdict": verdict, "intervals": [interval], "neighbours": {"held": True, "checked": [], "changed": []},
-             "steps": 1000, "paper_steps": 20000, "horizon": {"met": gate_met}}
+             "steps": 1000, "paper_steps": 20000, "horizon": {"met": gate_met}, "statement": "Rival behind Adam", "kind": "paper claim",
+             "paper": {"reference": "Paper (2015), Sec. 1", "statement": "p"}, "margin": f"{margins.AHEAD}: {margins.describe(margins.AHEAD)}"}
     return {"seeds": list(seeds), "claims": [claim]}
 
 
@@ -148,5 +149,6 @@ def test_the_pooled_table_shows_each_runs_horizon_gate():
     first, second = _document(range(8), [0.1] * 8), _document(range(8, 16), [0.2] * 8, gate_met=False)
     table = pool.markdown(pool.pool(first, second), first, second)
     assert "horizon 1,000 steps (paper 20,000), gate met in the first run only" in table
+    assert "| Rival behind Adam (Paper (2015), Sec. 1) |" in table and "| ahead: above 0 |" in table  # the claim, its source and margin
     both = pool.markdown(pool.pool(first, _document(range(8, 16), [0.2] * 8)), first, second)
     assert "gate met in both runs" in both

@@ -5,7 +5,8 @@ computed again (:func:`stats.bootstrap_interval`, with its simulated coverage at
 count). A comparative statistic (labelled with its kind of wording, :mod:`.margins`) is judged
 again on the pooled interval, and only where both runs passed the horizon gate and the
 grid-neighbour check; any other claim keeps its verdict when both runs agree and is marked
-"differs between the runs" otherwise. Prints a Markdown table.
+"differs between the runs" otherwise. Prints a Markdown table: each claim with its source, horizon,
+margin, both runs' verdicts and the pooled one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import margins, report, stats
-from .common import verdict as verdict_of
+from .common import DEMONSTRATION, verdict as verdict_of
 
 GATED = ("inconclusive (horizon not reached)", "no verdict (--quick)")
 
@@ -72,14 +73,32 @@ def pool(first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def claim_text(claim: dict[str, Any]) -> str:
+    """The claim as the report states it, with its source; our own demonstrations marked as such."""
+    prefix = "*our demonstration*: " if claim.get("kind") == DEMONSTRATION else ""
+    source = f" ({claim['paper']['reference']})" if claim.get("paper") else ""
+    return prefix + claim["statement"] + source
+
+
+def margin_text(claim: dict[str, Any]) -> str:
+    """Each part's margin from the one table (margins.py), without the explanations; "—" where the rule is not a margin."""
+    parts = [part.split(" (")[0] for part in claim.get("margin", "").split("; ") if part]
+    return "; ".join(parts) or "—"
+
+
 def markdown(rows: list[dict[str, Any]], first: dict[str, Any], second: dict[str, Any]) -> str:
     def seeds(doc: dict[str, Any]) -> str:
         return f"{min(doc['seeds'])}–{max(doc['seeds'])}"
 
-    lines = [f"| claim | horizon: ours (paper) | seeds {seeds(first)} | seeds {seeds(second)} | pooled | pooled statistics (95 % bootstrap-t) |",
-             "|---|---|---|---|---|---|"]
+    n = len(first["seeds"]) + len(second["seeds"])
+    by_key = {c["key"]: c for c in first["claims"]}
+    lines = [f"| claim (source) | horizon: ours (paper's) | margin | seeds {seeds(first)} | seeds {seeds(second)} | pooled, {n} seeds "
+             "| pooled statistics [95 % bootstrap-t], simulated coverage |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['key']} | {row['horizon']} | {row['first']} | {row['second']} | {row['pooled']} | {'; '.join(row['intervals'])} |")
+        claim = by_key[row["key"]]
+        lines.append(f"| {claim_text(claim)} | {row['horizon']} | {margin_text(claim)} | {row['first']} | {row['second']} "
+                     f"| **{row['pooled']}** | {'; '.join(row['intervals'])} |")
     return "\n".join(lines)
 
 
