@@ -10,6 +10,9 @@ count. In cache this is the arithmetic alone: what a step costs where memory is 
 (the fast memory phase). Prints ns per element (least over rounds) and the median per-round ratio.
 
     python benchmarks/lowprec_vs_revision.py --revision f6331f5 [--isa avx512] [--mode "int4 m,v" ...]
+
+``--revision-isa`` builds the revision for another level than this tree (``--revision HEAD
+--revision-isa avx512 --isa avx512bf16``: what one more instruction-set extension changes).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adamkit.kernels import verify
+from adamkit.kernels import native_build, verify
 
 from lowprec_arithmetic import MODES as TIMED_MODES  # the modes the other low-precision scripts time (a script beside this one)
 
@@ -64,7 +67,8 @@ def recorded_call(state: dict, mode: tuple[int, int, int], rounding: int) -> tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--revision", required=True, help="the git revision to compare with (e.g. a commit before the change)")
-    parser.add_argument("--isa", default="avx512", choices=("x86_64", "avx2", "avx512"))
+    parser.add_argument("--isa", default="avx512", choices=native_build.ISAS)
+    parser.add_argument("--revision-isa", choices=native_build.ISAS, help="the revision's level (default: --isa)")
     parser.add_argument("--mode", action="append", choices=list(MODES), help="storage modes (default: all)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--seeds", type=int, default=3, help="input sets per mode for the bit comparison")
@@ -72,11 +76,13 @@ def main() -> None:
     names = args.mode or list(MODES)
     modes = [MODES[n][0] for n in names]
     with tempfile.TemporaryDirectory(prefix="adamkit-revision-") as scratch:
-        builds = {args.revision: verify.build_module(args.isa, modes, source=revision_sources(args.revision, Path(scratch))),
+        revision_isa = args.revision_isa or args.isa
+        builds = {args.revision: verify.build_module(revision_isa, modes, source=revision_sources(args.revision, Path(scratch))),
                   "this tree": verify.build_module(args.isa, modes)}
     old, new = builds.values()
     mismatches = verify.compare_builds(old, new, modes, seeds=args.seeds)
-    print(f"{args.isa} build, bits: {mismatches} mismatching outputs between {args.revision} and this tree ({len(modes)} modes)")
+    print(f"bits: {mismatches} mismatching outputs between {args.revision} ({revision_isa} build) and this tree "
+          f"({args.isa} build), {len(modes)} modes")
     print(f"ns per element, thread CPU time, {ELEMENTS:,} elements in cache, one thread, {args.rounds} rounds")
     for name in names:
         mode, rounding = MODES[name]

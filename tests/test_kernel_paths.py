@@ -4,7 +4,8 @@ The harness is adamkit.kernels.verify (``adamkit check-kernels``): two builds of
 module, the same inputs (realistic and garbage), every output buffer compared byte for byte. The
 reference is the shipped baseline x86-64 build: the plain per-element source, with none of the
 vector code's packing tricks and no FMA instructions (its explicit fma calls are computed in
-software). On an AVX-512 machine the first tests check the real AVX-512 and AVX2 paths; with
+software). On an AVX-512 machine the first tests check the real AVX-512 and AVX2 paths (and
+the AVX512-BF16 build's bf16 rounding where the CPU has it); with
 SIMDe installed another checks the AVX-512 path through emulation.
 """
 
@@ -29,11 +30,14 @@ def test_host_vector_path_matches_scalar_code():
     assert verify.check(modes=MODES, seeds=1, report=messages.append) == 0, "\n".join(messages[:20])
 
 
-@pytest.mark.skipif("avx2" not in native.supported_isas() or verify.shipped("avx2") is None, reason="no AVX2 here")
-def test_avx2_build_matches_scalar_code():
+@pytest.mark.parametrize("level, lanes", [("avx2", 8), ("avx512", 16)])
+def test_lower_vector_builds_match_scalar_code(level, lanes):
+    """The AVX2 build, and the AVX-512 build on a CPU whose best is AVX512-BF16."""
+    if level not in native.supported_isas() or verify.shipped(level) is None:
+        pytest.skip(f"the CPU does not run the {level} build, or the package has none")
     messages: list[str] = []
-    assert verify.check(verify.shipped("avx2"), modes=MODES, seeds=1, report=messages.append) == 0, "\n".join(messages[:20])
-    assert "candidate: 8 lane(s)" in messages[0]
+    assert verify.check(verify.shipped(level), modes=MODES, seeds=1, report=messages.append) == 0, "\n".join(messages[:20])
+    assert f"candidate: {lanes} lane(s)" in messages[0]
 
 
 @compiler

@@ -421,6 +421,15 @@ inline I bf16_nearest_lanes(F x) {
   const I rounded = V::shift_right<16>(V::add(V::add(u, V::splat(0x7FFF)), parity));
   return V::blend(rounded, V::splat(0x7FC0), V::is_nan(x));
 }
+// bf16_nearest_lanes(x) stored as 16-bit words. With AVX512-BF16 one instruction rounds the same
+// way wherever no lane is a denormal (it flushes those) or a NaN (it keeps the payload); a vector
+// holding either, rare in the moments and parameters, takes the formula: the same bits either way.
+inline void store_bf16_nearest(uint16_t* out, F x) {
+#ifdef ADAMKIT_CONVERTS_BF16
+  if (__builtin_expect(!V::any_denormal_or_nan(x), 1)) return V::store_bf16(out, x);
+#endif
+  V::store_u16(out, bf16_nearest_lanes(x));
+}
 // 16 random bits per element for stochastic rounding: mix32(index ^ key) & 0xFFFF for the element
 // indices `index` of a parameter (codecs.random_bits). folded_key is key ^ (key >> 16): mix32's
 // first step, x ^ (x >> 16) of x = index ^ key, is then one three-way xor.
@@ -689,7 +698,7 @@ struct BF16Moment {
   void finish_block(float*, int64_t, int64_t, int64_t, float) {}
 #ifdef ADAMKIT_VECTOR
   F load_lanes(int64_t i, int64_t) const { return bf16_value_lanes(data + i); }
-  void store_lanes(int64_t i, int64_t, F x) { V::store_u16(data + i, bf16_nearest_lanes(x)); }
+  void store_lanes(int64_t i, int64_t, F x) { store_bf16_nearest(data + i, x); }
 #endif
 };
 template <class Code>
@@ -985,13 +994,12 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
         const I noise = noise_lanes(V::add(V::splat(local + uint32_t(j)), element_lanes), V::splat(folded_key));
         const I truncated = V::shift_right<16>(V::add(V::as_int(x), noise));
         V::store_u16(reinterpret_cast<uint16_t*>(p + i), V::blend(truncated, V::splat(0x7FC0), V::is_nan(x)));
-      } else {
+      } else if (ROUNDING != kKahan) {
+        store_bf16_nearest(reinterpret_cast<uint16_t*>(p + i), x);
+      } else {  // Kahan: what rounding lost goes to the compensation buffer
         const I rounded = bf16_nearest_lanes(x);
         V::store_u16(reinterpret_cast<uint16_t*>(p + i), rounded);
-        if (ROUNDING == kKahan) {
-          const F lost = V::sub(x, V::as_float(V::shift_left<16>(rounded)));
-          V::store_u16(comp + i, bf16_nearest_lanes(lost));
-        }
+        V::store_u16(comp + i, bf16_nearest_lanes(V::sub(x, V::as_float(V::shift_left<16>(rounded)))));
       }
     }
     peak_m = V::max_of_lanes(peak_m_lanes);

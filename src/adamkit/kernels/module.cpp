@@ -323,7 +323,9 @@ PyModuleDef kModule = {PyModuleDef_HEAD_INIT, ADAMKIT_STR(ADAMKIT_MODULE_NAME), 
 PyMODINIT_FUNC ADAMKIT_INIT(ADAMKIT_MODULE_NAME)() {
   PyObject* module = PyModule_Create(&kModule);
   if (module == nullptr) return nullptr;
-#ifdef __AVX512F__
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  const char* isa = "avx512bf16";
+#elif defined(__AVX512F__)
   const char* isa = "avx512";
 #elif defined(__AVX2__)
   const char* isa = "avx2";

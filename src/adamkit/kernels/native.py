@@ -1,8 +1,9 @@
 """Which build of the kernel module this process runs, and the per-CPU choices it makes.
 
 The package ships one module per x86-64 level (``_adam_x86_64``, ``_adam_avx2``,
-``_adam_avx512``; ``_adam_generic`` elsewhere), compiled when the package was built. The best one
-the CPU supports is imported; ``ADAMKIT_ISA`` (``x86_64``, ``avx2``, ``avx512``) asks for a lower
+``_adam_avx512``, ``_adam_avx512bf16``; ``_adam_generic`` elsewhere), compiled when the package was
+built. The best one the CPU supports is imported; ``ADAMKIT_ISA`` (``x86_64``, ``avx2``, ``avx512``,
+``avx512bf16``) asks for a lower
 one, to measure or check it on a CPU that has more. Without a shipped module for this CPU (or
 with ``ADAMKIT_ISA=native``), the same sources are compiled for it with ``-march=native`` on
 first use (:mod:`adamkit.kernels.build`).
@@ -23,6 +24,7 @@ PREFETCH_ENV = "ADAMKIT_PREFETCH"
 # What GCC's -march=x86-64-v3 / -v4 may emit (lzcnt is "abm" in /proc/cpuinfo).
 _V3 = {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe", "abm", "xsave"}
 _V4 = _V3 | {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}
+_LEVELS = ("x86_64", "avx2", "avx512", "avx512bf16")
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,10 +61,11 @@ def supported_isas() -> list[str]:
         return ["generic"]
     flags = cpu_flags()
     levels = ["x86_64"] + (["avx2"] if _V3 <= flags else []) + (["avx512"] if _V4 <= flags else [])
+    levels += ["avx512bf16"] if _V4 | {"avx512_bf16"} <= flags else []
     requested = os.environ.get(ISA_ENV)
     if requested:
-        if requested not in ("x86_64", "avx2", "avx512", "native"):
-            raise ValueError(f"Invalid {ISA_ENV}: {requested!r}; expected x86_64, avx2, avx512 or native")
+        if requested not in (*_LEVELS, "native"):
+            raise ValueError(f"Invalid {ISA_ENV}: {requested!r}; expected {', '.join(_LEVELS)} or native")
         if requested == "native":  # no shipped build: compile one for this CPU (as on a platform the package lacks)
             return []
         levels = levels[: levels.index(requested) + 1] if requested in levels else levels

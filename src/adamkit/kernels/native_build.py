@@ -32,9 +32,12 @@ __all__ = ["ISAS", "LOWPREC_MODES", "isa_flags", "module_name", "compile_module"
 
 HERE = Path(__file__).parent
 # Instruction-set levels a package build compiles on x86-64, slowest first. AVX-512 means
-# F/BW/DQ/VL/CD (x86-64-v4); AVX2 means x86-64-v3 (AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE).
-ISAS = ("x86_64", "avx2", "avx512")
-_MARCH = {"x86_64": "x86-64", "avx2": "x86-64-v3", "avx512": "x86-64-v4", "native": "native"}
+# F/BW/DQ/VL/CD (x86-64-v4); AVX2 means x86-64-v3 (AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE);
+# avx512bf16 adds AVX512-BF16 (Cooper Lake, Sapphire Rapids, Zen 4 and later), whose
+# vcvtneps2bf16 rounds 16 floats to bf16 in one instruction.
+ISAS = ("x86_64", "avx2", "avx512", "avx512bf16")
+_MARCH = {"x86_64": "x86-64", "avx2": "x86-64-v3", "avx512": "x86-64-v4", "avx512bf16": "x86-64-v4", "native": "native"}
+_EXTENSIONS = {"avx512bf16": ["-mavx512bf16"]}
 # (param, exp_avg, exp_avg_sq) storage formats of the low-precision kernel: 0 float32, 1 bfloat16,
 # 2 int8, 3 int4 (params: float32 or bfloat16).
 LOWPREC_MODES = tuple((p, m, v) for p in (0, 1) for m in (0, 1, 2, 3) for v in (0, 1, 2, 3))
@@ -56,7 +59,7 @@ def isa_flags(isa: str) -> list[str]:
         return []
     if isa == "native" and machine not in ("x86_64", "amd64"):
         return ["-mcpu=native"] if machine in ("aarch64", "arm64") else []
-    return [f"-march={_MARCH[isa]}", "-mtune=native" if isa == "native" else "-mtune=generic"]
+    return [f"-march={_MARCH[isa]}", *_EXTENSIONS.get(isa, []), "-mtune=native" if isa == "native" else "-mtune=generic"]
 
 
 class NoCompiler(RuntimeError):

@@ -293,6 +293,12 @@ struct Avx512 {
   static M greater(I a, I b) { return _mm512_cmpgt_epi32_mask(a, b); }  // signed
   static M and_not(M a, M b) { return M(~a & b); }
   static bool any_nan(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) != 0; }  // in a or b
+#if defined(__AVX512BF16__) && !defined(ADAMKIT_EMULATE_AVX512)
+#define ADAMKIT_CONVERTS_BF16 1
+  // vcvtneps2bf16: round to nearest even, but a denormal input becomes ±0 and a NaN keeps its payload
+  static bool any_denormal_or_nan(F x) { return _mm512_fpclass_ps_mask(x, 0x01 | 0x20 | 0x80) != 0; }  // QNaN, denormal, SNaN
+  static void store_bf16(uint16_t* p, F x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(x)); }
+#endif
   static F blend(F a, F b, M mask) { return _mm512_mask_blend_ps(mask, a, b); }  // mask ? b : a
   static I blend(I a, I b, M mask) { return _mm512_mask_blend_epi32(mask, a, b); }
   static I add_where(I a, M mask, I b) { return _mm512_mask_add_epi32(a, mask, a, b); }

@@ -2,8 +2,8 @@
 
 The vector code (AVX2 or AVX-512, see simd.h) must give exactly the scalar code's bits. By
 default this compares the module this process uses (the best shipped build for the CPU) with
-the shipped baseline x86-64 build, which has no vector path, and on an AVX-512 CPU with the
-AVX2 build too: no compiler is needed, so a wheel can be checked where it is installed. Both run
+the shipped baseline x86-64 build, which has no vector path, and with every lower vector build
+this CPU runs (AVX-512 and AVX2 on an AVX512-BF16 CPU) too: no compiler is needed, so a wheel can be checked where it is installed. Both run
 the same inputs, and every output buffer is compared byte for byte: realistic values and garbage
 (NaN, Inf, denormals, random bit patterns and int8/int4 codes, absmax 0 / 1e30 / float32 max / NaN /
 Inf), partial blocks, zero runs, every rounding, AMSGrad, maximize, grad_scale, L2 and both lerp
@@ -52,7 +52,7 @@ def simde_available() -> bool:
 
 
 def shipped(isa: str) -> ModuleType | None:
-    """The package's own build for one level (``x86_64``, ``avx2``, ``avx512``), if it has one."""
+    """The package's own build for one level (``x86_64``, ``avx2``, ``avx512``, ``avx512bf16``), if it has one."""
     try:
         return importlib.import_module(f"adamkit.kernels._adam_{isa}")
     except ImportError:
@@ -280,8 +280,9 @@ def main(args: argparse.Namespace) -> int:
         from . import module
 
         candidates = {f"the {module().ISA} build in use": module()}
-        if module().ISA == "avx512" and shipped("avx2") is not None and "avx2" in native.supported_isas():
-            candidates["the AVX2 build"] = shipped("avx2")
+        for level in native.supported_isas():  # the lower vector levels this CPU runs too
+            if level not in (module().ISA, "x86_64") and shipped(level) is not None:
+                candidates[f"the {level} build"] = shipped(level)
     mismatches = 0
     for name, candidate in candidates.items():
         print(f"checking {name} against the baseline build's scalar code, {len(MODES)} storage modes ...")
