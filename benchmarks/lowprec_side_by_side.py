@@ -9,6 +9,7 @@ so both builds are compared in the same memory phases (the machine's memory spee
 phases lasting seconds). Kernel call only: no optimizer, no gradient gather.
 
     chrt -f 10 python benchmarks/lowprec_side_by_side.py --reference ../main/src/adamkit/kernels [--rounds 10]
+    chrt -f 10 python benchmarks/lowprec_side_by_side.py --reference src/adamkit/kernels --reference-isa avx512   # one level beside another
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ from lowprec_arithmetic import MODES  # the same modes (a script beside this one
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, required=True, help="folder holding the reference builds (_adam_<isa>*.so)")
+    parser.add_argument("--reference-isa", help="the reference's level (default: the one in use; e.g. avx512 beside avx512bf16)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--modes", nargs="*", default=list(MODES))
     args = parser.parse_args()
     module = kernels.module()
-    reference = import_module_file(f"_adam_{module.ISA}", args.reference / f"_adam_{module.ISA}{importlib.machinery.EXTENSION_SUFFIXES[0]}")
+    level = args.reference_isa or module.ISA
+    reference = import_module_file(f"_adam_{level}", args.reference / f"_adam_{level}{importlib.machinery.EXTENSION_SUFFIXES[0]}")
     threads = torch.get_num_threads()
     sizes = [int(np.prod(shape)) for shape in bench.CASES["gpt2"]()]
-    print(f"{threads} threads, the {module.ISA} builds; {sum(sizes) / 1e6:.1f}M elements in {len(sizes)} tensors")
+    print(f"{threads} threads, this tree's {module.ISA} build beside the reference's {level}; {sum(sizes) / 1e6:.1f}M elements in {len(sizes)} tensors")
     scalars = verify.step_scalars(False, 0)
     for name in args.modes:
         mode, rounding, param_dtype, state_dtype = MODES[name]
