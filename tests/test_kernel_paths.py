@@ -68,3 +68,15 @@ def test_check_finds_a_wrong_vector_path(tmp_path):
         pytest.skip("this CPU has no vector path (neither AVX2 nor AVX-512)")
     reference = verify.shipped("x86_64") or verify.build_module("x86_64", [mode])
     assert verify.compare_builds(reference, candidate, [mode], seeds=1, report=lambda message: None) > 0
+
+
+@pytest.mark.parametrize("extra, best", [(set(), "avx512"), ({"avx512_bf16"}, "avx512bf16")])
+def test_the_best_level_follows_what_the_cpu_reports(monkeypatch, extra, best):
+    """AVX512-BF16 is its own level: picked only where /proc/cpuinfo lists it (an AVX-512 CPU without
+    it, such as Skylake-X or Ice Lake, would fault on vcvtneps2bf16), and ADAMKIT_ISA caps below it."""
+    monkeypatch.setattr(native.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(native, "cpu_flags", lambda: frozenset(native._V4 | extra))
+    monkeypatch.delenv(native.ISA_ENV, raising=False)
+    assert native.supported_isas() == [best, *(["avx512"] if best != "avx512" else []), "avx2", "x86_64"]
+    monkeypatch.setenv(native.ISA_ENV, "avx512")
+    assert native.supported_isas() == ["avx512", "avx2", "x86_64"]
