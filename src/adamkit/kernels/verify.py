@@ -2,10 +2,10 @@
 
 The vector code (AVX2 or AVX-512, see simd.h) must give exactly the scalar code's bits. By
 default this compares the module this process uses (the best shipped build for the CPU) with
-the shipped baseline x86-64 build, which has no vector path, and with every lower vector build
-this CPU runs (AVX-512 and AVX2 on an AVX512-BF16 CPU) too: no compiler is needed, so a wheel can be checked where it is installed. Both run
-the same inputs, and every output buffer is compared byte for byte: realistic values and garbage
-(NaN, Inf, denormals, random bit patterns and int8/int4 codes, absmax 0 / 1e30 / float32 max / NaN /
+the shipped baseline x86-64 build, which has no vector path, and so is every lower vector build
+this CPU runs (AVX-512 and AVX2 on an AVX512-BF16 CPU): no compiler is needed, so a wheel can be
+checked where it is installed. Both run the same inputs, and every output buffer is compared
+byte for byte: realistic values and garbage (NaN, Inf, denormals, random bit patterns and int8/int4 codes, absmax 0 / 1e30 / float32 max / NaN /
 Inf), partial blocks, zero runs, every rounding, AMSGrad, maximize, grad_scale, L2 and both lerp
 forms, with and without DAZ/FTZ (where a denormal output matches a zero of its sign: DAZ reads
 denormal inputs as zero, so which of two such inputs an op returns is moot). A NaN in a float

@@ -10,10 +10,9 @@ comparison at λ/10 and 10 λ, the weaker λ over a longer run (:meth:`Settings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-
-import math
 
 import numpy as np
 from torch import nn
