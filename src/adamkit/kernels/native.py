@@ -17,6 +17,8 @@ import os
 import platform
 from types import ModuleType
 
+from .native_build import ISAS
+
 __all__ = ["cpu_flags", "cpu_vendor", "supported_isas", "prebuilt_module", "prefetch", "ISA_ENV", "PREFETCH_ENV"]
 
 ISA_ENV = "ADAMKIT_ISA"
@@ -24,7 +26,7 @@ PREFETCH_ENV = "ADAMKIT_PREFETCH"
 # What GCC's -march=x86-64-v3 / -v4 may emit (lzcnt is "abm" in /proc/cpuinfo).
 _V3 = {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe", "abm", "xsave"}
 _V4 = _V3 | {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}
-_LEVELS = ("x86_64", "avx2", "avx512", "avx512bf16")
+_REQUIRES = {"x86_64": frozenset(), "avx2": _V3, "avx512": _V4, "avx512bf16": _V4 | {"avx512_bf16"}}  # each shipped level
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,12 +62,11 @@ def supported_isas() -> list[str]:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return ["generic"]
     flags = cpu_flags()
-    levels = ["x86_64"] + (["avx2"] if _V3 <= flags else []) + (["avx512"] if _V4 <= flags else [])
-    levels += ["avx512bf16"] if _V4 | {"avx512_bf16"} <= flags else []
+    levels = [isa for isa in ISAS if _REQUIRES[isa] <= flags]
     requested = os.environ.get(ISA_ENV)
     if requested:
-        if requested not in (*_LEVELS, "native"):
-            raise ValueError(f"Invalid {ISA_ENV}: {requested!r}; expected {', '.join(_LEVELS)} or native")
+        if requested not in (*ISAS, "native"):
+            raise ValueError(f"Invalid {ISA_ENV}: {requested!r}; expected {', '.join(ISAS)} or native")
         if requested == "native":  # no shipped build: compile one for this CPU (as on a platform the package lacks)
             return []
         levels = levels[: levels.index(requested) + 1] if requested in levels else levels
