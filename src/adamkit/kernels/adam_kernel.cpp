@@ -931,14 +931,25 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
           noise[h] = ROUNDING == kStochastic ? noise_lanes(index[h], folded) : V::splat(0);
           index[h] = V::add(index[h], index_step);
         }
+        // With AVX512-BF16 what rounds to nearest rounds in one instruction per pair of vectors where
+        // neither holds a denormal or a NaN (as store_bf16_nearest); stochastic and Kahan rounding
+        // of the parameter keep their formulas.
+        bool moments_converted = false, param_converted = false;
+#ifdef ADAMKIT_CONVERTS_BF16
+        moments_converted = !V::any_denormal_or_nan(exp_avg[0], exp_avg[1]) && !V::any_denormal_or_nan(exp_avg_sq[0], exp_avg_sq[1]) &&
+                            !(AMSGRAD && V::any_denormal_or_nan(second[0], second[1]));
+        param_converted = ROUNDING == kNearest && !V::any_denormal_or_nan(x[0], x[1]);
+#endif
         auto round = [&](auto may_be_nan) {
           for (int h = 0; h < 2; ++h) {
-            if (AMSGRAD) new_vmax[h] = nearest_high(second[h], may_be_nan);
-            new_m[h] = nearest_high(exp_avg[h], may_be_nan);
-            new_v[h] = nearest_high(exp_avg_sq[h], may_be_nan);
+            if (!moments_converted) {
+              if (AMSGRAD) new_vmax[h] = nearest_high(second[h], may_be_nan);
+              new_m[h] = nearest_high(exp_avg[h], may_be_nan);
+              new_v[h] = nearest_high(exp_avg_sq[h], may_be_nan);
+            }
             if (ROUNDING == kStochastic) {
               new_p[h] = stochastic_high(x[h], noise[h], may_be_nan);
-            } else {
+            } else if (!param_converted) {
               new_p[h] = nearest_high(x[h], may_be_nan);
               if (ROUNDING == kKahan)  // x = inf gives inf - inf: always checked
                 new_comp[h] = nearest_high(V::sub(x[h], V::as_float(V::bit_and(new_p[h], high))), std::true_type{});
@@ -950,10 +961,24 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
         // nothing rounded here does, and the NaN checks are skipped.
         if (V::any_nan(x[0], x[1])) round(std::true_type{});
         else round(std::false_type{});
-        store_pairs(m.data + i, new_m[0], new_m[1]);
-        store_pairs(v.data + i, new_v[0], new_v[1]);
-        if (AMSGRAD) store_pairs(vmax.data + i, new_vmax[0], new_vmax[1]);
-        store_pairs(ps, new_p[0], new_p[1]);
+        if (moments_converted) {
+#ifdef ADAMKIT_CONVERTS_BF16
+          V::store_bf16_pairs(m.data + i, exp_avg[0], exp_avg[1]);
+          V::store_bf16_pairs(v.data + i, exp_avg_sq[0], exp_avg_sq[1]);
+          if (AMSGRAD) V::store_bf16_pairs(vmax.data + i, second[0], second[1]);
+#endif
+        } else {
+          store_pairs(m.data + i, new_m[0], new_m[1]);
+          store_pairs(v.data + i, new_v[0], new_v[1]);
+          if (AMSGRAD) store_pairs(vmax.data + i, new_vmax[0], new_vmax[1]);
+        }
+        if (param_converted) {
+#ifdef ADAMKIT_CONVERTS_BF16
+          V::store_bf16_pairs(ps, x[0], x[1]);
+#endif
+        } else {
+          store_pairs(ps, new_p[0], new_p[1]);
+        }
         if (ROUNDING == kKahan) store_pairs(comp + i, new_comp[0], new_comp[1]);
       }
     }

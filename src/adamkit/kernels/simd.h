@@ -298,6 +298,16 @@ struct Avx512 {
   // vcvtneps2bf16: round to nearest even, but a denormal input becomes ±0 and a NaN keeps its payload
   static bool any_denormal_or_nan(F x) { return _mm512_fpclass_ps_mask(x, 0x01 | 0x20 | 0x80) != 0; }  // QNaN, denormal, SNaN
   static void store_bf16(uint16_t* p, F x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(x)); }
+  static bool any_denormal_or_nan(F a, F b) {
+    return (_mm512_fpclass_ps_mask(a, 0x01 | 0x20 | 0x80) | _mm512_fpclass_ps_mask(b, 0x01 | 0x20 | 0x80)) != 0;
+  }
+  // 2 kLanes words from the even and odd elements (loadu_words' halves): both rounded in one
+  // instruction (even's to the low half, odd's to the high), then interleaved by one word permute
+  static void store_bf16_pairs(uint16_t* p, F even, F odd) {
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    _mm512_storeu_si512(p, _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(odd, even)));
+  }
 #endif
   static F blend(F a, F b, M mask) { return _mm512_mask_blend_ps(mask, a, b); }  // mask ? b : a
   static I blend(I a, I b, M mask) { return _mm512_mask_blend_epi32(mask, a, b); }
