@@ -296,11 +296,12 @@ struct Avx512 {
 #if defined(__AVX512BF16__) && !defined(ADAMKIT_EMULATE_AVX512)
 #define ADAMKIT_CONVERTS_BF16 1
   // vcvtneps2bf16: round to nearest even, but a denormal input becomes ±0 and a NaN keeps its payload
-  static bool any_denormal_or_nan(F x) { return _mm512_fpclass_ps_mask(x, 0x01 | 0x20 | 0x80) != 0; }  // QNaN, denormal, SNaN
-  static void store_bf16(uint16_t* p, F x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(x)); }
+  static constexpr int kDenormalOrNan = 0x01 | 0x20 | 0x80;  // vfpclassps classes: QNaN, denormal, SNaN
+  static bool any_denormal_or_nan(F x) { return _mm512_fpclass_ps_mask(x, kDenormalOrNan) != 0; }
   static bool any_denormal_or_nan(F a, F b) {
-    return (_mm512_fpclass_ps_mask(a, 0x01 | 0x20 | 0x80) | _mm512_fpclass_ps_mask(b, 0x01 | 0x20 | 0x80)) != 0;
+    return (_mm512_fpclass_ps_mask(a, kDenormalOrNan) | _mm512_fpclass_ps_mask(b, kDenormalOrNan)) != 0;
   }
+  static void store_bf16(uint16_t* p, F x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(x)); }
   // 2 kLanes words from the even and odd elements (loadu_words' halves): both rounded in one
   // instruction (even's to the low half, odd's to the high), then interleaved by one word permute
   static void store_bf16_pairs(uint16_t* p, F even, F odd) {
