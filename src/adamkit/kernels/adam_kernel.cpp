@@ -409,26 +409,38 @@ constexpr float pow2(int e) {  // 2^e, exact, at compile time
 constexpr uint32_t bits_of_pow2(int e) { return uint32_t(127 + e) << 23; }  // bits of 2^e, a normal float
 
 #ifdef ADAMKIT_VECTOR
-// Lane-wise forms of the helpers above; an I of 16-bit results holds one result per 32-bit lane.
+// Lane-wise forms of the helpers above; an I of 16-bit results holds one in each 32-bit lane's high half.
 using adamkit_simd::V;
 using F = V::F;
 using I = V::I;
 using M = V::M;
 inline F bf16_value_lanes(const uint16_t* h) { return V::as_float(V::shift_left<16>(V::load_u16(h))); }
-inline I bf16_nearest_lanes(F x) {
+// bf16_nearest and the stochastic rounding of x in each lane's high half (the low half is left over;
+// V::store_high_u16 stores the high halves). may_be_nan (std::true_type or std::false_type): whether
+// x can hold a NaN, which rounds to the canonical 0x7FC0 (adding to a NaN's bits could carry it into
+// the sign or to infinity).
+template <class MayBeNan = std::true_type>
+inline I bf16_nearest_high(F x, MayBeNan = {}) {
   const I u = V::as_int(x);
   const I parity = V::bit_and(V::shift_right<16>(u), V::splat(1));
-  const I rounded = V::shift_right<16>(V::add(V::add(u, V::splat(0x7FFF)), parity));
-  return V::blend(rounded, V::splat(0x7FC0), V::is_nan(x));
+  const I rounded = V::add(V::add(u, V::splat(0x7FFF)), parity);
+  if constexpr (!MayBeNan::value) return rounded;
+  else return V::blend(rounded, V::splat(0x7FC00000u), V::is_nan(x));
 }
-// bf16_nearest_lanes(x) stored as 16-bit words. With AVX512-BF16 one instruction rounds the same
-// way wherever no lane is a denormal (it flushes those) or a NaN (it keeps the payload); a vector
-// holding either, rare in the moments and parameters, takes the formula: the same bits either way.
+template <class MayBeNan = std::true_type>
+inline I bf16_stochastic_high(F x, I noise, MayBeNan = {}) {  // noise: 16 random low bits (noise_lanes)
+  const I truncated = V::add(V::as_int(x), noise);
+  if constexpr (!MayBeNan::value) return truncated;
+  else return V::blend(truncated, V::splat(0x7FC00000u), V::is_nan(x));
+}
+// bf16_nearest of every lane stored as 16-bit words. With AVX512-BF16 one instruction rounds the
+// same way wherever no lane is a denormal (it flushes those) or a NaN (it keeps the payload); a
+// vector holding either, rare in the moments and parameters, takes the formula: the same bits.
 inline void store_bf16_nearest(uint16_t* out, F x) {
 #ifdef ADAMKIT_CONVERTS_BF16
   if (__builtin_expect(!V::any_denormal_or_nan(x), 1)) return V::store_bf16(out, x);
 #endif
-  V::store_u16(out, bf16_nearest_lanes(x));
+  V::store_high_u16(out, bf16_nearest_high(x));
 }
 // 16 random bits per element for stochastic rounding: mix32(index ^ key) & 0xFFFF for the element
 // indices `index` of a parameter (codecs.random_bits). folded_key is key ^ (key >> 16): mix32's
@@ -889,20 +901,6 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
       auto store_pairs = [](uint16_t* q, I even, I odd) {  // results in the lanes' high halves
         V::storeu_words(q, V::interleave_words(V::shift_right<16>(even), odd));
       };
-      // may_be_nan (std::true_type or std::false_type): whether x can hold a NaN, which rounds to
-      // the canonical 0x7FC0 (adding to a NaN's bits could carry it into the sign or to infinity)
-      auto nearest_high = [](F x, auto may_be_nan) {  // bf16_nearest in the high half
-        const I u = V::as_int(x);
-        const I parity = V::bit_and(V::shift_right<16>(u), V::splat(1));
-        const I rounded = V::add(V::add(u, V::splat(0x7FFF)), parity);
-        if constexpr (!decltype(may_be_nan)::value) return rounded;
-        else return V::blend(rounded, V::splat(0x7FC00000u), V::is_nan(x));
-      };
-      auto stochastic_high = [](F x, I noise, auto may_be_nan) {
-        const I truncated = V::add(V::as_int(x), noise);
-        if constexpr (!decltype(may_be_nan)::value) return truncated;
-        else return V::blend(truncated, V::splat(0x7FC00000u), V::is_nan(x));
-      };
       // element indices of the even and odd lanes, for the noise
       I index[2] = {V::iota(local, 2), V::iota(local + 1, 2)};
       const I index_step = V::splat(2 * V::kLanes), folded = V::splat(folded_key);
@@ -943,16 +941,16 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
         auto round = [&](auto may_be_nan) {
           for (int h = 0; h < 2; ++h) {
             if (!moments_converted) {
-              if (AMSGRAD) new_vmax[h] = nearest_high(second[h], may_be_nan);
-              new_m[h] = nearest_high(exp_avg[h], may_be_nan);
-              new_v[h] = nearest_high(exp_avg_sq[h], may_be_nan);
+              if (AMSGRAD) new_vmax[h] = bf16_nearest_high(second[h], may_be_nan);
+              new_m[h] = bf16_nearest_high(exp_avg[h], may_be_nan);
+              new_v[h] = bf16_nearest_high(exp_avg_sq[h], may_be_nan);
             }
             if (ROUNDING == kStochastic) {
-              new_p[h] = stochastic_high(x[h], noise[h], may_be_nan);
+              new_p[h] = bf16_stochastic_high(x[h], noise[h], may_be_nan);
             } else if (!param_converted) {
-              new_p[h] = nearest_high(x[h], may_be_nan);
+              new_p[h] = bf16_nearest_high(x[h], may_be_nan);
               if (ROUNDING == kKahan)  // x = inf gives inf - inf: always checked
-                new_comp[h] = nearest_high(V::sub(x[h], V::as_float(V::bit_and(new_p[h], high))), std::true_type{});
+                new_comp[h] = bf16_nearest_high(V::sub(x[h], V::as_float(V::bit_and(new_p[h], high))), std::true_type{});
             }
           }
         };
@@ -1017,14 +1015,13 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
         V::storeu(reinterpret_cast<float*>(p + i), x);
       } else if (ROUNDING == kStochastic) {
         const I noise = noise_lanes(V::add(V::splat(local + uint32_t(j)), element_lanes), V::splat(folded_key));
-        const I truncated = V::shift_right<16>(V::add(V::as_int(x), noise));
-        V::store_u16(reinterpret_cast<uint16_t*>(p + i), V::blend(truncated, V::splat(0x7FC0), V::is_nan(x)));
+        V::store_high_u16(reinterpret_cast<uint16_t*>(p + i), bf16_stochastic_high(x, noise));
       } else if (ROUNDING != kKahan) {
         store_bf16_nearest(reinterpret_cast<uint16_t*>(p + i), x);
       } else {  // Kahan: what rounding lost goes to the compensation buffer
-        const I rounded = bf16_nearest_lanes(x);
-        V::store_u16(reinterpret_cast<uint16_t*>(p + i), rounded);
-        V::store_u16(comp + i, bf16_nearest_lanes(V::sub(x, V::as_float(V::shift_left<16>(rounded)))));
+        const I rounded = bf16_nearest_high(x);
+        V::store_high_u16(reinterpret_cast<uint16_t*>(p + i), rounded);
+        V::store_high_u16(comp + i, bf16_nearest_high(V::sub(x, V::as_float(V::bit_and(rounded, V::splat(0xFFFF0000u))))));
       }
     }
     peak_m = V::max_of_lanes(peak_m_lanes);

@@ -51,8 +51,10 @@ struct Avx2 {
   static I load_u16(const uint16_t* p) { return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static I load_s8(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
   static I load_u8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
-  static void store_u16(uint16_t* p, I x) {  // lanes hold values <= 0xFFFF
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1)));
+  static void store_high_u16(uint16_t* p, I x) {  // each lane's high 16 bits: one byte shuffle, one qword permute
+    const I high_words = _mm256_shuffle_epi8(x, _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                                 2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(_mm256_permute4x64_epi64(high_words, 0x08)));
   }
   static void store_u8(uint8_t* p, I x) {  // lanes hold values <= 0xFF
     const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
@@ -177,7 +179,6 @@ ADAMKIT_LANEWISE(emulated_cvtepi8_epi32, __m128i, __m512i, int8_t, int32_t, int3
 ADAMKIT_LANEWISE(emulated_cvtepu8_epi32, __m128i, __m512i, uint8_t, uint32_t, uint32_t(in[k]))   // zero-extend
 ADAMKIT_LANEWISE(emulated_cvtepu16_epi32, __m256i, __m512i, uint16_t, uint32_t, uint32_t(in[k]))
 ADAMKIT_LANEWISE(emulated_cvtepi32_epi8, __m512i, __m128i, uint32_t, uint8_t, uint8_t(in[k]))     // truncate
-ADAMKIT_LANEWISE(emulated_cvtepi32_epi16, __m512i, __m256i, uint32_t, uint16_t, uint16_t(in[k]))
 ADAMKIT_LANEWISE(emulated_cvtsepi32_epi8, __m512i, __m128i, int32_t, int8_t, int8_t(in[k] < -128 ? -128 : in[k] > 127 ? 127 : in[k]))
 ADAMKIT_LANEWISE(emulated_cvtusepi32_epi8, __m512i, __m128i, uint32_t, uint8_t, uint8_t(in[k] > 255u ? 255u : in[k]))
 #undef ADAMKIT_LANEWISE
@@ -193,7 +194,6 @@ inline __m512i emulated_srai_epi32(__m512i x) {  // arithmetic shift right
 #define ADAMKIT_CVTEPU8_EPI32 emulated_cvtepu8_epi32
 #define ADAMKIT_CVTEPU16_EPI32 emulated_cvtepu16_epi32
 #define ADAMKIT_CVTEPI32_EPI8 emulated_cvtepi32_epi8
-#define ADAMKIT_CVTEPI32_EPI16 emulated_cvtepi32_epi16
 #define ADAMKIT_CVTSEPI32_EPI8 emulated_cvtsepi32_epi8
 #define ADAMKIT_CVTUSEPI32_EPI8 emulated_cvtusepi32_epi8
 #define ADAMKIT_SRAI_EPI32(x, n) emulated_srai_epi32<n>(x)
@@ -212,7 +212,6 @@ inline __m128i emulated_cvtepi64_epi8(__m512i x) {  // 8 lanes of 64 bits trunca
 #define ADAMKIT_CVTEPU8_EPI32 _mm512_cvtepu8_epi32
 #define ADAMKIT_CVTEPU16_EPI32 _mm512_cvtepu16_epi32
 #define ADAMKIT_CVTEPI32_EPI8 _mm512_cvtepi32_epi8
-#define ADAMKIT_CVTEPI32_EPI16 _mm512_cvtepi32_epi16
 #define ADAMKIT_CVTSEPI32_EPI8 _mm512_cvtsepi32_epi8
 #define ADAMKIT_CVTUSEPI32_EPI8 _mm512_cvtusepi32_epi8
 #define ADAMKIT_SRAI_EPI32(x, n) _mm512_srai_epi32(x, n)
@@ -243,7 +242,11 @@ struct Avx512 {
   static I load_u16(const uint16_t* p) { return ADAMKIT_CVTEPU16_EPI32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static I load_s8(const uint8_t* p) { return ADAMKIT_CVTEPI8_EPI32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static I load_u8(const uint8_t* p) { return ADAMKIT_CVTEPU8_EPI32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static void store_u16(uint16_t* p, I x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), ADAMKIT_CVTEPI32_EPI16(x)); }  // lanes <= 0xFFFF
+  static void store_high_u16(uint16_t* p, I x) {  // each lane's high 16 bits: one word permute
+    const I odd_words = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+                                         31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_castsi512_si256(_mm512_permutexvar_epi16(odd_words, x)));
+  }
   static void store_u8(uint8_t* p, I x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), ADAMKIT_CVTEPI32_EPI8(x)); }      // lanes <= 0xFF
   static I interleave_words(I low, I high) { return _mm512_mask_blend_epi16(0xAAAAAAAAu, low, high); }
   template <bool SIGNED>
