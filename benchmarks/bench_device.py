@@ -16,7 +16,7 @@ with fp32 params: 16 plus scales; int4 state: 14 plus scales; bf16 params + bf16
 copy bandwidth measured in the same run (one large ``copy_``). Times are medians over the
 timed rounds, each step followed by a device synchronize; ratios are to torch fused fp32.
 
-Targets (issue 14, a current data-centre GPU): fp32 <= 1.00 x torch fused; int8 state
+Targets (a current data-centre GPU): fp32 <= 1.00 x torch fused; int8 state
 <= 0.70 x torch fused fp32 and faster than both 8-bit peers; 20,000 small tensors no slower
 than torch fused.
 

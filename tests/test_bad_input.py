@@ -160,7 +160,7 @@ bad_beta = st.one_of(st.floats(min_value=1.0), st.floats(max_value=-1e-300), st.
 good_beta = st.floats(0.0, 0.9999)
 
 
-@settings(max_examples=300)  # issue 7 asks for >= 1,000 fuzzed inputs across these tests
+@settings(max_examples=300)  # >= 1,000 fuzzed inputs across these tests together
 @given(cls=st.sampled_from(CLASSES), name=st.sampled_from(["lr", "eps", "weight_decay"]), value=bad_non_negative)
 def test_any_bad_non_negative_hyperparameter(cls, name, value):
     with pytest.raises(ValueError) as info:
@@ -168,7 +168,7 @@ def test_any_bad_non_negative_hyperparameter(cls, name, value):
     check_error(info, name, repr(value))
 
 
-@settings(max_examples=300)  # issue 7 asks for >= 1,000 fuzzed inputs across these tests
+@settings(max_examples=300)  # >= 1,000 fuzzed inputs across these tests together
 @given(cls=st.sampled_from(CLASSES), bad=bad_beta, good=good_beta, index=st.integers(0, 1))
 def test_any_bad_beta(cls, bad, good, index):
     betas = (bad, good) if index == 0 else (good, bad)
@@ -177,7 +177,7 @@ def test_any_bad_beta(cls, bad, good, index):
     check_error(info, "beta", repr(bad))
 
 
-@settings(max_examples=300)  # issue 7 asks for >= 1,000 fuzzed inputs across these tests
+@settings(max_examples=300)  # >= 1,000 fuzzed inputs across these tests together
 @given(
     cls=st.sampled_from(CLASSES),
     name=st.sampled_from(["lr", "eps", "weight_decay", "betas", "maximize", "bias_correction"]),

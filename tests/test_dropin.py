@@ -1,4 +1,4 @@
-"""Drop-in by construction (issue 12): adamkit behaves like torch.optim wherever a tool can look.
+"""Drop-in by construction: adamkit behaves like torch.optim wherever a tool can look.
 
 Every test runs the same seeded training twice, once with ``torch.optim`` (the
 independent truth) and once with adamkit, and compares what a user or a tool

@@ -1,4 +1,4 @@
-"""Drop-in by construction (issue 12): where torch.optim.Adam/AdamW define a behaviour
+"""Drop-in by construction: where torch.optim.Adam/AdamW define a behaviour
 -- what a loaded checkpoint means, what GradScaler may hand over, which inputs are
 accepted and which refused -- adamkit does what torch does. torch.optim is the
 independent truth: every case runs both and compares."""
