@@ -442,6 +442,29 @@ inline void store_bf16_nearest(uint16_t* out, F x) {
 #endif
   V::store_high_u16(out, bf16_nearest_high(x));
 }
+// Kahan compensation: what rounding x to `rounded` (bf16_nearest_high's) lost, itself rounded
+inline I bf16_rounding_loss_high(F x, I rounded) {
+  return bf16_nearest_high(V::sub(x, V::as_float(V::bit_and(rounded, V::splat(0xFFFF0000u)))));
+}
+// The all-bf16 loop's layout: 2 kLanes consecutive elements as the even and odd lanes of one load
+// of 32-bit words, each 16-bit value in its lane's high half.
+inline void load_bf16_pairs(const uint16_t* in, F& even, F& odd) {
+  const I words = V::loadu_words(in);
+  even = V::as_float(V::shift_left<16>(words));
+  odd = V::as_float(V::bit_and(words, V::splat(0xFFFF0000u)));
+}
+inline void store_high_pairs(uint16_t* out, I even, I odd) {  // results in the lanes' high halves
+  V::storeu_words(out, V::interleave_words(V::shift_right<16>(even), odd));
+}
+// store_bf16_nearest in that layout: with AVX512-BF16 one instruction rounds both vectors where
+// neither holds a denormal or a NaN.
+template <class MayBeNan>
+inline void store_bf16_nearest_pairs(uint16_t* out, F even, F odd, MayBeNan may_be_nan) {
+#ifdef ADAMKIT_CONVERTS_BF16
+  if (__builtin_expect(!V::any_denormal_or_nan(even, odd), 1)) return V::store_bf16_pairs(out, even, odd);
+#endif
+  store_high_pairs(out, bf16_nearest_high(even, may_be_nan), bf16_nearest_high(odd, may_be_nan));
+}
 // 16 random bits per element for stochastic rounding: mix32(index ^ key) & 0xFFFF for the element
 // indices `index` of a parameter (codecs.random_bits). folded_key is key ^ (key >> 16): mix32's
 // first step, x ^ (x >> 16) of x = index ^ key, is then one three-way xor.
@@ -890,17 +913,8 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
     int64_t vector_start = 0;
     if constexpr (BF16_PARAMS && std::is_same<MomentM, BF16Moment>::value && std::is_same<MomentV, BF16Moment>::value) {
       // All streams 16-bit: 2 kLanes elements per iteration as even and odd lanes of one load (shift
-      // or mask each word into a float's high half, no shuffles), written back with one word blend.
-      // Same operations per element as the loop below.
-      const I high = V::splat(0xFFFF0000u);
-      auto load_pairs = [&](const uint16_t* q, F& even, F& odd) {
-        const I words = V::loadu_words(q);
-        even = V::as_float(V::shift_left<16>(words));
-        odd = V::as_float(V::bit_and(words, high));
-      };
-      auto store_pairs = [](uint16_t* q, I even, I odd) {  // results in the lanes' high halves
-        V::storeu_words(q, V::interleave_words(V::shift_right<16>(even), odd));
-      };
+      // or mask each word into a float's high half, no shuffles), written back with one word blend
+      // (load_bf16_pairs, store_high_pairs). Same operations per element as the loop below.
       // element indices of the even and odd lanes, for the noise
       I index[2] = {V::iota(local, 2), V::iota(local + 1, 2)};
       const I index_step = V::splat(2 * V::kLanes), folded = V::splat(folded_key);
@@ -909,16 +923,15 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
         uint16_t* const ps = reinterpret_cast<uint16_t*>(p) + i;
         const uint16_t* const gs = reinterpret_cast<const uint16_t*>(g) + i;
         F param_value[2], grad_value[2], old_m[2], old_v[2], old_vmax[2], addend[2];
-        load_pairs(ps, param_value[0], param_value[1]);
+        load_bf16_pairs(ps, param_value[0], param_value[1]);
         if (ROUNDING == kKahan) {
-          load_pairs(comp + i, addend[0], addend[1]);
+          load_bf16_pairs(comp + i, addend[0], addend[1]);
           for (int h = 0; h < 2; ++h) param_value[h] = V::add(param_value[h], addend[h]);
         }
-        load_pairs(gs, grad_value[0], grad_value[1]);
-        load_pairs(m.data + i, old_m[0], old_m[1]);
-        load_pairs(v.data + i, old_v[0], old_v[1]);
-        if (AMSGRAD) load_pairs(vmax.data + i, old_vmax[0], old_vmax[1]);
-        I new_m[2], new_v[2], new_vmax[2], new_p[2], new_comp[2];
+        load_bf16_pairs(gs, grad_value[0], grad_value[1]);
+        load_bf16_pairs(m.data + i, old_m[0], old_m[1]);
+        load_bf16_pairs(v.data + i, old_v[0], old_v[1]);
+        if (AMSGRAD) load_bf16_pairs(vmax.data + i, old_vmax[0], old_vmax[1]);
         F x[2], exp_avg[2], exp_avg_sq[2], second[2];
         I noise[2];
         for (int h = 0; h < 2; ++h) {
@@ -929,55 +942,25 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
           noise[h] = ROUNDING == kStochastic ? noise_lanes(index[h], folded) : V::splat(0);
           index[h] = V::add(index[h], index_step);
         }
-        // With AVX512-BF16 what rounds to nearest rounds in one instruction per pair of vectors where
-        // neither holds a denormal or a NaN (as store_bf16_nearest); stochastic and Kahan rounding
-        // of the parameter keep their formulas.
-        bool moments_converted = false, param_converted = false;
-#ifdef ADAMKIT_CONVERTS_BF16
-        moments_converted = !V::any_denormal_or_nan(exp_avg[0], exp_avg[1]) && !V::any_denormal_or_nan(exp_avg_sq[0], exp_avg_sq[1]) &&
-                            !(AMSGRAD && V::any_denormal_or_nan(second[0], second[1]));
-        param_converted = ROUNDING == kNearest && !V::any_denormal_or_nan(x[0], x[1]);
-#endif
-        auto round = [&](auto may_be_nan) {
-          for (int h = 0; h < 2; ++h) {
-            if (!moments_converted) {
-              if (AMSGRAD) new_vmax[h] = bf16_nearest_high(second[h], may_be_nan);
-              new_m[h] = bf16_nearest_high(exp_avg[h], may_be_nan);
-              new_v[h] = bf16_nearest_high(exp_avg_sq[h], may_be_nan);
-            }
-            if (ROUNDING == kStochastic) {
-              new_p[h] = bf16_stochastic_high(x[h], noise[h], may_be_nan);
-            } else if (!param_converted) {
-              new_p[h] = bf16_nearest_high(x[h], may_be_nan);
-              if (ROUNDING == kKahan)  // x = inf gives inf - inf: always checked
-                new_comp[h] = bf16_nearest_high(V::sub(x[h], V::as_float(V::bit_and(new_p[h], high))), std::true_type{});
-            }
+        auto round_and_store = [&](auto may_be_nan) {
+          store_bf16_nearest_pairs(m.data + i, exp_avg[0], exp_avg[1], may_be_nan);
+          store_bf16_nearest_pairs(v.data + i, exp_avg_sq[0], exp_avg_sq[1], may_be_nan);
+          if (AMSGRAD) store_bf16_nearest_pairs(vmax.data + i, second[0], second[1], may_be_nan);
+          if (ROUNDING == kStochastic) {
+            store_high_pairs(ps, bf16_stochastic_high(x[0], noise[0], may_be_nan), bf16_stochastic_high(x[1], noise[1], may_be_nan));
+          } else if (ROUNDING == kNearest) {
+            store_bf16_nearest_pairs(ps, x[0], x[1], may_be_nan);
+          } else {  // Kahan: x = inf gives inf - inf, so the loss is always checked for NaN
+            const I rounded[2] = {bf16_nearest_high(x[0], may_be_nan), bf16_nearest_high(x[1], may_be_nan)};
+            store_high_pairs(ps, rounded[0], rounded[1]);
+            store_high_pairs(comp + i, bf16_rounding_loss_high(x[0], rounded[0]), bf16_rounding_loss_high(x[1], rounded[1]));
           }
         };
         // A NaN in m, v or v_max makes the new parameter NaN (through the division or the square
         // root; max returns its second operand, v, when one is NaN), so where x holds none,
         // nothing rounded here does, and the NaN checks are skipped.
-        if (V::any_nan(x[0], x[1])) round(std::true_type{});
-        else round(std::false_type{});
-        if (moments_converted) {
-#ifdef ADAMKIT_CONVERTS_BF16
-          V::store_bf16_pairs(m.data + i, exp_avg[0], exp_avg[1]);
-          V::store_bf16_pairs(v.data + i, exp_avg_sq[0], exp_avg_sq[1]);
-          if (AMSGRAD) V::store_bf16_pairs(vmax.data + i, second[0], second[1]);
-#endif
-        } else {
-          store_pairs(m.data + i, new_m[0], new_m[1]);
-          store_pairs(v.data + i, new_v[0], new_v[1]);
-          if (AMSGRAD) store_pairs(vmax.data + i, new_vmax[0], new_vmax[1]);
-        }
-        if (param_converted) {
-#ifdef ADAMKIT_CONVERTS_BF16
-          V::store_bf16_pairs(ps, x[0], x[1]);
-#endif
-        } else {
-          store_pairs(ps, new_p[0], new_p[1]);
-        }
-        if (ROUNDING == kKahan) store_pairs(comp + i, new_comp[0], new_comp[1]);
+        if (V::any_nan(x[0], x[1])) round_and_store(std::true_type{});
+        else round_and_store(std::false_type{});
       }
     }
     scalar_start = vector_start;
@@ -1021,7 +1004,7 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
       } else {  // Kahan: what rounding lost goes to the compensation buffer
         const I rounded = bf16_nearest_high(x);
         V::store_high_u16(reinterpret_cast<uint16_t*>(p + i), rounded);
-        V::store_high_u16(comp + i, bf16_nearest_high(V::sub(x, V::as_float(V::bit_and(rounded, V::splat(0xFFFF0000u))))));
+        V::store_high_u16(comp + i, bf16_rounding_loss_high(x, rounded));
       }
     }
     peak_m = V::max_of_lanes(peak_m_lanes);
