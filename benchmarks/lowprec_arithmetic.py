@@ -22,11 +22,20 @@ from adamkit.kernels import lowprec, verify
 from adamkit.kernels.lowprec import floor_lowprec_
 
 CACHED, GPT2 = 1 << 20, 124_000_000
-MODES = {  # name: (exp_avg, exp_avg_sq, param) formats, rounding, param dtype, state dtype of the floor
+MODES = {  # name: (exp_avg, exp_avg_sq, param) formats, rounding, param dtype, state dtype of the floor ("int4": half a byte)
     "bf16 m,v": ((1, 1, 0), 0, torch.float32, torch.bfloat16),
     "int8 m,v": ((2, 2, 0), 0, torch.float32, torch.uint8),
+    "int4 m,v": ((3, 3, 0), 0, torch.float32, "int4"),
     "bf16 p,m,v sr": ((1, 1, 1), 1, torch.bfloat16, torch.bfloat16),
 }
+
+
+def mode_floor(elements: int, param_dtype: torch.dtype, state_dtype: torch.dtype | str, plain: bool = False):
+    """A mode's bytes-only floor pass over ``elements`` elements (int4 moments: two elements a byte)."""
+    def moment() -> torch.Tensor:
+        return torch.zeros((elements + 1) // 2, dtype=torch.uint8) if state_dtype == "int4" else torch.zeros(elements, dtype=state_dtype)
+
+    return floor_lowprec_(torch.zeros(elements, dtype=param_dtype), torch.zeros(elements, dtype=param_dtype), moment(), moment(), plain=plain)
 
 
 def main() -> None:
@@ -40,7 +49,7 @@ def main() -> None:
         library = module
         cached = verify.make_inputs([CACHED], mode, False, rounding, np.random.default_rng(0), True)
         dram = verify.make_inputs([GPT2], mode, False, rounding, np.random.default_rng(0), True)
-        floor = floor_lowprec_(*(torch.zeros(GPT2, dtype=dtype) for dtype in (param_dtype, param_dtype, state_dtype, state_dtype)))
+        floor = mode_floor(GPT2, param_dtype, state_dtype)
         scalars = verify.step_scalars(False, 0)
 
         def in_cache() -> None:

@@ -25,9 +25,8 @@ import torch
 from adamkit import bench, kernels
 from adamkit.kernels import verify
 from adamkit.kernels.build import import_module_file
-from adamkit.kernels.lowprec import floor_lowprec_
 
-from lowprec_arithmetic import MODES  # the same modes (a script beside this one)
+from lowprec_arithmetic import MODES, mode_floor  # the same modes and floors (a script beside this one)
 
 
 def main() -> None:
@@ -47,7 +46,7 @@ def main() -> None:
     for name in args.modes:
         mode, rounding, param_dtype, state_dtype = MODES[name]
         states = [verify.make_inputs(sizes, mode, False, rounding, np.random.default_rng(0), True) for _ in range(2)]
-        floor = floor_lowprec_(*(torch.zeros(sum(sizes), dtype=d) for d in (param_dtype, param_dtype, state_dtype, state_dtype)), plain=True)
+        floor = mode_floor(sum(sizes), param_dtype, state_dtype, plain=True)
         times = bench.time_interleaved(
             [
                 bench.Contestant("this tree", lambda: verify.run_step(module, states[0], mode, rounding, scalars, threads=threads)),

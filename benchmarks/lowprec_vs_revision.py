@@ -33,11 +33,10 @@ from lowprec_arithmetic import MODES as TIMED_MODES  # the modes the other low-p
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("adam_kernel.cpp", "module.cpp", "simd.h")
 # name: ((exp_avg, exp_avg_sq, param) formats, rounding): those modes, plus float32 storage (the update
-# alone, in the same kernel) and int4
+# alone, in the same kernel)
 MODES = {
     "fp32": ((verify.F32, verify.F32, verify.F32), 0),
     **{name: (formats, rounding) for name, (formats, rounding, *_) in TIMED_MODES.items()},
-    "int4 m,v": ((verify.INT4, verify.INT4, verify.F32), 0),
 }
 ELEMENTS = 1 << 15
 CALLS = 200  # per round and build

@@ -622,16 +622,15 @@ struct FourBit {
   static constexpr bool kUnsigned = Table::kLevels[0] > 0;
   static constexpr uint32_t kAbs = kUnsigned ? 0x7FFFFFFFu : 0xFFFFFFFFu;
   // The midpoints the search compares with: with bit b to decide, the code so far is a multiple of
-  // 2b and the candidate is midpoint code + b - 1 (b = 8 has one: midpoint 7). 16 lanes look it up
-  // by the code itself (vpermps reads the index's low 4 bits: no shift); 8 lanes by code / 2b in a
-  // packed table of 2, 4 and 8 entries (one 8-entry permute instead of lookup16's two).
+  // 2b and the candidate is midpoint code + b - 1 (b = 8 has one, midpoint 7; b = 4 two, picked by
+  // b = 8's compare). For b = 2 and 1, 16 lanes look it up by the code itself (vpermps reads the
+  // index's low 4 bits); 8 lanes by code / 2b in a packed table (one 8-entry permute).
   struct SearchTables {
-    float by4[16], by2[16], by1[16];
-    float by4_packed[8], by2_packed[8], by1_packed[8];
+    float by2[16], by1[16];
+    float by2_packed[8], by1_packed[8];
   };
   static constexpr SearchTables search_tables() {
     SearchTables s{};
-    for (int code = 0; code < 16; code += 8) s.by4[code] = s.by4_packed[code / 8] = Table::kMidpoints[code + 3];
     for (int code = 0; code < 16; code += 4) s.by2[code] = s.by2_packed[code / 4] = Table::kMidpoints[code + 1];
     for (int code = 0; code < 16; code += 2) s.by1[code] = s.by1_packed[code / 2] = Table::kMidpoints[code];
     return s;
@@ -662,23 +661,32 @@ struct FourBit {
     for (int k = 0; k < 16; ++k) out[k] = Table::kLevels[k] * scale;
   }
 #ifdef ADAMKIT_VECTOR
-  template <int SHIFT, class W = V>  // the code so far is a multiple of 2^SHIFT
-  static F candidate(I code, const float* by_code, const float* packed) {
-    if constexpr (W::kLanes == 16) return W::lookup16(code, by_code);
-    else return W::lookup8(W::template shift_right<SHIFT>(code), packed);
+  // The search's state once bits 8 .. b are decided: 16 lanes keep the code so far, which lookup16
+  // reads as is; 8 lanes keep code / b, the decisions as a binary number, which indexes the packed
+  // tables with no shift and takes the next decision as 2 s + 1 (a true compare is all ones, -1).
+  template <int BIT, class W = V>
+  static I decide(I s, M at_least) {
+    if constexpr (W::kLanes == 16) return W::add_where(s, at_least, W::splat(BIT));
+    else return W::sub(W::add(s, s), W::as_int(at_least));
+  }
+  template <class W = V>
+  static F candidate(I s, const float* by_code, const float* packed) {
+    if constexpr (W::kLanes == 16) return W::lookup16(s, by_code);
+    else return W::lookup8(s, packed);
   }
   static I encode_lanes(F x, F inverse) {
     const F scaled = V::mul(x, inverse);
     const F r = kUnsigned ? V::bit_and(scaled, V::as_float(V::splat(kAbs))) : scaled;
     if (Table::kPowersOfTwo) {
-      const I exponent = V::shift_right<23>(V::add(V::as_int(r), V::splat(0x400000u)));
-      return V::sub(V::min_u32(V::max_u32(exponent, V::splat(112)), V::splat(127)), V::splat(112));
+      const I exponent = V::shift_right<23>(V::add(V::as_int(r), V::splat(0x400000u)));  // < 2^9: one 16-bit word
+      return V::min_u32(V::subs_u16(exponent, V::splat(112)), V::splat(15));
     }
-    I code = V::add_where(V::splat(0), V::greater_equal(r, V::set1(Table::kMidpoints[7])), V::splat(8));
-    code = V::add_where(code, V::greater_equal(r, candidate<3>(code, kSearch.by4, kSearch.by4_packed)), V::splat(4));
-    code = V::add_where(code, V::greater_equal(r, candidate<2>(code, kSearch.by2, kSearch.by2_packed)), V::splat(2));
-    code = V::add_where(code, V::greater_equal(r, candidate<1>(code, kSearch.by1, kSearch.by1_packed)), V::splat(1));
-    return V::blend(code, V::splat(15), V::is_nan(r));  // NaN compares false throughout
+    const M upper = V::greater_equal(r, V::set1(Table::kMidpoints[7]));
+    I s = decide<8>(V::splat(0), upper);
+    s = decide<4>(s, V::greater_equal(r, V::blend(V::set1(Table::kMidpoints[3]), V::set1(Table::kMidpoints[11]), upper)));
+    s = decide<2>(s, V::greater_equal(r, candidate(s, kSearch.by2, kSearch.by2_packed)));
+    s = decide<1>(s, V::greater_equal(r, candidate(s, kSearch.by1, kSearch.by1_packed)));  // now the code
+    return V::blend(s, V::splat(15), V::is_nan(r));  // NaN compares false throughout
   }
   static F decode_lanes(I code, const float* scaled_table) { return V::lookup16(code, scaled_table); }
 #endif

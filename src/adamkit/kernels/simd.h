@@ -134,9 +134,11 @@ struct Avx2 {
   static I load_nibbles(const uint8_t* p) {
     int32_t word;
     std::memcpy(&word, p, 4);
-    const __m128i bytes = _mm_cvtsi32_si128(word);
-    const I doubled = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(bytes, bytes));  // byte k in lanes 2k, 2k + 1
-    return _mm256_srlv_epi32(doubled, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
+    // the 4 bytes in every lane (a broadcast load); a byte shuffle, which stays within each 128-bit
+    // half, puts byte k in lanes 2k and 2k + 1 (half 0: bytes 0, 1; half 1: bytes 2, 3)
+    const I spread = _mm256_shuffle_epi8(_mm256_set1_epi32(word), _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                                                   2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    return _mm256_srlv_epi32(spread, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
   }
   static void store_nibbles(uint8_t* p, I code) {  // lanes hold values < 16
     const I pairs = _mm256_or_si256(code, _mm256_srli_epi64(code, 28));  // low 32 bits: even | odd << 4
@@ -319,10 +321,13 @@ struct Avx512 {
   // int4 codes: as Avx2's
   static M greater_equal(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
   static F lookup16(I index, const float* table) { return _mm512_permutexvar_ps(index, _mm512_loadu_ps(table)); }  // low 4 bits
-  static I load_nibbles(const uint8_t* p) {
-    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-    const I doubled = ADAMKIT_CVTEPU8_EPI32(_mm_unpacklo_epi8(bytes, bytes));  // byte k in lanes 2k, 2k + 1
-    return _mm512_srlv_epi32(doubled, _mm512_set1_epi64(int64_t(4) << 32));
+  static I load_nibbles(const uint8_t* p) {  // as Avx2's: 8 bytes broadcast, 128-bit quarter q takes bytes 2q, 2q + 1
+    int64_t word;
+    std::memcpy(&word, p, 8);
+    const I spread = _mm512_shuffle_epi8(_mm512_set1_epi64(word), _mm512_set_epi8(
+        7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6, 5, 5, 5, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4,
+        3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0));
+    return _mm512_srlv_epi32(spread, _mm512_set1_epi64(int64_t(4) << 32));
   }
   static void store_nibbles(uint8_t* p, I code) {  // lanes hold values < 16
     const I pairs = _mm512_or_si512(code, _mm512_srli_epi64(code, 28));  // low 32 bits: even | odd << 4
