@@ -681,12 +681,12 @@ struct FourBit {
       const I exponent = V::shift_right<23>(V::add(V::as_int(r), V::splat(0x400000u)));  // < 2^9: one 16-bit word
       return V::min_u32(V::subs_u16(exponent, V::splat(112)), V::splat(15));
     }
-    const M upper = V::greater_equal(r, V::set1(Table::kMidpoints[7]));
+    // !(r < midpoint) is r >= midpoint, and true for a NaN r at every step: code 15
+    const M upper = V::not_less(r, V::set1(Table::kMidpoints[7]));
     I s = decide<8>(V::splat(0), upper);
-    s = decide<4>(s, V::greater_equal(r, V::blend(V::set1(Table::kMidpoints[3]), V::set1(Table::kMidpoints[11]), upper)));
-    s = decide<2>(s, V::greater_equal(r, candidate(s, kSearch.by2, kSearch.by2_packed)));
-    s = decide<1>(s, V::greater_equal(r, candidate(s, kSearch.by1, kSearch.by1_packed)));  // now the code
-    return V::blend(s, V::splat(15), V::is_nan(r));  // NaN compares false throughout
+    s = decide<4>(s, V::not_less(r, V::blend(V::set1(Table::kMidpoints[3]), V::set1(Table::kMidpoints[11]), upper)));
+    s = decide<2>(s, V::not_less(r, candidate(s, kSearch.by2, kSearch.by2_packed)));
+    return decide<1>(s, V::not_less(r, candidate(s, kSearch.by1, kSearch.by1_packed)));
   }
   static F decode_lanes(I code, const float* scaled_table) { return V::lookup16(code, scaled_table); }
 #endif

@@ -121,10 +121,10 @@ struct Avx2 {
   static F blend(F a, F b, M mask) { return _mm256_blendv_ps(a, b, mask); }  // mask ? b : a
   static I blend(I a, I b, M mask) { return _mm256_blendv_epi8(a, b, as_int(mask)); }
   static I add_where(I a, M mask, I b) { return _mm256_add_epi32(a, _mm256_and_si256(as_int(mask), b)); }  // mask ? a + b : a
-  // int4 codes (adam_kernel.cpp's Int4Moment): a >= b (false for NaN), table lookups (reading only
+  // int4 codes (adam_kernel.cpp's Int4Moment): !(a < b) (true for NaN), table lookups (reading only
   // the index's low 3 or 4 bits), and kLanes 4-bit codes to and from kLanes / 2 bytes (element 2k in
   // the low nibble of byte k; loaded codes hold other bits above the nibble, which lookup16 ignores)
-  static M greater_equal(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static M not_less(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_NLT_UQ); }  // a >= b, or a NaN
   static F lookup8(I index, const float* table) { return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), index); }  // [0, 8)
   static F lookup16(I index, const float* table) {  // the index's low 4 bits
     const F low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), index);
@@ -319,7 +319,7 @@ struct Avx512 {
   static I blend(I a, I b, M mask) { return _mm512_mask_blend_epi32(mask, a, b); }
   static I add_where(I a, M mask, I b) { return _mm512_mask_add_epi32(a, mask, a, b); }
   // int4 codes: as Avx2's
-  static M greater_equal(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  static M not_less(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLT_UQ); }
   static F lookup16(I index, const float* table) { return _mm512_permutexvar_ps(index, _mm512_loadu_ps(table)); }  // low 4 bits
   static I load_nibbles(const uint8_t* p) {  // as Avx2's: 8 bytes broadcast, 128-bit quarter q takes bytes 2q, 2q + 1
     int64_t word;
