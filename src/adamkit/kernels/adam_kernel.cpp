@@ -656,6 +656,23 @@ struct FourBit {
     for (int k = 0; k < 15; ++k) code += r >= Table::kMidpoints[k] ? 1u : 0u;
     return r != r ? 15u : code;
   }
+#ifdef ADAMKIT_VECTOR
+  // encode_scale and decode_scale of the lanes (a block's two halves) at once, the same IEEE
+  // operations lane by lane: one division for each step of the formula instead of a dependent pair
+  // per half, whose latency stalled every block's start. A lane whose absmax (inverse) is not
+  // positive divides 1 by 1, so no lane divides by zero, and gives 0.
+  static __m128 encode_scales(__m128 absmax) {
+    const __m128 positive = _mm_cmpgt_ps(absmax, _mm_setzero_ps()), one = _mm_set1_ps(1.0f);
+    const __m128 inverse = _mm_and_ps(_mm_div_ps(one, _mm_blendv_ps(one, absmax, positive)), positive);
+    return _mm_min_ps(inverse, _mm_set1_ps(0x1p126f));  // as inverse > 2^126 ? 2^126 : inverse (never NaN)
+  }
+  static __m128 decode_scales(__m128 absmax) {
+    const __m128 inverse = encode_scales(absmax);
+    const __m128 positive = _mm_cmpgt_ps(inverse, _mm_setzero_ps()), one = _mm_set1_ps(1.0f);
+    const __m128 scale = _mm_and_ps(_mm_div_ps(one, _mm_blendv_ps(one, inverse, positive)), positive);
+    return _mm_min_ps(scale, _mm_set1_ps(std::nextafter(3.4028234663852886e38f, 0.0f)));
+  }
+#endif
   // every level times scale: the decoded value of code k is entry k (scalar and vector code alike)
   static void decode_table(float scale, float* out) {
     for (int k = 0; k < 16; ++k) out[k] = Table::kLevels[k] * scale;
@@ -722,10 +739,12 @@ struct F32Moment {
   static constexpr bool kStaged = false;
   static constexpr int64_t kSpan = kBlock;
   float* data;
-  void begin_block(const float*, int64_t, int64_t, int64_t, bool) {}
+  static void decode_scales(const float*, int64_t, float*) {}
+  void begin_block(const float*, int64_t, int64_t, bool) {}
   float load(int64_t i, int64_t) const { return data[i]; }
   void store(int64_t i, int64_t, float x) { data[i] = x; }
-  void finish_block(float*, int64_t, int64_t, int64_t, float) {}
+  void end_block(float) {}
+  void finish_block(float*, int64_t, int64_t) {}
 #ifdef ADAMKIT_VECTOR
   F load_lanes(int64_t i, int64_t) const { return V::loadu(data + i); }
   void store_lanes(int64_t i, int64_t, F x) { V::storeu(data + i, x); }
@@ -735,10 +754,12 @@ struct BF16Moment {
   static constexpr bool kStaged = false;
   static constexpr int64_t kSpan = kBlock;
   uint16_t* data;
-  void begin_block(const float*, int64_t, int64_t, int64_t, bool) {}
+  static void decode_scales(const float*, int64_t, float*) {}
+  void begin_block(const float*, int64_t, int64_t, bool) {}
   float load(int64_t i, int64_t) const { return bf16_value(data[i]); }
   void store(int64_t i, int64_t, float x) { data[i] = bf16_nearest(x); }
-  void finish_block(float*, int64_t, int64_t, int64_t, float) {}
+  void end_block(float) {}
+  void finish_block(float*, int64_t, int64_t) {}
 #ifdef ADAMKIT_VECTOR
   F load_lanes(int64_t i, int64_t) const { return bf16_value_lanes(data + i); }
   void store_lanes(int64_t i, int64_t, F x) { store_bf16_nearest(data + i, x); }
@@ -756,9 +777,10 @@ struct Int8Moment {
   bool direct = false;
   F scaled_lanes;
 #endif
-  // flush: denormals_are_zero() of this thread
-  void begin_block(const float* absmax, int64_t block, int64_t base, int64_t n, bool flush) {
-    const float scale = Code::decode_scale(absmax[block]);
+  static void decode_scales(const float* absmax, int64_t, float* scale) { scale[0] = Code::decode_scale(absmax[0]); }
+  // scale: decode_scales' (block_scales); flush: denormals_are_zero() of this thread
+  void begin_block(const float* scales, int64_t base, int64_t n, bool flush) {
+    const float scale = scales[0];
     const uint8_t* __restrict codes = data + base;
     int64_t j = 0;
 #ifdef ADAMKIT_VECTOR
@@ -778,8 +800,9 @@ struct Int8Moment {
   }
   float load(int64_t, int64_t j) const { return values[j]; }
   void store(int64_t, int64_t j, float x) { values[j] = x; }
-  void finish_block(float* absmax, int64_t block, int64_t base, int64_t n, float peak) const {  // peak: the block's absmax
-    const float inverse = Code::encode_scale(peak);
+  float peak, inverse;  // the block's absmax and encode scale (end_block)
+  void end_block(float block_peak) { peak = block_peak, inverse = Code::encode_scale(block_peak); }
+  void finish_block(float* absmax, int64_t base, int64_t n) const {
     uint8_t* __restrict out = data + base;
     int64_t j = 0;
 #ifdef ADAMKIT_VECTOR
@@ -789,7 +812,7 @@ struct Int8Moment {
     for (; j + V::kLanes <= n; j += V::kLanes) V::store_u8(out + j, Code::encode_lanes(V::load(values + j), inverse_lanes));
 #endif
     for (; j < n; ++j) out[j] = Code::encode(values[j], inverse);
-    absmax[block] = peak;
+    absmax[0] = peak;
   }
 #ifdef ADAMKIT_VECTOR
   F load_lanes(int64_t i, int64_t j) const {
@@ -810,18 +833,31 @@ struct Int4Moment {
   uint8_t* data;                                // the work block's first code byte
   alignas(64) float values[kBlock];             // left uninitialised: the update loop fills it
   alignas(64) float scaled[2][16];              // each half's levels times its decode scale
-  float first_peak;                             // the first half's absmax (set when n > kSpan)
-  void begin_block(const float* absmax, int64_t, int64_t, int64_t n, bool) {
-    for (int64_t half = 0; half * kInt4Block < n; ++half) Code::decode_table(Code::decode_scale(absmax[half]), scaled[half]);
+  static void decode_scales(const float* absmax, int64_t n, float* scale) {  // each half's
+#ifdef ADAMKIT_VECTOR
+    alignas(16) float lanes[4];
+    _mm_store_ps(lanes, Code::decode_scales(_mm_setr_ps(absmax[0], n > kInt4Block ? absmax[1] : 1.0f, 1.0f, 1.0f)));
+    scale[0] = lanes[0], scale[1] = lanes[1];
+#else
+    for (int64_t half = 0; half * kInt4Block < n; ++half) scale[half] = Code::decode_scale(absmax[half]);
+#endif
+  }
+  void begin_block(const float* scales, int64_t, int64_t n, bool) {
+    for (int64_t half = 0; half * kInt4Block < n; ++half) Code::decode_table(scales[half], scaled[half]);
   }
   float load(int64_t, int64_t j) const { return scaled[j >= kInt4Block][(data[j / 2] >> (4 * (j & 1))) & 15u]; }
   void store(int64_t, int64_t j, float x) { values[j] = x; }
-  void end_span(float peak) { first_peak = peak; }
-  void finish_block(float* absmax, int64_t, int64_t, int64_t n, float peak) const {  // peak: the last half's
+  // Each half's absmax and encode scale: the first half's at its end (end_span, when n > kSpan), the
+  // last's at the block's (end_block). Divided there, not in finish_block: the division's latency
+  // overlaps the rest of the update, or the encoding of the moments before.
+  float peaks[2], inverses[2];
+  void end_span(float peak) { peaks[0] = peak, inverses[0] = Code::encode_scale(peak); }
+  void end_block(float peak) { peaks[1] = peak, inverses[1] = Code::encode_scale(peak); }
+  void finish_block(float* absmax, int64_t, int64_t n) const {
     for (int64_t half = 0; half * kInt4Block < n; ++half) {
       const int64_t start = half * kInt4Block, end = std::min(n, start + kInt4Block);
-      const float half_peak = half == 0 && n > kInt4Block ? first_peak : peak;
-      const float inverse = Code::encode_scale(half_peak);
+      const int last = half == 0 && n > kInt4Block ? 0 : 1;  // which of end_span's and end_block's
+      const float half_peak = peaks[last], inverse = inverses[last];
       int64_t j = start;
 #ifdef ADAMKIT_VECTOR
       const F inverse_lanes = V::set1(inverse);
@@ -869,8 +905,24 @@ struct VectorOps {
 
 // One block: decode, update and (for bf16/fp32 storage) encode element by element; int8 and int4
 // moments are staged and encoded once the block's (int4: each half's) absmax is known.
+// A block's decode scales (int8: one per moment, int4: one per half), which adam_lowprec computes
+// one block ahead, so that their divisions overlap the block before instead of stalling its start.
+struct BlockScales {
+  float m[2], v[2], vmax[2];
+};
+template <class MomentM, class MomentV, bool AMSGRAD>
+BlockScales block_scales(const LowPrecBuffers& b, int64_t block) {
+  BlockScales scales{};
+  const int32_t param = b.block_param[block];
+  const int64_t first = b.block_local[block], n = std::min(kBlock, b.numel[param] - first);
+  MomentM::decode_scales(MomentAt<MomentM>::absmax(b.m_absmax, param, first), n, scales.m);
+  MomentV::decode_scales(MomentAt<MomentV>::absmax(b.v_absmax, param, first), n, scales.v);
+  if (AMSGRAD) MomentV::decode_scales(MomentAt<MomentV>::absmax(b.vmax_absmax, param, first), n, scales.vmax);
+  return scales;
+}
+
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
-void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, int64_t block, bool flush) {
+void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, int64_t block, bool flush, const BlockScales& scales) {
   using PT = typename std::conditional<BF16_PARAMS, uint16_t, float>::type;
   const int32_t param = b.block_param[block];
   const int64_t first = b.block_local[block], n = std::min(kBlock, b.numel[param] - first);
@@ -888,9 +940,9 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
   float* const m_absmax = MomentAt<MomentM>::absmax(b.m_absmax, param, first);
   float* const v_absmax = MomentAt<MomentV>::absmax(b.v_absmax, param, first);
   float* const vmax_absmax = MomentAt<MomentV>::absmax(b.vmax_absmax, param, first);
-  m.begin_block(m_absmax, 0, base, n, flush);
-  v.begin_block(v_absmax, 0, base, n, flush);
-  if (AMSGRAD) vmax.begin_block(vmax_absmax, 0, base, n, flush);
+  m.begin_block(scales.m, base, n, flush);
+  v.begin_block(scales.v, base, n, flush);
+  if (AMSGRAD) vmax.begin_block(scales.vmax, base, n, flush);
   const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
   const uint32_t folded_key = key ^ (key >> 16);  // noise_lanes
   const uint32_t local = uint32_t(b.param_offset[param] + first);  // element index within the whole parameter
@@ -1066,9 +1118,12 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
     if constexpr (kSplit)
       if (segment_end < n) end_first_half(peak_m, peak_v, peak_vmax, [](float peak) { return peak; });
   }
-  m.finish_block(m_absmax, 0, base, n, peak_m);
-  v.finish_block(v_absmax, 0, base, n, peak_v);
-  if (AMSGRAD) vmax.finish_block(vmax_absmax, 0, base, n, peak_vmax);
+  m.end_block(peak_m);
+  v.end_block(peak_v);
+  if (AMSGRAD) vmax.end_block(peak_vmax);
+  m.finish_block(m_absmax, base, n);
+  v.finish_block(v_absmax, base, n);
+  if (AMSGRAD) vmax.finish_block(vmax_absmax, base, n);
 }
 
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
@@ -1080,9 +1135,15 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars* scalars, int32_t k
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     const bool flush = denormals_are_zero();  // MXCSR is per thread; reading it costs ~10 cycles
-#pragma omp for schedule(static)
-    for (int64_t block = 0; block < blocks; ++block)
-      step_block<MomentM, MomentV, AMSGRAD, BF16_PARAMS, ROUNDING>(b, constants.data(), block, flush);
+    // each thread's contiguous range of blocks (as schedule(static)), so it knows its next block
+    const int64_t count = omp_get_num_threads(), rank = omp_get_thread_num(), end = blocks * (rank + 1) / count;
+    int64_t block = blocks * rank / count;
+    BlockScales next = block < end ? block_scales<MomentM, MomentV, AMSGRAD>(b, block) : BlockScales{};
+    for (; block < end; ++block) {
+      const BlockScales scales = next;
+      if (block + 1 < end) next = block_scales<MomentM, MomentV, AMSGRAD>(b, block + 1);
+      step_block<MomentM, MomentV, AMSGRAD, BF16_PARAMS, ROUNDING>(b, constants.data(), block, flush, scales);
+    }
   }
 }
 
