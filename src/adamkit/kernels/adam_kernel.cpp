@@ -911,23 +911,15 @@ struct VectorOps {
 
 // One block: decode, update and (for bf16/fp32 storage) encode element by element; int8 and int4
 // moments are staged and encoded once the block's (int4: each half's) absmax is known.
-// What a block needs before its first element, computed by adam_lowprec one block ahead so that
-// its latency overlaps the block before instead of stalling this one's start: the decode scales
-// (int8: one per moment, int4: one per half; two divisions each) and the stochastic-rounding key
-// (four hashes, once per parameter: `key` holds the last parameter's).
+// A block's decode scales (int8: one per moment, int4: one per half), which adam_lowprec computes
+// one block ahead, so that their divisions overlap the block before instead of stalling its start.
 struct BlockScales {
   float m[2], v[2], vmax[2];
-  int32_t param = -1;
-  uint32_t key = 0;
 };
-template <class MomentM, class MomentV, bool AMSGRAD, int ROUNDING>
-BlockScales block_scales(const LowPrecBuffers& b, int64_t block, const BlockScales& before) {
+template <class MomentM, class MomentV, bool AMSGRAD>
+BlockScales block_scales(const LowPrecBuffers& b, int64_t block) {
   BlockScales scales{};
   const int32_t param = b.block_param[block];
-  if (ROUNDING == kStochastic) {
-    scales.param = param;
-    scales.key = param == before.param ? before.key : block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]);
-  }
   const int64_t first = b.block_local[block], n = std::min(kBlock, b.numel[param] - first);
   MomentM::decode_scales(MomentAt<MomentM>::absmax(b.m_absmax, param, first), n, scales.m);
   MomentV::decode_scales(MomentAt<MomentV>::absmax(b.v_absmax, param, first), n, scales.v);
@@ -957,7 +949,7 @@ void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, 
   m.begin_block(scales.m, base, n, flush);
   v.begin_block(scales.v, base, n, flush);
   if (AMSGRAD) vmax.begin_block(scales.vmax, base, n, flush);
-  const uint32_t key = scales.key;
+  const uint32_t key = ROUNDING == kStochastic ? block_key(b.seed, uint32_t(b.steps[param]), b.param_stream[param]) : 0;
   const uint32_t folded_key = key ^ (key >> 16);  // noise_lanes
   const uint32_t local = uint32_t(b.param_offset[param] + first);  // element index within the whole parameter
   float peak_m = 0.0f, peak_v = 0.0f, peak_vmax = 0.0f;  // absmax of staged moments' span (the block; int4: its half)
@@ -1152,10 +1144,10 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars* scalars, int32_t k
     // each thread's contiguous range of blocks (as schedule(static)), so it knows its next block
     const int64_t count = omp_get_num_threads(), rank = omp_get_thread_num(), end = blocks * (rank + 1) / count;
     int64_t block = blocks * rank / count;
-    BlockScales next = block < end ? block_scales<MomentM, MomentV, AMSGRAD, ROUNDING>(b, block, BlockScales{}) : BlockScales{};
+    BlockScales next = block < end ? block_scales<MomentM, MomentV, AMSGRAD>(b, block) : BlockScales{};
     for (; block < end; ++block) {
       const BlockScales scales = next;
-      if (block + 1 < end) next = block_scales<MomentM, MomentV, AMSGRAD, ROUNDING>(b, block + 1, scales);
+      if (block + 1 < end) next = block_scales<MomentM, MomentV, AMSGRAD>(b, block + 1);
       step_block<MomentM, MomentV, AMSGRAD, BF16_PARAMS, ROUNDING>(b, constants.data(), block, flush, scales);
     }
   }
