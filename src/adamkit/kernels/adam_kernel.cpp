@@ -784,7 +784,7 @@ struct Int8Moment {
   F scaled_lanes;
 #endif
   static void decode_scales(const float* absmax, int64_t, float* scale) { scale[0] = Code::decode_scale(absmax[0]); }
-  // scale: decode_scales' (block_scales); flush: denormals_are_zero() of this thread
+  // scales: decode_scales' (block_scales computes them); flush: denormals_are_zero() of this thread
   void begin_block(const float* scales, int64_t base, int64_t n, bool flush) {
     const float scale = scales[0];
     const uint8_t* __restrict codes = data + base;
@@ -909,8 +909,6 @@ struct VectorOps {
 };
 #endif
 
-// One block: decode, update and (for bf16/fp32 storage) encode element by element; int8 and int4
-// moments are staged and encoded once the block's (int4: each half's) absmax is known.
 // A block's decode scales (int8: one per moment, int4: one per half), which adam_lowprec computes
 // one block ahead, so that their divisions overlap the block before instead of stalling its start.
 struct BlockScales {
@@ -927,6 +925,8 @@ BlockScales block_scales(const LowPrecBuffers& b, int64_t block) {
   return scales;
 }
 
+// One block: decode, update and (for bf16/fp32 storage) encode element by element; int8 and int4
+// moments are staged and encoded once the block's (int4: each half's) absmax is known.
 template <class MomentM, class MomentV, bool AMSGRAD, bool BF16_PARAMS, int ROUNDING>
 void step_block(const LowPrecBuffers& b, const AdamConstants<float>* constants, int64_t block, bool flush, const BlockScales& scales) {
   using PT = typename std::conditional<BF16_PARAMS, uint16_t, float>::type;
