@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from adamkit.reproduce import stats
 from adamkit.reproduce.common import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, verdict
@@ -15,11 +15,19 @@ finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinit
 
 
 @given(st.lists(finite, min_size=2, max_size=12))
+@example([0.0, 0.0, 6.261095901003977e-258])  # a second moment that underflows: skewness 0/0 before
 def test_bootstrap_interval_contains_the_sample_mean(values):
     interval = stats.bootstrap_interval(values, "mean", resamples=2000)
     slack = 1e-9 * (1 + max(abs(v) for v in values))
     assert interval.low - slack <= np.mean(values) <= interval.high + slack
     assert interval.low <= interval.high
+
+
+@pytest.mark.parametrize("scale", [1e-258, 1.0, 1e250])
+def test_skewness_does_not_depend_on_scale(scale):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    values = np.array([0.0, 0.0, 1.0, 3.0, 0.5])
+    assert stats.skewness(values * scale) == pytest.approx(scipy_stats.skew(values, bias=False), rel=1e-12)
 
 
 @pytest.mark.parametrize("n", [5, 8, 20])

@@ -210,7 +210,13 @@ def skewness(data: Sequence[float]) -> float:
     values = np.asarray(data, dtype=float)
     if values.size < 3 or np.all(values == values[0]):
         return 0.0
-    return float(distributions.skew(values, bias=False))
+    # skewness does not depend on location or scale: standardising first keeps the moments
+    # representable (values 1e-258 apart have a second moment that underflows to 0, and 0/0 skew)
+    centered = values - values.mean()
+    spread = float(np.max(np.abs(centered)))
+    if not spread > 0 or not math.isfinite(spread):
+        return 0.0
+    return float(distributions.skew(centered / spread, bias=False))
 
 
 _COVERAGE: dict[tuple[int, float], float] = {}
