@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -54,6 +55,18 @@ void store_floats(float* const* pointers, const float* values, int64_t n, int th
 namespace {
 
 constexpr int64_t kParallelThreshold = 1 << 15;  // below this, threading costs more than it saves
+
+// This thread's share [begin, end) of `total` items inside a parallel region: contiguous ranges in
+// thread order, inner boundaries rounded down to a multiple of `align` (the last takes the rest).
+inline std::pair<int64_t, int64_t> thread_range(int64_t total, int64_t align) {
+#ifdef _OPENMP
+  const int64_t team = omp_get_thread_num(), size = omp_get_num_threads();
+#else
+  const int64_t team = 0, size = 1;
+#endif
+  const int64_t begin = total * team / size / align * align;
+  return {begin, team + 1 == size ? total : total * (team + 1) / size / align * align};
+}
 
 // The Adam-family update of one element: the one statement of the math in C++ (functional.py's
 // adam_update_ is the one in Python). Ops supplies the arithmetic on X: ScalarOps<T> for one
@@ -229,13 +242,7 @@ void parallel_pieces(const int64_t* prefix, int64_t count, int threads, Visit vi
   const int teams = total >= kParallelThreshold ? std::max(threads, 1) : 1;
 #pragma omp parallel num_threads(teams) if (teams > 1)
   {
-#ifdef _OPENMP
-    const int64_t team = omp_get_thread_num(), size = omp_get_num_threads();
-#else
-    const int64_t team = 0, size = 1;
-#endif
-    const int64_t begin = team == 0 ? 0 : (total * team / size) / kAlign * kAlign;
-    const int64_t end = team + 1 == size ? total : (total * (team + 1) / size) / kAlign * kAlign;
+    const auto [begin, end] = thread_range(total, kAlign);
     for_each_piece(prefix, count, begin, end, visit);
   }
 }
@@ -1142,8 +1149,8 @@ void adam_lowprec(const LowPrecBuffers& b, const AdamScalars* scalars, int32_t k
   {
     const bool flush = denormals_are_zero();  // MXCSR is per thread; reading it costs ~10 cycles
     // each thread's contiguous range of blocks (as schedule(static)), so it knows its next block
-    const int64_t count = omp_get_num_threads(), rank = omp_get_thread_num(), end = blocks * (rank + 1) / count;
-    int64_t block = blocks * rank / count;
+    const auto [start, end] = thread_range(blocks, 1);
+    int64_t block = start;
     BlockScales next = block < end ? block_scales<MomentM, MomentV, AMSGRAD>(b, block) : BlockScales{};
     for (; block < end; ++block) {
       const BlockScales scales = next;
@@ -1203,12 +1210,7 @@ template <typename P, typename S>
 void floor_plain(P* __restrict p, const P* __restrict g, S* __restrict m, S* __restrict v, int64_t n, int threads) {
 #pragma omp parallel num_threads(threads) if (n >= kParallelThreshold)
   {
-#ifdef _OPENMP
-    const int64_t team = omp_get_thread_num(), size = omp_get_num_threads();
-#else
-    const int64_t team = 0, size = 1;
-#endif
-    const int64_t begin = n * team / size / 64 * 64, end = team + 1 == size ? n : n * (team + 1) / size / 64 * 64;
+    const auto [begin, end] = thread_range(n, 64);
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
       p[i] = P(p[i] - g[i]);
@@ -1224,12 +1226,7 @@ template <typename P>
 void floor_nibbles(P* __restrict p, const P* __restrict g, uint8_t* __restrict m, uint8_t* __restrict v, int64_t n, int threads) {
 #pragma omp parallel num_threads(threads) if (n >= kParallelThreshold)
   {
-#ifdef _OPENMP
-    const int64_t team = omp_get_thread_num(), size = omp_get_num_threads();
-#else
-    const int64_t team = 0, size = 1;
-#endif
-    const int64_t begin = n * team / size / 64 * 64, end = team + 1 == size ? n : n * (team + 1) / size / 64 * 64;
+    const auto [begin, end] = thread_range(n, 64);
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) p[i] = P(p[i] - g[i]);
 #pragma omp simd
