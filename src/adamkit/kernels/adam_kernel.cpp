@@ -663,23 +663,6 @@ struct FourBit {
     for (int k = 0; k < 15; ++k) code += r >= Table::kMidpoints[k] ? 1u : 0u;
     return r != r ? 15u : code;
   }
-#ifdef ADAMKIT_VECTOR
-  // encode_scale and decode_scale of the lanes (a block's two halves) at once, the same IEEE
-  // operations lane by lane: one division for each step of the formula instead of a dependent pair
-  // per half, whose latency stalled every block's start. A lane whose absmax (inverse) is not
-  // positive divides 1 by 1, so no lane divides by zero, and gives 0.
-  static __m128 encode_scales(__m128 absmax) {
-    const __m128 positive = _mm_cmpgt_ps(absmax, _mm_setzero_ps()), one = _mm_set1_ps(1.0f);
-    const __m128 inverse = _mm_and_ps(_mm_div_ps(one, _mm_blendv_ps(one, absmax, positive)), positive);
-    return _mm_min_ps(inverse, _mm_set1_ps(0x1p126f));  // as inverse > 2^126 ? 2^126 : inverse (never NaN)
-  }
-  static __m128 decode_scales(__m128 absmax) {
-    const __m128 inverse = encode_scales(absmax);
-    const __m128 positive = _mm_cmpgt_ps(inverse, _mm_setzero_ps()), one = _mm_set1_ps(1.0f);
-    const __m128 scale = _mm_and_ps(_mm_div_ps(one, _mm_blendv_ps(one, inverse, positive)), positive);
-    return _mm_min_ps(scale, _mm_set1_ps(std::nextafter(3.4028234663852886e38f, 0.0f)));
-  }
-#endif
   // every level times scale: the decoded value of code k is entry k (scalar and vector code alike;
   // out is 64-byte aligned). Written out for the vector path: the compiler's own vectorisation of
   // the loop assembled the table lane by lane, ~40 instructions per table and block half.
@@ -847,13 +830,7 @@ struct Int4Moment {
   alignas(64) float values[kBlock];             // left uninitialised: the update loop fills it
   alignas(64) float scaled[2][16];              // each half's levels times its decode scale
   static void decode_scales(const float* absmax, int64_t n, float* scale) {  // each half's
-#ifdef ADAMKIT_VECTOR
-    alignas(16) float lanes[4];
-    _mm_store_ps(lanes, Code::decode_scales(_mm_setr_ps(absmax[0], n > kInt4Block ? absmax[1] : 1.0f, 1.0f, 1.0f)));
-    scale[0] = lanes[0], scale[1] = lanes[1];
-#else
     for (int64_t half = 0; half * kInt4Block < n; ++half) scale[half] = Code::decode_scale(absmax[half]);
-#endif
   }
   void begin_block(const float* scales, int64_t, int64_t n, bool) {
     for (int64_t half = 0; half * kInt4Block < n; ++half) Code::decode_table(scales[half], scaled[half]);
